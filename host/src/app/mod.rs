@@ -1,0 +1,240 @@
+//! The running application: its manifest, the component slots (one live deployment each,
+//! swapped atomically) and the router that maps paths to components.
+
+pub mod files;
+pub mod manifest;
+pub mod routes;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use wasmtime::Engine;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::capability::http_outbound::AllowedHosts;
+use crate::instance::InstanceState;
+use crate::settings::Settings;
+use crate::state::StateDir;
+use manifest::{HttpRoute, Manifest};
+use routes::{RoutePattern, Router};
+
+/// What a component is granted and how it is reached: fixed for a slot, whatever version of
+/// the code runs in it.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    pub name: String,
+    pub route: Option<HttpRoute>,
+    pub allowed_hosts: Arc<AllowedHosts>,
+    pub environment: Vec<(String, String)>,
+    /// Host directory preopened at `/` when the manifest grants `files`.
+    pub files_dir: Option<std::path::PathBuf>,
+}
+
+impl ComponentSpec {
+    /// A component added by `mosaic deploy --route` with no manifest entry: no grants.
+    pub fn ungranted(name: &str, route: RoutePattern) -> Self {
+        Self {
+            name: name.to_string(),
+            route: Some(HttpRoute::Public(route)),
+            allowed_hosts: Arc::new(AllowedHosts::default()),
+            environment: Vec::new(),
+            files_dir: None,
+        }
+    }
+}
+
+/// One compiled, linked version of a component.
+pub struct Deployment {
+    pub digest: String,
+    pub deployed_at: SystemTime,
+    pub pre: ProxyPre<InstanceState>,
+    in_flight: AtomicU64,
+    drained: Notify,
+}
+
+impl Deployment {
+    pub fn new(digest: String, pre: ProxyPre<InstanceState>) -> Self {
+        Self { digest, deployed_at: SystemTime::now(), pre, in_flight: AtomicU64::new(0), drained: Notify::new() }
+    }
+
+    /// Counts a request as in flight on this version until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight { deployment: self.clone() }
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no request runs on this version, up to `timeout`; returns how many were
+    /// still running at the deadline.
+    pub async fn drain(&self, timeout: std::time::Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.drained.notified();
+            if self.in_flight() == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.in_flight();
+            }
+        }
+    }
+
+    pub fn short_digest(&self) -> &str {
+        &self.digest[..self.digest.len().min(12)]
+    }
+}
+
+pub struct InFlight {
+    deployment: Arc<Deployment>,
+}
+
+impl InFlight {
+    pub fn deployment(&self) -> &Arc<Deployment> {
+        &self.deployment
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.deployment.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.deployment.drained.notify_waiters();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct SlotStats {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A named place where one version of a component is live.
+pub struct ComponentSlot {
+    pub spec: ComponentSpec,
+    pub live: ArcSwap<Deployment>,
+    pub stats: SlotStats,
+}
+
+impl ComponentSlot {
+    pub fn new(spec: ComponentSpec, deployment: Arc<Deployment>) -> Self {
+        Self { spec, live: ArcSwap::new(deployment), stats: SlotStats::default() }
+    }
+}
+
+/// The whole running application.
+pub struct App {
+    pub engine: Engine,
+    pub linker: wasmtime::component::Linker<InstanceState>,
+    pub settings: Settings,
+    pub manifest: Manifest,
+    pub state: StateDir,
+    slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
+    router: ArcSwap<Router>,
+    deploying: Mutex<HashSet<String>>,
+}
+
+/// Held while a deploy of one component runs; a second deploy of the same one is refused.
+pub struct DeployLock<'a> {
+    app: &'a App,
+    component: String,
+}
+
+impl Drop for DeployLock<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut deploying) = self.app.deploying.lock() {
+            deploying.remove(&self.component);
+        }
+    }
+}
+
+impl App {
+    pub fn new(
+        engine: Engine,
+        linker: wasmtime::component::Linker<InstanceState>,
+        settings: Settings,
+        manifest: Manifest,
+        state: StateDir,
+    ) -> Self {
+        Self {
+            engine,
+            linker,
+            settings,
+            manifest,
+            state,
+            slots: RwLock::new(BTreeMap::new()),
+            router: ArcSwap::from_pointee(Router::default()),
+            deploying: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn slot(&self, component: &str) -> Option<Arc<ComponentSlot>> {
+        self.slots.read().ok()?.get(component).cloned()
+    }
+
+    pub fn slots(&self) -> Vec<Arc<ComponentSlot>> {
+        self.slots.read().map(|slots| slots.values().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn router(&self) -> Arc<Router> {
+        self.router.load_full()
+    }
+
+    /// Takes the per-component deploy lock, or `None` if a deploy of it is running.
+    pub fn try_lock_deploy(&self, component: &str) -> Option<DeployLock<'_>> {
+        let mut deploying = self.deploying.lock().ok()?;
+        if !deploying.insert(component.to_string()) {
+            return None;
+        }
+        Some(DeployLock { app: self, component: component.to_string() })
+    }
+
+    /// The flip: makes `deployment` the live version of the slot (creating the slot and its
+    /// route for a new component) and returns the version it replaced.
+    pub fn install(&self, spec: &ComponentSpec, deployment: Arc<Deployment>) -> Option<Arc<Deployment>> {
+        let existing = self.slot(&spec.name);
+        if let Some(slot) = existing {
+            return Some(slot.live.swap(deployment));
+        }
+        let slot = Arc::new(ComponentSlot::new(spec.clone(), deployment));
+        if let Ok(mut slots) = self.slots.write() {
+            slots.insert(spec.name.clone(), slot);
+        }
+        if let Some(HttpRoute::Public(pattern)) = &spec.route {
+            self.router.rcu(|router| router.with_route(pattern.clone(), &spec.name));
+        }
+        None
+    }
+
+    /// The grants a component has under the manifest (or none, for one added by deploy).
+    /// Stages its `files` grant on first use.
+    pub fn spec_for(&self, component: &str) -> Result<Option<ComponentSpec>, String> {
+        if let Some(slot) = self.slot(component) {
+            return Ok(Some(slot.spec.clone()));
+        }
+        let Some(decl) = self.manifest.components.get(component) else { return Ok(None) };
+        let allowed = AllowedHosts::parse(&decl.outbound_hosts())?;
+        let files_dir = files::stage(&self.manifest, component, &self.state.files_dir())?;
+        Ok(Some(ComponentSpec {
+            name: component.to_string(),
+            route: self.manifest.route_of(component).cloned(),
+            allowed_hosts: Arc::new(allowed),
+            environment: decl.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            files_dir,
+        }))
+    }
+
+    pub fn requests_in_flight(&self) -> u64 {
+        self.slots().iter().map(|slot| slot.live.load().in_flight()).sum()
+    }
+}
+
+pub(crate) fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

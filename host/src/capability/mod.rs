@@ -1,0 +1,3 @@
+//! What a guest imports from the host, one module per capability, each behind its own seam.
+
+pub mod http_outbound;

@@ -1,0 +1,327 @@
+//! The swap pipeline: receive → validate → compile → probe → flip → drain → journal.
+//!
+//! A failed step leaves the old version serving and says which step failed and why. Two
+//! deploys of one component at once: the second gets [`DeployError::Conflict`].
+
+pub mod artifacts;
+pub mod journal;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::app::manifest::HttpRoute;
+use crate::app::routes::RoutePattern;
+use crate::app::{ComponentSpec, Deployment};
+use crate::trigger::http::HttpTrigger;
+use journal::{Action, JournalEntry};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    Receive,
+    Validate,
+    Compile,
+    Probe,
+    Flip,
+    Journal,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Step::Receive => "receive",
+            Step::Validate => "validate",
+            Step::Compile => "compile",
+            Step::Probe => "probe",
+            Step::Flip => "flip",
+            Step::Journal => "journal",
+        };
+        f.write_str(name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("deploy of `{component}` failed at step `{step}`: {reason}; the previous version keeps serving")]
+    Failed { component: String, step: Step, reason: String },
+    #[error("a deploy of `{component}` is already in progress; wait for it to finish and try again")]
+    Conflict { component: String },
+    #[error("`{component}`: {reason}")]
+    NotFound { component: String, reason: String },
+}
+
+impl DeployError {
+    fn at(component: &str, step: Step, reason: impl Into<String>) -> Self {
+        DeployError::Failed { component: component.to_string(), step, reason: reason.into() }
+    }
+
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            DeployError::Failed { step, .. } => Some(*step),
+            _ => None,
+        }
+    }
+}
+
+/// What a successful deploy reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployReport {
+    pub component: String,
+    pub digest: String,
+    pub previous: Option<String>,
+    pub action: Action,
+    /// Whether the compiled artifact came from the cache.
+    pub cached: bool,
+    pub warnings: Vec<String>,
+    /// Milliseconds per step, in order.
+    pub timings_ms: Vec<(Step, f64)>,
+    /// Requests still running on the replaced version at the flip; they finish on it.
+    pub draining: u64,
+}
+
+pub struct DeployRequest {
+    pub component: String,
+    pub bytes: Vec<u8>,
+    /// For a component that is not in the manifest yet: where to serve it.
+    pub route: Option<String>,
+    pub action: Action,
+    /// Start-up loads have no old version to protect: a failed probe is a warning.
+    pub probe_is_fatal: bool,
+    /// Whether to append a journal entry (not when a start-up restores a journaled version).
+    pub record: bool,
+}
+
+struct StepClock {
+    started: Instant,
+    timings: Vec<(Step, f64)>,
+}
+
+impl StepClock {
+    fn new() -> Self {
+        Self { started: Instant::now(), timings: Vec::new() }
+    }
+    fn done(&mut self, step: Step) {
+        let now = Instant::now();
+        self.timings.push((step, (now - self.started).as_secs_f64() * 1000.0));
+        self.started = now;
+    }
+}
+
+/// Runs the whole pipeline for one component version.
+pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<DeployReport, DeployError> {
+    let app = trigger.app().clone();
+    let name = request.component.clone();
+    let Some(_lock) = app.try_lock_deploy(&name) else {
+        return Err(DeployError::Conflict { component: name });
+    };
+    let mut clock = StepClock::new();
+
+    // 1. receive
+    let limit = app.settings.limits.max_component_bytes;
+    if request.bytes.len() as u64 > limit {
+        return Err(DeployError::at(
+            &name,
+            Step::Receive,
+            format!(
+                "the file is {} bytes, over the limit of {limit} bytes (limits.max_component_bytes in mosaic.toml)",
+                request.bytes.len()
+            ),
+        ));
+    }
+    let spec = spec_for_deploy(trigger, &name, request.route.as_deref())?;
+    let digest = artifacts::digest_of(&request.bytes);
+    clock.done(Step::Receive);
+
+    // 2. validate (the file) and 3. compile (off the runtime, cached by digest)
+    artifacts::check_is_component(&request.bytes).map_err(|reason| DeployError::at(&name, Step::Validate, reason))?;
+    let engine = app.engine.clone();
+    let artifact = app.state.artifact_of(&digest);
+    let bytes = Arc::new(request.bytes);
+    let compile_bytes = bytes.clone();
+    let (component, cached) =
+        tokio::task::spawn_blocking(move || artifacts::load_or_compile(&engine, &artifact, &compile_bytes))
+            .await
+            .map_err(|err| DeployError::at(&name, Step::Compile, format!("the compiler task failed: {err}")))?
+            .map_err(|reason| DeployError::at(&name, Step::Validate, format!("the component does not compile: {reason}")))?;
+    clock.done(Step::Compile);
+
+    // 2 (continued). validate: every import links, the export fits the trigger.
+    let instance_pre = app.linker.instantiate_pre(&component).map_err(|err| {
+        DeployError::at(
+            &name,
+            Step::Validate,
+            format!(
+                "it imports something outside Mosaic's supported world ({}). Mosaic links wasi:cli, \
+                 wasi:io, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets and wasi:http @0.2.x",
+                anyhow::Error::from(err)
+            ),
+        )
+    })?;
+    let pre = ProxyPre::new(instance_pre).map_err(|err| {
+        DeployError::at(
+            &name,
+            Step::Validate,
+            format!(
+                "it does not export `wasi:http/incoming-handler@0.2.x`, so the HTTP trigger cannot call it \
+                 (build it with spin-sdk's #[http_component] or export the handler): {}",
+                anyhow::Error::from(err)
+            ),
+        )
+    })?;
+    let warnings = grant_warnings(&component, &app.engine, &spec);
+    for warning in &warnings {
+        tracing::warn!(component = %name, "{warning}");
+    }
+    if let Err(err) = crate::state::write_once(&app.state.source_of(&digest), &bytes) {
+        return Err(DeployError::at(&name, Step::Compile, format!("cannot store the source in the state directory: {err}")));
+    }
+    clock.done(Step::Validate);
+
+    // 5. probe
+    let deployment = Arc::new(Deployment::new(digest.clone(), pre));
+    let mut warnings = warnings;
+    if let Err(reason) = trigger.probe(&spec, deployment.clone()).await {
+        if request.probe_is_fatal {
+            return Err(DeployError::at(&name, Step::Probe, reason));
+        }
+        warnings.push(format!("health probe failed: {reason}"));
+    }
+    clock.done(Step::Probe);
+
+    // 6. flip
+    let previous = app.install(&spec, deployment);
+    let previous_digest = match &previous {
+        Some(previous) => Some(previous.digest.clone()),
+        // A first load after a restart replaces what the journal last recorded.
+        None => journal::read(&app.state.journal_path())
+            .ok()
+            .and_then(|entries| journal::history(&entries, &name).last().map(|e| e.digest.clone()))
+            .filter(|last| *last != digest),
+    };
+    let draining = previous.as_ref().map(|p| p.in_flight()).unwrap_or(0);
+    clock.done(Step::Flip);
+
+    // 8. journal (before the answer, so a restart right after comes back with this version)
+    let entry = JournalEntry {
+        component: name.clone(),
+        digest: digest.clone(),
+        previous: previous_digest.clone(),
+        action: request.action.clone(),
+        route: match (&spec.route, app.manifest.components.contains_key(&name)) {
+            (Some(HttpRoute::Public(pattern)), false) => Some(pattern.to_string()),
+            _ => None,
+        },
+        at_unix_ms: journal::now_unix_ms(),
+    };
+    if !request.record {
+    } else if let Err(err) = journal::append(&app.state.journal_path(), &entry) {
+        // The flip already happened; the version serves but a restart would not know it.
+        tracing::error!(component = %name, error = %err, "cannot write the deploy journal");
+        return Err(DeployError::at(&name, Step::Journal, format!("the new version serves, but the journal could not be written: {err}")));
+    }
+    clock.done(Step::Journal);
+
+    // 7. drain: the replaced version lives until its last request ends.
+    if let Some(previous) = previous {
+        let drain = app.settings.limits.drain_timeout();
+        let component = name.clone();
+        tokio::spawn(async move {
+            let left = previous.drain(drain).await;
+            if left > 0 {
+                tracing::warn!(%component, version = %previous.short_digest(), left, ?drain, "requests still running on the replaced version at the drain deadline");
+            } else {
+                tracing::info!(%component, version = %previous.short_digest(), "replaced version drained");
+            }
+        });
+    }
+
+    tracing::info!(component = %name, version = %&digest[..12], cached, action = ?request.action, "deployed");
+    Ok(DeployReport {
+        component: name,
+        digest,
+        previous: previous_digest,
+        action: request.action,
+        cached,
+        warnings,
+        timings_ms: clock.timings,
+        draining,
+    })
+}
+
+/// Deploys the version that the current one replaced.
+pub async fn rollback(trigger: &HttpTrigger, component: &str) -> Result<DeployReport, DeployError> {
+    let app = trigger.app();
+    let Some(slot) = app.slot(component) else {
+        return Err(DeployError::NotFound { component: component.to_string(), reason: "no such component is deployed".into() });
+    };
+    let current = slot.live.load().digest.clone();
+    let entries = journal::read(&app.state.journal_path())
+        .map_err(|err| DeployError::at(component, Step::Receive, format!("cannot read the deploy journal: {err}")))?;
+    let target = journal::history(&entries, component)
+        .into_iter()
+        .rev()
+        .find(|entry| entry.digest == current)
+        .and_then(|entry| entry.previous.clone());
+    let Some(target) = target else {
+        return Err(DeployError::NotFound {
+            component: component.to_string(),
+            reason: "there is no earlier version to roll back to".into(),
+        });
+    };
+    let bytes = std::fs::read(app.state.source_of(&target)).map_err(|err| {
+        DeployError::at(component, Step::Receive, format!("the stored source of version {} is gone: {err}", &target[..12.min(target.len())]))
+    })?;
+    deploy(trigger, DeployRequest { component: component.to_string(), bytes, route: None, action: Action::Rollback, probe_is_fatal: true, record: true })
+        .await
+}
+
+fn spec_for_deploy(trigger: &HttpTrigger, name: &str, route: Option<&str>) -> Result<ComponentSpec, DeployError> {
+    let app = trigger.app();
+    let existing = app.spec_for(name).map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
+    let route = route
+        .map(|route| RoutePattern::parse(route).map_err(|reason| DeployError::at(name, Step::Receive, reason)))
+        .transpose()?;
+    match (existing, route) {
+        (Some(spec), None) => Ok(spec),
+        (Some(spec), Some(route)) => {
+            if spec.route == Some(HttpRoute::Public(route.clone())) {
+                Ok(spec)
+            } else {
+                Err(DeployError::at(
+                    name,
+                    Step::Receive,
+                    format!("`{name}` already exists with another route; a deploy replaces its code, not its route (drop --route {route})"),
+                ))
+            }
+        }
+        (None, Some(route)) => {
+            crate::app::manifest::check_component_name(name).map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
+            if let Some((_, owner)) = app.router().routes().find(|(pattern, _)| **pattern == route) {
+                return Err(DeployError::at(name, Step::Receive, format!("the route {route} is already served by `{owner}`")));
+            }
+            Ok(ComponentSpec::ungranted(name, route))
+        }
+        (None, None) => Err(DeployError::NotFound {
+            component: name.to_string(),
+            reason: "no such component in the manifest or the host; to add a new one, give its route with --route /path/...".into(),
+        }),
+    }
+}
+
+/// Imports that will be refused on every call because the manifest grants nothing for them.
+fn grant_warnings(component: &wasmtime::component::Component, engine: &wasmtime::Engine, spec: &ComponentSpec) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (import, _) in component.component_type().imports(engine) {
+        if import.starts_with("wasi:http/outgoing-handler") && spec.allowed_hosts.is_empty() {
+            warnings.push(format!(
+                "`{}` imports {import} but its allowed_outbound_hosts is empty: every outbound request will be denied",
+                spec.name
+            ));
+        }
+    }
+    warnings
+}

@@ -1,0 +1,209 @@
+//! A running Mosaic host: loads the manifest, restores every component (the journal's last
+//! version, or the manifest's source when that changed), serves HTTP and the admin API, and
+//! shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::manifest::Manifest;
+use crate::app::App;
+use crate::deploy::journal::{self, Action};
+use crate::deploy::{self, artifacts, DeployRequest};
+use crate::engine::{build_engine, EpochTicker};
+use crate::settings::Settings;
+use crate::state::{AdminEndpoint, StateDir};
+use crate::trigger::http::HttpTrigger;
+
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    pub manifest: PathBuf,
+    /// Overrides `http.listen` of mosaic.toml.
+    pub listen: Option<SocketAddr>,
+    /// Overrides `admin.listen` of mosaic.toml.
+    pub admin_listen: Option<SocketAddr>,
+    /// Defaults to `.mosaic/` beside the manifest.
+    pub state_dir: Option<PathBuf>,
+    /// Replaces mosaic.toml entirely (tests use this).
+    pub settings: Option<Settings>,
+    pub runtime_config_file: Option<PathBuf>,
+}
+
+pub struct Host {
+    trigger: HttpTrigger,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    admin_token: String,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _ticker: EpochTicker,
+}
+
+impl Host {
+    pub async fn start(options: HostOptions) -> anyhow::Result<Host> {
+        let manifest = Manifest::load(&options.manifest)?;
+        let mut settings = match options.settings {
+            Some(settings) => settings,
+            None => Settings::load_beside(&options.manifest)?,
+        };
+        if let Some(listen) = options.listen {
+            settings.http.listen = listen;
+        }
+        if let Some(listen) = options.admin_listen {
+            settings.admin.listen = listen;
+        }
+        if let Some(path) = &options.runtime_config_file {
+            check_runtime_config(path)?;
+        }
+        for trigger_type in &manifest.other_trigger_types {
+            tracing::warn!(trigger = %trigger_type, "this host serves HTTP triggers only; `[[trigger.{trigger_type}]]` entries are not run");
+        }
+        let state_root = options.state_dir.clone().unwrap_or_else(|| StateDir::beside(&options.manifest));
+        let state = StateDir::open(state_root.clone())
+            .with_context(|| format!("cannot create the state directory {}", state_root.display()))?;
+
+        let engine = build_engine(&settings.limits)?;
+        let ticker = EpochTicker::start(&engine);
+        let linker = crate::instance::build_linker(&engine)?;
+        let app = Arc::new(App::new(engine, linker, settings.clone(), manifest, state));
+        let trigger = HttpTrigger::new(app.clone());
+        restore(&trigger).await?;
+
+        let http_listener = TcpListener::bind(settings.http.listen).await.with_context(|| {
+            format!(
+                "cannot listen for HTTP on {}; pass another address with --listen (port 0 picks a free one) or stop the process using it",
+                settings.http.listen
+            )
+        })?;
+        let admin_listener = TcpListener::bind(settings.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen for the admin API on {}; set admin.listen in mosaic.toml", settings.admin.listen))?;
+        let http_addr = http_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let admin_token = app.state.write_token().context("cannot write the admin token to the state directory")?;
+        app.state
+            .write_endpoint(&AdminEndpoint { addr: admin_addr, pid: std::process::id() })
+            .context("cannot write the admin endpoint to the state directory")?;
+
+        let (stop, stopped) = watch::channel(false);
+        let drain = settings.limits.drain_timeout();
+        let tasks = vec![
+            tokio::spawn(crate::trigger::http::serve(http_listener, trigger.clone(), stopped.clone(), drain)),
+            tokio::spawn(crate::admin::serve(admin_listener, trigger.clone(), admin_token.clone(), stopped)),
+        ];
+        tracing::info!(%http_addr, %admin_addr, components = app.slots().len(), "serving");
+        Ok(Host { trigger, http_addr, admin_addr, admin_token, stop, tasks, _ticker: ticker })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+    pub fn app(&self) -> &Arc<App> {
+        self.trigger.app()
+    }
+    pub fn trigger(&self) -> &HttpTrigger {
+        &self.trigger
+    }
+
+    /// Stops accepting, lets requests in progress finish (up to the drain deadline), stops.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.trigger.app().state.clear_endpoint();
+        tracing::info!("stopped");
+    }
+}
+
+/// Loads every component at start-up. A component whose manifest source is unchanged since the
+/// last start comes back as the journal's last version of it (what was deployed or rolled
+/// back to); a changed source is a new version and is journaled as such.
+async fn restore(trigger: &HttpTrigger) -> anyhow::Result<()> {
+    let app = trigger.app().clone();
+    let entries = journal::read(&app.state.journal_path()).context("cannot read the deploy journal")?;
+    for name in app.manifest.components.keys() {
+        let Some(path) = app.manifest.source_path(name) else { continue };
+        let manifest_bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "component `{name}`: cannot read its source {}. Build it first (`mosaic up --build` runs each component's build command)",
+                path.display()
+            )
+        })?;
+        let manifest_digest = artifacts::digest_of(&manifest_bytes);
+        let history = journal::history(&entries, name);
+        let manifest_unchanged = history
+            .iter()
+            .rev()
+            .find(|entry| entry.action == Action::Manifest)
+            .is_some_and(|entry| entry.digest == manifest_digest);
+        let last_journaled = history.last().map(|entry| entry.digest.clone());
+        let (bytes, record) = match last_journaled {
+            Some(last) if manifest_unchanged => match std::fs::read(app.state.source_of(&last)) {
+                Ok(bytes) => (bytes, false),
+                Err(err) => {
+                    tracing::warn!(component = %name, error = %err, "the journal's last version is gone from the state directory; loading the manifest's source");
+                    (manifest_bytes, true)
+                }
+            },
+            _ => (manifest_bytes, true),
+        };
+        load(trigger, name, bytes, None, record).await?;
+    }
+    // Components added with `deploy --route` live only in the journal.
+    let mut added: Vec<&str> = entries
+        .iter()
+        .filter(|entry| entry.route.is_some() && !app.manifest.components.contains_key(&entry.component))
+        .map(|entry| entry.component.as_str())
+        .collect();
+    added.dedup();
+    let mut seen = std::collections::HashSet::new();
+    for name in added {
+        if !seen.insert(name) {
+            continue;
+        }
+        let history = journal::history(&entries, name);
+        let Some(last) = history.last() else { continue };
+        let route = history.iter().rev().find_map(|entry| entry.route.clone());
+        match std::fs::read(app.state.source_of(&last.digest)) {
+            Ok(bytes) => load(trigger, name, bytes, route, false).await?,
+            Err(err) => tracing::warn!(component = %name, error = %err, "cannot restore a deployed component: its source is gone from the state directory"),
+        }
+    }
+    Ok(())
+}
+
+async fn load(trigger: &HttpTrigger, name: &str, bytes: Vec<u8>, route: Option<String>, record: bool) -> anyhow::Result<()> {
+    let request = DeployRequest {
+        component: name.to_string(),
+        bytes,
+        route,
+        action: Action::Manifest,
+        probe_is_fatal: false,
+        record,
+    };
+    let report = deploy::deploy(trigger, request).await?;
+    for warning in &report.warnings {
+        tracing::warn!(component = %name, "{warning}");
+    }
+    Ok(())
+}
+
+/// The runtime config (Spin's format) is read and checked for TOML errors here; the store and
+/// database sections it maps take effect with the key-value and SQL capabilities.
+fn check_runtime_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the runtime config {}", path.display()))?;
+    let _: toml::Table = toml::from_str(&text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The per-instance host state (the `T` of `Store<T>`), the linker of the supported world,
+//! and the construction of a store with its limits and deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::app::ComponentSpec;
+use crate::capability::http_outbound::{ChainedRequests, OutboundHttp};
+use crate::settings::Limits;
+
+pub struct InstanceState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: OutboundHttp,
+    limits: StoreLimits,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { hooks: &mut self.outbound, table: &mut self.table, ctx: &mut self.http }
+    }
+}
+
+/// The error a store raises when a request outlives its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the request exceeded its deadline of {0:?}")]
+pub struct DeadlineExceeded(pub Duration);
+
+/// The linker of everything a guest may import. An import outside it fails the deploy.
+pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+    Ok(linker)
+}
+
+/// A fresh store for one request (or one probe) of `spec`'s component.
+pub fn new_store(
+    engine: &Engine,
+    spec: &ComponentSpec,
+    limits: &Limits,
+    chained: Arc<dyn ChainedRequests>,
+    depth: u32,
+    timeout: Duration,
+) -> anyhow::Result<Store<InstanceState>> {
+    let mut wasi = WasiCtx::builder();
+    wasi.inherit_stdout().inherit_stderr();
+    wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    wasi.envs(&spec.environment);
+    if let Some(dir) = &spec.files_dir {
+        wasi.preopened_dir(dir, "/", FsPerms::ReadOnly)
+            .map_err(|err| anyhow::anyhow!("cannot open the files of component `{}`: {err}", spec.name))?;
+    }
+    let outbound = OutboundHttp {
+        component: Arc::from(spec.name.as_str()),
+        allowed: spec.allowed_hosts.clone(),
+        chained,
+        depth,
+        connect_timeout: Duration::from_secs(10),
+        first_byte_timeout: timeout,
+    };
+    let state = InstanceState {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        outbound,
+        limits: StoreLimitsBuilder::new()
+            .memory_size(limits.instance_memory_bytes() as usize)
+            .trap_on_grow_failure(false)
+            .build(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limits);
+    let deadline = Instant::now() + timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(wasmtime::Error::new(DeadlineExceeded(timeout)))
+        } else {
+            // Yield so that a guest computing without pause never holds an executor thread.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    Ok(store)
+}

@@ -1,0 +1,18 @@
+//! Mosaic: a WebAssembly component platform for microservices. It serves a Spin application
+//! (`spin.toml`) and swaps any one component to a new version while the others keep serving.
+
+pub mod admin;
+pub mod app;
+pub mod build;
+pub mod capability;
+pub mod client;
+pub mod deploy;
+pub mod engine;
+pub mod host;
+pub mod instance;
+pub mod settings;
+pub mod state;
+pub mod trigger;
+pub mod watch;
+
+pub use host::{Host, HostOptions};

@@ -1,0 +1,83 @@
+//! Body helpers: a size cap that turns an oversized body into a wasi-http error, and the
+//! small JSON error bodies the host answers with.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, SizeHint};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::Error as HttpError;
+
+/// Passes a body through until more than `limit` bytes went by, then fails with `overflow`.
+pub struct CappedBody<B> {
+    inner: B,
+    seen: u64,
+    limit: u64,
+    overflow: fn(u64) -> HttpError,
+}
+
+impl<B> CappedBody<B> {
+    pub fn new(inner: B, limit: u64, overflow: fn(u64) -> HttpError) -> Self {
+        Self { inner, seen: 0, limit, overflow }
+    }
+}
+
+pub fn request_too_large(limit: u64) -> HttpError {
+    HttpError::HttpRequestBodySize(Some(limit))
+}
+
+pub fn response_too_large(limit: u64) -> HttpError {
+    HttpError::HttpResponseBodySize(Some(limit))
+}
+
+impl<B> Body for CappedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<HttpError>,
+{
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err((this.overflow)(this.limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// `{ "error": ..., "detail": ... }` with the given status.
+pub fn json_error(status: http::StatusCode, error: &str, detail: impl Into<String>) -> hyper::Response<HyperOutgoingBody> {
+    let body = serde_json::json!({ "error": error, "detail": detail.into() });
+    let mut response = hyper::Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}

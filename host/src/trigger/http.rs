@@ -1,0 +1,419 @@
+//! The HTTP trigger: routes an incoming request to a component, adds the `spin-*` headers,
+//! runs it in a fresh instance of the version live when it arrived, and turns failures into
+//! 5xx answers with a log line. Also serves in-process chained requests and deploy probes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Body;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{Error as HttpError, WasiBody, WasiHttpView};
+
+use crate::app::manifest::HttpRoute;
+use crate::app::routes::{RouteMatch, RoutePattern};
+use crate::app::{count, App, ComponentSpec, Deployment};
+use crate::capability::http_outbound::{BoxFuture, ChainTarget, ChainedRequests};
+use crate::instance::{new_store, DeadlineExceeded};
+use crate::trigger::body::{full, json_error, request_too_large, response_too_large, CappedBody};
+
+pub type HttpResponse = hyper::Response<HyperOutgoingBody>;
+
+/// The address chained requests report as `spin-client-addr`.
+const IN_PROCESS_CLIENT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+#[derive(Clone)]
+pub struct HttpTrigger {
+    app: Arc<App>,
+}
+
+/// Why a component did not answer a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("component `{component}` trapped: {detail}")]
+    Trap { component: String, detail: String },
+    #[error("component `{component}` exceeded the request deadline of {timeout:?}")]
+    Deadline { component: String, timeout: Duration },
+    #[error("component `{component}` could not be instantiated: {detail}")]
+    Instantiate { component: String, detail: String },
+    #[error("component `{component}` returned the error code {code:?} instead of a response")]
+    Guest { component: String, code: ErrorCode },
+    #[error("component `{component}` finished without sending a response")]
+    NoResponse { component: String },
+}
+
+impl ServeError {
+    pub fn into_response(self) -> HttpResponse {
+        let (status, error) = match &self {
+            ServeError::Trap { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component trapped"),
+            ServeError::Deadline { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline exceeded"),
+            ServeError::Instantiate { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no instance available"),
+            ServeError::Guest { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component error"),
+            ServeError::NoResponse { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "no response"),
+        };
+        json_error(status, error, self.to_string())
+    }
+}
+
+/// Where a request landed: the values of the `spin-*` headers.
+struct RouteInfo {
+    pattern: Option<RoutePattern>,
+    matched: RouteMatch,
+}
+
+impl RouteInfo {
+    fn for_component(spec: &ComponentSpec, path: &str) -> Self {
+        match &spec.route {
+            Some(HttpRoute::Public(pattern)) => {
+                let matched = pattern.matches(path).unwrap_or(RouteMatch { path_info: path.to_string(), params: vec![] });
+                RouteInfo { pattern: Some(pattern.clone()), matched }
+            }
+            _ => RouteInfo { pattern: None, matched: RouteMatch { path_info: path.to_string(), params: vec![] } },
+        }
+    }
+}
+
+impl HttpTrigger {
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves one request from a client.
+    pub async fn handle<B>(&self, request: hyper::Request<B>, client: SocketAddr) -> HttpResponse
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let limit = self.app.settings.limits.max_request_body_bytes;
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+                format!("the body is over the limit of {limit} bytes (limits.max_request_body_bytes)"),
+            );
+        }
+        let router = self.app.router();
+        let path = request.uri().path().to_string();
+        let Some((pattern, component, matched)) = router.route(&path) else {
+            return json_error(StatusCode::NOT_FOUND, "not found", format!("no route matches {path}"));
+        };
+        let route = RouteInfo { pattern: Some(pattern.clone()), matched };
+        let component = component.to_string();
+        self.serve_live(&component, request, route, client, 0).await
+    }
+
+    /// Serves a request on the live version of `component`, counting it in the slot's stats.
+    async fn serve_live<B>(&self, component: &str, request: hyper::Request<B>, route: RouteInfo, client: SocketAddr, depth: u32) -> HttpResponse
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let Some(slot) = self.app.slot(component) else {
+            return json_error(StatusCode::NOT_FOUND, "not found", format!("no component `{component}` is deployed"));
+        };
+        count(&slot.stats.requests);
+        let deployment = slot.live.load_full();
+        let span = tracing::info_span!("request", component = %component, version = %deployment.short_digest(), method = %request.method(), path = %request.uri().path());
+        let outcome = self
+            .serve_version(&slot.spec, deployment, request, route, client, depth, self.app.settings.limits.request_timeout())
+            .instrument(span.clone())
+            .await;
+        match outcome {
+            Ok(response) => {
+                if response.status().is_server_error() {
+                    count(&slot.stats.errors);
+                }
+                response
+            }
+            Err(err) => {
+                count(&slot.stats.errors);
+                span.in_scope(|| tracing::error!(error = %err, "request failed"));
+                err.into_response()
+            }
+        }
+    }
+
+    /// Runs one request in a fresh instance of `deployment`.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_version<B>(
+        &self,
+        spec: &ComponentSpec,
+        deployment: Arc<Deployment>,
+        request: hyper::Request<B>,
+        route: RouteInfo,
+        client: SocketAddr,
+        depth: u32,
+        timeout: Duration,
+    ) -> Result<HttpResponse, ServeError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let component = spec.name.clone();
+        let limits = &self.app.settings.limits;
+        let in_flight = deployment.enter();
+        let chained: Arc<dyn ChainedRequests> = Arc::new(self.clone());
+        let instantiate_error = |detail: String| ServeError::Instantiate { component: component.clone(), detail };
+        let mut store = new_store(&self.app.engine, spec, limits, chained, depth, timeout)
+            .map_err(|err| instantiate_error(format!("{err:#}")))?;
+
+        let request = with_spin_headers(request, &route, client);
+        let request = request.map(|body| CappedBody::new(body, limits.max_request_body_bytes, request_too_large));
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|err| instantiate_error(format!("{err:#}")))?;
+        let outparam = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|err| instantiate_error(format!("{err:#}")))?;
+
+        let pre = deployment.pre.clone();
+        let task_component = component.clone();
+        let guest = tokio::spawn(
+            async move {
+                // The in-flight guard lives as long as the guest runs, body streaming included.
+                let _in_flight = in_flight;
+                let run = async {
+                    let proxy = pre.instantiate_async(&mut store).await.map_err(|err| (true, err))?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, outparam)
+                        .await
+                        .map_err(|err| (false, err))
+                };
+                match tokio::time::timeout(timeout, run).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err((instantiating, err))) => Err(classify(&task_component, instantiating, err, timeout)),
+                    Err(_) => Err(ServeError::Deadline { component: task_component, timeout }),
+                }
+            }
+            .in_current_span(),
+        );
+
+        match receiver.await {
+            Ok(Ok(response)) => Ok(cap_response(response, limits.max_response_body_bytes)),
+            Ok(Err(code)) => Err(ServeError::Guest { component, code }),
+            Err(_) => match guest.await {
+                Ok(Ok(())) => Err(ServeError::NoResponse { component }),
+                Ok(Err(err)) => Err(err),
+                Err(join) => Err(ServeError::Trap { component, detail: format!("the instance task failed: {join}") }),
+            },
+        }
+    }
+
+    /// The deploy pipeline's probe: instantiates `deployment` and calls its health route
+    /// before any user traffic reaches it. A component without a health route (404) passes;
+    /// a 5xx, a trap or a timeout fails.
+    pub async fn probe(&self, spec: &ComponentSpec, deployment: Arc<Deployment>) -> Result<(), String> {
+        let prefix = match &spec.route {
+            Some(HttpRoute::Public(pattern)) => pattern.literal_prefix(),
+            _ => String::new(),
+        };
+        let path = format!("{prefix}/health");
+        let request = hyper::Request::get(path.as_str())
+            .header(http::header::HOST, "mosaic.probe")
+            .header("user-agent", "mosaic-deploy-probe")
+            .body(Empty::<Bytes>::new())
+            .map_err(|err| format!("cannot build the probe request for {path}: {err}"))?;
+        let route = RouteInfo::for_component(spec, &path);
+        let timeout = self.app.settings.limits.probe_timeout();
+        let response = self
+            .serve_version(spec, deployment, request, route, IN_PROCESS_CLIENT, 0, timeout)
+            .await
+            .map_err(|err| err.to_string())?;
+        let status = response.status();
+        // Read the whole answer: a guest must be able to finish writing its body.
+        let body = tokio::time::timeout(timeout, response.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+        if status.is_server_error() {
+            let excerpt = String::from_utf8_lossy(&body[..body.len().min(200)]).to_string();
+            return Err(format!("the health route GET {path} answered {status}: {excerpt}"));
+        }
+        Ok(())
+    }
+}
+
+fn classify(component: &str, instantiating: bool, err: wasmtime::Error, timeout: Duration) -> ServeError {
+    let component = component.to_string();
+    if err.downcast_ref::<DeadlineExceeded>().is_some() {
+        return ServeError::Deadline { component, timeout };
+    }
+    if instantiating && err.downcast_ref::<wasmtime::Trap>().is_none() {
+        return ServeError::Instantiate { component, detail: format!("{err:#}") };
+    }
+    let detail = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("{trap}: {err:#}"),
+        None => format!("{err:#}"),
+    };
+    ServeError::Trap { component, detail }
+}
+
+fn cap_response(response: HttpResponse, limit: u64) -> HttpResponse {
+    let declared = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "response body too large",
+            format!("the component's response is over the limit of {limit} bytes (limits.max_response_body_bytes)"),
+        );
+    }
+    response.map(|body| CappedBody::new(body, limit, response_too_large).boxed_unsync())
+}
+
+/// Replaces any `spin-*` header the client sent with the values Spin computes.
+fn with_spin_headers<B>(mut request: hyper::Request<B>, route: &RouteInfo, client: SocketAddr) -> hyper::Request<B> {
+    let headers = request.headers_mut();
+    let spoofed: Vec<HeaderName> = headers.keys().filter(|name| name.as_str().starts_with("spin-")).cloned().collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".to_string());
+    if !request.headers().contains_key(http::header::HOST) {
+        if let Ok(value) = HeaderValue::from_str(&host) {
+            request.headers_mut().insert(http::header::HOST, value);
+        }
+    }
+    let path_and_query = request.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/").to_string();
+    let (matched_route, component_route) = match &route.pattern {
+        Some(pattern) => (pattern.as_str().to_string(), pattern.without_wildcard()),
+        None => (String::new(), String::new()),
+    };
+    let mut values = vec![
+        ("spin-full-url".to_string(), format!("http://{host}{path_and_query}")),
+        ("spin-path-info".to_string(), route.matched.path_info.clone()),
+        ("spin-matched-route".to_string(), matched_route.clone()),
+        ("spin-base-path".to_string(), "/".to_string()),
+        ("spin-raw-component-route".to_string(), matched_route),
+        ("spin-component-route".to_string(), component_route),
+        ("spin-client-addr".to_string(), client.to_string()),
+    ];
+    for (name, value) in &route.matched.params {
+        values.push((format!("spin-path-match-{}", name.to_ascii_lowercase()), value.clone()));
+    }
+    let headers = request.headers_mut();
+    for (name, value) in values {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+            headers.insert(name, value);
+        }
+    }
+    request
+}
+
+impl ChainedRequests for HttpTrigger {
+    fn serve_chained(
+        &self,
+        target: ChainTarget,
+        request: http::Request<WasiBody>,
+        depth: u32,
+    ) -> BoxFuture<Result<http::Response<WasiBody>, HttpError>> {
+        let trigger = self.clone();
+        Box::pin(async move {
+            let path = request.uri().path().to_string();
+            let (component, route) = match target {
+                ChainTarget::Component(name) => {
+                    let Some(slot) = trigger.app.slot(&name) else {
+                        tracing::warn!(target_component = %name, "chained request to a component that does not exist");
+                        return Err(HttpError::DestinationNotFound);
+                    };
+                    let route = RouteInfo::for_component(&slot.spec, &path);
+                    (name, route)
+                }
+                ChainTarget::App => {
+                    let router = trigger.app.router();
+                    let Some((pattern, component, matched)) = router.route(&path) else {
+                        return Ok(json_error(StatusCode::NOT_FOUND, "not found", format!("no route matches {path}")));
+                    };
+                    (component.to_string(), RouteInfo { pattern: Some(pattern.clone()), matched })
+                }
+            };
+            Ok(trigger.serve_live(&component, request, route, IN_PROCESS_CLIENT, depth).await)
+        })
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then stops accepting and waits for the
+/// connections in progress to finish, up to `drain`.
+pub async fn serve(listener: TcpListener, trigger: HttpTrigger, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let trigger = trigger.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let trigger = trigger.clone();
+            async move { Ok::<_, std::convert::Infallible>(trigger.handle(request, client).await) }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(64 * 1024);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, %client, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain, "shutdown: connections still open at the drain deadline were cut");
+    }
+}
+
+/// Resolves once the host is told to stop.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// A plain-text answer, used by the admin API.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = hyper::Response::new(full(body));
+    *response.status_mut() = status;
+    response
+}

@@ -1,1 +1,182 @@
+//! Helpers for the integration tests: fixtures, throwaway application directories, a real
+//! host on ephemeral ports, an HTTP client, and the `mosaic` binary.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mosaic::settings::Settings;
+use mosaic::{Host, HostOptions};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+}
+
+/// A guest fixture built by `cargo xtask build` (probe, probe-v2, probe-unhealthy, plain).
+pub fn fixture(name: &str) -> PathBuf {
+    let path = workspace_root().join("target/fixtures").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "fixture {} is missing: run the tests with `cargo xtask test` (it builds the fixtures)",
+        path.display()
+    );
+    path
+}
+
+/// The `mosaic` binary, built by `cargo xtask test` before the tests run.
+pub fn mosaic_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("debug/mosaic");
+    assert!(path.exists(), "{} is missing: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
+/// A directory of its own for one test's application, removed when dropped.
+pub struct AppDir {
+    pub path: PathBuf,
+}
+
+impl AppDir {
+    /// Writes `manifest` as spin.toml; `{probe}`-style placeholders become fixture paths.
+    pub fn new(manifest: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "mosaic-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        let mut text = manifest.to_string();
+        for name in ["probe-v2", "probe-unhealthy", "probe", "plain"] {
+            text = text.replace(&format!("{{{name}}}"), &fixture(name).to_string_lossy());
+        }
+        std::fs::write(path.join("spin.toml"), text).expect("write spin.toml");
+        Self { path }
+    }
+
+    pub fn manifest(&self) -> PathBuf {
+        self.path.join("spin.toml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path.join(".mosaic")
+    }
+
+    pub async fn start(&self, settings: Settings) -> Host {
+        Host::start(HostOptions {
+            manifest: self.manifest(),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            state_dir: None,
+            settings: Some(settings),
+            runtime_config_file: None,
+        })
+        .await
+        .expect("the host starts")
+    }
+}
+
+impl Drop for AppDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The probe at `/probe/...` and `/items/:id`, the plain component at `/plain`.
+pub const TWO_COMPONENTS: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "two"
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[[trigger.http]]
+route = "/items/:id"
+component = "probe"
+[[trigger.http]]
+route = "/plain"
+component = "plain"
+[component.probe]
+source = "{probe}"
+allowed_outbound_hosts = ["http://*.spin.internal", "http://self"]
+[component.plain]
+source = "{plain}"
+"#;
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.body))
+    }
+}
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(client: &HttpClient, method: &str, url: &str, body: impl Into<Bytes>) -> Result<Reply, String> {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(body.into()))
+        .map_err(|err| err.to_string())?;
+    let response = client.request(request).await.map_err(|err| format!("{err:?}"))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.map_err(|err| err.to_string())?.to_bytes();
+    Ok(Reply { status, headers, body: String::from_utf8_lossy(&bytes).to_string() })
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> Reply {
+    send(client, "GET", url, Bytes::new()).await.unwrap_or_else(|err| panic!("GET {url}: {err}"))
+}
+
+/// Captures log lines so that tests can check that a failure was logged.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Installs the capture as the global subscriber once per test binary.
+    pub fn install() -> LogCapture {
+        static CAPTURE: OnceLock<LogCapture> = OnceLock::new();
+        CAPTURE
+            .get_or_init(|| {
+                let capture = LogCapture::default();
+                let writer = capture.clone();
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::new("mosaic=info"))
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone())
+                    .try_init();
+                capture
+            })
+            .clone()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log lock")).to_string()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log lock").extend_from_slice(buf);
+        std::io::stderr().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

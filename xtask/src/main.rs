@@ -1,1 +1,103 @@
-fn main(){}
+//! `cargo xtask build|test|up|bench`: builds the guest components (they target wasm32-wasip2
+//! and live in their own workspaces), runs the test suite and the benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+mod bench;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+  build            build the reference components and the test fixtures (wasm32-wasip2)
+  test             build, then run every test of the workspace
+  up [ARGS...]     build, then run the reference application (mosaic up ARGS)
+  bench http       benchmark HTTP serving and swap latency; writes bench/README.md";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("build") => build_all(&root),
+        Some("test") => {
+            build_all(&root)?;
+            run(Command::new(cargo()).current_dir(&root).args(["build", "-p", "mosaic"]))?;
+            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(&args[1..]))
+        }
+        Some("up") => {
+            build_all(&root)?;
+            run(Command::new(cargo()).current_dir(&root).args(["run", "-p", "mosaic", "--", "up"]).args(&args[1..]))
+        }
+        Some("bench") => {
+            build_all(&root)?;
+            bench::run(&root, &args[1..])
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            bail!("unknown or missing command")
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+pub fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+pub fn run(command: &mut Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// One build of a guest crate: (package, features, output name in target/fixtures).
+const FIXTURES: &[(&str, &str, &str)] = &[
+    ("probe", "", "probe"),
+    ("probe", "v2", "probe-v2"),
+    ("probe", "unhealthy", "probe-unhealthy"),
+    ("plain", "", "plain"),
+];
+
+fn build_all(root: &Path) -> Result<()> {
+    build_fixtures(root)?;
+    build_components(root)
+}
+
+fn build_fixtures(root: &Path) -> Result<()> {
+    let workspace = root.join("tests/fixtures");
+    let out = root.join("target/fixtures");
+    std::fs::create_dir_all(&out)?;
+    for (package, features, name) in FIXTURES {
+        let mut command = Command::new(cargo());
+        command
+            .current_dir(&workspace)
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "-p", package]);
+        if !features.is_empty() {
+            command.args(["--features", features]);
+        }
+        run(&mut command)?;
+        let built = workspace.join(format!("target/wasm32-wasip2/release/{package}.wasm"));
+        std::fs::copy(&built, out.join(format!("{name}.wasm")))
+            .with_context(|| format!("cannot copy {}", built.display()))?;
+    }
+    eprintln!("fixtures built into {}", out.display());
+    Ok(())
+}
+
+fn build_components(root: &Path) -> Result<()> {
+    let workspace = root.join("components");
+    if !workspace.join("Cargo.toml").exists() {
+        return Ok(());
+    }
+    run(Command::new(cargo())
+        .current_dir(&workspace)
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--workspace"]))?;
+    eprintln!("components built into {}", workspace.join("target/wasm32-wasip2/release").display());
+    Ok(())
+}

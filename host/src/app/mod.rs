@@ -162,6 +162,7 @@ impl App {
         manifest: Manifest,
         state: StateDir,
     ) -> Self {
+        let router = Router::new(manifest_routes(&manifest));
         Self {
             engine,
             linker,
@@ -169,7 +170,7 @@ impl App {
             manifest,
             state,
             slots: RwLock::new(BTreeMap::new()),
-            router: ArcSwap::from_pointee(Router::default()),
+            router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),
         }
     }
@@ -206,7 +207,9 @@ impl App {
         if let Ok(mut slots) = self.slots.write() {
             slots.insert(spec.name.clone(), slot);
         }
-        if let Some(HttpRoute::Public(pattern)) = &spec.route {
+        // Manifest components are routed from the start (a component may have several
+        // routes); one added by `deploy --route` gets its route now.
+        if let (Some(HttpRoute::Public(pattern)), false) = (&spec.route, self.manifest.components.contains_key(&spec.name)) {
             self.router.rcu(|router| router.with_route(pattern.clone(), &spec.name));
         }
         None
@@ -233,6 +236,17 @@ impl App {
     pub fn requests_in_flight(&self) -> u64 {
         self.slots().iter().map(|slot| slot.live.load().in_flight()).sum()
     }
+}
+
+fn manifest_routes(manifest: &Manifest) -> Vec<(RoutePattern, String)> {
+    manifest
+        .http_triggers
+        .iter()
+        .filter_map(|trigger| match &trigger.route {
+            HttpRoute::Public(pattern) => Some((pattern.clone(), trigger.component.clone())),
+            HttpRoute::Private => None,
+        })
+        .collect()
 }
 
 pub(crate) fn count(counter: &AtomicU64) {

@@ -1,0 +1,167 @@
+//! The HTTP trigger against a real host: a spin-sdk 5.x component and a plain wit-bindgen
+//! component, Spin's route matching and `spin-*` headers, 404s, in-process chaining.
+
+use mosaic::settings::Settings;
+use mosaic_tests::{client, get, AppDir, TWO_COMPONENTS};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_spin_sdk_and_plain_components_with_spin_headers() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+
+    let hello = get(&client, &format!("{base}/probe/hello")).await;
+    assert_eq!(hello.status, 200);
+    assert_eq!(hello.body, "hello from probe v1");
+
+    let plain = get(&client, &format!("{base}/plain?x=1")).await;
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    assert_eq!(plain.body, "plain component saw /plain?x=1");
+
+    let headers = get(&client, &format!("{base}/probe/headers?q=1")).await.json();
+    let h = &headers["headers"];
+    assert_eq!(h["spin-path-info"], "/headers");
+    assert_eq!(h["spin-matched-route"], "/probe/...");
+    assert_eq!(h["spin-raw-component-route"], "/probe/...");
+    assert_eq!(h["spin-component-route"], "/probe");
+    assert_eq!(h["spin-base-path"], "/");
+    assert_eq!(h["spin-full-url"], format!("{base}/probe/headers?q=1"));
+    assert!(h["spin-client-addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    // A `:name` segment is passed as spin-path-match-NAME; path-info is empty for an exact route.
+    let item = get(&client, &format!("{base}/items/42")).await;
+    assert_eq!(item.status, 200, "{}", item.body);
+    // The probe dispatches on path-info, which is empty here: it answers hello.
+    assert_eq!(item.body, "hello from probe v1");
+
+    // 404 for no route, with a JSON error.
+    let missing = get(&client, &format!("{base}/nowhere")).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"], "not found");
+    let deeper = get(&client, &format!("{base}/plain/deeper")).await;
+    assert_eq!(deeper.status, 404, "an exact route does not match deeper paths");
+
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cannot_spoof_spin_headers() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let host = dir.start(Settings::default()).await;
+    let url = format!("http://{}/probe/headers", host.http_addr());
+    let request = http::Request::get(&url)
+        .header("spin-path-info", "/admin")
+        .header("spin-path-match-id", "evil")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["headers"]["spin-path-info"], "/headers");
+    assert!(json["headers"].get("spin-path-match-id").is_none());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_params_reach_the_guest() {
+    let dir = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "params"
+[[trigger.http]]
+route = "/users/:id/..."
+component = "probe"
+[component.probe]
+source = "{probe}"
+"#,
+    );
+    let host = dir.start(Settings::default()).await;
+    let reply = get(&client(), &format!("http://{}/users/7/headers", host.http_addr())).await.json();
+    assert_eq!(reply["headers"]["spin-path-match-id"], "7");
+    assert_eq!(reply["headers"]["spin-path-info"], "/headers");
+    assert_eq!(reply["headers"]["spin-component-route"], "/users/:id");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_allow_list_and_in_process_chaining() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+
+    // NAME.spin.internal goes straight to that component, with no socket.
+    let chained = get(&client, &format!("{base}/probe/outbound?url=http://plain.spin.internal/plain")).await;
+    assert_eq!(chained.status, 200, "{}", chained.body);
+    assert_eq!(chained.body, "200 plain component saw /plain");
+
+    // `self` goes through the application's router.
+    let via_self = get(&client, &format!("{base}/probe/outbound?url=http://self/probe/hello")).await;
+    assert_eq!(via_self.body, "200 hello from probe v1");
+
+    // A host that is not allowed: the guest gets an error value (502 from the probe), no trap.
+    let denied = get(&client, &format!("{base}/probe/outbound?url=http://127.0.0.1:9/")).await;
+    assert_eq!(denied.status, 502, "{}", denied.body);
+    assert!(denied.body.contains("HttpRequestDenied"), "{}", denied.body);
+
+    // A chained call to a component that does not exist.
+    let nowhere = get(&client, &format!("{base}/probe/outbound?url=http://ghost.spin.internal/")).await;
+    assert_eq!(nowhere.status, 502, "{}", nowhere.body);
+
+    // Chains nest: self calls self, which calls the probe.
+    let recursive = format!("{base}/probe/outbound?url=http://self/probe/outbound%3Furl%3Dhttp://self/probe/hello");
+    let reply = get(&client, &recursive).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_component_is_reachable_only_in_process() {
+    let dir = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "private"
+[[trigger.http]]
+route = "/..."
+component = "probe"
+[[trigger.http]]
+route = { private = true }
+component = "plain"
+[component.probe]
+source = "{probe}"
+allowed_outbound_hosts = ["http://plain.spin.internal"]
+[component.plain]
+source = "{plain}"
+"#,
+    );
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    let direct = get(&client, &format!("{base}/plain")).await;
+    assert_eq!(direct.body, "hello from probe v1", "the public catch-all serves /plain, not the private component");
+    let chained = get(&client, &format!("{base}/outbound?url=http://plain.spin.internal/x")).await;
+    assert_eq!(chained.body, "200 plain component saw /x");
+    // Only plain.spin.internal is granted: self is denied.
+    let denied = get(&client, &format!("{base}/outbound?url=http://self/hello")).await;
+    assert_eq!(denied.status, 502);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_body_is_refused_with_413() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let mut settings = Settings::default();
+    settings.limits.max_request_body_bytes = 1024;
+    let host = dir.start(settings).await;
+    let url = format!("http://{}/probe/echo", host.http_addr());
+    let client = client();
+    let small = mosaic_tests::send(&client, "POST", &url, vec![b'a'; 1000]).await.unwrap();
+    assert_eq!(small.status, 200);
+    assert_eq!(small.body.len(), 1000);
+    let big = mosaic_tests::send(&client, "POST", &url, vec![b'a'; 4096]).await.unwrap();
+    assert_eq!(big.status, 413);
+    host.shutdown().await;
+}

@@ -120,18 +120,7 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
     };
     let mut clock = StepClock::new();
 
-    // 1. receive
-    let limit = app.settings.limits.max_component_bytes;
-    if request.bytes.len() as u64 > limit {
-        return Err(DeployError::at(
-            &name,
-            Step::Receive,
-            format!(
-                "the file is {} bytes, over the limit of {limit} bytes (limits.max_component_bytes in mosaic.toml)",
-                request.bytes.len()
-            ),
-        ));
-    }
+    // 1. receive (the admin API caps the upload at limits.max_component_bytes)
     let spec = spec_for_deploy(trigger, &name, request.route.as_deref())?;
     let digest = artifacts::digest_of(&request.bytes);
     clock.done(Step::Receive);

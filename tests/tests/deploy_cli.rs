@@ -1,0 +1,188 @@
+//! The deploy pipeline through the `mosaic` CLI, as an operator uses it: bad deploys leave the
+//! old version serving and exit non-zero naming the step and the reason; status and history.
+
+use std::path::Path;
+use std::process::Output;
+
+use mosaic::settings::Settings;
+use mosaic_tests::{client, fixture, get, mosaic_bin, AppDir, TWO_COMPONENTS};
+
+fn mosaic(dir: &Path, args: &[&str]) -> Output {
+    let output = std::process::Command::new(mosaic_bin())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the mosaic binary runs");
+    eprintln!(
+        "mosaic {args:?} -> {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.to_string_lossy().to_string()
+}
+
+async fn assert_still_v1(url: &str) {
+    assert_eq!(get(&client(), url).await.body, "hello from probe v1", "the old version keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deploys_name_the_step_and_keep_the_old_version() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let host = dir.start(Settings::default()).await;
+    let hello = format!("http://{}/probe/hello", host.http_addr());
+    let path = dir.path.clone();
+    let run = |args: Vec<String>| {
+        let path = path.clone();
+        async move {
+            tokio::task::spawn_blocking(move || mosaic(&path, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+                .await
+                .unwrap()
+        }
+    };
+    let deploy = |file: String| run(vec!["deploy".into(), "probe".into(), file]);
+
+    // Random bytes.
+    let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let out = deploy(write(&dir.path, "random.wasm", &random)).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("step `validate`") && stderr(&out).contains("not WebAssembly"), "{}", stderr(&out));
+    assert_still_v1(&hello).await;
+
+    // A core module instead of a component.
+    let core = wat::parse_str("(module (func (export \"_start\")))").unwrap();
+    let out = deploy(write(&dir.path, "core.wasm", &core)).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("step `validate`") && stderr(&out).contains("core WebAssembly module"), "{}", stderr(&out));
+    assert_still_v1(&hello).await;
+
+    // A truncated component.
+    let whole = std::fs::read(fixture("probe-v2")).unwrap();
+    let out = deploy(write(&dir.path, "truncated.wasm", &whole[..whole.len() / 2])).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("step `validate`") && stderr(&out).contains("does not compile"), "{}", stderr(&out));
+    assert_still_v1(&hello).await;
+
+    // An import outside the supported world.
+    let foreign = wat::parse_str(r#"(component (import "acme:unknown/api" (instance (export "f" (func)))))"#).unwrap();
+    let out = deploy(write(&dir.path, "foreign.wasm", &foreign)).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("step `validate`") && err.contains("outside Mosaic's supported world") && err.contains("acme:unknown/api"), "{err}");
+    assert_still_v1(&hello).await;
+
+    // A component that exports no HTTP handler.
+    let silent = wat::parse_str("(component)").unwrap();
+    let out = deploy(write(&dir.path, "silent.wasm", &silent)).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not export `wasi:http/incoming-handler"), "{}", stderr(&out));
+    assert_still_v1(&hello).await;
+
+    // A version whose health probe fails.
+    let out = deploy(fixture("probe-unhealthy").to_string_lossy().to_string()).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("step `probe`") && err.contains("503") && err.contains("unhealthy on purpose"), "{err}");
+    assert_still_v1(&hello).await;
+
+    // A file that does not exist, an unknown component, no host running for another manifest.
+    let out = deploy("/nonexistent/x.wasm".into()).await;
+    assert!(!out.status.success() && stderr(&out).contains("cannot read /nonexistent/x.wasm"));
+    let out = run(vec!["deploy".into(), "ghost".into(), fixture("probe").to_string_lossy().to_string()]).await;
+    assert!(!out.status.success() && stderr(&out).contains("--route"), "{}", stderr(&out));
+
+    // An import the component has no grant for is a warning, not a refusal: the probe imports
+    // outbound HTTP, and a component added by deploy has no allowed hosts.
+    let out = run(vec![
+        "deploy".into(),
+        "fresh".into(),
+        fixture("probe").to_string_lossy().to_string(),
+        "--route".into(),
+        "/fresh/...".into(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("warning:") && stdout.contains("allowed_outbound_hosts is empty"), "{stdout}");
+    let fresh = get(&client(), &format!("http://{}/fresh/hello", host.http_addr())).await;
+    assert_eq!(fresh.body, "hello from probe v1");
+
+    // A good deploy, then status and history show it.
+    let out = deploy(fixture("probe-v2").to_string_lossy().to_string()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(get(&client(), &hello).await.body, "hello from probe v2");
+    let out = run(vec!["status".into()]).await;
+    assert!(out.status.success());
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    for expected in ["COMPONENT", "probe", "plain", "fresh", "/probe/..."] {
+        assert!(status.contains(expected), "{status}");
+    }
+    let out = run(vec!["status".into(), "--json".into()]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probe = json.as_array().unwrap().iter().find(|c| c["name"] == "probe").unwrap();
+    assert!(probe["requests"].as_u64().unwrap() >= 7, "{probe}");
+    let out = run(vec!["history".into(), "probe".into()]).await;
+    let history = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(history.contains("manifest") && history.contains("deploy") && history.contains("<- live"), "{history}");
+
+    let out = run(vec!["rollback".into(), "probe".into()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_still_v1(&hello).await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_over_the_size_cap_is_refused_at_receive() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let mut settings = Settings::default();
+    settings.limits.max_component_bytes = 100_000;
+    let host = dir.start(settings).await;
+    let path = dir.path.clone();
+    let big = fixture("probe-v2");
+    assert!(std::fs::metadata(&big).unwrap().len() > 100_000);
+    let out = tokio::task::spawn_blocking(move || mosaic(&path, &["deploy", "probe", &big.to_string_lossy()]))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("step `receive`") && err.contains("limits.max_component_bytes") && err.contains("413"), "{err}");
+    assert_still_v1(&format!("http://{}/probe/hello", host.http_addr())).await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_the_token() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let host = dir.start(Settings::default()).await;
+    let client = client();
+    let url = format!("http://{}/v1/status", host.admin_addr());
+    assert_eq!(get(&client, &url).await.status, 401);
+    let wrong = http::Request::get(&url)
+        .header("authorization", "Bearer not-the-token")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(client.request(wrong).await.unwrap().status(), 401);
+    let right = http::Request::get(&url)
+        .header("authorization", format!("Bearer {}", host.admin_token()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(client.request(right).await.unwrap().status(), 200);
+    assert_eq!(get(&client, &format!("http://{}/healthz", host.admin_addr())).await.status, 200);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.state_dir().join("admin-token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    host.shutdown().await;
+}

@@ -68,14 +68,22 @@ fn authorized(token: &str, request: &hyper::Request<hyper::body::Incoming>) -> b
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     // Constant-time comparison: the token is the only thing guarding deploys.
-    presented.len() == token.len() && presented.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn json(status: StatusCode, value: &impl Serialize) -> HttpResponse {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut response = hyper::Response::new(full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -87,7 +95,10 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
         (&Method::GET, ["healthz"]) => return json(StatusCode::OK, &serde_json::json!({ "status": "alive" })),
         (&Method::GET, ["readyz"]) => {
             let components = app.slots().len();
-            return json(StatusCode::OK, &serde_json::json!({ "status": "ready", "components": components }));
+            return json(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "ready", "components": components }),
+            );
         }
         _ => {}
     }
@@ -101,16 +112,17 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
     let query = request.uri().query().unwrap_or("").to_string();
     match (request.method().clone(), segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &status(trigger)),
-        (Method::GET, ["v1", "components", name, "history"]) => {
-            match journal::read(&app.state.journal_path()) {
-                Ok(entries) => {
-                    let history: Vec<_> = journal::history(&entries, name).into_iter().cloned().collect();
-                    let current = app.slot(name).map(|slot| slot.live.load().digest.clone());
-                    json(StatusCode::OK, &serde_json::json!({ "component": name, "current": current, "history": history }))
-                }
-                Err(err) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "journal unreadable", err.to_string()),
+        (Method::GET, ["v1", "components", name, "history"]) => match journal::read(&app.state.journal_path()) {
+            Ok(entries) => {
+                let history: Vec<_> = journal::history(&entries, name).into_iter().cloned().collect();
+                let current = app.slot(name).map(|slot| slot.live.load().digest.clone());
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "component": name, "current": current, "history": history }),
+                )
             }
-        }
+            Err(err) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "journal unreadable", err.to_string()),
+        },
         (Method::POST, ["v1", "components", name, "deploy"]) => {
             let name = name.to_string();
             let limit = app.settings.limits.max_component_bytes;
@@ -122,9 +134,15 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
                             "deploy of `{name}` failed at step `receive`: the file is over the limit of {limit} bytes (limits.max_component_bytes in mosaic.toml)"
                         ))
                     } else {
-                        (StatusCode::BAD_REQUEST, format!("deploy of `{name}` failed at step `receive`: the upload broke off: {err}"))
+                        (
+                            StatusCode::BAD_REQUEST,
+                            format!("deploy of `{name}` failed at step `receive`: the upload broke off: {err}"),
+                        )
                     };
-                    return json(status, &serde_json::json!({ "error": "deploy failed", "step": "receive", "detail": detail }));
+                    return json(
+                        status,
+                        &serde_json::json!({ "error": "deploy failed", "step": "receive", "detail": detail }),
+                    );
                 }
             };
             let route = query_value(&query, "route");
@@ -139,7 +157,11 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
             deploy_answer(deploy::deploy(trigger, request).await)
         }
         (Method::POST, ["v1", "components", name, "rollback"]) => deploy_answer(deploy::rollback(trigger, name).await),
-        _ => json_error(StatusCode::NOT_FOUND, "not found", format!("the admin API has no {} {path}", request.method())),
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "not found",
+            format!("the admin API has no {} {path}", request.method()),
+        ),
     }
 }
 
@@ -150,11 +172,21 @@ fn deploy_answer(outcome: Result<deploy::DeployReport, DeployError>) -> HttpResp
             let status = match &err {
                 DeployError::Conflict { .. } => StatusCode::CONFLICT,
                 DeployError::NotFound { .. } => StatusCode::NOT_FOUND,
-                DeployError::Failed { step: deploy::Step::Journal, .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                DeployError::Failed {
+                    step: deploy::Step::Journal,
+                    ..
+                } => StatusCode::INTERNAL_SERVER_ERROR,
                 DeployError::Failed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             };
-            let error = if status == StatusCode::CONFLICT { "conflict" } else { "deploy failed" };
-            json(status, &serde_json::json!({ "error": error, "step": err.step(), "detail": err.to_string() }))
+            let error = if status == StatusCode::CONFLICT {
+                "conflict"
+            } else {
+                "deploy failed"
+            };
+            json(
+                status,
+                &serde_json::json!({ "error": error, "step": err.step(), "detail": err.to_string() }),
+            )
         }
     }
 }
@@ -189,7 +221,11 @@ pub fn status(trigger: &HttpTrigger) -> Vec<ComponentStatus> {
 }
 
 fn query_value(query: &str, key: &str) -> Option<String> {
-    query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| percent_decode(v))
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
 }
 
 fn percent_decode(text: &str) -> String {
@@ -228,7 +264,10 @@ mod tests {
 
     #[test]
     fn decodes_routes_in_queries() {
-        assert_eq!(query_value("route=%2Fhello%2F...", "route").as_deref(), Some("/hello/..."));
+        assert_eq!(
+            query_value("route=%2Fhello%2F...", "route").as_deref(),
+            Some("/hello/...")
+        );
         assert_eq!(query_value("a=1&route=/x", "route").as_deref(), Some("/x"));
         assert_eq!(query_value("route=%zz%", "route").as_deref(), Some("%zz%"));
         assert_eq!(query_value("route=%", "route").as_deref(), Some("%"));

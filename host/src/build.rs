@@ -17,7 +17,9 @@ pub fn build_component(manifest: &Manifest, component: &str) -> anyhow::Result<b
             .arg(command)
             .current_dir(&workdir)
             .status()
-            .map_err(|err| anyhow::anyhow!("component `{component}`: cannot run its build command `{command}`: {err}"))?;
+            .map_err(|err| {
+                anyhow::anyhow!("component `{component}`: cannot run its build command `{command}`: {err}")
+            })?;
         if !status.success() {
             anyhow::bail!(
                 "component `{component}`: its build command `{command}` failed ({status}) in {}",

@@ -33,8 +33,11 @@ impl AdminClient {
 
     /// Finds the host running for the manifest at `manifest` (or the given state directory).
     pub fn discover(manifest: &Path, state_dir: Option<&Path>) -> anyhow::Result<Self> {
-        let root = state_dir.map(Path::to_owned).unwrap_or_else(|| StateDir::beside(manifest));
-        let state = StateDir::open(root.clone()).with_context(|| format!("cannot open the state directory {}", root.display()))?;
+        let root = state_dir
+            .map(Path::to_owned)
+            .unwrap_or_else(|| StateDir::beside(manifest));
+        let state = StateDir::open(root.clone())
+            .with_context(|| format!("cannot open the state directory {}", root.display()))?;
         let endpoint = state.read_endpoint().map_err(|_| {
             anyhow::anyhow!(
                 "no Mosaic host is running for {} (nothing in {}). Start one with `mosaic up` in that directory, or name the manifest with -f",
@@ -42,13 +45,21 @@ impl AdminClient {
                 state.endpoint_path().display()
             )
         })?;
-        let token = state.read_token().with_context(|| format!("cannot read the admin token {}", state.token_path().display()))?;
-        Ok(Self { addr: endpoint.addr, token })
+        let token = state
+            .read_token()
+            .with_context(|| format!("cannot read the admin token {}", state.token_path().display()))?;
+        Ok(Self {
+            addr: endpoint.addr,
+            token,
+        })
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Bytes) -> anyhow::Result<serde_json::Value> {
         let stream = tokio::net::TcpStream::connect(self.addr).await.with_context(|| {
-            format!("cannot reach the Mosaic host's admin API at {}; is `mosaic up` still running?", self.addr)
+            format!(
+                "cannot reach the Mosaic host's admin API at {}; is `mosaic up` still running?",
+                self.addr
+            )
         })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
@@ -58,7 +69,10 @@ impl AdminClient {
             .header(http::header::HOST, self.addr.to_string())
             .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
             .body(Full::new(body))?;
-        let response = sender.send_request(request).await.context("the admin API did not answer")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the admin API did not answer")?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         let value: serde_json::Value = serde_json::from_slice(&bytes)
@@ -66,7 +80,12 @@ impl AdminClient {
         if !status.is_success() {
             let detail = value.get("detail").and_then(|v| v.as_str()).unwrap_or("").to_string();
             let step = value.get("step").and_then(|v| v.as_str()).map(str::to_string);
-            return Err(AdminError { status, step, detail: if detail.is_empty() { value.to_string() } else { detail } }.into());
+            return Err(AdminError {
+                status,
+                step,
+                detail: if detail.is_empty() { value.to_string() } else { detail },
+            }
+            .into());
         }
         Ok(value)
     }

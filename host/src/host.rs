@@ -63,7 +63,10 @@ impl Host {
         for trigger_type in &manifest.other_trigger_types {
             tracing::warn!(trigger = %trigger_type, "this host serves HTTP triggers only; `[[trigger.{trigger_type}]]` entries are not run");
         }
-        let state_root = options.state_dir.clone().unwrap_or_else(|| StateDir::beside(&options.manifest));
+        let state_root = options
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| StateDir::beside(&options.manifest));
         let state = StateDir::open(state_root.clone())
             .with_context(|| format!("cannot create the state directory {}", state_root.display()))?;
 
@@ -80,24 +83,51 @@ impl Host {
                 settings.http.listen
             )
         })?;
-        let admin_listener = TcpListener::bind(settings.admin.listen)
-            .await
-            .with_context(|| format!("cannot listen for the admin API on {}; set admin.listen in mosaic.toml", settings.admin.listen))?;
+        let admin_listener = TcpListener::bind(settings.admin.listen).await.with_context(|| {
+            format!(
+                "cannot listen for the admin API on {}; set admin.listen in mosaic.toml",
+                settings.admin.listen
+            )
+        })?;
         let http_addr = http_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
-        let admin_token = app.state.write_token().context("cannot write the admin token to the state directory")?;
+        let admin_token = app
+            .state
+            .write_token()
+            .context("cannot write the admin token to the state directory")?;
         app.state
-            .write_endpoint(&AdminEndpoint { addr: admin_addr, pid: std::process::id() })
+            .write_endpoint(&AdminEndpoint {
+                addr: admin_addr,
+                pid: std::process::id(),
+            })
             .context("cannot write the admin endpoint to the state directory")?;
 
         let (stop, stopped) = watch::channel(false);
         let drain = settings.limits.drain_timeout();
         let tasks = vec![
-            tokio::spawn(crate::trigger::http::serve(http_listener, trigger.clone(), stopped.clone(), drain)),
-            tokio::spawn(crate::admin::serve(admin_listener, trigger.clone(), admin_token.clone(), stopped)),
+            tokio::spawn(crate::trigger::http::serve(
+                http_listener,
+                trigger.clone(),
+                stopped.clone(),
+                drain,
+            )),
+            tokio::spawn(crate::admin::serve(
+                admin_listener,
+                trigger.clone(),
+                admin_token.clone(),
+                stopped,
+            )),
         ];
         tracing::info!(%http_addr, %admin_addr, components = app.slots().len(), "serving");
-        Ok(Host { trigger, http_addr, admin_addr, admin_token, stop, tasks, _ticker: ticker })
+        Ok(Host {
+            trigger,
+            http_addr,
+            admin_addr,
+            admin_token,
+            stop,
+            tasks,
+            _ticker: ticker,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -134,7 +164,9 @@ async fn restore(trigger: &HttpTrigger) -> anyhow::Result<()> {
     let app = trigger.app().clone();
     let entries = journal::read(&app.state.journal_path()).context("cannot read the deploy journal")?;
     for name in app.manifest.components.keys() {
-        let Some(path) = app.manifest.source_path(name) else { continue };
+        let Some(path) = app.manifest.source_path(name) else {
+            continue;
+        };
         let manifest_bytes = std::fs::read(&path).with_context(|| {
             format!(
                 "component `{name}`: cannot read its source {}. Build it first (`mosaic up --build` runs each component's build command)",
@@ -178,13 +210,21 @@ async fn restore(trigger: &HttpTrigger) -> anyhow::Result<()> {
         let route = history.iter().rev().find_map(|entry| entry.route.clone());
         match std::fs::read(app.state.source_of(&last.digest)) {
             Ok(bytes) => load(trigger, name, bytes, route, false).await?,
-            Err(err) => tracing::warn!(component = %name, error = %err, "cannot restore a deployed component: its source is gone from the state directory"),
+            Err(err) => {
+                tracing::warn!(component = %name, error = %err, "cannot restore a deployed component: its source is gone from the state directory")
+            }
         }
     }
     Ok(())
 }
 
-async fn load(trigger: &HttpTrigger, name: &str, bytes: Vec<u8>, route: Option<String>, record: bool) -> anyhow::Result<()> {
+async fn load(
+    trigger: &HttpTrigger,
+    name: &str,
+    bytes: Vec<u8>,
+    route: Option<String>,
+    record: bool,
+) -> anyhow::Result<()> {
     let request = DeployRequest {
         component: name.to_string(),
         bytes,
@@ -203,7 +243,8 @@ async fn load(trigger: &HttpTrigger, name: &str, bytes: Vec<u8>, route: Option<S
 /// The runtime config (Spin's format) is read and checked for TOML errors here; the store and
 /// database sections it maps take effect with the key-value and SQL capabilities.
 fn check_runtime_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the runtime config {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the runtime config {}", path.display()))?;
     let _: toml::Table = toml::from_str(&text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
     Ok(())
 }

@@ -12,7 +12,11 @@ use mosaic::client::{AdminClient, AdminError};
 use mosaic::{Host, HostOptions};
 
 #[derive(Parser)]
-#[command(name = "mosaic", version, about = "Serve a Spin application and hot-swap its components")]
+#[command(
+    name = "mosaic",
+    version,
+    about = "Serve a Spin application and hot-swap its components"
+)]
 struct Cli {
     /// The application manifest.
     #[arg(short = 'f', long = "file", global = true, default_value = "spin.toml")]
@@ -99,7 +103,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MOSAIC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -117,14 +123,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(route) = route {
                 path.push_str(&format!("?route={}", encode_query(&route)));
             }
-            let report = client.call(Method::POST, &path, Bytes::from(bytes)).await.map_err(explain)?;
+            let report = client
+                .call(Method::POST, &path, Bytes::from(bytes))
+                .await
+                .map_err(explain)?;
             print_report("deployed", &report);
             Ok(())
         }
         Command::Rollback { component } => {
             let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
             let report = client
-                .call(Method::POST, &format!("/v1/components/{component}/rollback"), Bytes::new())
+                .call(
+                    Method::POST,
+                    &format!("/v1/components/{component}/rollback"),
+                    Bytes::new(),
+                )
                 .await
                 .map_err(explain)?;
             print_report("rolled back", &report);
@@ -132,12 +145,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { json } => {
             let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
-            let status = client.call(Method::GET, "/v1/status", Bytes::new()).await.map_err(explain)?;
+            let status = client
+                .call(Method::GET, "/v1/status", Bytes::new())
+                .await
+                .map_err(explain)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
                 return Ok(());
             }
-            println!("{:<16} {:<18} {:<14} {:<20} {:>9} {:>9} {:>7}", "COMPONENT", "ROUTE", "VERSION", "DEPLOYED", "IN-FLIGHT", "REQUESTS", "ERRORS");
+            println!(
+                "{:<16} {:<18} {:<14} {:<20} {:>9} {:>9} {:>7}",
+                "COMPONENT", "ROUTE", "VERSION", "DEPLOYED", "IN-FLIGHT", "REQUESTS", "ERRORS"
+            );
             for component in status.as_array().into_iter().flatten() {
                 let text = |key: &str| component.get(key).and_then(|v| v.as_str()).unwrap_or("-").to_string();
                 let number = |key: &str| component.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
@@ -158,11 +177,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History { component } => {
             let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
             let history = client
-                .call(Method::GET, &format!("/v1/components/{component}/history"), Bytes::new())
+                .call(
+                    Method::GET,
+                    &format!("/v1/components/{component}/history"),
+                    Bytes::new(),
+                )
                 .await
                 .map_err(explain)?;
             let current = history.get("current").and_then(|v| v.as_str()).unwrap_or("");
-            let entries = history.get("history").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+            let entries = history
+                .get("history")
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default();
             if entries.is_empty() {
                 println!("no deployments of `{component}` are recorded");
             }
@@ -171,7 +198,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let action = entry.get("action").and_then(|v| v.as_str()).unwrap_or("");
                 let at = entry.get("at_unix_ms").and_then(|v| v.as_u64()).unwrap_or(0);
                 let marker = if digest == current { "  <- live" } else { "" };
-                println!("{}  {:<9} {}{marker}", format_unix_ms(at), action, &digest[..digest.len().min(12)]);
+                println!(
+                    "{}  {:<9} {}{marker}",
+                    format_unix_ms(at),
+                    action,
+                    &digest[..digest.len().min(12)]
+                );
             }
             Ok(())
         }
@@ -196,7 +228,11 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
     for (pattern, component) in host.app().router().routes() {
         println!("  {component}: http://{}{}", host.http_addr(), pattern);
     }
-    println!("Admin API on {} (token in {})", host.admin_addr(), host.app().state.token_path().display());
+    println!(
+        "Admin API on {} (token in {})",
+        host.admin_addr(),
+        host.app().state.token_path().display()
+    );
     if watch {
         let trigger = host.trigger().clone();
         tokio::select! {
@@ -248,8 +284,16 @@ fn print_report(verb: &str, report: &serde_json::Value) {
         "{verb} `{}`: version {}{} ({})",
         text("component"),
         &digest[..digest.len().min(12)],
-        if previous.is_empty() { String::new() } else { format!(", replacing {}", &previous[..previous.len().min(12)]) },
-        if cached { "compiled artifact from cache" } else { "compiled" }
+        if previous.is_empty() {
+            String::new()
+        } else {
+            format!(", replacing {}", &previous[..previous.len().min(12)])
+        },
+        if cached {
+            "compiled artifact from cache"
+        } else {
+            "compiled"
+        }
     );
     for warning in report.get("warnings").and_then(|v| v.as_array()).into_iter().flatten() {
         println!("warning: {}", warning.as_str().unwrap_or(""));
@@ -270,7 +314,12 @@ fn format_unix_ms(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days as i64);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).

@@ -25,7 +25,9 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 3000)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        }
     }
 }
 
@@ -39,7 +41,9 @@ pub struct AdminSettings {
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
     }
 }
 
@@ -115,11 +119,18 @@ impl Settings {
     }
 
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| SettingsError::Read { path: path.to_owned(), source })?;
-        let settings: Settings = toml::from_str(&text)
-            .map_err(|err| SettingsError::Invalid { path: path.to_owned(), message: err.to_string() })?;
-        settings.limits.check().map_err(|message| SettingsError::Invalid { path: path.to_owned(), message })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let settings: Settings = toml::from_str(&text).map_err(|err| SettingsError::Invalid {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })?;
+        settings.limits.check().map_err(|message| SettingsError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(settings)
     }
 }
@@ -132,7 +143,10 @@ impl Limits {
             ("limits.max_request_body_bytes", self.max_request_body_bytes),
             ("limits.max_response_body_bytes", self.max_response_body_bytes),
             ("limits.max_component_bytes", self.max_component_bytes),
-            ("limits.max_concurrent_instances", u64::from(self.max_concurrent_instances)),
+            (
+                "limits.max_concurrent_instances",
+                u64::from(self.max_concurrent_instances),
+            ),
             ("limits.probe_timeout_ms", self.probe_timeout_ms),
         ];
         for (key, value) in positive {

@@ -20,7 +20,11 @@ pub struct AdminEndpoint {
 impl StateDir {
     /// The default state directory of a manifest: `.mosaic/` beside it.
     pub fn beside(manifest: &Path) -> PathBuf {
-        manifest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(".mosaic")
+        manifest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join(".mosaic")
     }
 
     pub fn open(root: PathBuf) -> std::io::Result<Self> {

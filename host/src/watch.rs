@@ -36,7 +36,10 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn new(manifest: Manifest) -> Self {
-        let mut watcher = Self { manifest, seen: BTreeMap::new() };
+        let mut watcher = Self {
+            manifest,
+            seen: BTreeMap::new(),
+        };
         let names: Vec<String> = watcher.manifest.components.keys().cloned().collect();
         for name in names {
             let seen = watcher.look(&name);
@@ -62,7 +65,12 @@ impl Watcher {
             }
         }
         inputs.sort();
-        let source = self.manifest.source_path(component).and_then(fingerprint_of).into_iter().collect();
+        let source = self
+            .manifest
+            .source_path(component)
+            .and_then(fingerprint_of)
+            .into_iter()
+            .collect();
         Seen { inputs, source }
     }
 
@@ -74,7 +82,10 @@ impl Watcher {
             let now = self.look(&name);
             let before = self.seen.get(&name).cloned().unwrap_or_default();
             if now != before {
-                changes.push(Change { component: name.clone(), rebuild: now.inputs != before.inputs });
+                changes.push(Change {
+                    component: name.clone(),
+                    rebuild: now.inputs != before.inputs,
+                });
                 self.seen.insert(name, now);
             }
         }
@@ -138,7 +149,9 @@ async fn rebuild_and_deploy(trigger: &HttpTrigger, watcher: &mut Watcher, change
             }
         }
     }
-    let Some(source) = watcher.manifest().source_path(&name) else { return };
+    let Some(source) = watcher.manifest().source_path(&name) else {
+        return;
+    };
     let bytes = match std::fs::read(&source) {
         Ok(bytes) => bytes,
         Err(err) => {
@@ -146,11 +159,22 @@ async fn rebuild_and_deploy(trigger: &HttpTrigger, watcher: &mut Watcher, change
             return;
         }
     };
-    if trigger.app().slot(&name).is_some_and(|slot| slot.live.load().digest == crate::deploy::artifacts::digest_of(&bytes)) {
+    if trigger
+        .app()
+        .slot(&name)
+        .is_some_and(|slot| slot.live.load().digest == crate::deploy::artifacts::digest_of(&bytes))
+    {
         tracing::info!(component = %name, "unchanged after the build; nothing to deploy");
         return;
     }
-    let request = DeployRequest { component: name.clone(), bytes, route: None, action: Action::Deploy, probe_is_fatal: true, record: true };
+    let request = DeployRequest {
+        component: name.clone(),
+        bytes,
+        route: None,
+        action: Action::Deploy,
+        probe_is_fatal: true,
+        record: true,
+    };
     match deploy::deploy(trigger, request).await {
         Ok(report) => tracing::info!(component = %name, version = %&report.digest[..12], "watch: deployed"),
         Err(err) => tracing::error!(component = %name, error = %err, "watch: deploy failed"),

@@ -14,7 +14,10 @@ use mosaic::settings::Settings;
 use mosaic::{Host, HostOptions};
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
 }
 
 /// A guest fixture built by `cargo xtask build` (probe, probe-v2, probe-unhealthy, plain).
@@ -30,9 +33,15 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// The `mosaic` binary, built by `cargo xtask test` before the tests run.
 pub fn mosaic_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     let path = target.join("debug/mosaic");
-    assert!(path.exists(), "{} is missing: run the tests with `cargo xtask test`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
     path
 }
 
@@ -109,6 +118,7 @@ allowed_outbound_hosts = ["http://*.spin.internal", "http://self"]
 source = "{plain}"
 "#;
 
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub headers: http::HeaderMap,
@@ -136,12 +146,23 @@ pub async fn send(client: &HttpClient, method: &str, url: &str, body: impl Into<
     let response = client.request(request).await.map_err(|err| format!("{err:?}"))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.map_err(|err| err.to_string())?.to_bytes();
-    Ok(Reply { status, headers, body: String::from_utf8_lossy(&bytes).to_string() })
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| err.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).to_string(),
+    })
 }
 
 pub async fn get(client: &HttpClient, url: &str) -> Reply {
-    send(client, "GET", url, Bytes::new()).await.unwrap_or_else(|err| panic!("GET {url}: {err}"))
+    send(client, "GET", url, Bytes::new())
+        .await
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"))
 }
 
 /// Captures log lines so that tests can check that a failure was logged.

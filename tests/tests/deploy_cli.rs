@@ -33,7 +33,11 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 }
 
 async fn assert_still_v1(url: &str) {
-    assert_eq!(get(&client(), url).await.body, "hello from probe v1", "the old version keeps serving");
+    assert_eq!(
+        get(&client(), url).await.body,
+        "hello from probe v1",
+        "the old version keeps serving"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,21 +60,33 @@ async fn bad_deploys_name_the_step_and_keep_the_old_version() {
     let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let out = deploy(write(&dir.path, "random.wasm", &random)).await;
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("step `validate`") && stderr(&out).contains("not WebAssembly"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("step `validate`") && stderr(&out).contains("not WebAssembly"),
+        "{}",
+        stderr(&out)
+    );
     assert_still_v1(&hello).await;
 
     // A core module instead of a component.
     let core = wat::parse_str("(module (func (export \"_start\")))").unwrap();
     let out = deploy(write(&dir.path, "core.wasm", &core)).await;
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("step `validate`") && stderr(&out).contains("core WebAssembly module"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("step `validate`") && stderr(&out).contains("core WebAssembly module"),
+        "{}",
+        stderr(&out)
+    );
     assert_still_v1(&hello).await;
 
     // A truncated component.
     let whole = std::fs::read(fixture("probe-v2")).unwrap();
     let out = deploy(write(&dir.path, "truncated.wasm", &whole[..whole.len() / 2])).await;
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("step `validate`") && stderr(&out).contains("does not compile"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("step `validate`") && stderr(&out).contains("does not compile"),
+        "{}",
+        stderr(&out)
+    );
     assert_still_v1(&hello).await;
 
     // An import outside the supported world.
@@ -78,28 +94,49 @@ async fn bad_deploys_name_the_step_and_keep_the_old_version() {
     let out = deploy(write(&dir.path, "foreign.wasm", &foreign)).await;
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("step `validate`") && err.contains("outside Mosaic's supported world") && err.contains("acme:unknown/api"), "{err}");
+    assert!(
+        err.contains("step `validate`")
+            && err.contains("outside Mosaic's supported world")
+            && err.contains("acme:unknown/api"),
+        "{err}"
+    );
     assert_still_v1(&hello).await;
 
     // A component that exports no HTTP handler.
     let silent = wat::parse_str("(component)").unwrap();
     let out = deploy(write(&dir.path, "silent.wasm", &silent)).await;
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("does not export `wasi:http/incoming-handler"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not export `wasi:http/incoming-handler"),
+        "{}",
+        stderr(&out)
+    );
     assert_still_v1(&hello).await;
 
     // A version whose health probe fails.
     let out = deploy(fixture("probe-unhealthy").to_string_lossy().to_string()).await;
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("step `probe`") && err.contains("503") && err.contains("unhealthy on purpose"), "{err}");
+    assert!(
+        err.contains("step `probe`") && err.contains("503") && err.contains("unhealthy on purpose"),
+        "{err}"
+    );
     assert_still_v1(&hello).await;
 
     // A file that does not exist, an unknown component, no host running for another manifest.
     let out = deploy("/nonexistent/x.wasm".into()).await;
     assert!(!out.status.success() && stderr(&out).contains("cannot read /nonexistent/x.wasm"));
-    let out = run(vec!["deploy".into(), "ghost".into(), fixture("probe").to_string_lossy().to_string()]).await;
-    assert!(!out.status.success() && stderr(&out).contains("--route"), "{}", stderr(&out));
+    let out = run(vec![
+        "deploy".into(),
+        "ghost".into(),
+        fixture("probe").to_string_lossy().to_string(),
+    ])
+    .await;
+    assert!(
+        !out.status.success() && stderr(&out).contains("--route"),
+        "{}",
+        stderr(&out)
+    );
 
     // An import the component has no grant for is a warning, not a refusal: the probe imports
     // outbound HTTP, and a component added by deploy has no allowed hosts.
@@ -113,7 +150,10 @@ async fn bad_deploys_name_the_step_and_keep_the_old_version() {
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(stdout.contains("warning:") && stdout.contains("allowed_outbound_hosts is empty"), "{stdout}");
+    assert!(
+        stdout.contains("warning:") && stdout.contains("allowed_outbound_hosts is empty"),
+        "{stdout}"
+    );
     let fresh = get(&client(), &format!("http://{}/fresh/hello", host.http_addr())).await;
     assert_eq!(fresh.body, "hello from probe v1");
 
@@ -133,7 +173,10 @@ async fn bad_deploys_name_the_step_and_keep_the_old_version() {
     assert!(probe["requests"].as_u64().unwrap() >= 7, "{probe}");
     let out = run(vec!["history".into(), "probe".into()]).await;
     let history = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(history.contains("manifest") && history.contains("deploy") && history.contains("<- live"), "{history}");
+    assert!(
+        history.contains("manifest") && history.contains("deploy") && history.contains("<- live"),
+        "{history}"
+    );
 
     let out = run(vec!["rollback".into(), "probe".into()]).await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -155,7 +198,10 @@ async fn file_over_the_size_cap_is_refused_at_receive() {
         .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("step `receive`") && err.contains("limits.max_component_bytes") && err.contains("413"), "{err}");
+    assert!(
+        err.contains("step `receive`") && err.contains("limits.max_component_bytes") && err.contains("413"),
+        "{err}"
+    );
     assert_still_v1(&format!("http://{}/probe/hello", host.http_addr())).await;
     host.shutdown().await;
 }
@@ -177,11 +223,19 @@ async fn admin_api_needs_the_token() {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     assert_eq!(client.request(right).await.unwrap().status(), 200);
-    assert_eq!(get(&client, &format!("http://{}/healthz", host.admin_addr())).await.status, 200);
+    assert_eq!(
+        get(&client, &format!("http://{}/healthz", host.admin_addr()))
+            .await
+            .status,
+        200
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.state_dir().join("admin-token")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.state_dir().join("admin-token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     host.shutdown().await;

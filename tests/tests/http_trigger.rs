@@ -56,7 +56,10 @@ async fn client_cannot_spoof_spin_headers() {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let response = client().request(request).await.unwrap();
-    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["headers"]["spin-path-info"], "/headers");
     assert!(json["headers"].get("spin-path-match-id").is_none());
@@ -78,7 +81,9 @@ source = "{probe}"
 "#,
     );
     let host = dir.start(Settings::default()).await;
-    let reply = get(&client(), &format!("http://{}/users/7/headers", host.http_addr())).await.json();
+    let reply = get(&client(), &format!("http://{}/users/7/headers", host.http_addr()))
+        .await
+        .json();
     assert_eq!(reply["headers"]["spin-path-match-id"], "7");
     assert_eq!(reply["headers"]["spin-path-info"], "/headers");
     assert_eq!(reply["headers"]["spin-component-route"], "/users/:id");
@@ -93,7 +98,11 @@ async fn outbound_allow_list_and_in_process_chaining() {
     let client = client();
 
     // NAME.spin.internal goes straight to that component, with no socket.
-    let chained = get(&client, &format!("{base}/probe/outbound?url=http://plain.spin.internal/plain")).await;
+    let chained = get(
+        &client,
+        &format!("{base}/probe/outbound?url=http://plain.spin.internal/plain"),
+    )
+    .await;
     assert_eq!(chained.status, 200, "{}", chained.body);
     assert_eq!(chained.body, "200 plain component saw /plain");
 
@@ -107,7 +116,11 @@ async fn outbound_allow_list_and_in_process_chaining() {
     assert!(denied.body.contains("HttpRequestDenied"), "{}", denied.body);
 
     // A chained call to a component that does not exist.
-    let nowhere = get(&client, &format!("{base}/probe/outbound?url=http://ghost.spin.internal/")).await;
+    let nowhere = get(
+        &client,
+        &format!("{base}/probe/outbound?url=http://ghost.spin.internal/"),
+    )
+    .await;
     assert_eq!(nowhere.status, 502, "{}", nowhere.body);
 
     // Chains nest: self calls self, which calls the probe.
@@ -141,7 +154,10 @@ source = "{plain}"
     let base = format!("http://{}", host.http_addr());
     let client = client();
     let direct = get(&client, &format!("{base}/plain")).await;
-    assert_eq!(direct.body, "hello from probe v1", "the public catch-all serves /plain, not the private component");
+    assert_eq!(
+        direct.body, "hello from probe v1",
+        "the public catch-all serves /plain, not the private component"
+    );
     let chained = get(&client, &format!("{base}/outbound?url=http://plain.spin.internal/x")).await;
     assert_eq!(chained.body, "200 plain component saw /x");
     // Only plain.spin.internal is granted: self is denied.
@@ -158,10 +174,14 @@ async fn oversized_request_body_is_refused_with_413() {
     let host = dir.start(settings).await;
     let url = format!("http://{}/probe/echo", host.http_addr());
     let client = client();
-    let small = mosaic_tests::send(&client, "POST", &url, vec![b'a'; 1000]).await.unwrap();
+    let small = mosaic_tests::send(&client, "POST", &url, vec![b'a'; 1000])
+        .await
+        .unwrap();
     assert_eq!(small.status, 200);
     assert_eq!(small.body.len(), 1000);
-    let big = mosaic_tests::send(&client, "POST", &url, vec![b'a'; 4096]).await.unwrap();
+    let big = mosaic_tests::send(&client, "POST", &url, vec![b'a'; 4096])
+        .await
+        .unwrap();
     assert_eq!(big.status, 413);
     host.shutdown().await;
 }

@@ -37,7 +37,11 @@ async fn swap_under_load_loses_no_request() {
     let mut workers = Vec::new();
     for worker in 0..5 {
         let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
-        let url = if worker == 4 { format!("{base}/plain") } else { format!("{base}/probe/hello") };
+        let url = if worker == 4 {
+            format!("{base}/plain")
+        } else {
+            format!("{base}/probe/hello")
+        };
         workers.push(tokio::spawn(async move {
             let client = client();
             let mut seen = std::collections::BTreeSet::new();
@@ -72,11 +76,21 @@ async fn swap_under_load_loses_no_request() {
 
     let check = client();
     for round in 0..6 {
-        let (version, fixture_name) = if round % 2 == 0 { ("v2", "probe-v2") } else { ("v1", "probe") };
-        let report = deploy::deploy(host.trigger(), request("probe", fixture_name)).await.expect("deploy");
+        let (version, fixture_name) = if round % 2 == 0 {
+            ("v2", "probe-v2")
+        } else {
+            ("v1", "probe")
+        };
+        let report = deploy::deploy(host.trigger(), request("probe", fixture_name))
+            .await
+            .expect("deploy");
         // ... requests after the flip see the new version at once.
         let after = get(&check, &format!("{base}/probe/hello")).await;
-        assert_eq!(after.body, format!("hello from probe {version}"), "round {round}: {report:?}");
+        assert_eq!(
+            after.body,
+            format!("hello from probe {version}"),
+            "round {round}: {report:?}"
+        );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     // ... and finishes on v1, although v2 went live while it ran.
@@ -124,22 +138,36 @@ async fn restart_serves_last_deployed_versions_and_rollback_works() {
     let dir = AppDir::new(TWO_COMPONENTS);
     let client = client();
     let host = dir.start(Settings::default()).await;
-    let first = deploy::deploy(host.trigger(), request("probe", "probe-v2")).await.unwrap();
+    let first = deploy::deploy(host.trigger(), request("probe", "probe-v2"))
+        .await
+        .unwrap();
     assert!(!first.cached, "v2 was never compiled in this state directory");
     host.shutdown().await;
 
     let host = dir.start(Settings::default()).await;
     let base = format!("http://{}", host.http_addr());
-    assert_eq!(get(&client, &format!("{base}/probe/hello")).await.body, "hello from probe v2");
-    assert_eq!(get(&client, &format!("{base}/plain")).await.body, "plain component saw /plain");
+    assert_eq!(
+        get(&client, &format!("{base}/probe/hello")).await.body,
+        "hello from probe v2"
+    );
+    assert_eq!(
+        get(&client, &format!("{base}/plain")).await.body,
+        "plain component saw /plain"
+    );
 
     // Rollback goes to the version v2 replaced, from the artifact cache.
     let report = deploy::rollback(host.trigger(), "probe").await.unwrap();
     assert!(report.cached, "a rollback loads the cached artifact");
-    assert_eq!(get(&client, &format!("{base}/probe/hello")).await.body, "hello from probe v1");
+    assert_eq!(
+        get(&client, &format!("{base}/probe/hello")).await.body,
+        "hello from probe v1"
+    );
     // A second rollback undoes the first.
     deploy::rollback(host.trigger(), "probe").await.unwrap();
-    assert_eq!(get(&client, &format!("{base}/probe/hello")).await.body, "hello from probe v2");
+    assert_eq!(
+        get(&client, &format!("{base}/probe/hello")).await.body,
+        "hello from probe v2"
+    );
     // A component with no earlier version cannot roll back.
     let err = deploy::rollback(host.trigger(), "plain").await.unwrap_err();
     assert!(err.to_string().contains("no earlier version"), "{err}");
@@ -148,7 +176,10 @@ async fn restart_serves_last_deployed_versions_and_rollback_works() {
     // And the rollback itself survives a restart.
     let host = dir.start(Settings::default()).await;
     let base = format!("http://{}", host.http_addr());
-    assert_eq!(get(&client, &format!("{base}/probe/hello")).await.body, "hello from probe v2");
+    assert_eq!(
+        get(&client, &format!("{base}/probe/hello")).await.body,
+        "hello from probe v2"
+    );
     host.shutdown().await;
 }
 
@@ -158,12 +189,17 @@ async fn a_rebuilt_manifest_source_wins_over_the_journal() {
     std::fs::copy(fixture("probe"), dir.path.join("probe.wasm")).unwrap();
     let client = client();
     let host = dir.start(Settings::default()).await;
-    deploy::deploy(host.trigger(), request("probe", "probe-v2")).await.unwrap();
+    deploy::deploy(host.trigger(), request("probe", "probe-v2"))
+        .await
+        .unwrap();
     host.shutdown().await;
     // The user rebuilds the component in place (here: the unhealthy build answers hello too).
     std::fs::copy(fixture("probe-unhealthy"), dir.path.join("probe.wasm")).unwrap();
     let host = dir.start(Settings::default()).await;
     let reply = get(&client, &format!("http://{}/probe/health", host.http_addr())).await;
-    assert_eq!(reply.status, 503, "the new build from the manifest serves, not the journal's v2");
+    assert_eq!(
+        reply.status, 503,
+        "the new build from the manifest serves, not the journal's v2"
+    );
     host.shutdown().await;
 }

@@ -23,11 +23,17 @@ fn main() -> Result<()> {
         Some("test") => {
             build_all(&root)?;
             run(Command::new(cargo()).current_dir(&root).args(["build", "-p", "mosaic"]))?;
-            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(&args[1..]))
+            run(Command::new(cargo())
+                .current_dir(&root)
+                .args(["test", "--workspace"])
+                .args(&args[1..]))
         }
         Some("up") => {
             build_all(&root)?;
-            run(Command::new(cargo()).current_dir(&root).args(["run", "-p", "mosaic", "--", "up"]).args(&args[1..]))
+            run(Command::new(cargo())
+                .current_dir(&root)
+                .args(["run", "-p", "mosaic", "--", "up"])
+                .args(&args[1..]))
         }
         Some("bench") => {
             build_all(&root)?;
@@ -41,7 +47,10 @@ fn main() -> Result<()> {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
 }
 
 pub fn cargo() -> String {
@@ -75,9 +84,15 @@ fn build_fixtures(root: &Path) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     for (package, features, name) in FIXTURES {
         let mut command = Command::new(cargo());
-        command
-            .current_dir(&workspace)
-            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "-p", package]);
+        command.current_dir(&workspace).args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            package,
+        ]);
         if !features.is_empty() {
             command.args(["--features", features]);
         }
@@ -95,9 +110,17 @@ fn build_components(root: &Path) -> Result<()> {
     if !workspace.join("Cargo.toml").exists() {
         return Ok(());
     }
-    run(Command::new(cargo())
-        .current_dir(&workspace)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--workspace"]))?;
-    eprintln!("components built into {}", workspace.join("target/wasm32-wasip2/release").display());
+    run(Command::new(cargo()).current_dir(&workspace).args([
+        "build",
+        "--quiet",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--workspace",
+    ]))?;
+    eprintln!(
+        "components built into {}",
+        workspace.join("target/wasm32-wasip2/release").display()
+    );
     Ok(())
 }

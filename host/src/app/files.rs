@@ -8,7 +8,9 @@ use super::manifest::{FileMount, Manifest};
 /// Copies what `component`'s `files` grant names into `stage_root/component` and returns that
 /// directory, or `None` when the component has no `files` grant.
 pub fn stage(manifest: &Manifest, component: &str, stage_root: &Path) -> Result<Option<PathBuf>, String> {
-    let Some(decl) = manifest.components.get(component) else { return Ok(None) };
+    let Some(decl) = manifest.components.get(component) else {
+        return Ok(None);
+    };
     if decl.files.is_empty() {
         return Ok(None);
     }
@@ -67,7 +69,9 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), String> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).map_err(|err| format!("cannot create {}: {err}", parent.display()))?;
     }
-    std::fs::copy(from, to).map(drop).map_err(|err| format!("cannot copy {}: {err}", from.display()))
+    std::fs::copy(from, to)
+        .map(drop)
+        .map_err(|err| format!("cannot copy {}: {err}", from.display()))
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {

@@ -136,8 +136,15 @@ pub struct ComponentDecl {
 #[serde(untagged)]
 pub enum ComponentSource {
     Path(PathBuf),
-    Remote { url: String, digest: String },
-    Registry { registry: Option<String>, package: String, version: String },
+    Remote {
+        url: String,
+        digest: String,
+    },
+    Registry {
+        registry: Option<String>,
+        package: String,
+        version: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,7 +217,10 @@ impl Manifest {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
-        let fail = |message: String| ManifestError { path: path.to_owned(), message };
+        let fail = |message: String| ManifestError {
+            path: path.to_owned(),
+            message,
+        };
         let raw: RawManifest = toml::from_str(text).map_err(|err| fail(err.to_string()))?;
         match raw.spin_manifest_version {
             toml::Value::Integer(2) => {}
@@ -221,11 +231,7 @@ impl Manifest {
                         .into(),
                 ))
             }
-            other => {
-                return Err(fail(format!(
-                    "`spin_manifest_version` must be 2, found {other}"
-                )))
-            }
+            other => return Err(fail(format!("`spin_manifest_version` must be 2, found {other}"))),
         }
         if raw.application.name.trim().is_empty() {
             return Err(fail("`application.name` must not be empty".into()));
@@ -263,8 +269,7 @@ impl Manifest {
                 )));
             }
             for variable in decl.variables.keys() {
-                check_variable_name(variable)
-                    .map_err(|why| fail(format!("`{key}.variables.{variable}`: {why}")))?;
+                check_variable_name(variable).map_err(|why| fail(format!("`{key}.variables.{variable}`: {why}")))?;
             }
             for host in decl.outbound_hosts() {
                 crate::capability::http_outbound::AllowedHosts::parse(std::slice::from_ref(&host))
@@ -301,7 +306,7 @@ impl Manifest {
                         return Err(fail(format!(
                             "`{key}.component`: an inline component table ({keys:?}) is not supported; \
                              declare `[component.NAME]` and set `component = \"NAME\"`"
-                        )))
+                        )));
                     }
                 };
                 let route = match trigger.route {
@@ -326,10 +331,7 @@ impl Manifest {
                 )));
             }
             if let HttpRoute::Public(route) = &trigger.route {
-                if let Some(earlier) = http_triggers[..index]
-                    .iter()
-                    .find(|other| other.route == trigger.route)
-                {
+                if let Some(earlier) = http_triggers[..index].iter().find(|other| other.route == trigger.route) {
                     return Err(fail(format!(
                         "`trigger.http[{index}].route`: the route \"{route}\" is already taken by component `{}`",
                         earlier.component
@@ -364,22 +366,30 @@ impl Manifest {
 
     /// The directory a component's build runs in.
     pub fn build_dir(&self, component: &str) -> PathBuf {
-        match self.components.get(component).and_then(|c| c.build.as_ref()).and_then(|b| b.workdir.as_ref()) {
+        match self
+            .components
+            .get(component)
+            .and_then(|c| c.build.as_ref())
+            .and_then(|b| b.workdir.as_ref())
+        {
             Some(workdir) => self.dir.join(workdir),
             None => self.dir.clone(),
         }
     }
 
     pub fn route_of(&self, component: &str) -> Option<&HttpRoute> {
-        self.http_triggers.iter().find(|t| t.component == component).map(|t| &t.route)
+        self.http_triggers
+            .iter()
+            .find(|t| t.component == component)
+            .map(|t| &t.route)
     }
 }
 
 pub fn check_component_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
-        && name.split('-').all(|word| {
-            !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        })
+        && name
+            .split('-')
+            .all(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
         && name.starts_with(|c: char| c.is_ascii_lowercase());
     if valid {
         Ok(())
@@ -390,7 +400,9 @@ pub fn check_component_name(name: &str) -> Result<(), String> {
 
 fn check_variable_name(name: &str) -> Result<(), String> {
     let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if valid {
         Ok(())
     } else {

@@ -58,13 +58,21 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn new(digest: String, pre: ProxyPre<InstanceState>) -> Self {
-        Self { digest, deployed_at: SystemTime::now(), pre, in_flight: AtomicU64::new(0), drained: Notify::new() }
+        Self {
+            digest,
+            deployed_at: SystemTime::now(),
+            pre,
+            in_flight: AtomicU64::new(0),
+            drained: Notify::new(),
+        }
     }
 
     /// Counts a request as in flight on this version until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight { deployment: self.clone() }
+        InFlight {
+            deployment: self.clone(),
+        }
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -124,7 +132,11 @@ pub struct ComponentSlot {
 
 impl ComponentSlot {
     pub fn new(spec: ComponentSpec, deployment: Arc<Deployment>) -> Self {
-        Self { spec, live: ArcSwap::new(deployment), stats: SlotStats::default() }
+        Self {
+            spec,
+            live: ArcSwap::new(deployment),
+            stats: SlotStats::default(),
+        }
     }
 }
 
@@ -180,7 +192,10 @@ impl App {
     }
 
     pub fn slots(&self) -> Vec<Arc<ComponentSlot>> {
-        self.slots.read().map(|slots| slots.values().cloned().collect()).unwrap_or_default()
+        self.slots
+            .read()
+            .map(|slots| slots.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn router(&self) -> Arc<Router> {
@@ -193,7 +208,10 @@ impl App {
         if !deploying.insert(component.to_string()) {
             return None;
         }
-        Some(DeployLock { app: self, component: component.to_string() })
+        Some(DeployLock {
+            app: self,
+            component: component.to_string(),
+        })
     }
 
     /// The flip: makes `deployment` the live version of the slot (creating the slot and its
@@ -209,7 +227,9 @@ impl App {
         }
         // Manifest components are routed from the start (a component may have several
         // routes); one added by `deploy --route` gets its route now.
-        if let (Some(HttpRoute::Public(pattern)), false) = (&spec.route, self.manifest.components.contains_key(&spec.name)) {
+        if let (Some(HttpRoute::Public(pattern)), false) =
+            (&spec.route, self.manifest.components.contains_key(&spec.name))
+        {
             self.router.rcu(|router| router.with_route(pattern.clone(), &spec.name));
         }
         None
@@ -221,7 +241,9 @@ impl App {
         if let Some(slot) = self.slot(component) {
             return Ok(Some(slot.spec.clone()));
         }
-        let Some(decl) = self.manifest.components.get(component) else { return Ok(None) };
+        let Some(decl) = self.manifest.components.get(component) else {
+            return Ok(None);
+        };
         let allowed = AllowedHosts::parse(&decl.outbound_hosts())?;
         let files_dir = files::stage(&self.manifest, component, &self.state.files_dir())?;
         Ok(Some(ComponentSpec {

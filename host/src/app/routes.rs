@@ -48,8 +48,7 @@ impl RoutePattern {
                 return Err(format!("route \"{route}\" has an empty segment (`//`)"));
             }
             if let Some(name) = part.strip_prefix(':') {
-                let valid = !name.is_empty()
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                 if !valid {
                     return Err(format!(
                         "route \"{route}\": `:{name}` needs a name of letters, digits, `_` or `-`"
@@ -60,7 +59,11 @@ impl RoutePattern {
                 segments.push(Segment::Literal(part.to_string()));
             }
         }
-        Ok(Self { raw: route.to_string(), segments, trailing_wildcard })
+        Ok(Self {
+            raw: route.to_string(),
+            segments,
+            trailing_wildcard,
+        })
     }
 
     /// The route as written in the manifest (`spin-matched-route`, `spin-raw-component-route`).
@@ -107,7 +110,11 @@ impl RoutePattern {
 
     pub fn matches(&self, path: &str) -> Option<RouteMatch> {
         let trimmed = path.strip_prefix('/').unwrap_or(path);
-        let parts: Vec<&str> = if trimmed.is_empty() { Vec::new() } else { trimmed.split('/').collect() };
+        let parts: Vec<&str> = if trimmed.is_empty() {
+            Vec::new()
+        } else {
+            trimmed.split('/').collect()
+        };
         let fixed = self.segments.len();
         if parts.len() < fixed {
             return None;
@@ -136,7 +143,11 @@ impl RoutePattern {
 
     /// Orders routes so that the most specific compares greatest.
     fn specificity(&self) -> (usize, bool, usize) {
-        let literals = self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
+        let literals = self
+            .segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count();
         (self.segments.len(), !self.trailing_wildcard, literals)
     }
 }
@@ -167,7 +178,10 @@ impl Router {
     }
 
     pub fn route_of(&self, component: &str) -> Option<&RoutePattern> {
-        self.routes.iter().find(|(_, name)| name == component).map(|(pattern, _)| pattern)
+        self.routes
+            .iter()
+            .find(|(_, name)| name == component)
+            .map(|(pattern, _)| pattern)
     }
 
     pub fn routes(&self) -> impl Iterator<Item = (&RoutePattern, &str)> {
@@ -191,7 +205,11 @@ mod tests {
     use super::*;
 
     fn router(routes: &[(&str, &str)]) -> Router {
-        Router::new(routes.iter().map(|(r, c)| (RoutePattern::parse(r).unwrap(), c.to_string())))
+        Router::new(
+            routes
+                .iter()
+                .map(|(r, c)| (RoutePattern::parse(r).unwrap(), c.to_string())),
+        )
     }
 
     #[test]
@@ -229,7 +247,10 @@ mod tests {
     #[test]
     fn component_route_strips_wildcard() {
         assert_eq!(RoutePattern::parse("/foo/...").unwrap().without_wildcard(), "/foo");
-        assert_eq!(RoutePattern::parse("/foo/:id/...").unwrap().without_wildcard(), "/foo/:id");
+        assert_eq!(
+            RoutePattern::parse("/foo/:id/...").unwrap().without_wildcard(),
+            "/foo/:id"
+        );
         assert_eq!(RoutePattern::parse("/...").unwrap().without_wildcard(), "");
         assert_eq!(RoutePattern::parse("/").unwrap().without_wildcard(), "/");
     }

@@ -18,7 +18,10 @@ pub fn check_is_component(bytes: &[u8]) -> Result<(), String> {
         [0x01, 0x00, 0x00, 0x00] => Err("the file is a core WebAssembly module, not a component; \
              build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
             .into()),
-        _ => Err(format!("the file has an unknown WebAssembly version or layer {:02x?}", &bytes[4..8])),
+        _ => Err(format!(
+            "the file has an unknown WebAssembly version or layer {:02x?}",
+            &bytes[4..8]
+        )),
     }
 }
 
@@ -61,8 +64,12 @@ mod tests {
 
     #[test]
     fn random_bytes_and_core_modules_are_refused() {
-        assert!(check_is_component(b"hello world, not wasm").unwrap_err().contains("not WebAssembly"));
-        assert!(check_is_component(b"\0asm\x01\0\0\0").unwrap_err().contains("core WebAssembly module"));
+        assert!(check_is_component(b"hello world, not wasm")
+            .unwrap_err()
+            .contains("not WebAssembly"));
+        assert!(check_is_component(b"\0asm\x01\0\0\0")
+            .unwrap_err()
+            .contains("core WebAssembly module"));
         assert!(check_is_component(b"\0asm").is_err());
         assert!(check_is_component(b"\0asm\x0d\0\x01\0").is_ok());
     }

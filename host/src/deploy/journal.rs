@@ -86,7 +86,12 @@ mod tests {
             at_unix_ms: 1,
         };
         append(&path, &entry).unwrap();
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"component\":").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"component\":")
+            .unwrap();
         let entries = read(&path).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].digest, "abc");

@@ -47,7 +47,11 @@ impl fmt::Display for Step {
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error("deploy of `{component}` failed at step `{step}`: {reason}; the previous version keeps serving")]
-    Failed { component: String, step: Step, reason: String },
+    Failed {
+        component: String,
+        step: Step,
+        reason: String,
+    },
     #[error("a deploy of `{component}` is already in progress; wait for it to finish and try again")]
     Conflict { component: String },
     #[error("`{component}`: {reason}")]
@@ -56,7 +60,11 @@ pub enum DeployError {
 
 impl DeployError {
     fn at(component: &str, step: Step, reason: impl Into<String>) -> Self {
-        DeployError::Failed { component: component.to_string(), step, reason: reason.into() }
+        DeployError::Failed {
+            component: component.to_string(),
+            step,
+            reason: reason.into(),
+        }
     }
 
     pub fn step(&self) -> Option<Step> {
@@ -102,7 +110,10 @@ struct StepClock {
 
 impl StepClock {
     fn new() -> Self {
-        Self { started: Instant::now(), timings: Vec::new() }
+        Self {
+            started: Instant::now(),
+            timings: Vec::new(),
+        }
     }
     fn done(&mut self, step: Step) {
         let now = Instant::now();
@@ -135,7 +146,13 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
         tokio::task::spawn_blocking(move || artifacts::load_or_compile(&engine, &artifact, &compile_bytes))
             .await
             .map_err(|err| DeployError::at(&name, Step::Compile, format!("the compiler task failed: {err}")))?
-            .map_err(|reason| DeployError::at(&name, Step::Validate, format!("the component does not compile: {reason}")))?;
+            .map_err(|reason| {
+                DeployError::at(
+                    &name,
+                    Step::Validate,
+                    format!("the component does not compile: {reason}"),
+                )
+            })?;
     clock.done(Step::Compile);
 
     // 2 (continued). validate: every import links, the export fits the trigger.
@@ -166,7 +183,11 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
         tracing::warn!(component = %name, "{warning}");
     }
     if let Err(err) = crate::state::write_once(&app.state.source_of(&digest), &bytes) {
-        return Err(DeployError::at(&name, Step::Compile, format!("cannot store the source in the state directory: {err}")));
+        return Err(DeployError::at(
+            &name,
+            Step::Compile,
+            format!("cannot store the source in the state directory: {err}"),
+        ));
     }
     clock.done(Step::Validate);
 
@@ -210,7 +231,11 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
     } else if let Err(err) = journal::append(&app.state.journal_path(), &entry) {
         // The flip already happened; the version serves but a restart would not know it.
         tracing::error!(component = %name, error = %err, "cannot write the deploy journal");
-        return Err(DeployError::at(&name, Step::Journal, format!("the new version serves, but the journal could not be written: {err}")));
+        return Err(DeployError::at(
+            &name,
+            Step::Journal,
+            format!("the new version serves, but the journal could not be written: {err}"),
+        ));
     }
     clock.done(Step::Journal);
 
@@ -245,11 +270,19 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
 pub async fn rollback(trigger: &HttpTrigger, component: &str) -> Result<DeployReport, DeployError> {
     let app = trigger.app();
     let Some(slot) = app.slot(component) else {
-        return Err(DeployError::NotFound { component: component.to_string(), reason: "no such component is deployed".into() });
+        return Err(DeployError::NotFound {
+            component: component.to_string(),
+            reason: "no such component is deployed".into(),
+        });
     };
     let current = slot.live.load().digest.clone();
-    let entries = journal::read(&app.state.journal_path())
-        .map_err(|err| DeployError::at(component, Step::Receive, format!("cannot read the deploy journal: {err}")))?;
+    let entries = journal::read(&app.state.journal_path()).map_err(|err| {
+        DeployError::at(
+            component,
+            Step::Receive,
+            format!("cannot read the deploy journal: {err}"),
+        )
+    })?;
     let target = journal::history(&entries, component)
         .into_iter()
         .rev()
@@ -262,15 +295,34 @@ pub async fn rollback(trigger: &HttpTrigger, component: &str) -> Result<DeployRe
         });
     };
     let bytes = std::fs::read(app.state.source_of(&target)).map_err(|err| {
-        DeployError::at(component, Step::Receive, format!("the stored source of version {} is gone: {err}", &target[..12.min(target.len())]))
+        DeployError::at(
+            component,
+            Step::Receive,
+            format!(
+                "the stored source of version {} is gone: {err}",
+                &target[..12.min(target.len())]
+            ),
+        )
     })?;
-    deploy(trigger, DeployRequest { component: component.to_string(), bytes, route: None, action: Action::Rollback, probe_is_fatal: true, record: true })
-        .await
+    deploy(
+        trigger,
+        DeployRequest {
+            component: component.to_string(),
+            bytes,
+            route: None,
+            action: Action::Rollback,
+            probe_is_fatal: true,
+            record: true,
+        },
+    )
+    .await
 }
 
 fn spec_for_deploy(trigger: &HttpTrigger, name: &str, route: Option<&str>) -> Result<ComponentSpec, DeployError> {
     let app = trigger.app();
-    let existing = app.spec_for(name).map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
+    let existing = app
+        .spec_for(name)
+        .map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
     let route = route
         .map(|route| RoutePattern::parse(route).map_err(|reason| DeployError::at(name, Step::Receive, reason)))
         .transpose()?;
@@ -288,21 +340,32 @@ fn spec_for_deploy(trigger: &HttpTrigger, name: &str, route: Option<&str>) -> Re
             }
         }
         (None, Some(route)) => {
-            crate::app::manifest::check_component_name(name).map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
+            crate::app::manifest::check_component_name(name)
+                .map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
             if let Some((_, owner)) = app.router().routes().find(|(pattern, _)| **pattern == route) {
-                return Err(DeployError::at(name, Step::Receive, format!("the route {route} is already served by `{owner}`")));
+                return Err(DeployError::at(
+                    name,
+                    Step::Receive,
+                    format!("the route {route} is already served by `{owner}`"),
+                ));
             }
             Ok(ComponentSpec::ungranted(name, route))
         }
         (None, None) => Err(DeployError::NotFound {
             component: name.to_string(),
-            reason: "no such component in the manifest or the host; to add a new one, give its route with --route /path/...".into(),
+            reason:
+                "no such component in the manifest or the host; to add a new one, give its route with --route /path/..."
+                    .into(),
         }),
     }
 }
 
 /// Imports that will be refused on every call because the manifest grants nothing for them.
-fn grant_warnings(component: &wasmtime::component::Component, engine: &wasmtime::Engine, spec: &ComponentSpec) -> Vec<String> {
+fn grant_warnings(
+    component: &wasmtime::component::Component,
+    engine: &wasmtime::Engine,
+    spec: &ComponentSpec,
+) -> Vec<String> {
     let mut warnings = Vec::new();
     for (import, _) in component.component_type().imports(engine) {
         if import.starts_with("wasi:http/outgoing-handler") && spec.allowed_hosts.is_empty() {

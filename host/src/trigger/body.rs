@@ -20,7 +20,12 @@ pub struct CappedBody<B> {
 
 impl<B> CappedBody<B> {
     pub fn new(inner: B, limit: u64, overflow: fn(u64) -> HttpError) -> Self {
-        Self { inner, seen: 0, limit, overflow }
+        Self {
+            inner,
+            seen: 0,
+            limit,
+            overflow,
+        }
     }
 }
 
@@ -72,12 +77,17 @@ pub fn full(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
 }
 
 /// `{ "error": ..., "detail": ... }` with the given status.
-pub fn json_error(status: http::StatusCode, error: &str, detail: impl Into<String>) -> hyper::Response<HyperOutgoingBody> {
+pub fn json_error(
+    status: http::StatusCode,
+    error: &str,
+    detail: impl Into<String>,
+) -> hyper::Response<HyperOutgoingBody> {
     let body = serde_json::json!({ "error": error, "detail": detail.into() });
     let mut response = hyper::Response::new(full(body.to_string()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }

@@ -73,10 +73,22 @@ impl RouteInfo {
     fn for_component(spec: &ComponentSpec, path: &str) -> Self {
         match &spec.route {
             Some(HttpRoute::Public(pattern)) => {
-                let matched = pattern.matches(path).unwrap_or(RouteMatch { path_info: path.to_string(), params: vec![] });
-                RouteInfo { pattern: Some(pattern.clone()), matched }
+                let matched = pattern.matches(path).unwrap_or(RouteMatch {
+                    path_info: path.to_string(),
+                    params: vec![],
+                });
+                RouteInfo {
+                    pattern: Some(pattern.clone()),
+                    matched,
+                }
             }
-            _ => RouteInfo { pattern: None, matched: RouteMatch { path_info: path.to_string(), params: vec![] } },
+            _ => RouteInfo {
+                pattern: None,
+                matched: RouteMatch {
+                    path_info: path.to_string(),
+                    params: vec![],
+                },
+            },
         }
     }
 }
@@ -114,25 +126,47 @@ impl HttpTrigger {
         let Some((pattern, component, matched)) = router.route(&path) else {
             return json_error(StatusCode::NOT_FOUND, "not found", format!("no route matches {path}"));
         };
-        let route = RouteInfo { pattern: Some(pattern.clone()), matched };
+        let route = RouteInfo {
+            pattern: Some(pattern.clone()),
+            matched,
+        };
         let component = component.to_string();
         self.serve_live(&component, request, route, client, 0).await
     }
 
     /// Serves a request on the live version of `component`, counting it in the slot's stats.
-    async fn serve_live<B>(&self, component: &str, request: hyper::Request<B>, route: RouteInfo, client: SocketAddr, depth: u32) -> HttpResponse
+    async fn serve_live<B>(
+        &self,
+        component: &str,
+        request: hyper::Request<B>,
+        route: RouteInfo,
+        client: SocketAddr,
+        depth: u32,
+    ) -> HttpResponse
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<HttpError>,
     {
         let Some(slot) = self.app.slot(component) else {
-            return json_error(StatusCode::NOT_FOUND, "not found", format!("no component `{component}` is deployed"));
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "not found",
+                format!("no component `{component}` is deployed"),
+            );
         };
         count(&slot.stats.requests);
         let deployment = slot.live.load_full();
         let span = tracing::info_span!("request", component = %component, version = %deployment.short_digest(), method = %request.method(), path = %request.uri().path());
         let outcome = self
-            .serve_version(&slot.spec, deployment, request, route, client, depth, self.app.settings.limits.request_timeout())
+            .serve_version(
+                &slot.spec,
+                deployment,
+                request,
+                route,
+                client,
+                depth,
+                self.app.settings.limits.request_timeout(),
+            )
             .instrument(span.clone())
             .await;
         match outcome {
@@ -170,7 +204,10 @@ impl HttpTrigger {
         let limits = &self.app.settings.limits;
         let in_flight = deployment.enter();
         let chained: Arc<dyn ChainedRequests> = Arc::new(self.clone());
-        let instantiate_error = |detail: String| ServeError::Instantiate { component: component.clone(), detail };
+        let instantiate_error = |detail: String| ServeError::Instantiate {
+            component: component.clone(),
+            detail,
+        };
         let mut store = new_store(&self.app.engine, spec, limits, chained, depth, timeout)
             .map_err(|err| instantiate_error(format!("{err:#}")))?;
 
@@ -205,7 +242,10 @@ impl HttpTrigger {
                 match tokio::time::timeout(timeout, run).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err((instantiating, err))) => Err(classify(&task_component, instantiating, err, timeout)),
-                    Err(_) => Err(ServeError::Deadline { component: task_component, timeout }),
+                    Err(_) => Err(ServeError::Deadline {
+                        component: task_component,
+                        timeout,
+                    }),
                 }
             }
             .in_current_span(),
@@ -217,7 +257,10 @@ impl HttpTrigger {
             Err(_) => match guest.await {
                 Ok(Ok(())) => Err(ServeError::NoResponse { component }),
                 Ok(Err(err)) => Err(err),
-                Err(join) => Err(ServeError::Trap { component, detail: format!("the instance task failed: {join}") }),
+                Err(join) => Err(ServeError::Trap {
+                    component,
+                    detail: format!("the instance task failed: {join}"),
+                }),
             },
         }
     }
@@ -264,7 +307,10 @@ fn classify(component: &str, instantiating: bool, err: wasmtime::Error, timeout:
         return ServeError::Deadline { component, timeout };
     }
     if instantiating && err.downcast_ref::<wasmtime::Trap>().is_none() {
-        return ServeError::Instantiate { component, detail: format!("{err:#}") };
+        return ServeError::Instantiate {
+            component,
+            detail: format!("{err:#}"),
+        };
     }
     let detail = match err.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => format!("{trap}: {err:#}"),
@@ -292,7 +338,11 @@ fn cap_response(response: HttpResponse, limit: u64) -> HttpResponse {
 /// Replaces any `spin-*` header the client sent with the values Spin computes.
 fn with_spin_headers<B>(mut request: hyper::Request<B>, route: &RouteInfo, client: SocketAddr) -> hyper::Request<B> {
     let headers = request.headers_mut();
-    let spoofed: Vec<HeaderName> = headers.keys().filter(|name| name.as_str().starts_with("spin-")).cloned().collect();
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("spin-"))
+        .cloned()
+        .collect();
     for name in spoofed {
         headers.remove(name);
     }
@@ -307,7 +357,12 @@ fn with_spin_headers<B>(mut request: hyper::Request<B>, route: &RouteInfo, clien
             request.headers_mut().insert(http::header::HOST, value);
         }
     }
-    let path_and_query = request.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/").to_string();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .to_string();
     let (matched_route, component_route) = match &route.pattern {
         Some(pattern) => (pattern.as_str().to_string(), pattern.without_wildcard()),
         None => (String::new(), String::new()),
@@ -355,12 +410,24 @@ impl ChainedRequests for HttpTrigger {
                 ChainTarget::App => {
                     let router = trigger.app.router();
                     let Some((pattern, component, matched)) = router.route(&path) else {
-                        return Ok(json_error(StatusCode::NOT_FOUND, "not found", format!("no route matches {path}")));
+                        return Ok(json_error(
+                            StatusCode::NOT_FOUND,
+                            "not found",
+                            format!("no route matches {path}"),
+                        ));
                     };
-                    (component.to_string(), RouteInfo { pattern: Some(pattern.clone()), matched })
+                    (
+                        component.to_string(),
+                        RouteInfo {
+                            pattern: Some(pattern.clone()),
+                            matched,
+                        },
+                    )
                 }
             };
-            Ok(trigger.serve_live(&component, request, route, IN_PROCESS_CLIENT, depth).await)
+            Ok(trigger
+                .serve_live(&component, request, route, IN_PROCESS_CLIENT, depth)
+                .await)
         })
     }
 }
@@ -402,7 +469,10 @@ pub async fn serve(listener: TcpListener, trigger: HttpTrigger, mut shutdown: wa
     }
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain, "shutdown: connections still open at the drain deadline were cut");
+        tracing::warn!(
+            ?drain,
+            "shutdown: connections still open at the drain deadline were cut"
+        );
     }
 }
 

@@ -49,7 +49,10 @@ pub fn default_port(scheme: &str) -> Option<u16> {
 
 impl AllowedHosts {
     pub fn parse(entries: &[String]) -> Result<Self, String> {
-        let patterns = entries.iter().map(|entry| HostPattern::parse(entry)).collect::<Result<_, _>>()?;
+        let patterns = entries
+            .iter()
+            .map(|entry| HostPattern::parse(entry))
+            .collect::<Result<_, _>>()?;
         Ok(Self { patterns })
     }
 
@@ -78,12 +81,19 @@ impl HostPattern {
                 "\"{entry}\" needs a scheme, e.g. \"https://{entry}\" (or \"*://{entry}\" for any)"
             ));
         };
-        if scheme.is_empty() || !(scheme == "*" || scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')) {
+        if scheme.is_empty()
+            || !(scheme == "*"
+                || scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-'))
+        {
             return Err(format!("\"{entry}\": `{scheme}` is not a URL scheme"));
         }
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') || rest.contains('?') {
-            return Err(format!("\"{entry}\": an allowed host has no path; write only SCHEME://HOST[:PORT]"));
+            return Err(format!(
+                "\"{entry}\": an allowed host has no path; write only SCHEME://HOST[:PORT]"
+            ));
         }
         let (host, port) = split_host_port(rest);
         if host.is_empty() {
@@ -94,25 +104,32 @@ impl HostPattern {
             HostMatch::Any
         } else if let Some(suffix) = host.strip_prefix("*.") {
             if suffix.contains('*') {
-                return Err(format!("\"{entry}\": `*` may only stand for the whole host or its first label"));
+                return Err(format!(
+                    "\"{entry}\": `*` may only stand for the whole host or its first label"
+                ));
             }
             HostMatch::Subdomain(suffix.to_string())
         } else if host.contains('*') {
-            return Err(format!("\"{entry}\": `*` may only stand for the whole host or its first label"));
+            return Err(format!(
+                "\"{entry}\": `*` may only stand for the whole host or its first label"
+            ));
         } else {
             HostMatch::Exact(host)
         };
         let ports = match port {
             None => {
                 if scheme != "*" && default_port(scheme).is_none() {
-                    return Err(format!("\"{entry}\": scheme `{scheme}` has no default port; add one, e.g. \"{entry}:8080\""));
+                    return Err(format!(
+                        "\"{entry}\": scheme `{scheme}` has no default port; add one, e.g. \"{entry}:8080\""
+                    ));
                 }
                 PortMatch::SchemeDefault
             }
             Some("*") => PortMatch::Any,
             Some(port) => {
                 let parse = |text: &str| {
-                    text.parse::<u16>().map_err(|_| format!("\"{entry}\": `{port}` is not a port, a range `A..B` or `*`"))
+                    text.parse::<u16>()
+                        .map_err(|_| format!("\"{entry}\": `{port}` is not a port, a range `A..B` or `*`"))
                 };
                 match port.split_once("..") {
                     Some((low, high)) => {
@@ -130,7 +147,12 @@ impl HostPattern {
             }
         };
         let scheme = (scheme != "*").then(|| scheme.to_ascii_lowercase());
-        Ok(Self { raw: entry.to_string(), scheme, host: host_match, ports })
+        Ok(Self {
+            raw: entry.to_string(),
+            scheme,
+            host: host_match,
+            ports,
+        })
     }
 
     fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {

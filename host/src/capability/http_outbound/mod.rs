@@ -122,7 +122,10 @@ impl WasiHttpHooks for OutboundHttp {
                 Outbound::Network => {
                     let options = merge_options(options, defaults);
                     let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-                    Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
+                    Ok((
+                        response.map(BodyExt::boxed_unsync),
+                        Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                    ))
                 }
             }
         })

@@ -409,3 +409,124 @@ fn check_variable_name(name: &str) -> Result<(), String> {
         Err("a variable name is lowercase letters, digits and `_`, starting with a letter".into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, String> {
+        Manifest::parse(Path::new("app/spin.toml"), text).map_err(|err| err.to_string())
+    }
+
+    const HEAD: &str = "spin_manifest_version = 2\n[application]\nname = \"shop\"\n";
+
+    #[test]
+    fn a_full_manifest_parses() {
+        let manifest = parse(&format!(
+            r#"{HEAD}
+[variables]
+token = {{ required = true, secret = true }}
+greeting = {{ default = "hi" }}
+[[trigger.http]]
+route = "/api/..."
+component = "api"
+[[trigger.http]]
+route = {{ private = true }}
+component = "users"
+[[trigger.redis]]
+channel = "orders"
+component = "users"
+[component.api]
+source = "target/api.wasm"
+allowed_outbound_hosts = ["http://*.spin.internal"]
+key_value_stores = ["default"]
+environment = {{ MODE = "test" }}
+files = ["static/*", {{ source = "assets", destination = "/assets" }}]
+variables = {{ greeting = "{{{{ greeting }}}}" }}
+[component.api.build]
+command = "cargo build --target wasm32-wasip2 --release"
+workdir = "api"
+watch = ["src/**/*.rs"]
+[component.users]
+source = "users.wasm"
+"#
+        ))
+        .unwrap();
+        assert_eq!(manifest.http_triggers.len(), 2);
+        assert_eq!(manifest.route_of("users"), Some(&HttpRoute::Private));
+        assert_eq!(manifest.other_trigger_types, vec!["redis".to_string()]);
+        assert_eq!(manifest.source_path("api").unwrap(), Path::new("app/target/api.wasm"));
+        assert_eq!(manifest.build_dir("api"), Path::new("app/api"));
+        assert!(manifest.variables["token"].secret);
+    }
+
+    #[test]
+    fn wrong_type_names_the_key_and_line() {
+        let err = parse(&format!("{HEAD}[component.api]\nsource = 42\n")).unwrap_err();
+        assert!(err.starts_with("app/spin.toml"), "{err}");
+        assert!(err.contains("line 5") && err.contains("source"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = parse(&format!(
+            "{HEAD}[component.api]\nsource = \"a.wasm\"\nallowed_outbound_host = []\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("allowed_outbound_host"), "{err}");
+    }
+
+    #[test]
+    fn trigger_to_missing_component() {
+        let err = parse(&format!(
+            "{HEAD}[[trigger.http]]\nroute = \"/...\"\ncomponent = \"ghost\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("trigger.http[0].component") && err.contains("[component.ghost]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_route() {
+        let err = parse(&format!(
+            "{HEAD}[[trigger.http]]\nroute = \"/a/...\"\ncomponent = \"x\"\n[[trigger.http]]\nroute = \"/a/...\"\ncomponent = \"y\"\n\
+             [component.x]\nsource = \"x.wasm\"\n[component.y]\nsource = \"y.wasm\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("trigger.http[1].route") && err.contains("already taken by component `x`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn version_one_and_bad_names() {
+        let err = parse("spin_manifest_version = \"1\"\n[application]\nname = \"a\"\n").unwrap_err();
+        assert!(err.contains("version 1"), "{err}");
+        let err = parse(&format!("{HEAD}[component.Bad_Name]\nsource = \"a.wasm\"\n")).unwrap_err();
+        assert!(err.contains("component.Bad_Name"), "{err}");
+        let err = parse(&format!(
+            "{HEAD}[component.a]\nsource = \"a.wasm\"\nallowed_outbound_hosts = [\"example.com\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("component.a.allowed_outbound_hosts") && err.contains("needs a scheme"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{HEAD}[component.a]\nsource = {{ url = \"https://x/a.wasm\", digest = \"sha256:0\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("remote sources"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_explained() {
+        let err = Manifest::load(Path::new("/nonexistent/spin.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/spin.toml") && err.contains("-f"), "{err}");
+    }
+}

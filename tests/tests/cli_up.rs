@@ -1,0 +1,206 @@
+//! `mosaic up` and `mosaic watch` as processes: manifest errors, `--build`, graceful shutdown
+//! on SIGTERM, and watch rebuilding only the component whose files changed.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mosaic_tests::{client, fixture, get, mosaic_bin, AppDir};
+
+struct Running {
+    child: Child,
+    base: String,
+}
+
+impl Running {
+    fn start(dir: &Path, args: &[&str]) -> Running {
+        let mut child = Command::new(mosaic_bin())
+            .current_dir(dir)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("mosaic starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("mosaic printed its address before exiting")
+                .unwrap();
+            if let Some(addr) = line.strip_prefix("Serving ") {
+                break addr.trim().to_string();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Running { child, base }
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "mosaic did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn manifest_error_exits_non_zero_naming_file_and_key() {
+    let dir = AppDir::new(
+        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"ghost\"\n",
+    );
+    let out = Command::new(mosaic_bin())
+        .current_dir(&dir.path)
+        .args(["up"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spin.toml") && err.contains("trigger.http[0].component") && err.contains("ghost"),
+        "{err}"
+    );
+
+    let dir = AppDir::new(
+        "spin_manifest_version = 2\n[application]\nname = \"x\"\n[component.a]\nsource = \"missing.wasm\"\n",
+    );
+    let out = Command::new(mosaic_bin())
+        .current_dir(&dir.path)
+        .args(["up"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("component `a`") && err.contains("missing.wasm") && err.contains("--build"),
+        "{err}"
+    );
+
+    let out = Command::new(mosaic_bin())
+        .current_dir(&dir.path)
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Mosaic host is running"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let dir = AppDir::new(mosaic_tests::TWO_COMPONENTS);
+    let mut host = Running::start(&dir.path, &["up"]);
+    let client = client();
+    let slow_url = format!("{}/probe/slow?ms=1500", host.base);
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { get(&client, &slow_url).await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    host.terminate();
+    let reply = slow.await.unwrap();
+    assert_eq!(reply.status, 200, "the request in flight at SIGTERM finished");
+    assert_eq!(reply.body, "v1 slept 1500ms");
+    let status = tokio::task::spawn_blocking(move || host.wait(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        !dir.state_dir().join("admin.json").exists(),
+        "a stopped host no longer advertises its admin API"
+    );
+}
+
+fn watch_manifest(dir: &Path) -> String {
+    format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "watched"
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[[trigger.http]]
+route = "/plain"
+component = "plain"
+[component.probe]
+source = "probe.wasm"
+[component.probe.build]
+command = "cp \"$(cat version.txt)\" probe.wasm"
+watch = ["version.txt"]
+[component.plain]
+source = "{plain}"
+[component.plain.build]
+command = "echo built >> {log}"
+watch = ["plain.txt"]
+"#,
+        plain = fixture("plain").display(),
+        log = dir.join("plain-builds.log").display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_rebuilds_and_deploys_only_the_changed_component() {
+    let dir = AppDir::new("");
+    std::fs::write(dir.manifest(), watch_manifest(&dir.path)).unwrap();
+    std::fs::write(
+        dir.path.join("version.txt"),
+        fixture("probe").to_string_lossy().as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(dir.path.join("plain.txt"), "1").unwrap();
+    let host = Running::start(&dir.path, &["watch", "--build"]);
+    let client = client();
+    let hello = format!("{}/probe/hello", host.base);
+    assert_eq!(get(&client, &hello).await.body, "hello from probe v1");
+    let builds = || {
+        std::fs::read_to_string(dir.path.join("plain-builds.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(builds(), 1, "--build built every component once");
+
+    // Change probe's watched input: it is rebuilt and swapped while plain keeps serving.
+    std::fs::write(
+        dir.path.join("version.txt"),
+        fixture("probe-v2").to_string_lossy().as_bytes(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    loop {
+        let reply = get(&client, &hello).await;
+        assert_eq!(reply.status, 200, "no failed request during the swap: {}", reply.body);
+        assert_eq!(get(&client, &format!("{}/plain", host.base)).await.status, 200);
+        if reply.body == "hello from probe v2" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "watch never deployed v2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(builds(), 1, "plain's files did not change, so it was not rebuilt");
+
+    // A broken build leaves the running version in place.
+    std::fs::write(dir.path.join("version.txt"), "/nonexistent.wasm").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(&client, &hello).await.body, "hello from probe v2");
+}

@@ -1,12 +1,386 @@
-//! `cargo xtask bench http`.
+//! `cargo xtask bench http`: requests/s and latency of one hello component under Mosaic,
+//! under `wasmtime serve` of the same wasmtime version, and of a native hyper hello (the
+//! ceiling), at 1 and 32 connections, all on loopback in one run; then swap latency (deploy
+//! call until the new version answers) from a cold and a warm artifact cache. Writes the table
+//! to bench/README.md. Bounded: a few seconds per measurement.
 
-use std::path::Path;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 
-pub fn run(_root: &Path, args: &[String]) -> Result<()> {
+use crate::{cargo, run as run_command};
+
+const WARMUP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(5);
+const CONNECTIONS: [usize; 2] = [1, 32];
+const SWAP_SAMPLES: usize = 5;
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
-        Some(other) => bail!("no benchmark named `{other}`"),
+        Some("http") => http(root),
+        Some("native-server") => native_server(args.get(1).context("native-server PORT")?.parse()?),
+        Some(other) => bail!("no benchmark named `{other}`; try `cargo xtask bench http`"),
         None => bail!("name a benchmark: cargo xtask bench http"),
     }
+}
+
+struct Stats {
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(addr: SocketAddr, what: &str) -> Result<()> {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("{what} did not start listening on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn wasmtime_version(root: &Path) -> Result<String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock"))?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == "name = \"wasmtime\"" {
+            if let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = \"")) {
+                return Ok(version.trim_end_matches('"').to_string());
+            }
+        }
+    }
+    bail!("wasmtime is not in Cargo.lock")
+}
+
+/// `wasmtime` of the same version as Mosaic's, installed from the wasmtime-cli crate once.
+fn wasmtime_cli(root: &Path) -> Result<PathBuf> {
+    let version = wasmtime_version(root)?;
+    let tools = root.join("target/bench-tools").join(format!("wasmtime-{version}"));
+    let binary = tools.join("bin/wasmtime");
+    if !binary.exists() {
+        eprintln!("installing wasmtime-cli {version} (once; this compiles wasmtime)");
+        run_command(
+            Command::new(cargo())
+                .args(["install", "wasmtime-cli", "--locked", "--version"])
+                .arg(format!("={version}"))
+                .arg("--root")
+                .arg(&tools),
+        )?;
+    }
+    Ok(binary)
+}
+
+fn http(root: &Path) -> Result<()> {
+    run_command(
+        Command::new(cargo())
+            .current_dir(root)
+            .args(["build", "--release", "-p", "mosaic"]),
+    )?;
+    let wasmtime = wasmtime_cli(root)?;
+    let mosaic = root.join("target/release/mosaic");
+    let probe = root.join("target/fixtures/probe.wasm");
+    let probe_v2 = root.join("target/fixtures/probe-v2.wasm");
+    let work = root.join("target/bench/http");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    std::fs::write(
+        work.join("spin.toml"),
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"bench\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"hello\"\n[component.hello]\nsource = \"{}\"\n",
+            probe.display()
+        ),
+    )?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rows = Vec::new();
+
+    let native_port = free_port()?;
+    let native_addr: SocketAddr = ([127, 0, 0, 1], native_port).into();
+    let native = Killed(
+        Command::new(std::env::current_exe()?)
+            .args(["bench", "native-server", &native_port.to_string()])
+            .spawn()?,
+    );
+    wait_for_port(native_addr, "the native hyper server")?;
+
+    let wasmtime_port = free_port()?;
+    let wasmtime_addr: SocketAddr = ([127, 0, 0, 1], wasmtime_port).into();
+    let serve = Killed(
+        Command::new(&wasmtime)
+            .args(["serve", "-S", "cli=y", "--addr", &wasmtime_addr.to_string()])
+            .arg(&probe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start wasmtime serve")?,
+    );
+    wait_for_port(wasmtime_addr, "wasmtime serve")?;
+
+    let mosaic_port = free_port()?;
+    let mosaic_addr: SocketAddr = ([127, 0, 0, 1], mosaic_port).into();
+    let host = Killed(
+        Command::new(&mosaic)
+            .current_dir(&work)
+            .env("MOSAIC_LOG", "warn")
+            .args(["up", "--listen", &mosaic_addr.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start mosaic")?,
+    );
+    wait_for_port(mosaic_addr, "mosaic")?;
+
+    for (name, addr) in [
+        ("Mosaic", mosaic_addr),
+        ("wasmtime serve", wasmtime_addr),
+        ("native hyper (ceiling)", native_addr),
+    ] {
+        for connections in CONNECTIONS {
+            runtime.block_on(load(addr, connections, WARMUP))?;
+            let stats = runtime.block_on(load(addr, connections, MEASURE))?;
+            eprintln!(
+                "{name:<24} c={connections:<3} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  ({} requests, {} errors)",
+                stats.rps, stats.p50_us, stats.p99_us, stats.requests, stats.errors
+            );
+            rows.push((name, connections, stats));
+        }
+    }
+    drop(serve);
+    drop(native);
+
+    let (cold, warm) = runtime.block_on(swap_latency(&work, mosaic_addr, &probe, &probe_v2))?;
+    drop(host);
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let version = wasmtime_version(root)?;
+    let throughput = |name: &str, c: usize| {
+        rows.iter()
+            .find(|(n, conns, _)| *n == name && *conns == c)
+            .map(|(_, _, s)| s.rps)
+            .unwrap_or(0.0)
+    };
+    let mut table = String::new();
+    table.push_str("| server | connections | requests/s | p50 | p99 | errors |\n|---|---:|---:|---:|---:|---:|\n");
+    for (name, connections, stats) in &rows {
+        table.push_str(&format!(
+            "| {name} | {connections} | {:.0} | {:.3} ms | {:.3} ms | {} |\n",
+            stats.rps,
+            stats.p50_us as f64 / 1000.0,
+            stats.p99_us as f64 / 1000.0,
+            stats.errors
+        ));
+    }
+    let mut ratios = String::new();
+    for c in CONNECTIONS {
+        ratios.push_str(&format!(
+            "- {c} connection(s): Mosaic / wasmtime serve = {:.2}x, Mosaic / native = {:.2}x\n",
+            throughput("Mosaic", c) / throughput("wasmtime serve", c).max(1.0),
+            throughput("Mosaic", c) / throughput("native hyper (ceiling)", c).max(1.0),
+        ));
+    }
+    let swap = format!(
+        "| artifact cache | samples | median | min | max |\n|---|---:|---:|---:|---:|\n| cold (compile) | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n| warm (cached) | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+        cold.len(),
+        median(&cold),
+        cold.iter().cloned().fold(f64::MAX, f64::min),
+        cold.iter().cloned().fold(0.0, f64::max),
+        warm.len(),
+        median(&warm),
+        warm.iter().cloned().fold(f64::MAX, f64::min),
+        warm.iter().cloned().fold(0.0, f64::max),
+    );
+    let report = format!(
+        "# Benchmarks\n\nWritten by `cargo xtask bench http` (do not edit by hand). One run, on this machine: {cpu}, {cores} cores shared by the load generator and the server.\n\n\
+         ## HTTP: one hello component\n\nThe same component (`tests/fixtures/probe`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, and a native hyper hello as the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row.\n\n{table}\n{ratios}\n\
+         ## Swap latency\n\nFrom the start of the deploy call (`POST /v1/components/hello/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
+        cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        warm = WARMUP.as_secs(),
+        measure = MEASURE.as_secs(),
+    );
+    std::fs::create_dir_all(root.join("bench"))?;
+    std::fs::write(root.join("bench/README.md"), &report)?;
+    println!("{report}");
+    Ok(())
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+async fn load(addr: SocketAddr, connections: usize, duration: Duration) -> Result<Stats> {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::new();
+            let mut errors = 0u64;
+            'connect: while Instant::now() < deadline {
+                let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                    errors += 1;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                else {
+                    errors += 1;
+                    continue;
+                };
+                tokio::spawn(connection);
+                while Instant::now() < deadline {
+                    let request = hyper::Request::get("/")
+                        .header(http::header::HOST, addr.to_string())
+                        .body(Full::new(Bytes::new()))
+                        .expect("static request");
+                    let started = Instant::now();
+                    let ok = match sender.send_request(request).await {
+                        Ok(response) => response.status().is_success() && response.into_body().collect().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if !ok {
+                        errors += 1;
+                        continue 'connect;
+                    }
+                    latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, task_errors) = task.await?;
+        all.extend(latencies);
+        errors += task_errors;
+    }
+    all.sort_unstable();
+    let at = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as u64
+    };
+    Ok(Stats {
+        requests: all.len() as u64,
+        errors,
+        rps: all.len() as f64 / duration.as_secs_f64(),
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+    })
+}
+
+async fn admin_call(addr: SocketAddr, token: &str, path: &str, body: Bytes) -> Result<()> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::post(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::new(body))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let text = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("deploy failed: {status} {}", String::from_utf8_lossy(&text));
+    }
+    Ok(())
+}
+
+async fn body_of(addr: SocketAddr) -> Result<String> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get("/hello")
+        .header(http::header::HOST, addr.to_string())
+        .body(Full::new(Bytes::new()))?;
+    let response = sender.send_request(request).await?;
+    Ok(String::from_utf8_lossy(&response.into_body().collect().await?.to_bytes()).to_string())
+}
+
+/// Deploys alternately v2 (artifact removed first: cold) and v1 (cached since start-up:
+/// warm), timing each from the deploy call until the new version answers.
+async fn swap_latency(work: &Path, app: SocketAddr, v1: &Path, v2: &Path) -> Result<(Vec<f64>, Vec<f64>)> {
+    let state = work.join(".mosaic");
+    let endpoint: serde_json::Value = serde_json::from_slice(&std::fs::read(state.join("admin.json"))?)?;
+    let admin: SocketAddr = endpoint["addr"].as_str().context("admin.json has no addr")?.parse()?;
+    let token = std::fs::read_to_string(state.join("admin-token"))?.trim().to_string();
+    let (v1_bytes, v2_bytes) = (Bytes::from(std::fs::read(v1)?), Bytes::from(std::fs::read(v2)?));
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..SWAP_SAMPLES {
+        for (bytes, expected, is_cold) in [
+            (&v2_bytes, "hello from probe v2", true),
+            (&v1_bytes, "hello from probe v1", false),
+        ] {
+            if is_cold {
+                for entry in std::fs::read_dir(state.join("artifacts"))?.flatten() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            let started = Instant::now();
+            admin_call(admin, &token, "/v1/components/hello/deploy", bytes.clone()).await?;
+            while body_of(app).await? != expected {
+                if started.elapsed() > Duration::from_secs(30) {
+                    bail!("the new version never answered");
+                }
+            }
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if is_cold {
+                cold.push(ms)
+            } else {
+                warm.push(ms)
+            }
+        }
+    }
+    Ok((cold, warm))
+}
+
+/// The ceiling: a native hyper server answering the same short text.
+fn native_server(port: u16) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                        b"hello from native",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
 }

@@ -12,7 +12,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
   build            build the reference components and the test fixtures (wasm32-wasip2)
   test             build, then run every test of the workspace
-  up [ARGS...]     build, then run the reference application (mosaic up ARGS)
+  up [ARGS...]     build the components, then run the reference application (mosaic up ARGS)
   bench http       benchmark HTTP serving and swap latency; writes bench/README.md";
 
 fn main() -> Result<()> {
@@ -29,7 +29,7 @@ fn main() -> Result<()> {
                 .args(&args[1..]))
         }
         Some("up") => {
-            build_all(&root)?;
+            build_components(&root)?;
             run(Command::new(cargo())
                 .current_dir(&root)
                 .args(["run", "-p", "mosaic", "--", "up"])

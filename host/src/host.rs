@@ -73,7 +73,9 @@ impl Host {
         let engine = build_engine(&settings.limits)?;
         let ticker = EpochTicker::start(&engine);
         let linker = crate::instance::build_linker(&engine)?;
-        let app = Arc::new(App::new(engine, linker, settings.clone(), manifest, state));
+        let variables = crate::capability::variables::resolve_application(&manifest, |name| std::env::var(name).ok())
+            .map_err(|message| anyhow::anyhow!("{}: {message}", options.manifest.display()))?;
+        let app = Arc::new(App::new(engine, linker, settings.clone(), manifest, state, variables));
         let trigger = HttpTrigger::new(app.clone());
         restore(&trigger).await?;
 

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::app::ComponentSpec;
 use crate::capability::http_outbound::{ChainedRequests, OutboundHttp};
+use crate::capability::variables::ComponentVariables;
 use crate::settings::Limits;
 
 pub struct InstanceState {
@@ -19,6 +20,13 @@ pub struct InstanceState {
     table: ResourceTable,
     outbound: OutboundHttp,
     limits: StoreLimits,
+    variables: ComponentVariables,
+}
+
+impl InstanceState {
+    pub fn variables(&self) -> &ComponentVariables {
+        &self.variables
+    }
 }
 
 impl WasiView for InstanceState {
@@ -50,6 +58,10 @@ pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+    crate::bindings::variables::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)?;
+    crate::bindings::config_store::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)?;
     Ok(linker)
 }
 
@@ -87,6 +99,7 @@ pub fn new_store(
             .memory_size(limits.instance_memory_bytes() as usize)
             .trap_on_grow_failure(false)
             .build(),
+        variables: spec.variables.clone(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limits);

@@ -15,8 +15,13 @@ struct Running {
 
 impl Running {
     fn start(dir: &Path, args: &[&str]) -> Running {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(mosaic_bin())
             .current_dir(dir)
+            .envs(env.iter().copied())
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
@@ -203,4 +208,38 @@ async fn watch_rebuilds_and_deploys_only_the_changed_component() {
     std::fs::write(dir.path.join("version.txt"), "/nonexistent.wasm").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(get(&client, &hello).await.body, "hello from probe v2");
+}
+
+const REQUIRED_VARIABLE: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "secret"
+[variables]
+api_key = { required = true, secret = true }
+[[trigger.http]]
+route = "/..."
+component = "probe"
+[component.probe]
+source = "{probe}"
+variables = { key = "{{ api_key }}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_variable_comes_from_the_environment() {
+    let dir = AppDir::new(REQUIRED_VARIABLE);
+    let out = Command::new(mosaic_bin())
+        .current_dir(&dir.path)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("api_key") && err.contains("SPIN_VARIABLE_API_KEY"),
+        "{err}"
+    );
+
+    let host = Running::start_with_env(&dir.path, &["up"], &[("SPIN_VARIABLE_API_KEY", "from-env-42")]);
+    let reply = get(&client(), &format!("{}/variable?name=key", host.base)).await;
+    assert_eq!(reply.body, "from-env-42");
 }

@@ -185,3 +185,126 @@ async fn oversized_request_body_is_refused_with_413() {
     assert_eq!(big.status, 413);
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_environment_grants() {
+    let dir = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "grants"
+[[trigger.http]]
+route = "/granted/..."
+component = "granted"
+[[trigger.http]]
+route = "/bare/..."
+component = "bare"
+[component.granted]
+source = "{probe}"
+files = ["static/*.txt", { source = "assets", destination = "/data" }]
+exclude_files = ["static/secret.txt"]
+environment = { GREETING = "hej" }
+[component.bare]
+source = "{probe}"
+"#,
+    );
+    std::fs::create_dir_all(dir.path.join("static")).unwrap();
+    std::fs::create_dir_all(dir.path.join("assets")).unwrap();
+    std::fs::write(dir.path.join("static/index.txt"), "index").unwrap();
+    std::fs::write(dir.path.join("static/secret.txt"), "secret").unwrap();
+    std::fs::write(dir.path.join("assets/a.txt"), "asset").unwrap();
+    std::fs::write(dir.path.join("spin-outside.txt"), "outside").unwrap();
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    let read = |component: &'static str, path: &'static str| {
+        let url = format!("{base}/{component}/file?path={path}");
+        let client = client.clone();
+        async move { get(&client, &url).await }
+    };
+    assert_eq!(read("granted", "/static/index.txt").await.body, "index");
+    assert_eq!(read("granted", "/data/a.txt").await.body, "asset");
+    assert_eq!(
+        read("granted", "/static/secret.txt").await.status,
+        404,
+        "excluded files are not staged"
+    );
+    assert_eq!(
+        read("granted", "/spin.toml").await.status,
+        404,
+        "only granted files are visible"
+    );
+    assert_eq!(read("granted", "/../spin-outside.txt").await.status, 404);
+    assert_eq!(read("granted", "/etc/passwd").await.status, 404);
+    assert_eq!(
+        read("bare", "/static/index.txt").await.status,
+        404,
+        "no files grant, no files"
+    );
+    assert_eq!(
+        get(&client, &format!("{base}/granted/env?name=GREETING")).await.body,
+        "hej"
+    );
+    assert_eq!(
+        get(&client, &format!("{base}/bare/env?name=GREETING")).await.status,
+        404
+    );
+    assert_eq!(
+        get(&client, &format!("{base}/bare/env?name=HOME")).await.status,
+        404,
+        "the host's environment stays out"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variables_from_manifest_and_templates() {
+    let dir = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "vars"
+[variables]
+region = { default = "eu" }
+api_key = { default = "k-123", secret = true }
+[[trigger.http]]
+route = "/with/..."
+component = "with"
+[[trigger.http]]
+route = "/without/..."
+component = "without"
+[component.with]
+source = "{probe}"
+variables = { endpoint = "https://{{ region }}.example.com", key = "{{ api_key }}" }
+[component.without]
+source = "{probe}"
+"#,
+    );
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    let read = |path: &str| {
+        let url = format!("{base}{path}");
+        let client = client.clone();
+        async move { get(&client, &url).await }
+    };
+    assert_eq!(
+        read("/with/variable?name=endpoint").await.body,
+        "https://eu.example.com"
+    );
+    assert_eq!(read("/with/variable?name=key").await.body, "k-123");
+    let undefined = read("/with/variable?name=region").await;
+    assert_eq!(
+        undefined.status, 404,
+        "an application variable is not a component variable"
+    );
+    assert!(undefined.body.contains("Undefined"), "{}", undefined.body);
+    let invalid = read("/with/variable?name=Bad-Name").await;
+    assert!(invalid.body.contains("InvalidName"), "{}", invalid.body);
+    assert_eq!(
+        read("/without/variable?name=endpoint").await.status,
+        404,
+        "variables are per component"
+    );
+    host.shutdown().await;
+}

@@ -16,6 +16,7 @@ use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::capability::http_outbound::AllowedHosts;
+use crate::capability::variables::{self, ComponentVariables};
 use crate::instance::InstanceState;
 use crate::settings::Settings;
 use crate::state::StateDir;
@@ -32,6 +33,7 @@ pub struct ComponentSpec {
     pub environment: Vec<(String, String)>,
     /// Host directory preopened at `/` when the manifest grants `files`.
     pub files_dir: Option<std::path::PathBuf>,
+    pub variables: ComponentVariables,
 }
 
 impl ComponentSpec {
@@ -43,6 +45,7 @@ impl ComponentSpec {
             allowed_hosts: Arc::new(AllowedHosts::default()),
             environment: Vec::new(),
             files_dir: None,
+            variables: ComponentVariables::default(),
         }
     }
 }
@@ -147,6 +150,8 @@ pub struct App {
     pub settings: Settings,
     pub manifest: Manifest,
     pub state: StateDir,
+    /// Resolved application variables (values may be secrets: never log them).
+    variables: std::collections::BTreeMap<String, String>,
     slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
     router: ArcSwap<Router>,
     deploying: Mutex<HashSet<String>>,
@@ -173,6 +178,7 @@ impl App {
         settings: Settings,
         manifest: Manifest,
         state: StateDir,
+        variables: std::collections::BTreeMap<String, String>,
     ) -> Self {
         let router = Router::new(manifest_routes(&manifest));
         Self {
@@ -181,6 +187,7 @@ impl App {
             settings,
             manifest,
             state,
+            variables,
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),
@@ -246,12 +253,14 @@ impl App {
         };
         let allowed = AllowedHosts::parse(&decl.outbound_hosts())?;
         let files_dir = files::stage(&self.manifest, component, &self.state.files_dir())?;
+        let variables = variables::render_component(&self.manifest, component, &self.variables)?;
         Ok(Some(ComponentSpec {
             name: component.to_string(),
             route: self.manifest.route_of(component).cloned(),
             allowed_hosts: Arc::new(allowed),
             environment: decl.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             files_dir,
+            variables,
         }))
     }
 

@@ -1,3 +1,4 @@
 //! What a guest imports from the host, one module per capability, each behind its own seam.
 
 pub mod http_outbound;
+pub mod variables;

@@ -162,7 +162,8 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
             Step::Validate,
             format!(
                 "it imports something outside Mosaic's supported world ({}). Mosaic links wasi:cli, \
-                 wasi:io, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets and wasi:http @0.2.x",
+                 wasi:io, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets and wasi:http @0.2.x, \
+                 fermyon:spin/variables@2.0.0 and wasi:config/store",
                 anyhow::Error::from(err)
             ),
         )
@@ -372,6 +373,13 @@ fn grant_warnings(
             warnings.push(format!(
                 "`{}` imports {import} but its allowed_outbound_hosts is empty: every outbound request will be denied",
                 spec.name
+            ));
+        }
+        let reads_variables = import.starts_with("fermyon:spin/variables") || import.starts_with("wasi:config/store");
+        if reads_variables && spec.variables.is_empty() {
+            warnings.push(format!(
+                "`{}` imports {import} but has no [component.{}.variables]: every read will be `undefined`",
+                spec.name, spec.name
             ));
         }
     }

@@ -1,0 +1,205 @@
+//! Variables: application variables (`[variables]` with `default`, `required`, `secret`),
+//! resolved from the environment (`SPIN_VARIABLE_NAME`) or the manifest, and component
+//! variables (`[component.NAME.variables]`, `{{ name }}` templates over them). Guests read
+//! their component's variables through `fermyon:spin/variables` and `wasi:config/store`.
+//!
+//! A secret's value never appears in a log line or an error message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::app::manifest::Manifest;
+use crate::bindings::{config_store, variables};
+use crate::instance::InstanceState;
+
+/// The rendered variables one component may read. `Debug` shows names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ComponentVariables(BTreeMap<String, String>);
+
+impl fmt::Debug for ComponentVariables {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl ComponentVariables {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+/// The environment variable that provides application variable `name`.
+pub fn env_name(name: &str) -> String {
+    format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())
+}
+
+/// Resolves every application variable: environment first, then the manifest's default.
+/// A required variable with no value is an error naming the variable and what to set.
+pub fn resolve_application(
+    manifest: &Manifest,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut values = BTreeMap::new();
+    for (name, decl) in &manifest.variables {
+        let value = env(&env_name(name)).or_else(|| decl.default.clone());
+        match value {
+            Some(value) => {
+                values.insert(name.clone(), value);
+            }
+            None if decl.required => {
+                return Err(format!(
+                    "the application variable `{name}` is required and has no value: set the environment variable {}",
+                    env_name(name)
+                ))
+            }
+            None => {}
+        }
+    }
+    Ok(values)
+}
+
+/// Renders one component's variables against the application's values.
+pub fn render_component(
+    manifest: &Manifest,
+    component: &str,
+    application: &BTreeMap<String, String>,
+) -> Result<ComponentVariables, String> {
+    let Some(decl) = manifest.components.get(component) else {
+        return Ok(ComponentVariables::default());
+    };
+    let mut rendered = BTreeMap::new();
+    for (key, template) in &decl.variables {
+        let value = render(template, |name| {
+            if !manifest.variables.contains_key(name) {
+                return Err(format!(
+                    "`component.{component}.variables.{key}` refers to `{{{{ {name} }}}}`, which `[variables]` does not declare"
+                ));
+            }
+            application.get(name).cloned().ok_or_else(|| {
+                format!(
+                    "`component.{component}.variables.{key}` needs the application variable `{name}`, which has no value: set {} or give it a default",
+                    env_name(name)
+                )
+            })
+        })?;
+        rendered.insert(key.clone(), value);
+    }
+    Ok(ComponentVariables(rendered))
+}
+
+/// Expands `{{ name }}` in `template`.
+fn render(template: &str, mut lookup: impl FnMut(&str) -> Result<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err(format!("the template \"{template}\" has a `{{{{` without its `}}}}`"));
+        };
+        out.push_str(&lookup(after[..end].trim())?);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn valid_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl variables::Host for InstanceState {
+    fn get(&mut self, name: String) -> Result<String, variables::Error> {
+        if !valid_name(&name) {
+            return Err(variables::Error::InvalidName(format!(
+                "`{name}` is not a variable name (lowercase letters, digits and `_`)"
+            )));
+        }
+        match self.variables().get(&name) {
+            Some(value) => Ok(value.to_string()),
+            None => Err(variables::Error::Undefined(format!(
+                "no variable `{name}` in this component's [component.NAME.variables]"
+            ))),
+        }
+    }
+}
+
+impl config_store::Host for InstanceState {
+    fn get(&mut self, key: String) -> Result<Option<String>, config_store::Error> {
+        Ok(self.variables().get(&key).map(str::to_string))
+    }
+
+    fn get_all(&mut self) -> Result<Vec<(String, String)>, config_store::Error> {
+        Ok(self.variables().0.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn manifest(text: &str) -> Manifest {
+        Manifest::parse(Path::new("spin.toml"), text).unwrap()
+    }
+
+    const APP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "vars"
+[variables]
+api_key = { required = true, secret = true }
+region = { default = "eu" }
+[component.api]
+source = "api.wasm"
+variables = { key = "{{ api_key }}", url = "https://{{region}}.example.com/{{ region }}" }
+"#;
+
+    #[test]
+    fn environment_overrides_default_and_templates_render() {
+        let m = manifest(APP);
+        let env = |name: &str| match name {
+            "SPIN_VARIABLE_API_KEY" => Some("s3cret".to_string()),
+            "SPIN_VARIABLE_REGION" => Some("us".to_string()),
+            _ => None,
+        };
+        let app = resolve_application(&m, env).unwrap();
+        let vars = render_component(&m, "api", &app).unwrap();
+        assert_eq!(vars.get("key"), Some("s3cret"));
+        assert_eq!(vars.get("url"), Some("https://us.example.com/us"));
+        assert!(!format!("{vars:?}").contains("s3cret"), "Debug never shows values");
+    }
+
+    #[test]
+    fn required_without_value_names_the_env_var() {
+        let err = resolve_application(&manifest(APP), |_| None).unwrap_err();
+        assert!(
+            err.contains("api_key") && err.contains("SPIN_VARIABLE_API_KEY"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn undeclared_reference_is_an_error() {
+        let m = manifest(&APP.replace("{{ api_key }}", "{{ nope }}"));
+        let app = resolve_application(&m, |_| Some("x".into())).unwrap();
+        let err = render_component(&m, "api", &app).unwrap_err();
+        assert!(
+            err.contains("component.api.variables.key") && err.contains("nope"),
+            "{err}"
+        );
+        assert!(!err.contains("x\""), "{err}");
+    }
+
+    #[test]
+    fn unterminated_template() {
+        let err = render("a {{ b", |_| Ok(String::new())).unwrap_err();
+        assert!(err.contains("without its"), "{err}");
+    }
+}

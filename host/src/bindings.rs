@@ -4,7 +4,15 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "mosaic:host/capabilities",
+    imports: { default: async },
+    with: {
+        "fermyon:spin/key-value.store": crate::capability::key_value::OpenStore,
+        "wasi:keyvalue/store.bucket": crate::capability::key_value::OpenStore,
+        "wasi:keyvalue/atomics.cas": crate::capability::key_value::CasHandle,
+    },
 });
 
+pub use fermyon::spin2_0_0::key_value as spin_key_value;
 pub use fermyon::spin2_0_0::variables;
 pub use wasi::config::store as config_store;
+pub use wasi::keyvalue::{atomics as wasi_atomics, batch as wasi_batch, store as wasi_store};

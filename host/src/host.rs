@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::manifest::Manifest;
+use crate::app::runtime_config::RuntimeConfig;
 use crate::app::App;
+use crate::capability::key_value::KeyValueStores;
 use crate::deploy::journal::{self, Action};
 use crate::deploy::{self, artifacts, DeployRequest};
 use crate::engine::{build_engine, EpochTicker};
@@ -57,9 +59,10 @@ impl Host {
         if let Some(listen) = options.admin_listen {
             settings.admin.listen = listen;
         }
-        if let Some(path) = &options.runtime_config_file {
-            check_runtime_config(path)?;
-        }
+        let runtime_config = match &options.runtime_config_file {
+            Some(path) => RuntimeConfig::load(path).map_err(anyhow::Error::msg)?,
+            None => RuntimeConfig::default(),
+        };
         for trigger_type in &manifest.other_trigger_types {
             tracing::warn!(trigger = %trigger_type, "this host serves HTTP triggers only; `[[trigger.{trigger_type}]]` entries are not run");
         }
@@ -75,7 +78,19 @@ impl Host {
         let linker = crate::instance::build_linker(&engine)?;
         let variables = crate::capability::variables::resolve_application(&manifest, |name| std::env::var(name).ok())
             .map_err(|message| anyhow::anyhow!("{}: {message}", options.manifest.display()))?;
-        let app = Arc::new(App::new(engine, linker, settings.clone(), manifest, state, variables));
+        let key_value = Arc::new(KeyValueStores::new(
+            runtime_config.key_value_stores,
+            state.root().join("kv"),
+        ));
+        let app = Arc::new(App::new(
+            engine,
+            linker,
+            settings.clone(),
+            manifest,
+            state,
+            variables,
+            key_value,
+        ));
         let trigger = HttpTrigger::new(app.clone());
         restore(&trigger).await?;
 
@@ -239,14 +254,5 @@ async fn load(
     for warning in &report.warnings {
         tracing::warn!(component = %name, "{warning}");
     }
-    Ok(())
-}
-
-/// The runtime config (Spin's format) is read and checked for TOML errors here; the store and
-/// database sections it maps take effect with the key-value and SQL capabilities.
-fn check_runtime_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read the runtime config {}", path.display()))?;
-    let _: toml::Table = toml::from_str(&text).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
     Ok(())
 }

@@ -9,10 +9,11 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::app::App;
 use crate::app::ComponentSpec;
 use crate::capability::http_outbound::{ChainedRequests, OutboundHttp};
+use crate::capability::key_value::KeyValueAccess;
 use crate::capability::variables::ComponentVariables;
-use crate::settings::Limits;
 
 pub struct InstanceState {
     wasi: WasiCtx,
@@ -21,11 +22,21 @@ pub struct InstanceState {
     outbound: OutboundHttp,
     limits: StoreLimits,
     variables: ComponentVariables,
+    key_value: KeyValueAccess,
 }
 
 impl InstanceState {
     pub fn variables(&self) -> &ComponentVariables {
         &self.variables
+    }
+    pub fn key_value(&self) -> &KeyValueAccess {
+        &self.key_value
+    }
+    pub fn table(&self) -> &ResourceTable {
+        &self.table
+    }
+    pub fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
@@ -62,18 +73,26 @@ pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
         .map_err(anyhow::Error::from)?;
     crate::bindings::config_store::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
         .map_err(anyhow::Error::from)?;
+    crate::bindings::spin_key_value::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)?;
+    crate::bindings::wasi_store::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)?;
+    crate::bindings::wasi_atomics::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)?;
+    crate::bindings::wasi_batch::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)?;
     Ok(linker)
 }
 
 /// A fresh store for one request (or one probe) of `spec`'s component.
 pub fn new_store(
-    engine: &Engine,
+    app: &App,
     spec: &ComponentSpec,
-    limits: &Limits,
     chained: Arc<dyn ChainedRequests>,
     depth: u32,
     timeout: Duration,
 ) -> anyhow::Result<Store<InstanceState>> {
+    let (engine, limits) = (&app.engine, &app.settings.limits);
     let mut wasi = WasiCtx::builder();
     wasi.inherit_stdout().inherit_stderr();
     wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
@@ -100,6 +119,11 @@ pub fn new_store(
             .trap_on_grow_failure(false)
             .build(),
         variables: spec.variables.clone(),
+        key_value: KeyValueAccess {
+            component: Arc::from(spec.name.as_str()),
+            granted: spec.key_value_stores.clone(),
+            stores: app.key_value.clone(),
+        },
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limits);

@@ -62,7 +62,7 @@ impl AppDir {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("temp dir");
         let mut text = manifest.to_string();
-        for name in ["probe-v2", "probe-unhealthy", "probe", "plain"] {
+        for name in ["probe-v2", "probe-unhealthy", "probe", "plain", "counter"] {
             text = text.replace(&format!("{{{name}}}"), &fixture(name).to_string_lossy());
         }
         std::fs::write(path.join("spin.toml"), text).expect("write spin.toml");
@@ -78,13 +78,23 @@ impl AppDir {
     }
 
     pub async fn start(&self, settings: Settings) -> Host {
+        self.start_with(settings, None).await
+    }
+
+    /// Starts a host with a runtime config (Spin's format) written into the app directory.
+    pub async fn start_with(&self, settings: Settings, runtime_config: Option<&str>) -> Host {
+        let runtime_config_file = runtime_config.map(|text| {
+            let path = self.path.join("runtime-config.toml");
+            std::fs::write(&path, text).expect("write runtime config");
+            path
+        });
         Host::start(HostOptions {
             manifest: self.manifest(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             state_dir: None,
             settings: Some(settings),
-            runtime_config_file: None,
+            runtime_config_file,
         })
         .await
         .expect("the host starts")
@@ -200,4 +210,32 @@ impl std::io::Write for LogCapture {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Whether a real backend answers at `addr`. Where `MOSAIC_REQUIRE_SERVICES=1` (CI) an
+/// unreachable service fails the test; otherwise the test says it is skipped.
+pub fn service_available(name: &str, addr: &str) -> bool {
+    let socket: SocketAddr = addr.parse().expect("a socket address");
+    if std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(1)).is_ok() {
+        return true;
+    }
+    if std::env::var("MOSAIC_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{name} is not reachable at {addr}, and MOSAIC_REQUIRE_SERVICES=1 requires it");
+    }
+    eprintln!("SKIPPED: {name} is not reachable at {addr} (set MOSAIC_REQUIRE_SERVICES=1 to make this a failure)");
+    false
+}
+
+/// A name no other test run uses, for keys in shared backends.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }

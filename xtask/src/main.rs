@@ -71,6 +71,7 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("probe", "v2", "probe-v2"),
     ("probe", "unhealthy", "probe-unhealthy"),
     ("plain", "", "plain"),
+    ("counter", "", "counter"),
 ];
 
 fn build_all(root: &Path) -> Result<()> {

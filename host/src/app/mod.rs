@@ -4,6 +4,7 @@
 pub mod files;
 pub mod manifest;
 pub mod routes;
+pub mod runtime_config;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::capability::http_outbound::AllowedHosts;
+use crate::capability::key_value::KeyValueStores;
 use crate::capability::variables::{self, ComponentVariables};
 use crate::instance::InstanceState;
 use crate::settings::Settings;
@@ -34,6 +36,8 @@ pub struct ComponentSpec {
     /// Host directory preopened at `/` when the manifest grants `files`.
     pub files_dir: Option<std::path::PathBuf>,
     pub variables: ComponentVariables,
+    /// The key-value store labels this component may open.
+    pub key_value_stores: Arc<[String]>,
 }
 
 impl ComponentSpec {
@@ -46,6 +50,7 @@ impl ComponentSpec {
             environment: Vec::new(),
             files_dir: None,
             variables: ComponentVariables::default(),
+            key_value_stores: Arc::from(Vec::new()),
         }
     }
 }
@@ -150,6 +155,7 @@ pub struct App {
     pub settings: Settings,
     pub manifest: Manifest,
     pub state: StateDir,
+    pub key_value: Arc<KeyValueStores>,
     /// Resolved application variables (values may be secrets: never log them).
     variables: std::collections::BTreeMap<String, String>,
     slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
@@ -179,6 +185,7 @@ impl App {
         manifest: Manifest,
         state: StateDir,
         variables: std::collections::BTreeMap<String, String>,
+        key_value: Arc<KeyValueStores>,
     ) -> Self {
         let router = Router::new(manifest_routes(&manifest));
         Self {
@@ -188,6 +195,7 @@ impl App {
             manifest,
             state,
             variables,
+            key_value,
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),
@@ -261,6 +269,7 @@ impl App {
             environment: decl.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             files_dir,
             variables,
+            key_value_stores: Arc::from(decl.key_value_stores.clone()),
         }))
     }
 

@@ -1,4 +1,5 @@
 //! What a guest imports from the host, one module per capability, each behind its own seam.
 
 pub mod http_outbound;
+pub mod key_value;
 pub mod variables;

@@ -115,7 +115,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl variables::Host for InstanceState {
-    fn get(&mut self, name: String) -> Result<String, variables::Error> {
+    async fn get(&mut self, name: String) -> Result<String, variables::Error> {
         if !valid_name(&name) {
             return Err(variables::Error::InvalidName(format!(
                 "`{name}` is not a variable name (lowercase letters, digits and `_`)"
@@ -131,11 +131,11 @@ impl variables::Host for InstanceState {
 }
 
 impl config_store::Host for InstanceState {
-    fn get(&mut self, key: String) -> Result<Option<String>, config_store::Error> {
+    async fn get(&mut self, key: String) -> Result<Option<String>, config_store::Error> {
         Ok(self.variables().get(&key).map(str::to_string))
     }
 
-    fn get_all(&mut self) -> Result<Vec<(String, String)>, config_store::Error> {
+    async fn get_all(&mut self) -> Result<Vec<(String, String)>, config_store::Error> {
         Ok(self.variables().0.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 }

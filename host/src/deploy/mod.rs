@@ -163,7 +163,8 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
             format!(
                 "it imports something outside Mosaic's supported world ({}). Mosaic links wasi:cli, \
                  wasi:io, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets and wasi:http @0.2.x, \
-                 fermyon:spin/variables@2.0.0 and wasi:config/store",
+                 fermyon:spin/variables@2.0.0, wasi:config/store, fermyon:spin/key-value@2.0.0 and \
+                 wasi:keyvalue@0.2.0-draft2",
                 anyhow::Error::from(err)
             ),
         )
@@ -372,6 +373,13 @@ fn grant_warnings(
         if import.starts_with("wasi:http/outgoing-handler") && spec.allowed_hosts.is_empty() {
             warnings.push(format!(
                 "`{}` imports {import} but its allowed_outbound_hosts is empty: every outbound request will be denied",
+                spec.name
+            ));
+        }
+        let uses_key_value = import.starts_with("fermyon:spin/key-value") || import.starts_with("wasi:keyvalue/");
+        if uses_key_value && spec.key_value_stores.is_empty() {
+            warnings.push(format!(
+                "`{}` imports {import} but its key_value_stores is empty: every open will be access-denied",
                 spec.name
             ));
         }

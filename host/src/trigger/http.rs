@@ -208,8 +208,8 @@ impl HttpTrigger {
             component: component.clone(),
             detail,
         };
-        let mut store = new_store(&self.app.engine, spec, limits, chained, depth, timeout)
-            .map_err(|err| instantiate_error(format!("{err:#}")))?;
+        let mut store =
+            new_store(&self.app, spec, chained, depth, timeout).map_err(|err| instantiate_error(format!("{err:#}")))?;
 
         let request = with_spin_headers(request, &route, client);
         let request = request.map(|body| CappedBody::new(body, limits.max_request_body_bytes, request_too_large));

@@ -1,0 +1,154 @@
+//! Key-value: `fermyon:spin/key-value@2.0.0` and `wasi:keyvalue@0.2.0-draft2` (store, atomics,
+//! batch) over one backend trait, [`KeyValueStore`]. Backends: embedded SQLite (the default,
+//! a file per store in the state directory) and Redis, chosen per store by the runtime config.
+//!
+//! A component opens only the stores its manifest entry lists in `key_value_stores`; any other
+//! label is `access-denied`. Stores are opened once per host and shared by every instance.
+
+mod guest;
+pub mod redis;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::app::runtime_config::KeyValueStoreConfig;
+
+/// Longest key a guest may use, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Largest value a guest may store, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KvError {
+    #[error("{0}")]
+    Backend(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One key-value store, whatever holds it.
+#[async_trait::async_trait]
+pub trait KeyValueStore: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError>;
+    async fn delete(&self, key: &str) -> Result<(), KvError>;
+    async fn exists(&self, key: &str) -> Result<bool, KvError>;
+    async fn keys(&self) -> Result<Vec<String>, KvError>;
+    /// Adds `delta` to the integer at `key` (0 when absent) and returns the new value.
+    /// Integers are stored as decimal text, the same on every backend.
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError>;
+    /// Writes `new` only if the value is still `expected` (`None`: still absent).
+    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, KvError>;
+}
+
+/// Parses a stored counter.
+pub fn parse_counter(key: &str, value: Option<&[u8]>) -> Result<i64, KvError> {
+    match value {
+        None => Ok(0),
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                KvError::Invalid(format!(
+                    "the value at `{key}` is not an integer, so it cannot be incremented"
+                ))
+            }),
+    }
+}
+
+pub fn check_key(key: &str) -> Result<(), KvError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KvError::Invalid(format!(
+            "a key is at most {MAX_KEY_BYTES} bytes; this one is {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+pub fn check_value(value: &[u8]) -> Result<(), KvError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(KvError::Invalid(format!(
+            "a value is at most {MAX_VALUE_BYTES} bytes; this one is {}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Every store of the application, opened on first use.
+pub struct KeyValueStores {
+    configs: BTreeMap<String, KeyValueStoreConfig>,
+    default_dir: PathBuf,
+    open: Mutex<BTreeMap<String, Arc<dyn KeyValueStore>>>,
+}
+
+impl KeyValueStores {
+    pub fn new(configs: BTreeMap<String, KeyValueStoreConfig>, default_dir: PathBuf) -> Self {
+        Self {
+            configs,
+            default_dir,
+            open: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The store behind `label`. A label with no runtime config gets an embedded store.
+    pub async fn open(&self, label: &str) -> Result<Arc<dyn KeyValueStore>, KvError> {
+        let mut open = self.open.lock().await;
+        if let Some(store) = open.get(label) {
+            return Ok(store.clone());
+        }
+        let config = self
+            .configs
+            .get(label)
+            .cloned()
+            .unwrap_or(KeyValueStoreConfig::Embedded { path: None });
+        let store: Arc<dyn KeyValueStore> = match config {
+            KeyValueStoreConfig::Embedded { path } => {
+                let path = path.unwrap_or_else(|| self.default_dir.join(format!("{label}.sqlite")));
+                Arc::new(sqlite::SqliteStore::open(&path).await?)
+            }
+            KeyValueStoreConfig::Redis { url } => Arc::new(redis::RedisStore::open(&url).await?),
+        };
+        open.insert(label.to_string(), store.clone());
+        Ok(store)
+    }
+
+    pub fn backend_name(&self, label: &str) -> &'static str {
+        match self.configs.get(label) {
+            Some(KeyValueStoreConfig::Redis { .. }) => "redis",
+            _ => "embedded",
+        }
+    }
+}
+
+/// What one instance may open: its granted labels and the application's stores.
+#[derive(Clone)]
+pub struct KeyValueAccess {
+    pub component: Arc<str>,
+    pub granted: Arc<[String]>,
+    pub stores: Arc<KeyValueStores>,
+}
+
+impl KeyValueAccess {
+    pub fn allows(&self, label: &str) -> bool {
+        self.granted.iter().any(|granted| granted == label)
+    }
+}
+
+/// An open store held in a guest's resource table.
+pub struct OpenStore {
+    pub label: String,
+    pub store: Arc<dyn KeyValueStore>,
+}
+
+/// A compare-and-swap handle (`wasi:keyvalue/atomics.cas`): the value read when it was made.
+pub struct CasHandle {
+    pub store: Arc<dyn KeyValueStore>,
+    pub key: String,
+    pub seen: Option<Vec<u8>>,
+}

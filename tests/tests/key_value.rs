@@ -1,0 +1,229 @@
+//! Key-value through real guests: the Spin SDK's `fermyon:spin/key-value@2.0.0` (probe) and
+//! `wasi:keyvalue` store/atomics/batch (counter, wit-bindgen), on the embedded backend and on
+//! the real Redis at 127.0.0.1:6379. Grants, isolation, durability, concurrency, a dead backend.
+
+use mosaic::settings::Settings;
+use mosaic_tests::{client, get, service_available, unique, AppDir};
+
+const REDIS: &str = "127.0.0.1:6379";
+
+fn manifest() -> String {
+    r#"
+spin_manifest_version = 2
+[application]
+name = "kv"
+[[trigger.http]]
+route = "/a/..."
+component = "a"
+[[trigger.http]]
+route = "/b/..."
+component = "b"
+[[trigger.http]]
+route = "/none/..."
+component = "none"
+[[trigger.http]]
+route = "/counter/..."
+component = "counter"
+[component.a]
+source = "{probe}"
+key_value_stores = ["default", "a-private"]
+[component.b]
+source = "{probe}"
+key_value_stores = ["b-private"]
+[component.none]
+source = "{probe}"
+[component.counter]
+source = "{counter}"
+key_value_stores = ["default"]
+"#
+    .to_string()
+}
+
+async fn spin_kv_round_trip(base: &str) {
+    let client = client();
+    let key = unique("k");
+    let kv = |q: String| {
+        let url = format!("{base}/a/kv?{q}");
+        let client = client.clone();
+        async move { get(&client, &url).await }
+    };
+    assert_eq!(kv(format!("op=get&key={key}")).await.body, "(none)");
+    assert_eq!(kv(format!("op=set&key={key}&value=hello")).await.body, "ok");
+    assert_eq!(kv(format!("op=get&key={key}")).await.body, "hello");
+    assert_eq!(kv(format!("op=exists&key={key}")).await.body, "true");
+    assert!(kv("op=keys".into()).await.body.split(',').any(|k| k == key));
+    assert_eq!(kv(format!("op=delete&key={key}")).await.body, "ok");
+    assert_eq!(kv(format!("op=exists&key={key}")).await.body, "false");
+}
+
+async fn concurrent_atomics_lose_nothing(base: &str) {
+    let client = client();
+    let key = unique("count");
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let url = format!("{base}/counter/incr?key={key}&by=1");
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move { get(&client, &url).await }));
+    }
+    let mut seen = Vec::new();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        seen.push(reply.body.parse::<i64>().unwrap());
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (1..=32).collect::<Vec<_>>(),
+        "every increment saw a distinct value"
+    );
+    assert_eq!(get(&client, &format!("{base}/counter/get?key={key}")).await.body, "32");
+
+    // Compare-and-swap appends from 32 clients: every append lands exactly once.
+    let key = unique("cas");
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let url = format!("{base}/counter/append?key={key}&value=x");
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move { get(&client, &url).await }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+    assert_eq!(
+        get(&client, &format!("{base}/counter/get?key={key}")).await.body,
+        "x".repeat(32)
+    );
+
+    let a = unique("ba");
+    let b = unique("bb");
+    let reply = get(&client, &format!("{base}/counter/batch?keys={a},{b}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (got, listed) = reply.body.split_once(" | ").unwrap();
+    assert_eq!(got, format!("{a}=v-{a},{b}=v-{b}"));
+    assert!(
+        listed.split(',').any(|k| k == b) && !listed.split(',').any(|k| k == a),
+        "{listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_works_and_survives_restart_and_swap() {
+    let dir = AppDir::new(&manifest());
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    spin_kv_round_trip(&base).await;
+    concurrent_atomics_lose_nothing(&base).await;
+    let client = client();
+    get(&client, &format!("{base}/a/kv?op=set&key=durable&value=kept")).await;
+    // A swap of the owning component keeps the data.
+    mosaic::deploy::deploy(
+        host.trigger(),
+        mosaic::deploy::DeployRequest {
+            component: "a".into(),
+            bytes: std::fs::read(mosaic_tests::fixture("probe-v2")).unwrap(),
+            route: None,
+            action: mosaic::deploy::journal::Action::Deploy,
+            probe_is_fatal: true,
+            record: true,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get(&client, &format!("{base}/a/kv?op=get&key=durable")).await.body,
+        "kept"
+    );
+    host.shutdown().await;
+
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    assert_eq!(
+        get(&client, &format!("{base}/a/kv?op=get&key=durable")).await.body,
+        "kept"
+    );
+    assert!(dir.state_dir().join("kv/default.sqlite").exists());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_are_private_to_their_grants() {
+    let dir = AppDir::new(&manifest());
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    assert_eq!(
+        get(&client, &format!("{base}/a/kv?op=set&store=a-private&key=s&value=mine"))
+            .await
+            .body,
+        "ok"
+    );
+    // b cannot open a's store, even knowing its label, nor the default store.
+    for store in ["a-private", "default", "guessed"] {
+        let reply = get(&client, &format!("{base}/b/kv?op=get&store={store}&key=s")).await;
+        assert_eq!(reply.status, 403, "{store}: {}", reply.body);
+        assert!(reply.body.contains("AccessDenied"), "{}", reply.body);
+    }
+    // b's own store is a different store.
+    assert_eq!(
+        get(&client, &format!("{base}/b/kv?op=get&store=b-private&key=s"))
+            .await
+            .body,
+        "(none)"
+    );
+    // A component with no grant opens nothing.
+    assert_eq!(get(&client, &format!("{base}/none/kv?op=get&key=s")).await.status, 403);
+    let reply = get(&client, &format!("{base}/counter/get?store=a-private&key=s")).await;
+    assert!(reply.body.contains("AccessDenied"), "{}", reply.body);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_works() {
+    if !service_available("Redis", REDIS) {
+        return;
+    }
+    let dir = AppDir::new(&manifest());
+    let config = "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/9\"\n";
+    let host = dir.start_with(Settings::default(), Some(config)).await;
+    assert_eq!(host.app().key_value.backend_name("default"), "redis");
+    let base = format!("http://{}", host.http_addr());
+    spin_kv_round_trip(&base).await;
+    concurrent_atomics_lose_nothing(&base).await;
+    assert!(
+        !dir.state_dir().join("kv/default.sqlite").exists(),
+        "the default store lives in Redis"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_backend_is_an_error_not_a_hang() {
+    let dir = AppDir::new(&manifest());
+    // Nothing listens on this port: the guest gets an error value quickly.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{closed}/0\"\n");
+    let host = dir.start_with(Settings::default(), Some(&config)).await;
+    let client = client();
+    let started = std::time::Instant::now();
+    let reply = get(&client, &format!("http://{}/a/kv?op=get&key=x", host.http_addr())).await;
+    assert_eq!(reply.status, 403, "the open fails: {}", reply.body);
+    assert!(
+        reply.body.contains("unreachable") || reply.body.contains("Other"),
+        "{}",
+        reply.body
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // The other stores and components keep working.
+    let reply = get(
+        &client,
+        &format!("http://{}/b/kv?op=set&store=b-private&key=k&value=v", host.http_addr()),
+    )
+    .await;
+    assert_eq!(reply.body, "ok");
+    host.shutdown().await;
+}

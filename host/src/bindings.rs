@@ -9,10 +9,14 @@ wasmtime::component::bindgen!({
         "fermyon:spin/key-value.store": crate::capability::key_value::OpenStore,
         "wasi:keyvalue/store.bucket": crate::capability::key_value::OpenStore,
         "wasi:keyvalue/atomics.cas": crate::capability::key_value::CasHandle,
+        "fermyon:spin/sqlite.connection": crate::capability::sqlite::OpenDatabase,
+        "spin:sqlite/sqlite.connection": crate::capability::sqlite::OpenDatabase,
     },
 });
 
 pub use fermyon::spin2_0_0::key_value as spin_key_value;
+pub use fermyon::spin2_0_0::sqlite as spin_sqlite;
 pub use fermyon::spin2_0_0::variables;
+pub use spin::sqlite::sqlite as spin_sqlite3;
 pub use wasi::config::store as config_store;
 pub use wasi::keyvalue::{atomics as wasi_atomics, batch as wasi_batch, store as wasi_store};

@@ -13,8 +13,9 @@ use tokio::task::JoinHandle;
 
 use crate::app::manifest::Manifest;
 use crate::app::runtime_config::RuntimeConfig;
-use crate::app::App;
+use crate::app::{App, Backends};
 use crate::capability::key_value::KeyValueStores;
+use crate::capability::sqlite::Databases;
 use crate::deploy::journal::{self, Action};
 use crate::deploy::{self, artifacts, DeployRequest};
 use crate::engine::{build_engine, EpochTicker};
@@ -82,15 +83,16 @@ impl Host {
             runtime_config.key_value_stores,
             state.root().join("kv"),
         ));
-        let app = Arc::new(App::new(
-            engine,
-            linker,
-            settings.clone(),
-            manifest,
-            state,
+        let sqlite = Arc::new(Databases::new(
+            runtime_config.sqlite_databases,
+            state.root().join("sqlite"),
+        ));
+        let backends = Backends {
             variables,
             key_value,
-        ));
+            sqlite,
+        };
+        let app = Arc::new(App::new(engine, linker, settings.clone(), manifest, state, backends));
         let trigger = HttpTrigger::new(app.clone());
         restore(&trigger).await?;
 

@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::app::ComponentSpec;
 use crate::capability::http_outbound::{ChainedRequests, OutboundHttp};
 use crate::capability::key_value::KeyValueAccess;
+use crate::capability::sqlite::SqliteAccess;
 use crate::capability::variables::ComponentVariables;
 
 pub struct InstanceState {
@@ -23,6 +24,7 @@ pub struct InstanceState {
     limits: StoreLimits,
     variables: ComponentVariables,
     key_value: KeyValueAccess,
+    sqlite: SqliteAccess,
 }
 
 impl InstanceState {
@@ -31,6 +33,9 @@ impl InstanceState {
     }
     pub fn key_value(&self) -> &KeyValueAccess {
         &self.key_value
+    }
+    pub fn sqlite(&self) -> &SqliteAccess {
+        &self.sqlite
     }
     pub fn table(&self) -> &ResourceTable {
         &self.table
@@ -79,6 +84,10 @@ pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
         .map_err(anyhow::Error::from)?;
     crate::bindings::wasi_atomics::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
         .map_err(anyhow::Error::from)?;
+    crate::bindings::spin_sqlite::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)?;
+    crate::bindings::spin_sqlite3::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)?;
     crate::bindings::wasi_batch::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
         .map_err(anyhow::Error::from)?;
     Ok(linker)
@@ -123,6 +132,11 @@ pub fn new_store(
             component: Arc::from(spec.name.as_str()),
             granted: spec.key_value_stores.clone(),
             stores: app.key_value.clone(),
+        },
+        sqlite: SqliteAccess {
+            component: Arc::from(spec.name.as_str()),
+            granted: spec.sqlite_databases.clone(),
+            databases: app.sqlite.clone(),
         },
     };
     let mut store = Store::new(engine, state);

@@ -18,6 +18,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::capability::http_outbound::AllowedHosts;
 use crate::capability::key_value::KeyValueStores;
+use crate::capability::sqlite::Databases;
 use crate::capability::variables::{self, ComponentVariables};
 use crate::instance::InstanceState;
 use crate::settings::Settings;
@@ -38,6 +39,8 @@ pub struct ComponentSpec {
     pub variables: ComponentVariables,
     /// The key-value store labels this component may open.
     pub key_value_stores: Arc<[String]>,
+    /// The SQLite database labels this component may open.
+    pub sqlite_databases: Arc<[String]>,
 }
 
 impl ComponentSpec {
@@ -51,6 +54,7 @@ impl ComponentSpec {
             files_dir: None,
             variables: ComponentVariables::default(),
             key_value_stores: Arc::from(Vec::new()),
+            sqlite_databases: Arc::from(Vec::new()),
         }
     }
 }
@@ -156,11 +160,20 @@ pub struct App {
     pub manifest: Manifest,
     pub state: StateDir,
     pub key_value: Arc<KeyValueStores>,
+    pub sqlite: Arc<Databases>,
     /// Resolved application variables (values may be secrets: never log them).
     variables: std::collections::BTreeMap<String, String>,
     slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
     router: ArcSwap<Router>,
     deploying: Mutex<HashSet<String>>,
+}
+
+/// What the capabilities serve from, resolved from the manifest and the runtime config.
+pub struct Backends {
+    /// Resolved application variables (values may be secrets: never log them).
+    pub variables: std::collections::BTreeMap<String, String>,
+    pub key_value: Arc<KeyValueStores>,
+    pub sqlite: Arc<Databases>,
 }
 
 /// Held while a deploy of one component runs; a second deploy of the same one is refused.
@@ -184,8 +197,7 @@ impl App {
         settings: Settings,
         manifest: Manifest,
         state: StateDir,
-        variables: std::collections::BTreeMap<String, String>,
-        key_value: Arc<KeyValueStores>,
+        backends: Backends,
     ) -> Self {
         let router = Router::new(manifest_routes(&manifest));
         Self {
@@ -194,8 +206,9 @@ impl App {
             settings,
             manifest,
             state,
-            variables,
-            key_value,
+            variables: backends.variables,
+            key_value: backends.key_value,
+            sqlite: backends.sqlite,
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),
@@ -270,6 +283,7 @@ impl App {
             files_dir,
             variables,
             key_value_stores: Arc::from(decl.key_value_stores.clone()),
+            sqlite_databases: Arc::from(decl.sqlite_databases.clone()),
         }))
     }
 

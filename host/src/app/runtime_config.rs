@@ -19,6 +19,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
     pub key_value_stores: BTreeMap<String, KeyValueStoreConfig>,
+    /// Files of SQLite databases named in `[sqlite_database.LABEL]`.
+    pub sqlite_databases: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub enum KeyValueStoreConfig {
 struct RawConfig {
     #[serde(default)]
     key_value_store: BTreeMap<String, RawStore>,
+    #[serde(default)]
+    sqlite_database: BTreeMap<String, RawStore>,
     /// Sections for capabilities that read them later (SQLite, PostgreSQL, LLM...).
     #[serde(flatten)]
     _others: toml::Table,
@@ -86,7 +90,23 @@ impl RuntimeConfig {
             };
             key_value_stores.insert(label, config);
         }
-        Ok(Self { key_value_stores })
+        let mut sqlite_databases = BTreeMap::new();
+        for (label, database) in raw.sqlite_database {
+            let key = format!("{}: `sqlite_database.{label}`", path.display());
+            if database.kind != "spin" && database.kind != "sqlite" {
+                return Err(format!(
+                    "{key}: database type `{}` is not supported; use \"spin\" (an embedded SQLite file)",
+                    database.kind
+                ));
+            }
+            if let Some(file) = database.path {
+                sqlite_databases.insert(label, base.join(file));
+            }
+        }
+        Ok(Self {
+            key_value_stores,
+            sqlite_databases,
+        })
     }
 }
 

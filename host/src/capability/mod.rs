@@ -2,4 +2,5 @@
 
 pub mod http_outbound;
 pub mod key_value;
+pub mod sqlite;
 pub mod variables;

@@ -163,8 +163,8 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
             format!(
                 "it imports something outside Mosaic's supported world ({}). Mosaic links wasi:cli, \
                  wasi:io, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets and wasi:http @0.2.x, \
-                 fermyon:spin/variables@2.0.0, wasi:config/store, fermyon:spin/key-value@2.0.0 and \
-                 wasi:keyvalue@0.2.0-draft2",
+                 fermyon:spin/variables@2.0.0, wasi:config/store, fermyon:spin/key-value@2.0.0, \
+                 wasi:keyvalue@0.2.0-draft2, fermyon:spin/sqlite@2.0.0 and spin:sqlite/sqlite@3.0.0",
                 anyhow::Error::from(err)
             ),
         )
@@ -368,27 +368,35 @@ fn grant_warnings(
     engine: &wasmtime::Engine,
     spec: &ComponentSpec,
 ) -> Vec<String> {
+    // (import prefixes, whether the manifest grants something for them, what is missing)
+    let grants: [(&[&str], bool, &str); 4] = [
+        (
+            &["wasi:http/outgoing-handler"],
+            !spec.allowed_hosts.is_empty(),
+            "allowed_outbound_hosts is empty: every outbound request will be denied",
+        ),
+        (
+            &["fermyon:spin/key-value", "wasi:keyvalue/"],
+            !spec.key_value_stores.is_empty(),
+            "key_value_stores is empty: every open will be access-denied",
+        ),
+        (
+            &["fermyon:spin/sqlite", "spin:sqlite/"],
+            !spec.sqlite_databases.is_empty(),
+            "sqlite_databases is empty: every open will be access-denied",
+        ),
+        (
+            &["fermyon:spin/variables", "wasi:config/store"],
+            !spec.variables.is_empty(),
+            "component variables are empty: every read will be `undefined`",
+        ),
+    ];
     let mut warnings = Vec::new();
     for (import, _) in component.component_type().imports(engine) {
-        if import.starts_with("wasi:http/outgoing-handler") && spec.allowed_hosts.is_empty() {
-            warnings.push(format!(
-                "`{}` imports {import} but its allowed_outbound_hosts is empty: every outbound request will be denied",
-                spec.name
-            ));
-        }
-        let uses_key_value = import.starts_with("fermyon:spin/key-value") || import.starts_with("wasi:keyvalue/");
-        if uses_key_value && spec.key_value_stores.is_empty() {
-            warnings.push(format!(
-                "`{}` imports {import} but its key_value_stores is empty: every open will be access-denied",
-                spec.name
-            ));
-        }
-        let reads_variables = import.starts_with("fermyon:spin/variables") || import.starts_with("wasi:config/store");
-        if reads_variables && spec.variables.is_empty() {
-            warnings.push(format!(
-                "`{}` imports {import} but has no [component.{}.variables]: every read will be `undefined`",
-                spec.name, spec.name
-            ));
+        for (prefixes, granted, missing) in &grants {
+            if !granted && prefixes.iter().any(|prefix| import.starts_with(prefix)) {
+                warnings.push(format!("`{}` imports {import} but its {missing}", spec.name));
+            }
         }
     }
     warnings

@@ -1,0 +1,186 @@
+//! SQLite: `fermyon:spin/sqlite@2.0.0` and `spin:sqlite/sqlite@3.0.0` on embedded SQLite
+//! files, one per database label (`.mosaic/sqlite/LABEL.db` unless the runtime config names a
+//! path), through sqlx. A component opens only the labels its manifest entry lists in
+//! `sqlite_databases`: database per service. Parameters are always bound, never spliced.
+
+mod guest;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Column, Either, Executor, Row, Statement, TypeInfo, ValueRef};
+use tokio::sync::Mutex;
+
+/// A value crossing the guest boundary (the same variant in v2 and v3).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    Null,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SqlResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<SqlValue>>,
+    pub last_insert_rowid: i64,
+    pub changes: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SqlError(pub String);
+
+/// One SQLite database file.
+pub struct Database {
+    pool: SqlitePool,
+    label: String,
+}
+
+impl Database {
+    pub async fn open(label: &str, path: &Path) -> Result<Self, SqlError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|err| SqlError(format!("cannot create {}: {err}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|err| SqlError(err.to_string()))?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|err| {
+                SqlError(format!(
+                    "cannot open the database `{label}` at {}: {err}",
+                    path.display()
+                ))
+            })?;
+        Ok(Self {
+            pool,
+            label: label.to_string(),
+        })
+    }
+
+    /// Runs one statement with bound parameters and returns its rows (if any) with the column
+    /// names, the rowid of the last insert and the number of rows it changed.
+    pub async fn execute(&self, statement: &str, parameters: Vec<SqlValue>) -> Result<SqlResult, SqlError> {
+        let fail = |err: sqlx::Error| SqlError(format!("database `{}`: {}", self.label, describe(&err)));
+        let mut connection = self.pool.acquire().await.map_err(fail)?;
+        let prepared = connection.prepare(statement).await.map_err(fail)?;
+        let columns: Vec<String> = prepared.columns().iter().map(|c| c.name().to_string()).collect();
+        let mut query = prepared.query();
+        for parameter in parameters {
+            query = match parameter {
+                SqlValue::Integer(v) => query.bind(v),
+                SqlValue::Real(v) => query.bind(v),
+                SqlValue::Text(v) => query.bind(v),
+                SqlValue::Blob(v) => query.bind(v),
+                SqlValue::Null => query.bind(Option::<i64>::None),
+            };
+        }
+        let mut result = SqlResult {
+            columns,
+            ..SqlResult::default()
+        };
+        let mut stream = connection.fetch_many(query);
+        while let Some(item) = stream.try_next().await.map_err(fail)? {
+            match item {
+                Either::Left(done) => {
+                    result.changes += done.rows_affected();
+                    result.last_insert_rowid = done.last_insert_rowid();
+                }
+                Either::Right(row) => {
+                    let mut values = Vec::with_capacity(row.len());
+                    for index in 0..row.len() {
+                        values.push(value_at(&row, index).map_err(fail)?);
+                    }
+                    result.rows.push(values);
+                }
+            }
+        }
+        Ok(result)
+    }
+}
+
+fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn value_at(row: &sqlx::sqlite::SqliteRow, index: usize) -> Result<SqlValue, sqlx::Error> {
+    let raw = row.try_get_raw(index)?;
+    if raw.is_null() {
+        return Ok(SqlValue::Null);
+    }
+    // SQLite is dynamically typed: the storage class of this value decides.
+    let kind = raw.type_info().name().to_ascii_uppercase();
+    Ok(match kind.as_str() {
+        "INTEGER" | "BOOLEAN" | "INT8" | "BIGINT" => SqlValue::Integer(row.try_get_unchecked::<i64, _>(index)?),
+        "REAL" => SqlValue::Real(row.try_get_unchecked::<f64, _>(index)?),
+        "BLOB" => SqlValue::Blob(row.try_get_unchecked::<Vec<u8>, _>(index)?),
+        _ => SqlValue::Text(row.try_get_unchecked::<String, _>(index)?),
+    })
+}
+
+/// Every database of the application, opened on first use.
+pub struct Databases {
+    paths: BTreeMap<String, PathBuf>,
+    default_dir: PathBuf,
+    open: Mutex<BTreeMap<String, Arc<Database>>>,
+}
+
+impl Databases {
+    pub fn new(paths: BTreeMap<String, PathBuf>, default_dir: PathBuf) -> Self {
+        Self {
+            paths,
+            default_dir,
+            open: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn path_of(&self, label: &str) -> PathBuf {
+        self.paths
+            .get(label)
+            .cloned()
+            .unwrap_or_else(|| self.default_dir.join(format!("{label}.db")))
+    }
+
+    pub async fn open(&self, label: &str) -> Result<Arc<Database>, SqlError> {
+        let mut open = self.open.lock().await;
+        if let Some(database) = open.get(label) {
+            return Ok(database.clone());
+        }
+        let database = Arc::new(Database::open(label, &self.path_of(label)).await?);
+        open.insert(label.to_string(), database.clone());
+        Ok(database)
+    }
+}
+
+/// What one instance may open.
+#[derive(Clone)]
+pub struct SqliteAccess {
+    pub component: Arc<str>,
+    pub granted: Arc<[String]>,
+    pub databases: Arc<Databases>,
+}
+
+/// An open connection in a guest's resource table (v2 and v3 alike).
+pub struct OpenDatabase {
+    pub database: Arc<Database>,
+    pub last_insert_rowid: i64,
+    pub changes: u64,
+}

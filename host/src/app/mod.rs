@@ -287,6 +287,29 @@ impl App {
         }))
     }
 
+    /// Applies `migrations/<component>/` to the component's SQLite database (the first label of
+    /// its `sqlite_databases`); returns the migrations applied now.
+    pub async fn migrate(&self, spec: &ComponentSpec) -> Result<Vec<String>, String> {
+        let dir = self.manifest.dir.join("migrations").join(&spec.name);
+        let migrations = crate::capability::sqlite::migrations::load(&dir).map_err(|err| err.0)?;
+        if migrations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(label) = spec.sqlite_databases.first() else {
+            return Err(format!(
+                "{} holds migrations, but component `{}` has no sqlite_databases to apply them to",
+                dir.display(),
+                spec.name
+            ));
+        };
+        let database = self.sqlite.open(label).await.map_err(|err| err.0)?;
+        let applied = database.migrate(&migrations).await.map_err(|err| err.0)?;
+        if !applied.is_empty() {
+            tracing::info!(component = %spec.name, database = %label, ?applied, "migrations applied");
+        }
+        Ok(applied)
+    }
+
     pub fn requests_in_flight(&self) -> u64 {
         self.slots().iter().map(|slot| slot.live.load().in_flight()).sum()
     }

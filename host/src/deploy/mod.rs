@@ -25,6 +25,7 @@ pub enum Step {
     Receive,
     Validate,
     Compile,
+    Migrate,
     Probe,
     Flip,
     Journal,
@@ -36,6 +37,7 @@ impl fmt::Display for Step {
             Step::Receive => "receive",
             Step::Validate => "validate",
             Step::Compile => "compile",
+            Step::Migrate => "migrate",
             Step::Probe => "probe",
             Step::Flip => "flip",
             Step::Journal => "journal",
@@ -85,6 +87,8 @@ pub struct DeployReport {
     /// Whether the compiled artifact came from the cache.
     pub cached: bool,
     pub warnings: Vec<String>,
+    /// Migrations applied by this deploy.
+    pub migrations: Vec<String>,
     /// Milliseconds per step, in order.
     pub timings_ms: Vec<(Step, f64)>,
     /// Requests still running on the replaced version at the flip; they finish on it.
@@ -193,6 +197,13 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
     }
     clock.done(Step::Validate);
 
+    // 4. migrate: the service's new migrations, before any instance of the new version runs
+    let migrations = app
+        .migrate(&spec)
+        .await
+        .map_err(|reason| DeployError::at(&name, Step::Migrate, reason))?;
+    clock.done(Step::Migrate);
+
     // 5. probe
     let deployment = Arc::new(Deployment::new(digest.clone(), pre));
     let mut warnings = warnings;
@@ -263,6 +274,7 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
         action: request.action,
         cached,
         warnings,
+        migrations,
         timings_ms: clock.timings,
         draining,
     })

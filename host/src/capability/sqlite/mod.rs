@@ -4,6 +4,7 @@
 //! `sqlite_databases`: database per service. Parameters are always bound, never spliced.
 
 mod guest;
+pub mod migrations;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -100,6 +100,9 @@ fn http(root: &Path) -> Result<()> {
     )?;
     let wasmtime = wasmtime_cli(root)?;
     let mosaic = root.join("target/release/mosaic");
+    // Throughput: the reference app's hello (imports only WASI and wasi:http, so `wasmtime
+    // serve` runs it too). Swaps: the probe fixture, which has a v1 and a v2.
+    let hello = root.join("components/target/wasm32-wasip2/release/hello.wasm");
     let probe = root.join("target/fixtures/probe.wasm");
     let probe_v2 = root.join("target/fixtures/probe-v2.wasm");
     let work = root.join("target/bench/http");
@@ -108,7 +111,10 @@ fn http(root: &Path) -> Result<()> {
     std::fs::write(
         work.join("spin.toml"),
         format!(
-            "spin_manifest_version = 2\n[application]\nname = \"bench\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"hello\"\n[component.hello]\nsource = \"{}\"\n",
+            "spin_manifest_version = 2\n[application]\nname = \"bench\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"hello\"\n\
+             [component.hello]\nsource = \"{}\"\n[[trigger.http]]\nroute = \"/probe/...\"\ncomponent = \"probe\"\n\
+             [component.probe]\nsource = \"{}\"\n",
+            hello.display(),
             probe.display()
         ),
     )?;
@@ -130,7 +136,7 @@ fn http(root: &Path) -> Result<()> {
     let serve = Killed(
         Command::new(&wasmtime)
             .args(["serve", "-S", "cli=y", "--addr", &wasmtime_addr.to_string()])
-            .arg(&probe)
+            .arg(&hello)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -219,8 +225,8 @@ fn http(root: &Path) -> Result<()> {
     );
     let report = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench http` (do not edit by hand). One run, on this machine: {cpu}, {cores} cores shared by the load generator and the server.\n\n\
-         ## HTTP: one hello component\n\nThe same component (`tests/fixtures/probe`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, and a native hyper hello as the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row.\n\n{table}\n{ratios}\n\
-         ## Swap latency\n\nFrom the start of the deploy call (`POST /v1/components/hello/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
+         ## HTTP: one hello component\n\nThe same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, and a native hyper hello as the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row.\n\n{table}\n{ratios}\n\
+         ## Swap latency\n\nOn the probe fixture (`tests/fixtures/probe`, 270 KB, v1 and v2): from the start of the deploy call (`POST /v1/components/probe/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
         cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         warm = WARMUP.as_secs(),
         measure = MEASURE.as_secs(),
@@ -346,7 +352,7 @@ async fn swap_latency(work: &Path, app: SocketAddr, v1: &Path, v2: &Path) -> Res
                 }
             }
             let started = Instant::now();
-            admin_call(admin, &token, "/v1/components/hello/deploy", bytes.clone()).await?;
+            admin_call(admin, &token, "/v1/components/probe/deploy", bytes.clone()).await?;
             while body_of(app).await? != expected {
                 if started.elapsed() > Duration::from_secs(30) {
                     bail!("the new version never answered");

@@ -158,16 +158,35 @@ async fn migrations_run_at_start_and_as_a_deploy_step() {
     let dir = AppDir::new(MANIFEST);
     let migrations = dir.path.join("migrations/a");
     std::fs::create_dir_all(&migrations).unwrap();
-    std::fs::write(migrations.join("0001_create.sql"), "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);").unwrap();
+    std::fs::write(
+        migrations.join("0001_create.sql"),
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);",
+    )
+    .unwrap();
     let host = dir.start(Settings::default()).await;
     let base = format!("http://{}", host.http_addr());
     let client = client();
     // Applied to a's first database label, `default`, before the component served anything.
-    let tables = sql(&client, &base, "a", "db=default", "SELECT version, name FROM _mosaic_migrations").await.json();
-    assert_eq!(tables["rows"], serde_json::json!([[{ "integer": 1 }, { "text": "0001_create.sql" }]]));
+    let tables = sql(
+        &client,
+        &base,
+        "a",
+        "db=default",
+        "SELECT version, name FROM _mosaic_migrations",
+    )
+    .await
+    .json();
+    assert_eq!(
+        tables["rows"],
+        serde_json::json!([[{ "integer": 1 }, { "text": "0001_create.sql" }]])
+    );
 
     // A new migration ships with a new version: the deploy applies it before the probe.
-    std::fs::write(migrations.join("0002_email.sql"), "ALTER TABLE users ADD COLUMN email TEXT;").unwrap();
+    std::fs::write(
+        migrations.join("0002_email.sql"),
+        "ALTER TABLE users ADD COLUMN email TEXT;",
+    )
+    .unwrap();
     let request = |fixture: &str| mosaic::deploy::DeployRequest {
         component: "a".into(),
         bytes: std::fs::read(mosaic_tests::fixture(fixture)).unwrap(),
@@ -176,16 +195,34 @@ async fn migrations_run_at_start_and_as_a_deploy_step() {
         probe_is_fatal: true,
         record: true,
     };
-    let report = mosaic::deploy::deploy(host.trigger(), request("probe-v2")).await.unwrap();
+    let report = mosaic::deploy::deploy(host.trigger(), request("probe-v2"))
+        .await
+        .unwrap();
     assert_eq!(report.migrations, vec!["0002_email.sql".to_string()]);
-    let inserted = sql(&client, &base, "a", "db=default&p=t:ada&p=t:ada@example.com", "INSERT INTO users (name, email) VALUES (?, ?)").await;
+    let inserted = sql(
+        &client,
+        &base,
+        "a",
+        "db=default&p=t:ada&p=t:ada@example.com",
+        "INSERT INTO users (name, email) VALUES (?, ?)",
+    )
+    .await;
     assert_eq!(inserted.status, 200, "{}", inserted.body);
 
     // An edited, already-applied migration stops the deploy at the migrate step; v2 keeps serving.
-    std::fs::write(migrations.join("0001_create.sql"), "CREATE TABLE users (id INTEGER PRIMARY KEY);").unwrap();
-    let err = mosaic::deploy::deploy(host.trigger(), request("probe")).await.unwrap_err();
+    std::fs::write(
+        migrations.join("0001_create.sql"),
+        "CREATE TABLE users (id INTEGER PRIMARY KEY);",
+    )
+    .unwrap();
+    let err = mosaic::deploy::deploy(host.trigger(), request("probe"))
+        .await
+        .unwrap_err();
     assert_eq!(err.step(), Some(mosaic::deploy::Step::Migrate));
     assert!(err.to_string().contains("never edit an applied migration"), "{err}");
-    assert_eq!(mosaic_tests::get(&client, &format!("{base}/a/hello")).await.body, "hello from probe v2");
+    assert_eq!(
+        mosaic_tests::get(&client, &format!("{base}/a/hello")).await.body,
+        "hello from probe v2"
+    );
     host.shutdown().await;
 }

@@ -325,7 +325,7 @@ async fn body_of(addr: SocketAddr) -> Result<String> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = hyper::Request::get("/hello")
+    let request = hyper::Request::get("/probe/hello")
         .header(http::header::HOST, addr.to_string())
         .body(Full::new(Bytes::new()))?;
     let response = sender.send_request(request).await?;
@@ -353,9 +353,13 @@ async fn swap_latency(work: &Path, app: SocketAddr, v1: &Path, v2: &Path) -> Res
             }
             let started = Instant::now();
             admin_call(admin, &token, "/v1/components/probe/deploy", bytes.clone()).await?;
-            while body_of(app).await? != expected {
+            loop {
+                let body = body_of(app).await?;
+                if body == expected {
+                    break;
+                }
                 if started.elapsed() > Duration::from_secs(30) {
-                    bail!("the new version never answered");
+                    bail!("the new version never answered: expected {expected:?}, the probe answers {body:?}");
                 }
             }
             let ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -226,7 +226,8 @@ fn http(root: &Path) -> Result<()> {
     let report = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench http` (do not edit by hand). One run, on this machine: {cpu}, {cores} cores shared by the load generator and the server.\n\n\
          ## HTTP: one hello component\n\nThe same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, and a native hyper hello as the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row.\n\n{table}\n{ratios}\n\
-         ## Swap latency\n\nOn the probe fixture (`tests/fixtures/probe`, 270 KB, v1 and v2): from the start of the deploy call (`POST /v1/components/probe/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
+         ## Swap latency\n\nOn the probe fixture (`tests/fixtures/probe`, {probe_kb} KB, v1 and v2): from the start of the deploy call (`POST /v1/components/probe/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
+        probe_kb = std::fs::metadata(&probe).map(|m| m.len() / 1024).unwrap_or(0),
         cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         warm = WARMUP.as_secs(),
         measure = MEASURE.as_secs(),
@@ -340,6 +341,8 @@ async fn swap_latency(work: &Path, app: SocketAddr, v1: &Path, v2: &Path) -> Res
     let admin: SocketAddr = endpoint["addr"].as_str().context("admin.json has no addr")?.parse()?;
     let token = std::fs::read_to_string(state.join("admin-token"))?.trim().to_string();
     let (v1_bytes, v2_bytes) = (Bytes::from(std::fs::read(v1)?), Bytes::from(std::fs::read(v2)?));
+    let cached_at_start: Vec<std::ffi::OsString> =
+        std::fs::read_dir(state.join("artifacts"))?.flatten().map(|entry| entry.file_name()).collect();
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for _ in 0..SWAP_SAMPLES {
         for (bytes, expected, is_cold) in [
@@ -347,8 +350,11 @@ async fn swap_latency(work: &Path, app: SocketAddr, v1: &Path, v2: &Path) -> Res
             (&v1_bytes, "hello from probe v1", false),
         ] {
             if is_cold {
+                // Only v2's artifact goes: the ones compiled at start-up (v1, hello) stay cached.
                 for entry in std::fs::read_dir(state.join("artifacts"))?.flatten() {
-                    let _ = std::fs::remove_file(entry.path());
+                    if !cached_at_start.contains(&entry.file_name()) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
                 }
             }
             let started = Instant::now();

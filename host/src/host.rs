@@ -3,7 +3,7 @@
 //! shuts down gracefully.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -74,6 +74,18 @@ impl Host {
         let state = StateDir::open(state_root.clone())
             .with_context(|| format!("cannot create the state directory {}", state_root.display()))?;
 
+        if let Ok(running) = state.read_endpoint() {
+            let alive = running.pid != std::process::id() && Path::new(&format!("/proc/{}", running.pid)).exists();
+            if alive {
+                anyhow::bail!(
+                    "another Mosaic host (pid {}) is serving from the state directory {} (admin API on {}); \
+                     stop it first, or give this one its own --state-dir",
+                    running.pid,
+                    state.root().display(),
+                    running.addr
+                );
+            }
+        }
         let engine = build_engine(&settings.limits)?;
         let ticker = EpochTicker::start(&engine);
         let linker = crate::instance::build_linker(&engine)?;
@@ -213,15 +225,10 @@ async fn restore(trigger: &HttpTrigger) -> anyhow::Result<()> {
         load(trigger, name, bytes, None, record).await?;
     }
     // Components added with `deploy --route` live only in the journal.
-    let mut added: Vec<&str> = entries
-        .iter()
-        .filter(|entry| entry.route.is_some() && !app.manifest.components.contains_key(&entry.component))
-        .map(|entry| entry.component.as_str())
-        .collect();
-    added.dedup();
-    let mut seen = std::collections::HashSet::new();
-    for name in added {
-        if !seen.insert(name) {
+    let mut restored = std::collections::HashSet::new();
+    for entry in &entries {
+        let name = entry.component.as_str();
+        if entry.route.is_none() || app.manifest.components.contains_key(name) || !restored.insert(name) {
             continue;
         }
         let history = journal::history(&entries, name);
@@ -252,9 +259,7 @@ async fn load(
         probe_is_fatal: false,
         record,
     };
-    let report = deploy::deploy(trigger, request).await?;
-    for warning in &report.warnings {
-        tracing::warn!(component = %name, "{warning}");
-    }
+    // The pipeline logs its warnings itself.
+    deploy::deploy(trigger, request).await?;
     Ok(())
 }

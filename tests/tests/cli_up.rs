@@ -243,3 +243,25 @@ async fn required_variable_comes_from_the_environment() {
     let reply = get(&client(), &format!("{}/variable?name=key", host.base)).await;
     assert_eq!(reply.body, "from-env-42");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_on_the_same_state_directory_is_refused() {
+    let dir = AppDir::new(mosaic_tests::TWO_COMPONENTS);
+    let first = Running::start(&dir.path, &["up"]);
+    let out = Command::new(mosaic_bin())
+        .current_dir(&dir.path)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another Mosaic host") && err.contains(&first.child.id().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        get(&client(), &format!("{}/probe/hello", first.base)).await.status,
+        200,
+        "the first keeps serving"
+    );
+}

@@ -341,8 +341,10 @@ async fn swap_latency(work: &Path, app: SocketAddr, v1: &Path, v2: &Path) -> Res
     let admin: SocketAddr = endpoint["addr"].as_str().context("admin.json has no addr")?.parse()?;
     let token = std::fs::read_to_string(state.join("admin-token"))?.trim().to_string();
     let (v1_bytes, v2_bytes) = (Bytes::from(std::fs::read(v1)?), Bytes::from(std::fs::read(v2)?));
-    let cached_at_start: Vec<std::ffi::OsString> =
-        std::fs::read_dir(state.join("artifacts"))?.flatten().map(|entry| entry.file_name()).collect();
+    let cached_at_start: Vec<std::ffi::OsString> = std::fs::read_dir(state.join("artifacts"))?
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for _ in 0..SWAP_SAMPLES {
         for (bytes, expected, is_cold) in [

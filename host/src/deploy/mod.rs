@@ -211,6 +211,7 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
         if request.probe_is_fatal {
             return Err(DeployError::at(&name, Step::Probe, reason));
         }
+        tracing::warn!(component = %name, "health probe failed: {reason}");
         warnings.push(format!("health probe failed: {reason}"));
     }
     clock.done(Step::Probe);

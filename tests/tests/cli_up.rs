@@ -69,18 +69,19 @@ impl Drop for Running {
     }
 }
 
+/// Runs `mosaic ARGS` in `dir`, expects it to fail, and returns what it printed on stderr.
+fn mosaic_fails(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(mosaic_bin()).current_dir(dir).args(args).output().unwrap();
+    assert!(!out.status.success(), "mosaic {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
 #[test]
 fn manifest_error_exits_non_zero_naming_file_and_key() {
     let dir = AppDir::new(
         "spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"ghost\"\n",
     );
-    let out = Command::new(mosaic_bin())
-        .current_dir(&dir.path)
-        .args(["up"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = mosaic_fails(&dir.path, &["up"]);
     assert!(
         err.contains("spin.toml") && err.contains("trigger.http[0].component") && err.contains("ghost"),
         "{err}"
@@ -89,25 +90,14 @@ fn manifest_error_exits_non_zero_naming_file_and_key() {
     let dir = AppDir::new(
         "spin_manifest_version = 2\n[application]\nname = \"x\"\n[component.a]\nsource = \"missing.wasm\"\n",
     );
-    let out = Command::new(mosaic_bin())
-        .current_dir(&dir.path)
-        .args(["up"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = mosaic_fails(&dir.path, &["up"]);
     assert!(
         err.contains("component `a`") && err.contains("missing.wasm") && err.contains("--build"),
         "{err}"
     );
 
-    let out = Command::new(mosaic_bin())
-        .current_dir(&dir.path)
-        .args(["status"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no Mosaic host is running"));
+    let err = mosaic_fails(&dir.path, &["status"]);
+    assert!(err.contains("no Mosaic host is running"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,13 +217,7 @@ variables = { key = "{{ api_key }}" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_variable_comes_from_the_environment() {
     let dir = AppDir::new(REQUIRED_VARIABLE);
-    let out = Command::new(mosaic_bin())
-        .current_dir(&dir.path)
-        .args(["up", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = mosaic_fails(&dir.path, &["up", "--listen", "127.0.0.1:0"]);
     assert!(
         err.contains("api_key") && err.contains("SPIN_VARIABLE_API_KEY"),
         "{err}"
@@ -248,13 +232,7 @@ async fn required_variable_comes_from_the_environment() {
 async fn a_second_host_on_the_same_state_directory_is_refused() {
     let dir = AppDir::new(mosaic_tests::TWO_COMPONENTS);
     let first = Running::start(&dir.path, &["up"]);
-    let out = Command::new(mosaic_bin())
-        .current_dir(&dir.path)
-        .args(["up", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = mosaic_fails(&dir.path, &["up", "--listen", "127.0.0.1:0"]);
     assert!(
         err.contains("another Mosaic host") && err.contains(&first.child.id().to_string()),
         "{err}"

@@ -117,19 +117,9 @@ async fn embedded_store_works_and_survives_restart_and_swap() {
     let client = client();
     get(&client, &format!("{base}/a/kv?op=set&key=durable&value=kept")).await;
     // A swap of the owning component keeps the data.
-    mosaic::deploy::deploy(
-        host.trigger(),
-        mosaic::deploy::DeployRequest {
-            component: "a".into(),
-            bytes: std::fs::read(mosaic_tests::fixture("probe-v2")).unwrap(),
-            route: None,
-            action: mosaic::deploy::journal::Action::Deploy,
-            probe_is_fatal: true,
-            record: true,
-        },
-    )
-    .await
-    .unwrap();
+    mosaic::deploy::deploy(host.trigger(), mosaic_tests::deploy_request("a", "probe-v2"))
+        .await
+        .unwrap();
     assert_eq!(
         get(&client, &format!("{base}/a/kv?op=get&key=durable")).await.body,
         "kept"

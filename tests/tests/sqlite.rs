@@ -187,14 +187,7 @@ async fn migrations_run_at_start_and_as_a_deploy_step() {
         "ALTER TABLE users ADD COLUMN email TEXT;",
     )
     .unwrap();
-    let request = |fixture: &str| mosaic::deploy::DeployRequest {
-        component: "a".into(),
-        bytes: std::fs::read(mosaic_tests::fixture(fixture)).unwrap(),
-        route: None,
-        action: mosaic::deploy::journal::Action::Deploy,
-        probe_is_fatal: true,
-        record: true,
-    };
+    let request = |fixture: &str| mosaic_tests::deploy_request("a", fixture);
     let report = mosaic::deploy::deploy(host.trigger(), request("probe-v2"))
         .await
         .unwrap();

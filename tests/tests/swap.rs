@@ -7,21 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mosaic::deploy::journal::Action;
-use mosaic::deploy::{self, DeployError, DeployRequest};
+use mosaic::deploy::{self, DeployError};
 use mosaic::settings::Settings;
-use mosaic_tests::{client, fixture, get, send, AppDir, TWO_COMPONENTS};
-
-fn request(component: &str, fixture_name: &str) -> DeployRequest {
-    DeployRequest {
-        component: component.to_string(),
-        bytes: std::fs::read(fixture(fixture_name)).unwrap(),
-        route: None,
-        action: Action::Deploy,
-        probe_is_fatal: true,
-        record: true,
-    }
-}
+use mosaic_tests::{client, deploy_request, fixture, get, send, AppDir, TWO_COMPONENTS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swap_under_load_loses_no_request() {
@@ -81,7 +69,7 @@ async fn swap_under_load_loses_no_request() {
         } else {
             ("v1", "probe")
         };
-        let report = deploy::deploy(host.trigger(), request("probe", fixture_name))
+        let report = deploy::deploy(host.trigger(), deploy_request("probe", fixture_name))
             .await
             .expect("deploy");
         // ... requests after the flip see the new version at once.
@@ -115,8 +103,8 @@ async fn concurrent_deploys_of_one_component_conflict() {
     let dir = AppDir::new(TWO_COMPONENTS);
     let host = dir.start(Settings::default()).await;
     let (first, second) = tokio::join!(
-        deploy::deploy(host.trigger(), request("probe", "probe-v2")),
-        deploy::deploy(host.trigger(), request("probe", "probe-v2")),
+        deploy::deploy(host.trigger(), deploy_request("probe", "probe-v2")),
+        deploy::deploy(host.trigger(), deploy_request("probe", "probe-v2")),
     );
     let outcomes = [first, second];
     assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
@@ -125,8 +113,8 @@ async fn concurrent_deploys_of_one_component_conflict() {
     assert!(conflict.to_string().contains("already in progress"));
     // A deploy of another component at the same time is fine.
     let (a, b) = tokio::join!(
-        deploy::deploy(host.trigger(), request("probe", "probe")),
-        deploy::deploy(host.trigger(), request("plain", "plain")),
+        deploy::deploy(host.trigger(), deploy_request("probe", "probe")),
+        deploy::deploy(host.trigger(), deploy_request("plain", "plain")),
     );
     a.unwrap();
     b.unwrap();
@@ -138,7 +126,7 @@ async fn restart_serves_last_deployed_versions_and_rollback_works() {
     let dir = AppDir::new(TWO_COMPONENTS);
     let client = client();
     let host = dir.start(Settings::default()).await;
-    let first = deploy::deploy(host.trigger(), request("probe", "probe-v2"))
+    let first = deploy::deploy(host.trigger(), deploy_request("probe", "probe-v2"))
         .await
         .unwrap();
     assert!(!first.cached, "v2 was never compiled in this state directory");
@@ -189,7 +177,7 @@ async fn a_rebuilt_manifest_source_wins_over_the_journal() {
     std::fs::copy(fixture("probe"), dir.path.join("probe.wasm")).unwrap();
     let client = client();
     let host = dir.start(Settings::default()).await;
-    deploy::deploy(host.trigger(), request("probe", "probe-v2"))
+    deploy::deploy(host.trigger(), deploy_request("probe", "probe-v2"))
         .await
         .unwrap();
     host.shutdown().await;

@@ -109,12 +109,7 @@ impl HttpTrigger {
         B::Error: Into<HttpError>,
     {
         let limit = self.app.settings.limits.max_request_body_bytes;
-        let declared = request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limit) {
+        if declared_length(request.headers()).is_some_and(|length| length > limit) {
             return json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large",
@@ -319,13 +314,13 @@ fn classify(component: &str, instantiating: bool, err: wasmtime::Error, timeout:
     ServeError::Trap { component, detail }
 }
 
+/// The `content-length` a message declares, if it declares a valid one.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 fn cap_response(response: HttpResponse, limit: u64) -> HttpResponse {
-    let declared = response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    if declared_length(response.headers()).is_some_and(|length| length > limit) {
         return json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "response body too large",

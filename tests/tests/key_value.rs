@@ -217,3 +217,110 @@ async fn unreachable_backend_is_an_error_not_a_hang() {
     assert_eq!(reply.body, "ok");
     host.shutdown().await;
 }
+
+/// A Redis server of this test's own, on a free port, so that stopping it disturbs no one.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Option<PrivateRedis> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(err) => {
+                assert!(
+                    std::env::var("MOSAIC_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                    "redis-server cannot be started ({err}) and MOSAIC_REQUIRE_SERVICES=1 requires it"
+                );
+                eprintln!("SKIPPED: redis-server cannot be started: {err}");
+                return None;
+            }
+        };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(PrivateRedis { child, port })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_gives_errors_then_service() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(mut redis) = PrivateRedis::start(port) else {
+        return;
+    };
+    let dir = AppDir::new(&manifest());
+    let config = format!(
+        "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\n",
+        redis.port
+    );
+    let host = dir.start_with(Settings::default(), Some(&config)).await;
+    let base = format!("http://{}/a/kv", host.http_addr());
+    let client = client();
+    assert_eq!(get(&client, &format!("{base}?op=set&key=k&value=1")).await.body, "ok");
+
+    redis.kill();
+    let started = std::time::Instant::now();
+    let down = get(&client, &format!("{base}?op=get&key=k")).await;
+    assert!(
+        down.status >= 500,
+        "a dead backend is an error, not a success: {} {}",
+        down.status,
+        down.body
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the error came within the deadline"
+    );
+
+    let _redis = PrivateRedis::start(port).expect("redis restarts");
+    let started = std::time::Instant::now();
+    loop {
+        let reply = get(&client, &format!("{base}?op=set&key=k&value=2")).await;
+        if reply.body == "ok" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "service did not resume: {}",
+            reply.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(&client, &format!("{base}?op=get&key=k")).await.body, "2");
+    host.shutdown().await;
+}

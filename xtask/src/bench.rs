@@ -24,8 +24,9 @@ const SWAP_SAMPLES: usize = 5;
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("http") => http(root),
+        Some("kv") => key_value(root),
         Some("native-server") => native_server(args.get(1).context("native-server PORT")?.parse()?),
-        Some(other) => bail!("no benchmark named `{other}`; try `cargo xtask bench http`"),
+        Some(other) => bail!("no benchmark named `{other}`; try `cargo xtask bench http` or `cargo xtask bench kv`"),
         None => bail!("name a benchmark: cargo xtask bench http"),
     }
 }
@@ -233,7 +234,13 @@ fn http(root: &Path) -> Result<()> {
         measure = MEASURE.as_secs(),
     );
     std::fs::create_dir_all(root.join("bench"))?;
-    std::fs::write(root.join("bench/README.md"), &report)?;
+    // Keep the sections other benchmarks wrote.
+    let existing = std::fs::read_to_string(root.join("bench/README.md")).unwrap_or_default();
+    let others = existing
+        .find("## Key-value through a guest")
+        .map(|start| &existing[start..])
+        .unwrap_or("");
+    std::fs::write(root.join("bench/README.md"), format!("{report}\n{others}"))?;
     println!("{report}");
     Ok(())
 }
@@ -245,6 +252,10 @@ fn median(samples: &[f64]) -> f64 {
 }
 
 async fn load(addr: SocketAddr, connections: usize, duration: Duration) -> Result<Stats> {
+    load_path(addr, "/", connections, duration).await
+}
+
+async fn load_path(addr: SocketAddr, path: &'static str, connections: usize, duration: Duration) -> Result<Stats> {
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -264,7 +275,7 @@ async fn load(addr: SocketAddr, connections: usize, duration: Duration) -> Resul
                 };
                 tokio::spawn(connection);
                 while Instant::now() < deadline {
-                    let request = hyper::Request::get("/")
+                    let request = hyper::Request::get(path)
                         .header(http::header::HOST, addr.to_string())
                         .body(Full::new(Bytes::new()))
                         .expect("static request");
@@ -401,4 +412,113 @@ fn native_server(port: u16) -> Result<()> {
             });
         }
     })
+}
+
+/// Starts the release `mosaic up` on `manifest` (and a runtime config) in a fresh directory.
+fn start_mosaic(root: &Path, name: &str, manifest: &str, runtime_config: Option<&str>) -> Result<(Killed, SocketAddr)> {
+    let work = root.join("target/bench").join(name);
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    std::fs::write(work.join("spin.toml"), manifest)?;
+    let port = free_port()?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut command = Command::new(root.join("target/release/mosaic"));
+    command
+        .current_dir(&work)
+        .env("MOSAIC_LOG", "warn")
+        .args(["up", "--listen", &addr.to_string()])
+        .stdout(Stdio::null());
+    if let Some(config) = runtime_config {
+        std::fs::write(work.join("runtime-config.toml"), config)?;
+        command.args(["--runtime-config-file", "runtime-config.toml"]);
+    }
+    let host = Killed(command.spawn().context("cannot start mosaic")?);
+    wait_for_port(addr, "mosaic")?;
+    Ok((host, addr))
+}
+
+/// `cargo xtask bench kv`: key-value operations per second through a guest, the embedded
+/// SQLite backend against Redis, in one run; appends its table to bench/README.md.
+fn key_value(root: &Path) -> Result<()> {
+    const CONNECTIONS: usize = 8;
+    const KV_MEASURE: Duration = Duration::from_secs(3);
+    let redis: SocketAddr = ([127, 0, 0, 1], 6379).into();
+    if std::net::TcpStream::connect(redis).is_err() {
+        bail!("Redis is not reachable at {redis}; start it (see the README) and run the benchmark again");
+    }
+    run_command(
+        Command::new(cargo())
+            .current_dir(root)
+            .args(["build", "--release", "-p", "mosaic"]),
+    )?;
+    let fixtures = root.join("target/fixtures");
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"bench-kv\"\n\
+         [[trigger.http]]\nroute = \"/probe/...\"\ncomponent = \"probe\"\n\
+         [component.probe]\nsource = \"{}\"\nkey_value_stores = [\"default\", \"remote\"]\n\
+         [[trigger.http]]\nroute = \"/counter/...\"\ncomponent = \"counter\"\n\
+         [component.counter]\nsource = \"{}\"\nkey_value_stores = [\"default\", \"remote\"]\n",
+        fixtures.join("probe.wasm").display(),
+        fixtures.join("counter.wasm").display()
+    );
+    let config = "[key_value_store.remote]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/10\"\n";
+    let (_host, addr) = start_mosaic(root, "kv", &manifest, Some(config))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let operations: [(&str, &'static str, &'static str); 4] = [
+        ("guest without key-value (baseline)", "/probe/hello", "/probe/hello"),
+        (
+            "set (spin key-value)",
+            "/probe/kv?op=set&key=bench&value=0123456789",
+            "/probe/kv?op=set&store=remote&key=bench&value=0123456789",
+        ),
+        (
+            "get (spin key-value)",
+            "/probe/kv?op=get&key=bench",
+            "/probe/kv?op=get&store=remote&key=bench",
+        ),
+        (
+            "increment (wasi:keyvalue atomics)",
+            "/counter/incr?key=bench-counter",
+            "/counter/incr?store=remote&key=bench-counter",
+        ),
+    ];
+    let mut table = String::from(
+        "| operation | embedded (SQLite) ops/s | p50 | p99 | Redis ops/s | p50 | p99 |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (name, embedded, remote) in operations {
+        let mut cells = Vec::new();
+        for path in [embedded, remote] {
+            runtime.block_on(load_path(addr, path, CONNECTIONS, WARMUP))?;
+            let stats = runtime.block_on(load_path(addr, path, CONNECTIONS, KV_MEASURE))?;
+            if stats.errors > 0 {
+                bail!("{name} on {path}: {} errors", stats.errors);
+            }
+            eprintln!(
+                "{name:<36} {path:<60} {:>8.0} ops/s p50 {} us p99 {} us",
+                stats.rps, stats.p50_us, stats.p99_us
+            );
+            cells.push(format!(
+                "{:.0} | {:.2} ms | {:.2} ms",
+                stats.rps,
+                stats.p50_us as f64 / 1000.0,
+                stats.p99_us as f64 / 1000.0
+            ));
+        }
+        table.push_str(&format!("| {name} | {} | {} |\n", cells[0], cells[1]));
+    }
+    let section = format!(
+        "## Key-value through a guest\n\nWritten by `cargo xtask bench kv`. Each request is one HTTP request to a guest that does one operation on the store; \
+         {CONNECTIONS} connections, {}s warm-up then {}s measured per cell, Mosaic release build, Redis on loopback (db 10).\n\n{table}",
+        WARMUP.as_secs(),
+        KV_MEASURE.as_secs()
+    );
+    let readme = root.join("bench/README.md");
+    let existing = std::fs::read_to_string(&readme).unwrap_or_default();
+    let kept = match existing.find("## Key-value through a guest") {
+        Some(start) => existing[..start].to_string(),
+        None => existing,
+    };
+    std::fs::write(&readme, format!("{}\n{section}", kept.trim_end()))?;
+    println!("{section}");
+    Ok(())
 }

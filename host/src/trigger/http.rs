@@ -247,7 +247,19 @@ impl HttpTrigger {
         );
 
         match receiver.await {
-            Ok(Ok(response)) => Ok(cap_response(response, limits.max_response_body_bytes)),
+            Ok(Ok(response)) => {
+                // The guest may still be writing the body: a failure from here on can only cut
+                // the response short, but it must still be logged.
+                tokio::spawn(
+                    async move {
+                        if let Ok(Err(err)) = guest.await {
+                            tracing::error!(error = %err, "the component failed after sending its response headers");
+                        }
+                    }
+                    .in_current_span(),
+                );
+                Ok(cap_response(response, limits.max_response_body_bytes))
+            }
             Ok(Err(code)) => Err(ServeError::Guest { component, code }),
             Err(_) => match guest.await {
                 Ok(Ok(())) => Err(ServeError::NoResponse { component }),

@@ -11,12 +11,24 @@ wasmtime::component::bindgen!({
         "wasi:keyvalue/atomics.cas": crate::capability::key_value::CasHandle,
         "fermyon:spin/sqlite.connection": crate::capability::sqlite::OpenDatabase,
         "spin:sqlite/sqlite.connection": crate::capability::sqlite::OpenDatabase,
+        "fermyon:spin/mqtt.connection": crate::capability::unsupported::NoConnection,
+        "fermyon:spin/mysql.connection": crate::capability::unsupported::NoConnection,
+        "fermyon:spin/postgres.connection": crate::capability::unsupported::NoConnection,
+        "fermyon:spin/redis.connection": crate::capability::unsupported::NoConnection,
+        "spin:postgres/postgres@3.0.0.connection": crate::capability::unsupported::NoConnection,
+        "spin:postgres/postgres@4.0.0.connection": crate::capability::unsupported::NoConnection,
     },
 });
 
 pub use fermyon::spin2_0_0::key_value as spin_key_value;
 pub use fermyon::spin2_0_0::sqlite as spin_sqlite;
 pub use fermyon::spin2_0_0::variables;
+pub use fermyon::spin2_0_0::{
+    llm as spin_llm, mqtt as spin_mqtt, mysql as spin_mysql, postgres as spin_postgres,
+    rdbms_types as spin_rdbms_types, redis as spin_redis,
+};
+pub use spin::postgres3_0_0::postgres as spin_postgres3;
+pub use spin::postgres4_0_0::postgres as spin_postgres4;
 pub use spin::sqlite::sqlite as spin_sqlite3;
 pub use wasi::config::store as config_store;
 pub use wasi::keyvalue::{atomics as wasi_atomics, batch as wasi_batch, store as wasi_store};

@@ -69,27 +69,41 @@ impl WasiHttpView for InstanceState {
 #[error("the request exceeded its deadline of {0:?}")]
 pub struct DeadlineExceeded(pub Duration);
 
+/// Adds each named `crate::bindings` interface to the linker, served by `InstanceState`.
+macro_rules! link_interfaces {
+    ($linker:expr, $($interface:ident),* $(,)?) => {
+        $(
+            crate::bindings::$interface::add_to_linker::<_, HasSelf<InstanceState>>($linker, |state| state)
+                .map_err(anyhow::Error::from)?;
+        )*
+    };
+}
+
 /// The linker of everything a guest may import. An import outside it fails the deploy.
 pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-    crate::bindings::variables::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
-        .map_err(anyhow::Error::from)?;
-    crate::bindings::config_store::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
-        .map_err(anyhow::Error::from)?;
-    crate::bindings::spin_key_value::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
-        .map_err(anyhow::Error::from)?;
-    crate::bindings::wasi_store::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
-        .map_err(anyhow::Error::from)?;
-    crate::bindings::wasi_atomics::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
-        .map_err(anyhow::Error::from)?;
-    crate::bindings::spin_sqlite::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
-        .map_err(anyhow::Error::from)?;
-    crate::bindings::spin_sqlite3::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
-        .map_err(anyhow::Error::from)?;
-    crate::bindings::wasi_batch::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |state| state)
-        .map_err(anyhow::Error::from)?;
+    link_interfaces!(
+        &mut linker,
+        variables,
+        config_store,
+        spin_key_value,
+        wasi_store,
+        wasi_atomics,
+        wasi_batch,
+        spin_sqlite,
+        spin_sqlite3,
+        // Linked without a backend yet (capability::unsupported).
+        spin_llm,
+        spin_mqtt,
+        spin_rdbms_types,
+        spin_mysql,
+        spin_postgres,
+        spin_postgres3,
+        spin_postgres4,
+        spin_redis,
+    );
     Ok(linker)
 }
 

@@ -3,4 +3,5 @@
 pub mod http_outbound;
 pub mod key_value;
 pub mod sqlite;
+pub mod unsupported;
 pub mod variables;

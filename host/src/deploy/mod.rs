@@ -165,10 +165,10 @@ pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<Dep
             &name,
             Step::Validate,
             format!(
-                "it imports something outside Mosaic's supported world ({}). Mosaic links wasi:cli, \
-                 wasi:io, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets and wasi:http @0.2.x, \
-                 fermyon:spin/variables@2.0.0, wasi:config/store, fermyon:spin/key-value@2.0.0, \
-                 wasi:keyvalue@0.2.0-draft2, fermyon:spin/sqlite@2.0.0 and spin:sqlite/sqlite@3.0.0",
+                "it imports something outside Mosaic's supported world ({}). Mosaic links WASI 0.2 \
+                 (cli, io, clocks, random, filesystem, sockets, http) and the Spin platform world of spin-sdk 5.x: \
+                 fermyon:spin/*@2.0.0, spin:sqlite@3.0.0, spin:postgres@3.0.0 and @4.0.0, wasi:keyvalue@0.2.0-draft2, \
+                 wasi:config/store",
                 anyhow::Error::from(err)
             ),
         )
@@ -406,6 +406,15 @@ fn grant_warnings(
     ];
     let mut warnings = Vec::new();
     for (import, _) in component.component_type().imports(engine) {
+        if let Some((_, what)) = crate::capability::unsupported::WITHOUT_BACKEND
+            .iter()
+            .find(|(prefix, _)| import.starts_with(prefix))
+        {
+            warnings.push(format!(
+                "`{}` imports {import}, but Mosaic has no {what} backend yet: every call returns an error",
+                spec.name
+            ));
+        }
         for (prefixes, granted, missing) in &grants {
             if !granted && prefixes.iter().any(|prefix| import.starts_with(prefix)) {
                 warnings.push(format!("`{}` imports {import} but its {missing}", spec.name));

@@ -1,0 +1,179 @@
+//! The interfaces of the Spin platform world that Mosaic has no backend for yet: LLM, MQTT,
+//! MySQL, PostgreSQL (v2, v3, v4) and the Redis data client. They are linked, so that a
+//! component importing them deploys and runs like under Spin (some SDKs import the whole world
+//! whatever the code uses), and every call returns an error value naming what is missing. A
+//! deploy of a component that imports one of them gets a warning.
+//!
+//! Connections can never be opened, so the connection resources are an uninhabited type.
+
+use wasmtime::component::Resource;
+
+use crate::bindings::{spin_llm as llm, spin_mqtt as mqtt, spin_mysql as mysql, spin_postgres as pg2};
+use crate::bindings::{spin_postgres3 as pg3, spin_postgres4 as pg4, spin_rdbms_types as rdbms, spin_redis as redis};
+use crate::instance::InstanceState;
+
+/// A connection of an interface without a backend: never constructed.
+pub enum NoConnection {}
+
+/// The interfaces linked without a backend, by import name prefix, for the deploy warning.
+pub const WITHOUT_BACKEND: &[(&str, &str)] = &[
+    ("fermyon:spin/llm", "LLM inferencing"),
+    ("fermyon:spin/mqtt", "MQTT"),
+    ("fermyon:spin/mysql", "MySQL"),
+    ("fermyon:spin/postgres", "PostgreSQL"),
+    ("spin:postgres/", "PostgreSQL"),
+    (
+        "fermyon:spin/redis@",
+        "the Redis client (redis data operations and publish)",
+    ),
+];
+
+fn missing(what: &str) -> String {
+    format!("Mosaic has no {what} backend yet, so this call is not available; see the README's list of supported interfaces")
+}
+
+impl llm::Host for InstanceState {
+    async fn infer(
+        &mut self,
+        _model: String,
+        _prompt: String,
+        _params: Option<llm::InferencingParams>,
+    ) -> Result<llm::InferencingResult, llm::Error> {
+        Err(llm::Error::RuntimeError(missing("LLM inferencing")))
+    }
+
+    async fn generate_embeddings(
+        &mut self,
+        _model: String,
+        _text: Vec<String>,
+    ) -> Result<llm::EmbeddingsResult, llm::Error> {
+        Err(llm::Error::RuntimeError(missing("LLM embeddings")))
+    }
+}
+
+impl mqtt::Host for InstanceState {}
+
+impl mqtt::HostConnection for InstanceState {
+    async fn open(
+        &mut self,
+        _address: String,
+        _user: String,
+        _password: String,
+        _keep_alive: u64,
+    ) -> Result<Resource<NoConnection>, mqtt::Error> {
+        Err(mqtt::Error::ConnectionFailed(missing("MQTT")))
+    }
+
+    async fn publish(
+        &mut self,
+        _c: Resource<NoConnection>,
+        _topic: String,
+        _payload: Vec<u8>,
+        _qos: mqtt::Qos,
+    ) -> Result<(), mqtt::Error> {
+        Err(mqtt::Error::Other(missing("MQTT")))
+    }
+
+    async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl rdbms::Host for InstanceState {}
+
+macro_rules! no_rdbms_connection {
+    ($module:ident, $what:literal, $execute:ty) => {
+        impl $module::Host for InstanceState {}
+
+        impl $module::HostConnection for InstanceState {
+            async fn open(&mut self, _address: String) -> Result<Resource<NoConnection>, $module::Error> {
+                Err($module::Error::ConnectionFailed(missing($what)))
+            }
+
+            async fn query(
+                &mut self,
+                _c: Resource<NoConnection>,
+                _statement: String,
+                _params: Vec<$module::ParameterValue>,
+            ) -> Result<$module::RowSet, $module::Error> {
+                Err($module::Error::Other(missing($what)))
+            }
+
+            async fn execute(
+                &mut self,
+                _c: Resource<NoConnection>,
+                _statement: String,
+                _params: Vec<$module::ParameterValue>,
+            ) -> Result<$execute, $module::Error> {
+                Err($module::Error::Other(missing($what)))
+            }
+
+            async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+
+no_rdbms_connection!(mysql, "MySQL", ());
+no_rdbms_connection!(pg2, "PostgreSQL", u64);
+no_rdbms_connection!(pg3, "PostgreSQL", u64);
+no_rdbms_connection!(pg4, "PostgreSQL", u64);
+
+impl redis::Host for InstanceState {}
+
+impl redis::HostConnection for InstanceState {
+    async fn open(&mut self, _address: String) -> Result<Resource<NoConnection>, redis::Error> {
+        Err(redis::Error::Other(missing("Redis client")))
+    }
+    async fn publish(
+        &mut self,
+        _c: Resource<NoConnection>,
+        _channel: String,
+        _payload: Vec<u8>,
+    ) -> Result<(), redis::Error> {
+        Err(redis::Error::Other(missing("Redis client")))
+    }
+    async fn get(&mut self, _c: Resource<NoConnection>, _key: String) -> Result<Option<Vec<u8>>, redis::Error> {
+        Err(redis::Error::Other(missing("Redis client")))
+    }
+    async fn set(&mut self, _c: Resource<NoConnection>, _key: String, _value: Vec<u8>) -> Result<(), redis::Error> {
+        Err(redis::Error::Other(missing("Redis client")))
+    }
+    async fn incr(&mut self, _c: Resource<NoConnection>, _key: String) -> Result<i64, redis::Error> {
+        Err(redis::Error::Other(missing("Redis client")))
+    }
+    async fn del(&mut self, _c: Resource<NoConnection>, _keys: Vec<String>) -> Result<u32, redis::Error> {
+        Err(redis::Error::Other(missing("Redis client")))
+    }
+    async fn sadd(
+        &mut self,
+        _c: Resource<NoConnection>,
+        _key: String,
+        _values: Vec<String>,
+    ) -> Result<u32, redis::Error> {
+        Err(redis::Error::Other(missing("Redis client")))
+    }
+    async fn smembers(&mut self, _c: Resource<NoConnection>, _key: String) -> Result<Vec<String>, redis::Error> {
+        Err(redis::Error::Other(missing("Redis client")))
+    }
+    async fn srem(
+        &mut self,
+        _c: Resource<NoConnection>,
+        _key: String,
+        _values: Vec<String>,
+    ) -> Result<u32, redis::Error> {
+        Err(redis::Error::Other(missing("Redis client")))
+    }
+    async fn execute(
+        &mut self,
+        _c: Resource<NoConnection>,
+        _command: String,
+        _arguments: Vec<redis::RedisParameter>,
+    ) -> Result<Vec<redis::RedisResult>, redis::Error> {
+        Err(redis::Error::Other(missing("Redis client")))
+    }
+    async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}

@@ -14,7 +14,7 @@ wasmtime::component::bindgen!({
         "fermyon:spin/mqtt.connection": crate::capability::unsupported::NoConnection,
         "fermyon:spin/mysql.connection": crate::capability::unsupported::NoConnection,
         "fermyon:spin/postgres.connection": crate::capability::unsupported::NoConnection,
-        "fermyon:spin/redis.connection": crate::capability::unsupported::NoConnection,
+        "fermyon:spin/redis.connection": crate::capability::redis_client::RedisConnection,
         "spin:postgres/postgres@3.0.0.connection": crate::capability::unsupported::NoConnection,
         "spin:postgres/postgres@4.0.0.connection": crate::capability::unsupported::NoConnection,
     },

@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::app::ComponentSpec;
 use crate::capability::http_outbound::{ChainedRequests, OutboundHttp};
 use crate::capability::key_value::KeyValueAccess;
+use crate::capability::redis_client::RedisClients;
 use crate::capability::sqlite::SqliteAccess;
 use crate::capability::variables::ComponentVariables;
 
@@ -25,6 +26,7 @@ pub struct InstanceState {
     variables: ComponentVariables,
     key_value: KeyValueAccess,
     sqlite: SqliteAccess,
+    redis_clients: Arc<RedisClients>,
 }
 
 impl InstanceState {
@@ -36,6 +38,13 @@ impl InstanceState {
     }
     pub fn sqlite(&self) -> &SqliteAccess {
         &self.sqlite
+    }
+    pub fn redis_clients(&self) -> &RedisClients {
+        &self.redis_clients
+    }
+    /// Whether this component may connect to `scheme://host:port` (allowed_outbound_hosts).
+    pub fn outbound_allowed(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        self.outbound.allowed.allows(scheme, host, port)
     }
     pub fn table(&self) -> &ResourceTable {
         &self.table
@@ -152,6 +161,7 @@ pub fn new_store(
             granted: spec.sqlite_databases.clone(),
             databases: app.sqlite.clone(),
         },
+        redis_clients: app.redis_clients.clone(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limits);

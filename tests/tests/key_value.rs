@@ -324,3 +324,59 @@ async fn redis_stopped_and_restarted_gives_errors_then_service() {
     assert_eq!(get(&client, &format!("{base}?op=get&key=k")).await.body, "2");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_redis_client_data_operations() {
+    if !service_available("Redis", REDIS) {
+        return;
+    }
+    let dir = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "redis-client"
+[[trigger.http]]
+route = "/granted/..."
+component = "granted"
+[[trigger.http]]
+route = "/denied/..."
+component = "denied"
+[component.granted]
+source = "{probe}"
+allowed_outbound_hosts = ["redis://127.0.0.1:6379"]
+[component.denied]
+source = "{probe}"
+"#,
+    );
+    let host = dir.start(Settings::default()).await;
+    let client = client();
+    let base = format!("http://{}", host.http_addr());
+    let key = unique("redis");
+    let call = |component: &str, query: String| {
+        let url = format!("{base}/{component}/redis?addr=redis://127.0.0.1:6379/12&{query}");
+        let client = client.clone();
+        async move { get(&client, &url).await }
+    };
+    assert_eq!(call("granted", format!("op=set&key={key}&value=abc")).await.body, "ok");
+    assert_eq!(call("granted", format!("op=get&key={key}")).await.body, "abc");
+    assert_eq!(
+        call("granted", format!("op=execute&key={key}&value=def")).await.body,
+        "6",
+        "APPEND returns the new length"
+    );
+    assert_eq!(call("granted", format!("op=get&key={key}")).await.body, "abcdef");
+    assert_eq!(call("granted", format!("op=del&key={key}")).await.body, "1");
+    assert_eq!(call("granted", format!("op=incr&key={key}")).await.body, "1");
+    let set = unique("set");
+    call("granted", format!("op=sadd&key={set}&value=b")).await;
+    call("granted", format!("op=sadd&key={set}&value=a")).await;
+    assert_eq!(call("granted", format!("op=smembers&key={set}")).await.body, "a,b");
+    call("granted", format!("op=del&key={set}")).await;
+    call("granted", format!("op=del&key={key}")).await;
+
+    // Without redis://127.0.0.1:6379 in allowed_outbound_hosts the open is refused.
+    let denied = call("denied", format!("op=get&key={key}")).await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(denied.body.contains("allowed_outbound_hosts"), "{}", denied.body);
+    host.shutdown().await;
+}

@@ -161,6 +161,7 @@ pub struct App {
     pub state: StateDir,
     pub key_value: Arc<KeyValueStores>,
     pub sqlite: Arc<Databases>,
+    pub redis_clients: Arc<crate::capability::redis_client::RedisClients>,
     /// Resolved application variables (values may be secrets: never log them).
     variables: std::collections::BTreeMap<String, String>,
     slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
@@ -209,6 +210,7 @@ impl App {
             variables: backends.variables,
             key_value: backends.key_value,
             sqlite: backends.sqlite,
+            redis_clients: Arc::default(),
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),

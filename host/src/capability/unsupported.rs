@@ -1,5 +1,5 @@
 //! The interfaces of the Spin platform world that Mosaic has no backend for yet: LLM, MQTT,
-//! MySQL, PostgreSQL (v2, v3, v4) and the Redis data client. They are linked, so that a
+//! MySQL and PostgreSQL (v2, v3, v4). They are linked, so that a
 //! component importing them deploys and runs like under Spin (some SDKs import the whole world
 //! whatever the code uses), and every call returns an error value naming what is missing. A
 //! deploy of a component that imports one of them gets a warning.
@@ -9,7 +9,7 @@
 use wasmtime::component::Resource;
 
 use crate::bindings::{spin_llm as llm, spin_mqtt as mqtt, spin_mysql as mysql, spin_postgres as pg2};
-use crate::bindings::{spin_postgres3 as pg3, spin_postgres4 as pg4, spin_rdbms_types as rdbms, spin_redis as redis};
+use crate::bindings::{spin_postgres3 as pg3, spin_postgres4 as pg4, spin_rdbms_types as rdbms};
 use crate::instance::InstanceState;
 
 /// A connection of an interface without a backend: never constructed.
@@ -119,61 +119,3 @@ no_rdbms_connection!(mysql, "MySQL", ());
 no_rdbms_connection!(pg2, "PostgreSQL", u64);
 no_rdbms_connection!(pg3, "PostgreSQL", u64);
 no_rdbms_connection!(pg4, "PostgreSQL", u64);
-
-impl redis::Host for InstanceState {}
-
-impl redis::HostConnection for InstanceState {
-    async fn open(&mut self, _address: String) -> Result<Resource<NoConnection>, redis::Error> {
-        Err(redis::Error::Other(missing("Redis client")))
-    }
-    async fn publish(
-        &mut self,
-        _c: Resource<NoConnection>,
-        _channel: String,
-        _payload: Vec<u8>,
-    ) -> Result<(), redis::Error> {
-        Err(redis::Error::Other(missing("Redis client")))
-    }
-    async fn get(&mut self, _c: Resource<NoConnection>, _key: String) -> Result<Option<Vec<u8>>, redis::Error> {
-        Err(redis::Error::Other(missing("Redis client")))
-    }
-    async fn set(&mut self, _c: Resource<NoConnection>, _key: String, _value: Vec<u8>) -> Result<(), redis::Error> {
-        Err(redis::Error::Other(missing("Redis client")))
-    }
-    async fn incr(&mut self, _c: Resource<NoConnection>, _key: String) -> Result<i64, redis::Error> {
-        Err(redis::Error::Other(missing("Redis client")))
-    }
-    async fn del(&mut self, _c: Resource<NoConnection>, _keys: Vec<String>) -> Result<u32, redis::Error> {
-        Err(redis::Error::Other(missing("Redis client")))
-    }
-    async fn sadd(
-        &mut self,
-        _c: Resource<NoConnection>,
-        _key: String,
-        _values: Vec<String>,
-    ) -> Result<u32, redis::Error> {
-        Err(redis::Error::Other(missing("Redis client")))
-    }
-    async fn smembers(&mut self, _c: Resource<NoConnection>, _key: String) -> Result<Vec<String>, redis::Error> {
-        Err(redis::Error::Other(missing("Redis client")))
-    }
-    async fn srem(
-        &mut self,
-        _c: Resource<NoConnection>,
-        _key: String,
-        _values: Vec<String>,
-    ) -> Result<u32, redis::Error> {
-        Err(redis::Error::Other(missing("Redis client")))
-    }
-    async fn execute(
-        &mut self,
-        _c: Resource<NoConnection>,
-        _command: String,
-        _arguments: Vec<redis::RedisParameter>,
-    ) -> Result<Vec<redis::RedisResult>, redis::Error> {
-        Err(redis::Error::Other(missing("Redis client")))
-    }
-    async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
-        Ok(())
-    }
-}

@@ -384,9 +384,9 @@ fn grant_warnings(
     // (import prefixes, whether the manifest grants something for them, what is missing)
     let grants: [(&[&str], bool, &str); 4] = [
         (
-            &["wasi:http/outgoing-handler"],
+            &["wasi:http/outgoing-handler", "fermyon:spin/redis@"],
             !spec.allowed_hosts.is_empty(),
-            "allowed_outbound_hosts is empty: every outbound request will be denied",
+            "allowed_outbound_hosts is empty: every outbound connection will be denied",
         ),
         (
             &["fermyon:spin/key-value", "wasi:keyvalue/"],

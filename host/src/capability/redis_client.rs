@@ -1,0 +1,180 @@
+//! The Redis client of `fermyon:spin/redis@2.0.0`: a guest opens `redis://HOST:PORT[/DB]`
+//! (checked against its `allowed_outbound_hosts`, as in Spin) and runs data operations (get,
+//! set, incr, del, sets, any command through `execute`) and `publish` on that server. One
+//! multiplexed, self-reconnecting connection per address is shared by every instance.
+//!
+//! `publish` here is Redis PUBLISH, exactly Spin's semantics (at-most-once); durable messaging
+//! between components is the messaging capability's job.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use tokio::sync::Mutex;
+use wasmtime::component::Resource;
+
+use crate::bindings::spin_redis as wit;
+use crate::instance::InstanceState;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections by address, opened on first use.
+#[derive(Default)]
+pub struct RedisClients {
+    open: Mutex<BTreeMap<String, ConnectionManager>>,
+}
+
+impl RedisClients {
+    async fn connect(&self, address: &str) -> Result<ConnectionManager, String> {
+        let mut open = self.open.lock().await;
+        if let Some(connection) = open.get(address) {
+            return Ok(connection.clone());
+        }
+        let client =
+            redis::Client::open(address).map_err(|err| format!("`{address}` is not a Redis address: {err}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1);
+        let connection = tokio::time::timeout(TIMEOUT, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| format!("Redis at {address} did not answer within {TIMEOUT:?}"))?
+            .map_err(|err| format!("Redis at {address} is unreachable: {err}"))?;
+        open.insert(address.to_string(), connection.clone());
+        Ok(connection)
+    }
+}
+
+/// An open connection in a guest's resource table.
+pub struct RedisConnection {
+    connection: ConnectionManager,
+}
+
+fn other(err: redis::RedisError) -> wit::Error {
+    match err.kind() {
+        redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse => wit::Error::TypeError,
+        _ => wit::Error::Other(err.to_string()),
+    }
+}
+
+impl InstanceState {
+    fn redis_of(&self, connection: &Resource<RedisConnection>) -> Result<ConnectionManager, wit::Error> {
+        self.table()
+            .get(connection)
+            .map(|open| open.connection.clone())
+            .map_err(|err| wit::Error::Other(format!("invalid connection handle: {err}")))
+    }
+}
+
+fn to_result(value: redis::Value) -> wit::RedisResult {
+    match value {
+        redis::Value::Nil => wit::RedisResult::Nil,
+        redis::Value::Int(n) => wit::RedisResult::Int64(n),
+        redis::Value::BulkString(bytes) => wit::RedisResult::Binary(bytes),
+        redis::Value::SimpleString(status) => wit::RedisResult::Status(status),
+        redis::Value::Okay => wit::RedisResult::Status("OK".into()),
+        redis::Value::Boolean(b) => wit::RedisResult::Int64(i64::from(b)),
+        redis::Value::Double(d) => wit::RedisResult::Binary(d.to_string().into_bytes()),
+        redis::Value::VerbatimString { text, .. } => wit::RedisResult::Binary(text.into_bytes()),
+        other => wit::RedisResult::Binary(format!("{other:?}").into_bytes()),
+    }
+}
+
+impl wit::Host for InstanceState {}
+
+impl wit::HostConnection for InstanceState {
+    async fn open(&mut self, address: String) -> Result<Resource<RedisConnection>, wit::Error> {
+        let uri: http::Uri = address.parse().map_err(|_| wit::Error::InvalidAddress)?;
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            return Err(wit::Error::InvalidAddress);
+        };
+        if !self.outbound_allowed(scheme, host, uri.port_u16()) {
+            return Err(wit::Error::Other(format!(
+                "{scheme}://{host} is not in this component's allowed_outbound_hosts"
+            )));
+        }
+        let connection = self
+            .redis_clients()
+            .connect(&address)
+            .await
+            .map_err(wit::Error::Other)?;
+        self.table_mut()
+            .push(RedisConnection { connection })
+            .map_err(|_| wit::Error::TooManyConnections)
+    }
+
+    async fn publish(
+        &mut self,
+        c: Resource<RedisConnection>,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Result<(), wit::Error> {
+        let _: i64 = self.redis_of(&c)?.publish(channel, payload).await.map_err(other)?;
+        Ok(())
+    }
+
+    async fn get(&mut self, c: Resource<RedisConnection>, key: String) -> Result<Option<Vec<u8>>, wit::Error> {
+        self.redis_of(&c)?.get(key).await.map_err(other)
+    }
+
+    async fn set(&mut self, c: Resource<RedisConnection>, key: String, value: Vec<u8>) -> Result<(), wit::Error> {
+        self.redis_of(&c)?.set(key, value).await.map_err(other)
+    }
+
+    async fn incr(&mut self, c: Resource<RedisConnection>, key: String) -> Result<i64, wit::Error> {
+        self.redis_of(&c)?.incr(key, 1).await.map_err(other)
+    }
+
+    async fn del(&mut self, c: Resource<RedisConnection>, keys: Vec<String>) -> Result<u32, wit::Error> {
+        self.redis_of(&c)?.del(keys).await.map_err(other)
+    }
+
+    async fn sadd(
+        &mut self,
+        c: Resource<RedisConnection>,
+        key: String,
+        values: Vec<String>,
+    ) -> Result<u32, wit::Error> {
+        self.redis_of(&c)?.sadd(key, values).await.map_err(other)
+    }
+
+    async fn smembers(&mut self, c: Resource<RedisConnection>, key: String) -> Result<Vec<String>, wit::Error> {
+        self.redis_of(&c)?.smembers(key).await.map_err(other)
+    }
+
+    async fn srem(
+        &mut self,
+        c: Resource<RedisConnection>,
+        key: String,
+        values: Vec<String>,
+    ) -> Result<u32, wit::Error> {
+        self.redis_of(&c)?.srem(key, values).await.map_err(other)
+    }
+
+    async fn execute(
+        &mut self,
+        c: Resource<RedisConnection>,
+        command: String,
+        arguments: Vec<wit::RedisParameter>,
+    ) -> Result<Vec<wit::RedisResult>, wit::Error> {
+        let mut connection = self.redis_of(&c)?;
+        let mut cmd = redis::cmd(&command);
+        for argument in arguments {
+            match argument {
+                wit::RedisParameter::Int64(n) => cmd.arg(n),
+                wit::RedisParameter::Binary(bytes) => cmd.arg(bytes),
+            };
+        }
+        let value: redis::Value = cmd.query_async(&mut connection).await.map_err(other)?;
+        Ok(match value {
+            redis::Value::Array(items) | redis::Value::Set(items) => items.into_iter().map(to_result).collect(),
+            single => vec![to_result(single)],
+        })
+    }
+
+    async fn drop(&mut self, c: Resource<RedisConnection>) -> wasmtime::Result<()> {
+        self.table_mut().delete(c)?;
+        Ok(())
+    }
+}

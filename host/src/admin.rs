@@ -93,6 +93,26 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => return json(StatusCode::OK, &serde_json::json!({ "status": "alive" })),
+        (&Method::GET, ["metrics"]) => {
+            let in_flight: Vec<(String, String, u64)> = app
+                .slots()
+                .iter()
+                .map(|slot| {
+                    let live = slot.live.load();
+                    (
+                        slot.spec.name.clone(),
+                        live.short_digest().to_string(),
+                        live.in_flight(),
+                    )
+                })
+                .collect();
+            let mut response = crate::trigger::http::text(StatusCode::OK, app.metrics.render(&in_flight));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return response;
+        }
         (&Method::GET, ["readyz"]) => {
             let components = app.slots().len();
             return json(

@@ -11,6 +11,7 @@ pub mod deploy;
 pub mod engine;
 pub mod host;
 pub mod instance;
+pub mod observe;
 pub mod settings;
 pub mod state;
 pub mod trigger;

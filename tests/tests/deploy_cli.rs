@@ -240,3 +240,45 @@ async fn admin_api_needs_the_token() {
     }
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_errors_and_deploys() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let host = dir.start(Settings::default()).await;
+    let client = client();
+    let base = format!("http://{}", host.http_addr());
+    for _ in 0..3 {
+        get(&client, &format!("{base}/probe/hello")).await;
+    }
+    assert_eq!(get(&client, &format!("{base}/probe/trap")).await.status, 500);
+    mosaic::deploy::deploy(host.trigger(), mosaic_tests::deploy_request("probe", "probe-unhealthy"))
+        .await
+        .unwrap_err();
+    let version = host.app().slot("probe").unwrap().live.load().short_digest().to_string();
+    let metrics = get(&client, &format!("http://{}/metrics", host.admin_addr())).await;
+    assert_eq!(metrics.status, 200);
+    let labels = format!("component=\"probe\",version=\"{version}\"");
+    let text = metrics.body;
+    assert!(text.contains(&format!("mosaic_requests_total{{{labels}}} 4")), "{text}");
+    assert!(
+        text.contains(&format!("mosaic_request_errors_total{{{labels}}} 1")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("mosaic_request_duration_seconds_count{{{labels}}} 4")),
+        "{text}"
+    );
+    assert!(
+        text.contains("mosaic_deploys_total{component=\"probe\",action=\"manifest\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mosaic_deploys_total{component=\"probe\",action=\"deploy\",outcome=\"probe\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("mosaic_requests_in_flight{{{labels}}} 0")),
+        "{text}"
+    );
+    host.shutdown().await;
+}

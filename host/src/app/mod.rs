@@ -162,6 +162,7 @@ pub struct App {
     pub key_value: Arc<KeyValueStores>,
     pub sqlite: Arc<Databases>,
     pub redis_clients: Arc<crate::capability::redis_client::RedisClients>,
+    pub metrics: crate::observe::Metrics,
     /// Resolved application variables (values may be secrets: never log them).
     variables: std::collections::BTreeMap<String, String>,
     slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
@@ -211,6 +212,7 @@ impl App {
             key_value: backends.key_value,
             sqlite: backends.sqlite,
             redis_clients: Arc::default(),
+            metrics: crate::observe::Metrics::default(),
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),

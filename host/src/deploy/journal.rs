@@ -16,6 +16,16 @@ pub enum Action {
     Rollback,
 }
 
+impl Action {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Manifest => "manifest",
+            Action::Deploy => "deploy",
+            Action::Rollback => "rollback",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JournalEntry {
     pub component: String,

@@ -126,8 +126,21 @@ impl StepClock {
     }
 }
 
-/// Runs the whole pipeline for one component version.
+/// Runs the whole pipeline for one component version, and counts the outcome.
 pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<DeployReport, DeployError> {
+    let (component, action) = (request.component.clone(), request.action.as_str());
+    let outcome = run_pipeline(trigger, request).await;
+    let label = match &outcome {
+        Ok(_) => "ok".to_string(),
+        Err(DeployError::Failed { step, .. }) => step.to_string(),
+        Err(DeployError::Conflict { .. }) => "conflict".to_string(),
+        Err(DeployError::NotFound { .. }) => "not-found".to_string(),
+    };
+    trigger.app().metrics.record_deploy(&component, action, &label);
+    outcome
+}
+
+async fn run_pipeline(trigger: &HttpTrigger, request: DeployRequest) -> Result<DeployReport, DeployError> {
     let app = trigger.app().clone();
     let name = request.component.clone();
     let Some(_lock) = app.try_lock_deploy(&name) else {

@@ -152,6 +152,8 @@ impl HttpTrigger {
         count(&slot.stats.requests);
         let deployment = slot.live.load_full();
         let span = tracing::info_span!("request", component = %component, version = %deployment.short_digest(), method = %request.method(), path = %request.uri().path());
+        let started = std::time::Instant::now();
+        let version = deployment.short_digest().to_string();
         let outcome = self
             .serve_version(
                 &slot.spec,
@@ -164,15 +166,18 @@ impl HttpTrigger {
             )
             .instrument(span.clone())
             .await;
+        let failed = outcome
+            .as_ref()
+            .map_or(true, |response| response.status().is_server_error());
+        self.app
+            .metrics
+            .record_request(component, &version, started.elapsed(), failed);
+        if failed {
+            count(&slot.stats.errors);
+        }
         match outcome {
-            Ok(response) => {
-                if response.status().is_server_error() {
-                    count(&slot.stats.errors);
-                }
-                response
-            }
+            Ok(response) => response,
             Err(err) => {
-                count(&slot.stats.errors);
                 span.in_scope(|| tracing::error!(error = %err, "request failed"));
                 err.into_response()
             }

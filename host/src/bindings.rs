@@ -13,10 +13,10 @@ wasmtime::component::bindgen!({
         "spin:sqlite/sqlite.connection": crate::capability::sqlite::OpenDatabase,
         "fermyon:spin/mqtt.connection": crate::capability::unsupported::NoConnection,
         "fermyon:spin/mysql.connection": crate::capability::unsupported::NoConnection,
-        "fermyon:spin/postgres.connection": crate::capability::unsupported::NoConnection,
+        "fermyon:spin/postgres.connection": crate::capability::postgres::PgConnection,
         "fermyon:spin/redis.connection": crate::capability::redis_client::RedisConnection,
-        "spin:postgres/postgres@3.0.0.connection": crate::capability::unsupported::NoConnection,
-        "spin:postgres/postgres@4.0.0.connection": crate::capability::unsupported::NoConnection,
+        "spin:postgres/postgres@3.0.0.connection": crate::capability::postgres::PgConnection,
+        "spin:postgres/postgres@4.0.0.connection": crate::capability::postgres::PgConnection,
     },
 });
 

@@ -27,6 +27,7 @@ pub struct InstanceState {
     key_value: KeyValueAccess,
     sqlite: SqliteAccess,
     redis_clients: Arc<RedisClients>,
+    pg_pools: Arc<crate::capability::postgres::PgPools>,
 }
 
 impl InstanceState {
@@ -38,6 +39,9 @@ impl InstanceState {
     }
     pub fn sqlite(&self) -> &SqliteAccess {
         &self.sqlite
+    }
+    pub fn pg_pools(&self) -> &crate::capability::postgres::PgPools {
+        &self.pg_pools
     }
     pub fn redis_clients(&self) -> &RedisClients {
         &self.redis_clients
@@ -162,6 +166,7 @@ pub fn new_store(
             databases: app.sqlite.clone(),
         },
         redis_clients: app.redis_clients.clone(),
+        pg_pools: app.pg_pools.clone(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limits);

@@ -216,6 +216,14 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
         let loaded = mosaic::app::manifest::Manifest::load(manifest)?;
         tokio::task::spawn_blocking(move || mosaic::build::build_all(&loaded)).await??;
     }
+    // Look at the watched files before serving, so that no change made once the host is up
+    // can slip in before the first look.
+    let watcher = match watch {
+        true => Some(mosaic::watch::Watcher::new(mosaic::app::manifest::Manifest::load(
+            manifest,
+        )?)),
+        false => None,
+    };
     let host = Host::start(HostOptions {
         manifest: manifest.to_owned(),
         listen: args.listen,
@@ -234,11 +242,8 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
         host.admin_addr(),
         host.app().state.token_path().display()
     );
-    if watch {
-        let trigger = host.trigger().clone();
-        tokio::select! {
-            _ = mosaic::watch::run(trigger, shutdown_signal()) => {}
-        }
+    if let Some(watcher) = watcher {
+        mosaic::watch::run(host.trigger().clone(), watcher, shutdown_signal()).await;
     } else {
         shutdown_signal().await;
     }

@@ -112,8 +112,7 @@ fn fingerprint_of(path: PathBuf) -> Option<(PathBuf, SystemTime, u64)> {
 }
 
 /// Watches until `stop` resolves.
-pub async fn run(trigger: HttpTrigger, stop: impl std::future::Future<Output = ()>) {
-    let mut watcher = Watcher::new(trigger.app().manifest.clone());
+pub async fn run(trigger: HttpTrigger, mut watcher: Watcher, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
         tokio::select! {

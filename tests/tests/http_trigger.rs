@@ -311,7 +311,7 @@ source = "{probe}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interfaces_without_a_backend_link_and_answer_errors() {
-    // The probe imports LLM and PostgreSQL v4 (spin-sdk 5.x): it deploys, and each call gets a
+    // The probe imports the LLM interface (spin-sdk 5.x): it deploys, and each call gets a
     // clear error value instead of a refusal or a trap.
     let logs = mosaic_tests::LogCapture::install();
     let dir = AppDir::new(TWO_COMPONENTS);
@@ -321,9 +321,6 @@ async fn interfaces_without_a_backend_link_and_answer_errors() {
     let llm = get(&client, &format!("{base}/probe/llm")).await;
     assert_eq!(llm.status, 501, "{}", llm.body);
     assert!(llm.body.contains("no LLM inferencing backend yet"), "{}", llm.body);
-    let pg = get(&client, &format!("{base}/probe/pg")).await;
-    assert_eq!(pg.status, 501, "{}", pg.body);
-    assert!(pg.body.contains("no PostgreSQL backend yet"), "{}", pg.body);
     assert!(
         logs.text().contains("but Mosaic has no LLM inferencing backend yet"),
         "the deploy warned"

@@ -163,6 +163,7 @@ pub struct App {
     pub sqlite: Arc<Databases>,
     pub redis_clients: Arc<crate::capability::redis_client::RedisClients>,
     pub metrics: crate::observe::Metrics,
+    pub pg_pools: Arc<crate::capability::postgres::PgPools>,
     /// Resolved application variables (values may be secrets: never log them).
     variables: std::collections::BTreeMap<String, String>,
     slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
@@ -213,6 +214,7 @@ impl App {
             sqlite: backends.sqlite,
             redis_clients: Arc::default(),
             metrics: crate::observe::Metrics::default(),
+            pg_pools: Arc::default(),
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),

@@ -1,5 +1,5 @@
-//! The interfaces of the Spin platform world that Mosaic has no backend for yet: LLM, MQTT,
-//! MySQL and PostgreSQL (v2, v3, v4). They are linked, so that a
+//! The interfaces of the Spin platform world that Mosaic has no backend for yet: LLM, MQTT and
+//! MySQL. They are linked, so that a
 //! component importing them deploys and runs like under Spin (some SDKs import the whole world
 //! whatever the code uses), and every call returns an error value naming what is missing. A
 //! deploy of a component that imports one of them gets a warning.
@@ -8,8 +8,7 @@
 
 use wasmtime::component::Resource;
 
-use crate::bindings::{spin_llm as llm, spin_mqtt as mqtt, spin_mysql as mysql, spin_postgres as pg2};
-use crate::bindings::{spin_postgres3 as pg3, spin_postgres4 as pg4, spin_rdbms_types as rdbms};
+use crate::bindings::{spin_llm as llm, spin_mqtt as mqtt, spin_mysql as mysql, spin_rdbms_types as rdbms};
 use crate::instance::InstanceState;
 
 /// A connection of an interface without a backend: never constructed.
@@ -20,12 +19,6 @@ pub const WITHOUT_BACKEND: &[(&str, &str)] = &[
     ("fermyon:spin/llm", "LLM inferencing"),
     ("fermyon:spin/mqtt", "MQTT"),
     ("fermyon:spin/mysql", "MySQL"),
-    ("fermyon:spin/postgres", "PostgreSQL"),
-    ("spin:postgres/", "PostgreSQL"),
-    (
-        "fermyon:spin/redis@",
-        "the Redis client (redis data operations and publish)",
-    ),
 ];
 
 fn missing(what: &str) -> String {
@@ -116,6 +109,3 @@ macro_rules! no_rdbms_connection {
 }
 
 no_rdbms_connection!(mysql, "MySQL", ());
-no_rdbms_connection!(pg2, "PostgreSQL", u64);
-no_rdbms_connection!(pg3, "PostgreSQL", u64);
-no_rdbms_connection!(pg4, "PostgreSQL", u64);

@@ -1,0 +1,415 @@
+//! The guest-facing side of PostgreSQL: v2 (`fermyon:spin/postgres@2.0.0` with
+//! `rdbms-types`), v3 and v4 (`spin:postgres/postgres`), all over [`super::PgConnection`].
+
+use wasmtime::component::Resource;
+
+use super::values::{Bound, PgType, PgValue, RangeEnds};
+use super::{endpoints, PgConnection, PgError, PgRowSet};
+use crate::bindings::{spin_postgres as v2, spin_postgres3 as v3, spin_postgres4 as v4, spin_rdbms_types as rdbms};
+use crate::instance::InstanceState;
+
+impl InstanceState {
+    async fn pg_open(&mut self, address: &str) -> Result<PgConnection, PgError> {
+        for (host, port) in endpoints(address)? {
+            if !self.outbound_allowed("postgres", &host, Some(port)) {
+                return Err(PgError::ConnectionFailed(format!(
+                    "postgres://{host}:{port} is not in this component's allowed_outbound_hosts"
+                )));
+            }
+        }
+        self.pg_pools().connect(address).await
+    }
+
+    fn pg_connection(&self, handle: &Resource<PgConnection>) -> Result<&PgConnection, PgError> {
+        self.table()
+            .get(handle)
+            .map_err(|err| PgError::Other(format!("invalid connection handle: {err}")))
+    }
+
+    async fn pg_query(
+        &mut self,
+        handle: &Resource<PgConnection>,
+        statement: &str,
+        params: Result<Vec<PgValue>, PgError>,
+    ) -> Result<PgRowSet, PgError> {
+        let params = params?;
+        self.pg_connection(handle)?.query(statement, &params).await
+    }
+
+    async fn pg_execute(
+        &mut self,
+        handle: &Resource<PgConnection>,
+        statement: &str,
+        params: Result<Vec<PgValue>, PgError>,
+    ) -> Result<u64, PgError> {
+        let params = params?;
+        self.pg_connection(handle)?.execute(statement, &params).await
+    }
+}
+
+// ---- v2: fermyon:spin/postgres@2.0.0 over rdbms-types ----
+
+fn from_v2(value: rdbms::ParameterValue) -> Result<PgValue, PgError> {
+    use rdbms::ParameterValue as P;
+    Ok(match value {
+        P::Boolean(v) => PgValue::Boolean(v),
+        P::Int8(v) => PgValue::Int8(v),
+        P::Int16(v) => PgValue::Int16(v),
+        P::Int32(v) => PgValue::Int32(v),
+        P::Int64(v) => PgValue::Int64(v),
+        // PostgreSQL has no unsigned types: each goes to the next wider signed one.
+        P::Uint8(v) => PgValue::Int16(i16::from(v)),
+        P::Uint16(v) => PgValue::Int32(i32::from(v)),
+        P::Uint32(v) => PgValue::Int64(i64::from(v)),
+        P::Uint64(v) => PgValue::Int64(
+            i64::try_from(v).map_err(|_| PgError::BadParameter(format!("{v} does not fit a PostgreSQL bigint")))?,
+        ),
+        P::Floating32(v) => PgValue::Floating32(v),
+        P::Floating64(v) => PgValue::Floating64(v),
+        P::Str(v) => PgValue::Str(v),
+        P::Binary(v) => PgValue::Binary(v),
+        P::DbNull => PgValue::Null,
+    })
+}
+
+fn to_v2(value: PgValue) -> rdbms::DbValue {
+    use rdbms::DbValue as D;
+    match value {
+        PgValue::Boolean(v) => D::Boolean(v),
+        PgValue::Int8(v) => D::Int8(v),
+        PgValue::Int16(v) => D::Int16(v),
+        PgValue::Int32(v) => D::Int32(v),
+        PgValue::Int64(v) => D::Int64(v),
+        PgValue::Floating32(v) => D::Floating32(v),
+        PgValue::Floating64(v) => D::Floating64(v),
+        PgValue::Str(v) => D::Str(v),
+        PgValue::Binary(v) => D::Binary(v),
+        PgValue::Null => D::DbNull,
+        _ => D::Unsupported,
+    }
+}
+
+fn type_v2(ty: PgType) -> rdbms::DbDataType {
+    use rdbms::DbDataType as T;
+    match ty {
+        PgType::Boolean => T::Boolean,
+        PgType::Int8 => T::Int8,
+        PgType::Int16 => T::Int16,
+        PgType::Int32 => T::Int32,
+        PgType::Int64 => T::Int64,
+        PgType::Floating32 => T::Floating32,
+        PgType::Floating64 => T::Floating64,
+        PgType::Str => T::Str,
+        PgType::Binary => T::Binary,
+        _ => T::Other,
+    }
+}
+
+fn error_v2(err: PgError) -> rdbms::Error {
+    match err {
+        PgError::ConnectionFailed(m) => rdbms::Error::ConnectionFailed(m),
+        PgError::BadParameter(m) => rdbms::Error::BadParameter(m),
+        PgError::QueryFailed { text, .. } => rdbms::Error::QueryFailed(text),
+        PgError::ValueConversionFailed(m) => rdbms::Error::ValueConversionFailed(m),
+        PgError::Other(m) => rdbms::Error::Other(m),
+    }
+}
+
+impl v2::Host for InstanceState {}
+
+impl v2::HostConnection for InstanceState {
+    async fn open(&mut self, address: String) -> Result<Resource<PgConnection>, rdbms::Error> {
+        let connection = self.pg_open(&address).await.map_err(error_v2)?;
+        self.table_mut()
+            .push(connection)
+            .map_err(|err| rdbms::Error::Other(err.to_string()))
+    }
+
+    async fn query(
+        &mut self,
+        c: Resource<PgConnection>,
+        statement: String,
+        params: Vec<rdbms::ParameterValue>,
+    ) -> Result<rdbms::RowSet, rdbms::Error> {
+        let params = params.into_iter().map(from_v2).collect();
+        let set = self.pg_query(&c, &statement, params).await.map_err(error_v2)?;
+        Ok(rdbms::RowSet {
+            columns: set
+                .columns
+                .into_iter()
+                .map(|(name, ty)| rdbms::Column {
+                    name,
+                    data_type: type_v2(ty),
+                })
+                .collect(),
+            rows: set
+                .rows
+                .into_iter()
+                .map(|row| row.into_iter().map(to_v2).collect())
+                .collect(),
+        })
+    }
+
+    async fn execute(
+        &mut self,
+        c: Resource<PgConnection>,
+        statement: String,
+        params: Vec<rdbms::ParameterValue>,
+    ) -> Result<u64, rdbms::Error> {
+        let params = params.into_iter().map(from_v2).collect();
+        self.pg_execute(&c, &statement, params).await.map_err(error_v2)
+    }
+
+    async fn drop(&mut self, c: Resource<PgConnection>) -> wasmtime::Result<()> {
+        self.table_mut().delete(c)?;
+        Ok(())
+    }
+}
+
+// ---- v3 and v4: spin:postgres/postgres; the v4 value set is a superset of v3's ----
+
+macro_rules! common_params {
+    ($module:ident, $value:expr, $($extra:tt)*) => {{
+        use $module::ParameterValue as P;
+        match $value {
+            P::Boolean(v) => PgValue::Boolean(v),
+            P::Int8(v) => PgValue::Int8(v),
+            P::Int16(v) => PgValue::Int16(v),
+            P::Int32(v) => PgValue::Int32(v),
+            P::Int64(v) => PgValue::Int64(v),
+            P::Floating32(v) => PgValue::Floating32(v),
+            P::Floating64(v) => PgValue::Floating64(v),
+            P::Str(v) => PgValue::Str(v),
+            P::Binary(v) => PgValue::Binary(v),
+            P::Date(v) => PgValue::Date(v),
+            P::Time(v) => PgValue::Time(v),
+            P::Datetime(v) => PgValue::Datetime(v),
+            P::Timestamp(v) => PgValue::Timestamp(v),
+            P::DbNull => PgValue::Null,
+            $($extra)*
+        }
+    }};
+}
+
+macro_rules! common_values {
+    ($module:ident, $value:expr, $($extra:tt)*) => {{
+        use $module::DbValue as D;
+        match $value {
+            PgValue::Boolean(v) => D::Boolean(v),
+            PgValue::Int8(v) => D::Int8(v),
+            PgValue::Int16(v) => D::Int16(v),
+            PgValue::Int32(v) => D::Int32(v),
+            PgValue::Int64(v) => D::Int64(v),
+            PgValue::Floating32(v) => D::Floating32(v),
+            PgValue::Floating64(v) => D::Floating64(v),
+            PgValue::Str(v) => D::Str(v),
+            PgValue::Binary(v) => D::Binary(v),
+            PgValue::Date(v) => D::Date(v),
+            PgValue::Time(v) => D::Time(v),
+            PgValue::Datetime(v) => D::Datetime(v),
+            PgValue::Timestamp(v) => D::Timestamp(v),
+            PgValue::Null => D::DbNull,
+            $($extra)*
+        }
+    }};
+}
+
+macro_rules! common_types {
+    ($module:ident, $ty:expr, $($extra:tt)*) => {{
+        use $module::DbDataType as T;
+        match $ty {
+            PgType::Boolean => T::Boolean,
+            PgType::Int8 => T::Int8,
+            PgType::Int16 => T::Int16,
+            PgType::Int32 => T::Int32,
+            PgType::Int64 => T::Int64,
+            PgType::Floating32 => T::Floating32,
+            PgType::Floating64 => T::Floating64,
+            PgType::Str => T::Str,
+            PgType::Binary => T::Binary,
+            PgType::Date => T::Date,
+            PgType::Time => T::Time,
+            PgType::Datetime => T::Datetime,
+            PgType::Timestamp => T::Timestamp,
+            $($extra)*
+        }
+    }};
+}
+
+fn from_v3(value: v3::ParameterValue) -> Result<PgValue, PgError> {
+    Ok(common_params!(v3, value,))
+}
+
+fn to_v3(value: PgValue) -> v3::DbValue {
+    common_values!(v3, value, _ => D::Unsupported,)
+}
+
+fn type_v3(ty: PgType) -> v3::DbDataType {
+    common_types!(v3, ty, _ => T::Other,)
+}
+
+fn error_v3(err: PgError) -> v3::Error {
+    match err {
+        PgError::ConnectionFailed(m) => v3::Error::ConnectionFailed(m),
+        PgError::BadParameter(m) => v3::Error::BadParameter(m),
+        PgError::QueryFailed { text, .. } => v3::Error::QueryFailed(text),
+        PgError::ValueConversionFailed(m) => v3::Error::ValueConversionFailed(m),
+        PgError::Other(m) => v3::Error::Other(m),
+    }
+}
+
+fn bound_v4(bound: Bound) -> v4::RangeBoundKind {
+    match bound {
+        Bound::Inclusive => v4::RangeBoundKind::Inclusive,
+        Bound::Exclusive => v4::RangeBoundKind::Exclusive,
+    }
+}
+
+fn bound_from_v4(bound: v4::RangeBoundKind) -> Bound {
+    match bound {
+        v4::RangeBoundKind::Inclusive => Bound::Inclusive,
+        v4::RangeBoundKind::Exclusive => Bound::Exclusive,
+    }
+}
+
+type V4Ends<T> = (Option<(T, v4::RangeBoundKind)>, Option<(T, v4::RangeBoundKind)>);
+
+fn ends_from_v4<T>(ends: V4Ends<T>) -> RangeEnds<T> {
+    (
+        ends.0.map(|(v, b)| (v, bound_from_v4(b))),
+        ends.1.map(|(v, b)| (v, bound_from_v4(b))),
+    )
+}
+
+fn ends_to_v4<T>(ends: RangeEnds<T>) -> V4Ends<T> {
+    (
+        ends.0.map(|(v, b)| (v, bound_v4(b))),
+        ends.1.map(|(v, b)| (v, bound_v4(b))),
+    )
+}
+
+fn from_v4(value: v4::ParameterValue) -> Result<PgValue, PgError> {
+    Ok(common_params!(v4, value,
+        P::Uuid(v) => PgValue::Uuid(v),
+        P::Jsonb(v) => PgValue::Jsonb(v),
+        P::Decimal(v) => PgValue::Decimal(v),
+        P::RangeInt32(v) => PgValue::RangeInt32(ends_from_v4(v)),
+        P::RangeInt64(v) => PgValue::RangeInt64(ends_from_v4(v)),
+        P::RangeDecimal(v) => PgValue::RangeDecimal(ends_from_v4(v)),
+        P::ArrayInt32(v) => PgValue::ArrayInt32(v),
+        P::ArrayInt64(v) => PgValue::ArrayInt64(v),
+        P::ArrayDecimal(v) => PgValue::ArrayDecimal(v),
+        P::ArrayStr(v) => PgValue::ArrayStr(v),
+        P::Interval(v) => PgValue::Interval(super::values::Interval { micros: v.micros, days: v.days, months: v.months }),
+    ))
+}
+
+fn to_v4(value: PgValue) -> v4::DbValue {
+    common_values!(v4, value,
+        PgValue::Uuid(v) => D::Uuid(v),
+        PgValue::Jsonb(v) => D::Jsonb(v),
+        PgValue::Decimal(v) => D::Decimal(v),
+        PgValue::RangeInt32(v) => D::RangeInt32(ends_to_v4(v)),
+        PgValue::RangeInt64(v) => D::RangeInt64(ends_to_v4(v)),
+        PgValue::RangeDecimal(v) => D::RangeDecimal(ends_to_v4(v)),
+        PgValue::ArrayInt32(v) => D::ArrayInt32(v),
+        PgValue::ArrayInt64(v) => D::ArrayInt64(v),
+        PgValue::ArrayDecimal(v) => D::ArrayDecimal(v),
+        PgValue::ArrayStr(v) => D::ArrayStr(v),
+        PgValue::Interval(v) => D::Interval(v4::Interval { micros: v.micros, days: v.days, months: v.months }),
+        PgValue::Unsupported(raw) => D::Unsupported(raw),
+    )
+}
+
+fn type_v4(ty: PgType) -> v4::DbDataType {
+    common_types!(v4, ty,
+        PgType::Uuid => T::Uuid,
+        PgType::Jsonb => T::Jsonb,
+        PgType::Decimal => T::Decimal,
+        PgType::RangeInt32 => T::RangeInt32,
+        PgType::RangeInt64 => T::RangeInt64,
+        PgType::RangeDecimal => T::RangeDecimal,
+        PgType::ArrayInt32 => T::ArrayInt32,
+        PgType::ArrayInt64 => T::ArrayInt64,
+        PgType::ArrayDecimal => T::ArrayDecimal,
+        PgType::ArrayStr => T::ArrayStr,
+        PgType::Interval => T::Interval,
+        PgType::Other(name) => T::Other(name),
+    )
+}
+
+fn error_v4(err: PgError) -> v4::Error {
+    match err {
+        PgError::ConnectionFailed(m) => v4::Error::ConnectionFailed(m),
+        PgError::BadParameter(m) => v4::Error::BadParameter(m),
+        PgError::QueryFailed { text, db: Some(db) } => v4::Error::QueryFailed(v4::QueryError::DbError(v4::DbError {
+            as_text: text,
+            severity: db.severity,
+            code: db.code,
+            message: db.message,
+            detail: db.detail,
+            extras: Vec::new(),
+        })),
+        PgError::QueryFailed { text, db: None } => v4::Error::QueryFailed(v4::QueryError::Text(text)),
+        PgError::ValueConversionFailed(m) => v4::Error::ValueConversionFailed(m),
+        PgError::Other(m) => v4::Error::Other(m),
+    }
+}
+
+macro_rules! spin_postgres_connection {
+    ($module:ident, $from:ident, $to:ident, $ty:ident, $error:ident) => {
+        impl $module::Host for InstanceState {}
+
+        impl $module::HostConnection for InstanceState {
+            async fn open(&mut self, address: String) -> Result<Resource<PgConnection>, $module::Error> {
+                let connection = self.pg_open(&address).await.map_err($error)?;
+                self.table_mut()
+                    .push(connection)
+                    .map_err(|err| $module::Error::Other(err.to_string()))
+            }
+
+            async fn query(
+                &mut self,
+                c: Resource<PgConnection>,
+                statement: String,
+                params: Vec<$module::ParameterValue>,
+            ) -> Result<$module::RowSet, $module::Error> {
+                let params = params.into_iter().map($from).collect();
+                let set = self.pg_query(&c, &statement, params).await.map_err($error)?;
+                Ok($module::RowSet {
+                    columns: set
+                        .columns
+                        .into_iter()
+                        .map(|(name, ty)| $module::Column {
+                            name,
+                            data_type: $ty(ty),
+                        })
+                        .collect(),
+                    rows: set
+                        .rows
+                        .into_iter()
+                        .map(|row| row.into_iter().map($to).collect())
+                        .collect(),
+                })
+            }
+
+            async fn execute(
+                &mut self,
+                c: Resource<PgConnection>,
+                statement: String,
+                params: Vec<$module::ParameterValue>,
+            ) -> Result<u64, $module::Error> {
+                let params = params.into_iter().map($from).collect();
+                self.pg_execute(&c, &statement, params).await.map_err($error)
+            }
+
+            async fn drop(&mut self, c: Resource<PgConnection>) -> wasmtime::Result<()> {
+                self.table_mut().delete(c)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+spin_postgres_connection!(v3, from_v3, to_v3, type_v3, error_v3);
+spin_postgres_connection!(v4, from_v4, to_v4, type_v4, error_v4);

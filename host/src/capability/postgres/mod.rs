@@ -1,0 +1,238 @@
+//! PostgreSQL: `fermyon:spin/postgres@2.0.0`, `spin:postgres/postgres@3.0.0` and `@4.0.0` on a
+//! real server through pools (tokio-postgres + deadpool). A guest opens an address (a URL
+//! `postgres://user@host:port/db` or `host=... user=... dbname=...`) checked against its
+//! `allowed_outbound_hosts` (`postgres://HOST:PORT`), as in Spin; the connection is the
+//! guest's alone until it drops it, so transactions work. Parameters are always bound.
+
+mod guest;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio::sync::Mutex;
+
+pub use values::{PgType, PgValue};
+
+/// Connections per address, shared by every instance.
+const POOL_SIZE: usize = 16;
+/// How long a guest waits for a connection (and a server for a connect) before an error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PgError {
+    ConnectionFailed(String),
+    BadParameter(String),
+    QueryFailed { text: String, db: Option<DbErrorInfo> },
+    ValueConversionFailed(String),
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbErrorInfo {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+}
+
+impl PgError {
+    fn from_query(err: tokio_postgres::Error) -> Self {
+        let db = err.as_db_error().map(|db| DbErrorInfo {
+            severity: db.severity().to_string(),
+            code: db.code().code().to_string(),
+            message: db.message().to_string(),
+            detail: db.detail().map(str::to_string),
+        });
+        let text = match &db {
+            Some(db) => format!("{}: {} ({})", db.severity, db.message, db.code),
+            None => err.to_string(),
+        };
+        if db.is_none() && err.to_string().contains("serializing parameter") {
+            return PgError::BadParameter(format!("{err}: {}", source_chain(&err)));
+        }
+        PgError::QueryFailed { text, db }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            PgError::ConnectionFailed(m)
+            | PgError::BadParameter(m)
+            | PgError::ValueConversionFailed(m)
+            | PgError::Other(m) => m.clone(),
+            PgError::QueryFailed { text, .. } => text.clone(),
+        }
+    }
+}
+
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        parts.push(inner.to_string());
+        source = inner.source();
+    }
+    parts.join(": ")
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PgRowSet {
+    pub columns: Vec<(String, PgType)>,
+    pub rows: Vec<Vec<PgValue>>,
+}
+
+/// Where an address points, for the allowed-hosts check.
+pub fn endpoints(address: &str) -> Result<Vec<(String, u16)>, PgError> {
+    let config = tokio_postgres::Config::from_str(address).map_err(|err| {
+        PgError::ConnectionFailed(format!("`{}` is not a PostgreSQL address: {err}", redact(address)))
+    })?;
+    let ports = config.get_ports();
+    let mut out = Vec::new();
+    for (index, host) in config.get_hosts().iter().enumerate() {
+        let name = match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        };
+        let port = ports.get(index).or(ports.first()).copied().unwrap_or(5432);
+        out.push((name, port));
+    }
+    if out.is_empty() {
+        out.push(("localhost".to_string(), ports.first().copied().unwrap_or(5432)));
+    }
+    Ok(out)
+}
+
+/// The address without its password, for messages.
+fn redact(address: &str) -> String {
+    if let (Some(scheme), Some(at)) = (address.find("://"), address.rfind('@')) {
+        if at > scheme {
+            let credentials = &address[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            return format!("{}{user}@{}", &address[..scheme + 3], &address[at + 1..]);
+        }
+    }
+    address
+        .split_whitespace()
+        .map(|pair| {
+            if pair.starts_with("password=") {
+                "password=***"
+            } else {
+                pair
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[derive(Default)]
+pub struct PgPools {
+    pools: Mutex<BTreeMap<String, Pool>>,
+}
+
+impl PgPools {
+    async fn pool(&self, address: &str) -> Result<Pool, PgError> {
+        let mut pools = self.pools.lock().await;
+        if let Some(pool) = pools.get(address) {
+            return Ok(pool.clone());
+        }
+        let mut config = tokio_postgres::Config::from_str(address).map_err(|err| {
+            PgError::ConnectionFailed(format!("`{}` is not a PostgreSQL address: {err}", redact(address)))
+        })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|err| PgError::ConnectionFailed(err.to_string()))?;
+        pools.insert(address.to_string(), pool.clone());
+        Ok(pool)
+    }
+
+    /// A connection of the pool of `address`, the caller's until dropped.
+    pub async fn connect(&self, address: &str) -> Result<PgConnection, PgError> {
+        let pool = self.pool(address).await?;
+        let client = pool.get().await.map_err(|err| {
+            PgError::ConnectionFailed(format!("cannot connect to PostgreSQL at {}: {err}", redact(address)))
+        })?;
+        Ok(PgConnection { client })
+    }
+}
+
+/// An open connection in a guest's resource table.
+pub struct PgConnection {
+    client: Object,
+}
+
+impl PgConnection {
+    fn bind(params: &[PgValue]) -> Result<Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>, PgError> {
+        params
+            .iter()
+            .enumerate()
+            .map(|(index, value)| {
+                values::to_parameter(value)
+                    .map_err(|why| PgError::BadParameter(format!("parameter ${}: {why}", index + 1)))
+            })
+            .collect()
+    }
+
+    pub async fn query(&self, statement: &str, params: &[PgValue]) -> Result<PgRowSet, PgError> {
+        let bound = Self::bind(params)?;
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
+        let prepared = self.client.prepare(statement).await.map_err(PgError::from_query)?;
+        let rows = self.client.query(&prepared, &refs).await.map_err(PgError::from_query)?;
+        let columns = prepared
+            .columns()
+            .iter()
+            .map(|column| (column.name().to_string(), values::type_of(column.type_())))
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut values = Vec::with_capacity(row.len());
+            for index in 0..row.len() {
+                values.push(values::value_at(row, index).map_err(|err| {
+                    PgError::ValueConversionFailed(format!("column {index}: {err}: {}", source_chain(&err)))
+                })?);
+            }
+            out.push(values);
+        }
+        Ok(PgRowSet { columns, rows: out })
+    }
+
+    pub async fn execute(&self, statement: &str, params: &[PgValue]) -> Result<u64, PgError> {
+        let bound = Self::bind(params)?;
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
+        self.client.execute(statement, &refs).await.map_err(PgError::from_query)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_and_redaction() {
+        assert_eq!(
+            endpoints("postgres://u:secret@db.example:6543/app").unwrap(),
+            vec![("db.example".to_string(), 6543)]
+        );
+        assert_eq!(
+            endpoints("host=127.0.0.1 user=postgres dbname=test").unwrap(),
+            vec![("127.0.0.1".to_string(), 5432)]
+        );
+        assert_eq!(redact("postgres://u:secret@db/app"), "postgres://u@db/app");
+        assert_eq!(redact("host=h password=secret user=u"), "host=h password=*** user=u");
+        assert!(endpoints("postgres://[bad").is_err());
+    }
+}

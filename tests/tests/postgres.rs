@@ -1,0 +1,263 @@
+//! PostgreSQL through spin-sdk 5.x guests on the real server at 127.0.0.1:5432: v2, v3 and v4,
+//! every v4 value type both ways, bound parameters, the outbound grant, and a dead server.
+
+use mosaic::settings::Settings;
+use mosaic_tests::{client, send, service_available, unique, AppDir, HttpClient, Reply};
+
+const POSTGRES: &str = "127.0.0.1:5432";
+const ADDRESS: &str = "host=127.0.0.1%20user=postgres%20dbname=test";
+
+const MANIFEST: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "pg"
+[[trigger.http]]
+route = "/granted/..."
+component = "granted"
+[[trigger.http]]
+route = "/denied/..."
+component = "denied"
+[component.granted]
+source = "{probe}"
+allowed_outbound_hosts = ["postgres://127.0.0.1:5432"]
+[component.denied]
+source = "{probe}"
+allowed_outbound_hosts = ["postgres://10.1.2.3:5432"]
+"#;
+
+/// Percent-encodes the value of every `p=TYPE:VALUE` pair.
+fn encode(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.strip_prefix("p=").and_then(|p| p.split_once(':')) {
+            Some((ty, value)) => {
+                let value: String = value
+                    .bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-.,_".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
+                format!("p={ty}:{value}")
+            }
+            None => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+async fn pg(client: &HttpClient, base: &str, component: &str, query: &str, statement: &str) -> Reply {
+    let url = format!("{base}/{component}/pg?addr={ADDRESS}&{}", encode(query));
+    send(client, "POST", &url, statement.to_string()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_v4_type_round_trips() {
+    if !service_available("PostgreSQL", POSTGRES) {
+        return;
+    }
+    let dir = AppDir::new(MANIFEST);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    let table = unique("types").replace('-', "_");
+    let created = pg(
+        &client,
+        &base,
+        "granted",
+        "op=execute",
+        &format!(
+            "CREATE TABLE {table} (b BOOLEAN, i INT4, l INT8, f FLOAT4, d FLOAT8, s TEXT, bin BYTEA, day DATE, t TIME, \
+             dt TIMESTAMP, ts TIMESTAMPTZ, u UUID, j JSONB, n NUMERIC, r INT4RANGE, a INT8[], sa TEXT[], iv INTERVAL, nothing TEXT)"
+        ),
+    )
+    .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let params = [
+        "p=bool:true",
+        "p=i32:-7",
+        "p=i64:9000000000",
+        "p=f32:1.5",
+        "p=f64:2.25",
+        "p=str:it's x'); DROP TABLE x;--",
+        "p=bytes:raw",
+        "p=date:2024-02-29",
+        "p=time:13-45-30-500000000",
+        "p=datetime:2024-02-29-13-45-30-0",
+        "p=ts:1700000000",
+        "p=uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+        "p=json:{\"a\":[1,2]}",
+        "p=dec:12345.6789",
+        "p=r32:1..10",
+        "p=a64:1,2,x",
+        "p=astr:a,null,c",
+        "p=interval:1500000,3,2",
+        "p=null:",
+    ]
+    .join("&");
+    let placeholders: Vec<String> = (1..=19).map(|i| format!("${i}")).collect();
+    let inserted = pg(
+        &client,
+        &base,
+        "granted",
+        &format!("op=execute&{params}"),
+        &format!("INSERT INTO {table} VALUES ({})", placeholders.join(", ")),
+    )
+    .await;
+    assert_eq!(inserted.body, "1", "one row inserted");
+
+    let selected = pg(&client, &base, "granted", "", &format!("SELECT * FROM {table}")).await;
+    assert_eq!(selected.status, 200, "{}", selected.body);
+    let json = selected.json();
+    let row: Vec<&str> = json["rows"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let expected = [
+        "DbValue::Boolean(true)",
+        "DbValue::Int32(-7)",
+        "DbValue::Int64(9000000000)",
+        "DbValue::Floating32(1.5)",
+        "DbValue::Floating64(2.25)",
+        "DbValue::Str(\"it's x'); DROP TABLE x;--\")",
+        "DbValue::Binary([114, 97, 119])",
+        "DbValue::Date((2024, 2, 29))",
+        "DbValue::Time((13, 45, 30, 500000000))",
+        "DbValue::Datetime((2024, 2, 29, 13, 45, 30, 0))",
+        "DbValue::Timestamp(1700000000)",
+        "DbValue::Uuid(\"67e55044-10b1-426f-9247-bb680e5fe0c8\")",
+        "DbValue::Jsonb([123, 34, 97, 34, 58, 91, 49, 44, 50, 93, 125])",
+        "DbValue::Decimal(\"12345.6789\")",
+        "DbValue::RangeInt32((Some((1, RangeBoundKind::Inclusive)), Some((10, RangeBoundKind::Exclusive))))",
+        "DbValue::ArrayInt64([Some(1), Some(2), None])",
+        "DbValue::ArrayStr([Some(\"a\"), None, Some(\"c\")])",
+        "DbValue::Interval(Interval { micros: 1500000, days: 3, months: 2 })",
+        "DbValue::DbNull",
+    ];
+    assert_eq!(row, expected);
+    let columns = json["columns"].as_array().unwrap();
+    assert_eq!(columns[0], "b:DbDataType::Boolean");
+    assert_eq!(columns[14], "r:DbDataType::RangeInt32");
+    assert_eq!(columns[17], "iv:DbDataType::Interval");
+
+    // v3 and v2 read the same table with their own, smaller value sets.
+    let v3 = pg(
+        &client,
+        &base,
+        "granted",
+        "v=3",
+        &format!("SELECT i, day, ts, u FROM {table}"),
+    )
+    .await
+    .json();
+    assert_eq!(
+        v3["rows"][0],
+        serde_json::json!([
+            "DbValue::Int32(-7)",
+            "DbValue::Date((2024, 2, 29))",
+            "DbValue::Timestamp(1700000000)",
+            "DbValue::Unsupported"
+        ])
+    );
+    let v2 = pg(
+        &client,
+        &base,
+        "granted",
+        "v=2&p=i32:-7",
+        &format!("SELECT s, day FROM {table} WHERE i = $1"),
+    )
+    .await
+    .json();
+    assert_eq!(
+        v2["rows"][0],
+        serde_json::json!(["DbValue::Str(\"it's x'); DROP TABLE x;--\")", "DbValue::Unsupported"])
+    );
+    let v2_unsigned = pg(&client, &base, "granted", "v=2&p=u64:42", "SELECT $1::int8 + 1")
+        .await
+        .json();
+    assert_eq!(v2_unsigned["rows"][0][0], "DbValue::Int64(43)");
+
+    // A failing statement carries the server's error; v4 gives its SQLSTATE.
+    let bad = pg(&client, &base, "granted", "", "SELECT * FROM no_such_table_here").await;
+    assert_eq!(bad.status, 500);
+    assert!(
+        bad.body.contains("42P01") && bad.body.contains("does not exist"),
+        "{}",
+        bad.body
+    );
+
+    pg(&client, &base, "granted", "op=execute", &format!("DROP TABLE {table}")).await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_concurrency_and_a_dead_server() {
+    if !service_available("PostgreSQL", POSTGRES) {
+        return;
+    }
+    let dir = AppDir::new(MANIFEST);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+
+    let denied = pg(&client, &base, "denied", "", "SELECT 1").await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(denied.body.contains("allowed_outbound_hosts"), "{}", denied.body);
+
+    let table = unique("rows").replace('-', "_");
+    pg(
+        &client,
+        &base,
+        "granted",
+        "op=execute",
+        &format!("CREATE TABLE {table} (worker INT4)"),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for worker in 0..32 {
+        let (client, base, table) = (client.clone(), base.clone(), table.clone());
+        tasks.push(tokio::spawn(async move {
+            pg(
+                &client,
+                &base,
+                "granted",
+                &format!("op=execute&p=i32:{worker}"),
+                &format!("INSERT INTO {table} VALUES ($1)"),
+            )
+            .await
+        }));
+    }
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.body, "1", "{}", reply.body);
+    }
+    let count = pg(
+        &client,
+        &base,
+        "granted",
+        "",
+        &format!("SELECT COUNT(DISTINCT worker)::int4 FROM {table}"),
+    )
+    .await
+    .json();
+    assert_eq!(count["rows"][0][0], "DbValue::Int32(32)");
+    pg(&client, &base, "granted", "op=execute", &format!("DROP TABLE {table}")).await;
+
+    // Nothing listens on this port: an error within the connect timeout, not a hang.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let url = format!("{base}/granted/pg?addr=postgres://postgres@127.0.0.1:{closed}/test");
+    let dead = send(&client, "POST", &url, "SELECT 1").await.unwrap();
+    assert_eq!(dead.status, 403, "{}", dead.body);
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    host.shutdown().await;
+}

@@ -25,8 +25,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("http") => http(root),
         Some("kv") => key_value(root),
+        Some("sql") => sql(root),
         Some("native-server") => native_server(args.get(1).context("native-server PORT")?.parse()?),
-        Some(other) => bail!("no benchmark named `{other}`; try `cargo xtask bench http` or `cargo xtask bench kv`"),
+        Some(other) => bail!("no benchmark named `{other}`; try `cargo xtask bench http`, `kv` or `sql`"),
         None => bail!("name a benchmark: cargo xtask bench http"),
     }
 }
@@ -256,9 +257,23 @@ async fn load(addr: SocketAddr, connections: usize, duration: Duration) -> Resul
 }
 
 async fn load_path(addr: SocketAddr, path: &'static str, connections: usize, duration: Duration) -> Result<Stats> {
+    load_request(addr, "GET", path.to_string(), "", connections, duration).await
+}
+
+/// Closed-loop load: `connections` clients each sending `method path` with `body` until
+/// `duration` is over.
+async fn load_request(
+    addr: SocketAddr,
+    method: &'static str,
+    path: String,
+    body: &'static str,
+    connections: usize,
+    duration: Duration,
+) -> Result<Stats> {
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     for _ in 0..connections {
+        let path = path.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::new();
             let mut errors = 0u64;
@@ -275,9 +290,11 @@ async fn load_path(addr: SocketAddr, path: &'static str, connections: usize, dur
                 };
                 tokio::spawn(connection);
                 while Instant::now() < deadline {
-                    let request = hyper::Request::get(path)
+                    let request = hyper::Request::builder()
+                        .method(method)
+                        .uri(path.as_str())
                         .header(http::header::HOST, addr.to_string())
-                        .body(Full::new(Bytes::new()))
+                        .body(Full::new(Bytes::from_static(body.as_bytes())))
                         .expect("static request");
                     let started = Instant::now();
                     let ok = match sender.send_request(request).await {
@@ -329,6 +346,23 @@ async fn admin_call(addr: SocketAddr, token: &str, path: &str, body: Bytes) -> R
     let text = response.into_body().collect().await?.to_bytes();
     if !status.is_success() {
         bail!("deploy failed: {status} {}", String::from_utf8_lossy(&text));
+    }
+    Ok(())
+}
+
+/// One POST; fails unless it answers 2xx.
+async fn post_once(addr: SocketAddr, path: &str, body: &'static str) -> Result<()> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::post(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(Full::new(Bytes::from_static(body.as_bytes())))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let text = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("POST {path} failed: {status} {}", String::from_utf8_lossy(&text));
     }
     Ok(())
 }
@@ -512,13 +546,120 @@ fn key_value(root: &Path) -> Result<()> {
         WARMUP.as_secs(),
         KV_MEASURE.as_secs()
     );
+    write_section(root, "## Key-value through a guest", &section)
+}
+
+/// Replaces (or appends) the section starting with `heading` in bench/README.md.
+fn write_section(root: &Path, heading: &str, section: &str) -> Result<()> {
     let readme = root.join("bench/README.md");
     let existing = std::fs::read_to_string(&readme).unwrap_or_default();
-    let kept = match existing.find("## Key-value through a guest") {
-        Some(start) => existing[..start].to_string(),
-        None => existing,
+    let updated = match existing.find(heading) {
+        Some(start) => {
+            let end = existing[start + heading.len()..]
+                .find("\n## ")
+                .map(|i| start + heading.len() + i + 1)
+                .unwrap_or(existing.len());
+            format!("{}{section}\n{}", &existing[..start], &existing[end..])
+        }
+        None => format!("{}\n\n{section}", existing.trim_end()),
     };
-    std::fs::write(&readme, format!("{}\n{section}", kept.trim_end()))?;
+    std::fs::write(&readme, updated.trim_end().to_string() + "\n")?;
     println!("{section}");
     Ok(())
+}
+
+/// `cargo xtask bench sql`: SQL statements per second through a guest, embedded SQLite against
+/// PostgreSQL, in one run; writes its section of bench/README.md.
+fn sql(root: &Path) -> Result<()> {
+    const CONNECTIONS: usize = 8;
+    const SQL_MEASURE: Duration = Duration::from_secs(3);
+    let postgres: SocketAddr = ([127, 0, 0, 1], 5432).into();
+    if std::net::TcpStream::connect(postgres).is_err() {
+        bail!("PostgreSQL is not reachable at {postgres}; start it (see the README) and run the benchmark again");
+    }
+    run_command(
+        Command::new(cargo())
+            .current_dir(root)
+            .args(["build", "--release", "-p", "mosaic"]),
+    )?;
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"bench-sql\"\n\
+         [[trigger.http]]\nroute = \"/...\"\ncomponent = \"probe\"\n\
+         [component.probe]\nsource = \"{}\"\nsqlite_databases = [\"default\"]\n\
+         allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]\n",
+        root.join("target/fixtures/probe.wasm").display()
+    );
+    let (_host, addr) = start_mosaic(root, "sql", &manifest, None)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let pg = "/pg?addr=host=127.0.0.1%20user=postgres%20dbname=test";
+    let setup = [
+        (
+            "/sql?db=default".to_string(),
+            "CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, v TEXT)",
+        ),
+        ("/sql?db=default".to_string(), "DELETE FROM bench"),
+        (
+            format!("{pg}&op=execute"),
+            "CREATE TABLE IF NOT EXISTS mosaic_bench (id SERIAL PRIMARY KEY, v TEXT)",
+        ),
+        (format!("{pg}&op=execute"), "TRUNCATE mosaic_bench"),
+    ];
+    for (path, statement) in setup {
+        runtime.block_on(post_once(addr, &path, statement))?;
+    }
+    let operations: [(&str, String, String, &'static str, &'static str); 2] = [
+        (
+            "insert one row",
+            "/sql?db=default&p=t:x".into(),
+            format!("{pg}&op=execute&p=str:x"),
+            "INSERT INTO bench (v) VALUES (?)",
+            "INSERT INTO mosaic_bench (v) VALUES ($1)",
+        ),
+        (
+            "select one row by key",
+            "/sql?db=default&p=i:1".into(),
+            format!("{pg}&p=i32:1"),
+            "SELECT id, v FROM bench WHERE id = ?",
+            "SELECT id, v FROM mosaic_bench WHERE id = $1",
+        ),
+    ];
+    let mut table = String::from(
+        "| statement | SQLite (embedded) stmts/s | p50 | p99 | PostgreSQL stmts/s | p50 | p99 |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (name, sqlite_path, pg_path, sqlite_sql, pg_sql) in operations {
+        let mut cells = Vec::new();
+        for (path, statement) in [(sqlite_path, sqlite_sql), (pg_path, pg_sql)] {
+            runtime.block_on(load_request(addr, "POST", path.clone(), statement, CONNECTIONS, WARMUP))?;
+            let stats = runtime.block_on(load_request(
+                addr,
+                "POST",
+                path.clone(),
+                statement,
+                CONNECTIONS,
+                SQL_MEASURE,
+            ))?;
+            if stats.errors > 0 {
+                bail!("{name} on {path}: {} errors", stats.errors);
+            }
+            eprintln!(
+                "{name:<24} {path:<70} {:>8.0} stmts/s p50 {} us p99 {} us",
+                stats.rps, stats.p50_us, stats.p99_us
+            );
+            cells.push(format!(
+                "{:.0} | {:.2} ms | {:.2} ms",
+                stats.rps,
+                stats.p50_us as f64 / 1000.0,
+                stats.p99_us as f64 / 1000.0
+            ));
+        }
+        table.push_str(&format!("| {name} | {} | {} |\n", cells[0], cells[1]));
+    }
+    let section = format!(
+        "## SQL through a guest\n\nWritten by `cargo xtask bench sql`. Each request is one HTTP request to a guest that runs one \
+         statement with a bound parameter (spin-sdk `sqlite` v2 against `pg4`); {CONNECTIONS} connections, {}s warm-up then {}s \
+         measured per cell, Mosaic release build, PostgreSQL 15 on loopback.\n\n{table}",
+        WARMUP.as_secs(),
+        SQL_MEASURE.as_secs()
+    );
+    write_section(root, "## SQL through a guest", &section)
 }

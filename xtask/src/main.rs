@@ -14,7 +14,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   test             build, then run every test of the workspace
   up [ARGS...]     build the components, then run the reference application (mosaic up ARGS)
   bench http       benchmark HTTP serving and swap latency; writes bench/README.md
-  bench kv         key-value ops/s through a guest, embedded vs Redis; adds to bench/README.md";
+  bench kv         key-value ops/s through a guest, embedded vs Redis; adds to bench/README.md
+  bench sql        SQL statements/s through a guest, SQLite vs PostgreSQL; adds to bench/README.md";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -278,6 +278,12 @@ source = "{probe}"
 variables = { endpoint = "https://{{ region }}.example.com", key = "{{ api_key }}" }
 [component.without]
 source = "{probe}"
+[[trigger.http]]
+route = "/config/..."
+component = "config"
+[component.config]
+source = "{counter}"
+variables = { greeting = "hello {{ region }}", secret = "{{ api_key }}" }
 "#,
     );
     let host = dir.start(Settings::default()).await;
@@ -306,6 +312,10 @@ source = "{probe}"
         404,
         "variables are per component"
     );
+    // The same component variables through wasi:config/store (a wit-bindgen guest).
+    assert_eq!(read("/config/config?key=greeting").await.body, "hello eu");
+    assert_eq!(read("/config/config?key=endpoint").await.body, "(none)");
+    assert_eq!(read("/config/config").await.body, "greeting=hello eu,secret=k-123");
     host.shutdown().await;
 }
 

@@ -522,21 +522,16 @@ fn key_value(root: &Path) -> Result<()> {
     for (name, embedded, remote) in operations {
         let mut cells = Vec::new();
         for path in [embedded, remote] {
-            runtime.block_on(load_path(addr, path, CONNECTIONS, WARMUP))?;
-            let stats = runtime.block_on(load_path(addr, path, CONNECTIONS, KV_MEASURE))?;
-            if stats.errors > 0 {
-                bail!("{name} on {path}: {} errors", stats.errors);
-            }
-            eprintln!(
-                "{name:<36} {path:<60} {:>8.0} ops/s p50 {} us p99 {} us",
-                stats.rps, stats.p50_us, stats.p99_us
-            );
-            cells.push(format!(
-                "{:.0} | {:.2} ms | {:.2} ms",
-                stats.rps,
-                stats.p50_us as f64 / 1000.0,
-                stats.p99_us as f64 / 1000.0
-            ));
+            cells.push(measure_cell(
+                &runtime,
+                addr,
+                name,
+                "GET",
+                path.to_string(),
+                "",
+                CONNECTIONS,
+                KV_MEASURE,
+            )?);
         }
         table.push_str(&format!("| {name} | {} | {} |\n", cells[0], cells[1]));
     }
@@ -547,6 +542,35 @@ fn key_value(root: &Path) -> Result<()> {
         KV_MEASURE.as_secs()
     );
     write_section(root, "## Key-value through a guest", &section)
+}
+
+/// Warms up, then measures one request shape; returns the table cell "rate | p50 | p99".
+#[allow(clippy::too_many_arguments)]
+fn measure_cell(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    name: &str,
+    method: &'static str,
+    path: String,
+    body: &'static str,
+    connections: usize,
+    duration: Duration,
+) -> Result<String> {
+    runtime.block_on(load_request(addr, method, path.clone(), body, connections, WARMUP))?;
+    let stats = runtime.block_on(load_request(addr, method, path.clone(), body, connections, duration))?;
+    if stats.errors > 0 {
+        bail!("{name} on {path}: {} errors", stats.errors);
+    }
+    eprintln!(
+        "{name:<36} {path:<70} {:>8.0}/s p50 {} us p99 {} us",
+        stats.rps, stats.p50_us, stats.p99_us
+    );
+    Ok(format!(
+        "{:.0} | {:.2} ms | {:.2} ms",
+        stats.rps,
+        stats.p50_us as f64 / 1000.0,
+        stats.p99_us as f64 / 1000.0
+    ))
 }
 
 /// Replaces (or appends) the section starting with `heading` in bench/README.md.
@@ -629,28 +653,16 @@ fn sql(root: &Path) -> Result<()> {
     for (name, sqlite_path, pg_path, sqlite_sql, pg_sql) in operations {
         let mut cells = Vec::new();
         for (path, statement) in [(sqlite_path, sqlite_sql), (pg_path, pg_sql)] {
-            runtime.block_on(load_request(addr, "POST", path.clone(), statement, CONNECTIONS, WARMUP))?;
-            let stats = runtime.block_on(load_request(
+            cells.push(measure_cell(
+                &runtime,
                 addr,
+                name,
                 "POST",
-                path.clone(),
+                path,
                 statement,
                 CONNECTIONS,
                 SQL_MEASURE,
-            ))?;
-            if stats.errors > 0 {
-                bail!("{name} on {path}: {} errors", stats.errors);
-            }
-            eprintln!(
-                "{name:<24} {path:<70} {:>8.0} stmts/s p50 {} us p99 {} us",
-                stats.rps, stats.p50_us, stats.p99_us
-            );
-            cells.push(format!(
-                "{:.0} | {:.2} ms | {:.2} ms",
-                stats.rps,
-                stats.p50_us as f64 / 1000.0,
-                stats.p99_us as f64 / 1000.0
-            ));
+            )?);
         }
         table.push_str(&format!("| {name} | {} | {} |\n", cells[0], cells[1]));
     }

@@ -23,15 +23,21 @@ struct RequestSeries {
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String), Arc<RequestSeries>>>,
+    /// component → version → series; nested so that the per-request lookup allocates nothing.
+    requests: Mutex<BTreeMap<String, BTreeMap<String, Arc<RequestSeries>>>>,
     deploys: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
 impl Metrics {
     fn series(&self, component: &str, version: &str) -> Arc<RequestSeries> {
         let mut requests = self.requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(series) = requests.get(component).and_then(|versions| versions.get(version)) {
+            return series.clone();
+        }
         requests
-            .entry((component.to_string(), version.to_string()))
+            .entry(component.to_string())
+            .or_default()
+            .entry(version.to_string())
             .or_default()
             .clone()
     }
@@ -66,11 +72,17 @@ impl Metrics {
     /// The Prometheus text exposition; `in_flight` lists (component, version, requests running).
     pub fn render(&self, in_flight: &[(String, String, u64)]) -> String {
         let mut out = String::new();
-        let requests = self
+        let requests: Vec<((String, String), Arc<RequestSeries>)> = self
             .requests
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+            .iter()
+            .flat_map(|(component, versions)| {
+                versions
+                    .iter()
+                    .map(move |(version, series)| ((component.clone(), version.clone()), series.clone()))
+            })
+            .collect();
         let _ = writeln!(
             out,
             "# HELP mosaic_requests_total HTTP requests served, by component and version."

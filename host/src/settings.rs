@@ -14,6 +14,16 @@ pub struct Settings {
     pub http: HttpSettings,
     pub admin: AdminSettings,
     pub limits: Limits,
+    /// Per component: where its `migrations/<component>/` go when that is not its SQLite
+    /// database, e.g. `[migrations.users] postgres = "host=127.0.0.1 user=postgres dbname=users"`.
+    pub migrations: std::collections::BTreeMap<String, MigrationTarget>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationTarget {
+    /// A PostgreSQL address (URL or key-value form).
+    pub postgres: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

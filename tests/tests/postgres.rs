@@ -355,3 +355,67 @@ async fn a_server_that_goes_away_gives_errors_then_service() {
     }
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_can_target_postgres() {
+    if !service_available("PostgreSQL", POSTGRES) {
+        return;
+    }
+    let schema = unique("mig").replace('-', "_");
+    let address = format!("host=127.0.0.1 user=postgres dbname=test options=-csearch_path={schema}");
+    let dir = AppDir::new(MANIFEST);
+    let mut settings = Settings::default();
+    settings.migrations.insert(
+        "granted".into(),
+        mosaic::settings::MigrationTarget {
+            postgres: address.clone(),
+        },
+    );
+    let host = dir.start(settings).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    let created = pg(
+        &client,
+        &base,
+        "granted",
+        "op=execute",
+        &format!("CREATE SCHEMA {schema}"),
+    )
+    .await;
+    assert_eq!(created.body, "0", "{}", created.body);
+
+    let migrations = dir.path.join("migrations/granted");
+    std::fs::create_dir_all(&migrations).unwrap();
+    std::fs::write(
+        migrations.join("0001_items.sql"),
+        "CREATE TABLE items (id INT4); INSERT INTO items VALUES (7);",
+    )
+    .unwrap();
+    let report = mosaic::deploy::deploy(host.trigger(), mosaic_tests::deploy_request("granted", "probe-v2"))
+        .await
+        .unwrap();
+    assert_eq!(report.migrations, vec!["0001_items.sql".to_string()]);
+    let encoded: String = address.replace(' ', "%20").replace('=', "%3D");
+    let url = format!("{base}/granted/pg?addr={encoded}");
+    let rows = send(&client, "POST", &url, "SELECT id FROM items")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(rows["rows"][0][0], "DbValue::Int32(7)");
+
+    std::fs::write(migrations.join("0001_items.sql"), "CREATE TABLE items (id INT8);").unwrap();
+    let err = mosaic::deploy::deploy(host.trigger(), mosaic_tests::deploy_request("granted", "probe"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.step(), Some(mosaic::deploy::Step::Migrate));
+    assert!(err.to_string().contains("never edit an applied migration"), "{err}");
+    pg(
+        &client,
+        &base,
+        "granted",
+        "op=execute",
+        &format!("DROP SCHEMA {schema} CASCADE"),
+    )
+    .await;
+    host.shutdown().await;
+}

@@ -293,25 +293,40 @@ impl App {
         }))
     }
 
-    /// Applies `migrations/<component>/` to the component's SQLite database (the first label of
-    /// its `sqlite_databases`); returns the migrations applied now.
+    /// Applies `migrations/<component>/` to the component's database: the PostgreSQL address
+    /// `[migrations.NAME]` of mosaic.toml names, or else the first label of its
+    /// `sqlite_databases`. Returns the migrations applied now.
     pub async fn migrate(&self, spec: &ComponentSpec) -> Result<Vec<String>, String> {
         let dir = self.manifest.dir.join("migrations").join(&spec.name);
         let migrations = crate::capability::sqlite::migrations::load(&dir).map_err(|err| err.0)?;
         if migrations.is_empty() {
             return Ok(Vec::new());
         }
-        let Some(label) = spec.sqlite_databases.first() else {
-            return Err(format!(
-                "{} holds migrations, but component `{}` has no sqlite_databases to apply them to",
-                dir.display(),
-                spec.name
-            ));
+        let (target, applied) = if let Some(target) = self.settings.migrations.get(&spec.name) {
+            let connection = self
+                .pg_pools
+                .connect(&target.postgres)
+                .await
+                .map_err(|err| err.message())?;
+            (
+                "PostgreSQL",
+                connection.migrate(&migrations).await.map_err(|err| err.message())?,
+            )
+        } else {
+            let Some(label) = spec.sqlite_databases.first() else {
+                return Err(format!(
+                    "{} holds migrations, but component `{}` has no sqlite_databases to apply them to \
+                     (or name a PostgreSQL database in mosaic.toml: [migrations.{}] postgres = \"...\")",
+                    dir.display(),
+                    spec.name,
+                    spec.name
+                ));
+            };
+            let database = self.sqlite.open(label).await.map_err(|err| err.0)?;
+            ("SQLite", database.migrate(&migrations).await.map_err(|err| err.0)?)
         };
-        let database = self.sqlite.open(label).await.map_err(|err| err.0)?;
-        let applied = database.migrate(&migrations).await.map_err(|err| err.0)?;
         if !applied.is_empty() {
-            tracing::info!(component = %spec.name, database = %label, ?applied, "migrations applied");
+            tracing::info!(component = %spec.name, database = target, ?applied, "migrations applied");
         }
         Ok(applied)
     }

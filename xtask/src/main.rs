@@ -31,6 +31,7 @@ fn main() -> Result<()> {
                 .args(&args[1..]))
         }
         Some("up") => {
+            ensure_wasm_target();
             build_components(&root)?;
             run(Command::new(cargo())
                 .current_dir(&root)
@@ -77,8 +78,20 @@ const FIXTURES: &[(&str, &str, &str)] = &[
 ];
 
 fn build_all(root: &Path) -> Result<()> {
+    ensure_wasm_target();
     build_fixtures(root)?;
     build_components(root)
+}
+
+/// rust-toolchain.toml lists the target, but rustup may be told not to install on its own
+/// (RUSTUP_AUTO_INSTALL=0): ask for it explicitly. A missing rustup is fine; the build then
+/// says what is wrong.
+fn ensure_wasm_target() {
+    let _ = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 fn build_fixtures(root: &Path) -> Result<()> {

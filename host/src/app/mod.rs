@@ -115,12 +115,6 @@ pub struct InFlight {
     deployment: Arc<Deployment>,
 }
 
-impl InFlight {
-    pub fn deployment(&self) -> &Arc<Deployment> {
-        &self.deployment
-    }
-}
-
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.deployment.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -329,10 +323,6 @@ impl App {
             tracing::info!(component = %spec.name, database = target, ?applied, "migrations applied");
         }
         Ok(applied)
-    }
-
-    pub fn requests_in_flight(&self) -> u64 {
-        self.slots().iter().map(|slot| slot.live.load().in_flight()).sum()
     }
 }
 

@@ -104,10 +104,6 @@ impl RoutePattern {
         prefix
     }
 
-    pub fn is_wildcard(&self) -> bool {
-        self.trailing_wildcard
-    }
-
     pub fn matches(&self, path: &str) -> Option<RouteMatch> {
         let trimmed = path.strip_prefix('/').unwrap_or(path);
         let parts: Vec<&str> = if trimmed.is_empty() {
@@ -175,13 +171,6 @@ impl Router {
         self.routes
             .iter()
             .find_map(|(pattern, component)| Some((pattern, component.as_str(), pattern.matches(path)?)))
-    }
-
-    pub fn route_of(&self, component: &str) -> Option<&RoutePattern> {
-        self.routes
-            .iter()
-            .find(|(_, name)| name == component)
-            .map(|(pattern, _)| pattern)
     }
 
     pub fn routes(&self) -> impl Iterator<Item = (&RoutePattern, &str)> {

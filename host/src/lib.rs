@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backends;
 pub mod bindings;
 pub mod build;
 pub mod capability;

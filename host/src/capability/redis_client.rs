@@ -7,17 +7,14 @@
 //! between components is the messaging capability's job.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tokio::sync::Mutex;
 use wasmtime::component::Resource;
 
 use crate::bindings::spin_redis as wit;
 use crate::instance::InstanceState;
-
-const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections by address, opened on first use.
 #[derive(Default)]
@@ -31,16 +28,7 @@ impl RedisClients {
         if let Some(connection) = open.get(address) {
             return Ok(connection.clone());
         }
-        let client =
-            redis::Client::open(address).map_err(|err| format!("`{address}` is not a Redis address: {err}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = tokio::time::timeout(TIMEOUT, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| format!("Redis at {address} did not answer within {TIMEOUT:?}"))?
-            .map_err(|err| format!("Redis at {address} is unreachable: {err}"))?;
+        let connection = crate::backends::redis_connection(address).await?;
         open.insert(address.to_string(), connection.clone());
         Ok(connection)
     }

@@ -2,15 +2,10 @@
 //! a multiplexed connection that reconnects on its own. Counters use INCRBY and
 //! compare-and-swap a Lua script, so both are atomic across every host sharing the server.
 
-use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 use super::{KeyValueStore, KvError};
-
-/// How long one Redis command may take before the guest gets an error.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -28,27 +23,15 @@ redis.call('SET', KEYS[1], ARGV[3])
 return 1
 "#;
 
-fn redacted(url: &str) -> String {
-    // redis://user:password@host -> redis://host
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}{}", &url[..scheme + 3], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
 impl RedisStore {
     pub async fn open(url: &str) -> Result<Self, KvError> {
-        let shown = redacted(url);
-        let client = redis::Client::open(url).map_err(|err| KvError::Backend(format!("redis store {shown}: {err}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = tokio::time::timeout(COMMAND_TIMEOUT, ConnectionManager::new_with_config(client, config))
+        let connection = crate::backends::redis_connection(url)
             .await
-            .map_err(|_| KvError::Backend(format!("redis store {shown}: no answer within {COMMAND_TIMEOUT:?}")))?
-            .map_err(|err| KvError::Backend(format!("redis store {shown} is unreachable: {err}")))?;
-        Ok(Self { connection, url: shown })
+            .map_err(|err| KvError::Backend(format!("redis store: {err}")))?;
+        Ok(Self {
+            connection,
+            url: crate::backends::redact_url(url),
+        })
     }
 
     fn fail(&self, err: redis::RedisError) -> KvError {

@@ -3,10 +3,8 @@
 //! run concurrently beside them.
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::SqlitePool;
 use tokio::sync::Mutex;
 
 use super::{parse_counter, KeyValueStore, KvError};
@@ -24,22 +22,9 @@ fn backend(path: &str, err: sqlx::Error) -> KvError {
 impl SqliteStore {
     pub async fn open(path: &Path) -> Result<Self, KvError> {
         let shown = path.display().to_string();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|err| KvError::Backend(format!("cannot create {}: {err}", dir.display())))?;
-        }
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|err| backend(&shown, err))?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let pool = crate::backends::sqlite_pool(path)
             .await
-            .map_err(|err| backend(&shown, err))?;
+            .map_err(|err| KvError::Backend(format!("embedded store: {err}")))?;
         sqlx::query("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID")
             .execute(&pool)
             .await

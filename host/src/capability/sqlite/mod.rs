@@ -8,12 +8,10 @@ pub mod migrations;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{Column, Either, Executor, Row, Statement, TypeInfo, ValueRef};
 use tokio::sync::Mutex;
 
@@ -47,27 +45,9 @@ pub struct Database {
 
 impl Database {
     pub async fn open(label: &str, path: &Path) -> Result<Self, SqlError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|err| SqlError(format!("cannot create {}: {err}", dir.display())))?;
-        }
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|err| SqlError(err.to_string()))?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let pool = crate::backends::sqlite_pool(path)
             .await
-            .map_err(|err| {
-                SqlError(format!(
-                    "cannot open the database `{label}` at {}: {err}",
-                    path.display()
-                ))
-            })?;
+            .map_err(|err| SqlError(format!("cannot open the database `{label}`: {err}")))?;
         Ok(Self {
             pool,
             label: label.to_string(),

@@ -1,0 +1,69 @@
+//! Openers for the services more than one capability stands on: an embedded SQLite file
+//! (key-value's embedded store, the SQLite databases) and a Redis server (key-value's Redis
+//! store, the Redis client). The capabilities stay apart; the connection settings live here once.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+/// How long a Redis connect or command may take before the guest gets an error.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pool on the SQLite file at `path` (created with its directory if missing): WAL mode,
+/// foreign keys on, 5 s busy timeout, 4 connections.
+pub async fn sqlite_pool(path: &Path) -> Result<SqlitePool, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+    }
+    let options = SqliteConnectOptions::from_str("sqlite://")
+        .map_err(|err| err.to_string())?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true);
+    SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .map_err(|err| format!("cannot open {}: {err}", path.display()))
+}
+
+/// A self-reconnecting, multiplexed connection to the Redis server at `url`. Errors name the
+/// server without its password.
+pub async fn redis_connection(url: &str) -> Result<ConnectionManager, String> {
+    let shown = redact_url(url);
+    let client = redis::Client::open(url).map_err(|err| format!("`{shown}` is not a Redis address: {err}"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT))
+        .set_number_of_retries(1);
+    tokio::time::timeout(REDIS_TIMEOUT, ConnectionManager::new_with_config(client, config))
+        .await
+        .map_err(|_| format!("Redis at {shown} did not answer within {REDIS_TIMEOUT:?}"))?
+        .map_err(|err| format!("Redis at {shown} is unreachable: {err}"))
+}
+
+/// `scheme://user:password@host...` without the credentials.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}{}", &url[..scheme + 3], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            super::redact_url("redis://user:secret@host:6379/0"),
+            "redis://host:6379/0"
+        );
+        assert_eq!(super::redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -74,7 +74,11 @@ async fn oversized_response_is_cut() {
     // The probe streams its body without a declared length: the host cuts the connection at
     // the cap, so the client sees an incomplete message rather than a silently short body.
     let err = big.expect_err("the oversized body is cut off");
-    assert!(err.contains("IncompleteMessage"), "{err}");
+    // Depending on when the cut lands, hyper reports it while reading the head or the body.
+    assert!(
+        err.contains("IncompleteMessage") || err.contains("error reading a body from connection"),
+        "{err}"
+    );
     assert_eq!(get(&client, &format!("{base}/probe/hello")).await.status, 200);
     host.shutdown().await;
 }

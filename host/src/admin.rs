@@ -7,6 +7,8 @@
 //! | POST | `/v1/components/NAME/rollback` | |
 //! | GET | `/v1/status` | |
 //! | GET | `/v1/components/NAME/history` | |
+//! | GET | `/v1/dlq[?component=NAME]` | the dead-letter store |
+//! | POST | `/v1/dlq/replay[?component=NAME][&ids=ID,ID]` | all (of NAME), or those ids |
 
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::manifest::HttpRoute;
+use crate::capability::messaging::{BrokerError, DeadLetter};
 use crate::deploy::journal::{self, Action};
 use crate::deploy::{self, DeployError, DeployRequest};
 use crate::trigger::body::{full, json_error};
@@ -106,7 +109,14 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
                     )
                 })
                 .collect();
-            let mut response = crate::trigger::http::text(StatusCode::OK, app.metrics.render(&in_flight));
+            let mut pending = Vec::new();
+            for subscription in app.manifest.subscriptions() {
+                let waiting = app.broker.pending(&subscription.subscriber);
+                if let Ok(Ok(waiting)) = tokio::time::timeout(Duration::from_secs(1), waiting).await {
+                    pending.push((subscription.subscriber, waiting));
+                }
+            }
+            let mut response = crate::trigger::http::text(StatusCode::OK, app.metrics.render(&in_flight, &pending));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -177,11 +187,36 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
             deploy_answer(deploy::deploy(trigger, request).await)
         }
         (Method::POST, ["v1", "components", name, "rollback"]) => deploy_answer(deploy::rollback(trigger, name).await),
+        (Method::GET, ["v1", "dlq"]) => {
+            let component = query_value(&query, "component");
+            broker_answer(app.broker.dead_letters(component.as_deref()).await)
+        }
+        (Method::POST, ["v1", "dlq", "replay"]) => {
+            let component = query_value(&query, "component");
+            let ids: Vec<String> = query_value(&query, "ids")
+                .map(|ids| ids.split(',').filter(|id| !id.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default();
+            let replayed = app.broker.replay(component.as_deref(), &ids).await;
+            if let Ok(letters) = &replayed {
+                tracing::info!(replayed = letters.len(), component = ?component, "dead letters replayed");
+            }
+            broker_answer(replayed)
+        }
         _ => json_error(
             StatusCode::NOT_FOUND,
             "not found",
             format!("the admin API has no {} {path}", request.method()),
         ),
+    }
+}
+
+fn broker_answer(outcome: Result<Vec<DeadLetter>, BrokerError>) -> HttpResponse {
+    match outcome {
+        Ok(letters) => json(StatusCode::OK, &serde_json::json!({ "dead_letters": letters })),
+        Err(BrokerError::Invalid(detail)) => json_error(StatusCode::NOT_FOUND, "not found", detail),
+        Err(BrokerError::Unavailable(detail)) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable", detail)
+        }
     }
 }
 

@@ -13,8 +13,19 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A pool on the SQLite file at `path` (created with its directory if missing): WAL mode,
-/// foreign keys on, 5 s busy timeout, 4 connections.
+/// foreign keys on, 5 s busy timeout, 4 connections. A commit survives the process being
+/// killed; `sqlite_pool_durable` also survives the machine losing power.
 pub async fn sqlite_pool(path: &Path) -> Result<SqlitePool, String> {
+    open_sqlite_pool(path, SqliteSynchronous::Normal).await
+}
+
+/// Like [`sqlite_pool`], but every commit is on disk (fsync) before it returns: for the
+/// message broker's log, where a publish is acknowledged as durable.
+pub async fn sqlite_pool_durable(path: &Path) -> Result<SqlitePool, String> {
+    open_sqlite_pool(path, SqliteSynchronous::Full).await
+}
+
+async fn open_sqlite_pool(path: &Path, synchronous: SqliteSynchronous) -> Result<SqlitePool, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
     }
@@ -23,7 +34,7 @@ pub async fn sqlite_pool(path: &Path) -> Result<SqlitePool, String> {
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(synchronous)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
     SqlitePoolOptions::new()

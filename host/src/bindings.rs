@@ -1,5 +1,6 @@
 //! The one place that runs `bindgen!`: host-side bindings of the interfaces in
-//! `wit/mosaic.wit` (the vendored Spin WIT). WASI and wasi:http come from wasmtime-wasi.
+//! `wit/mosaic.wit` (the vendored Spin WIT): what a guest imports, and the message handler a
+//! `[[trigger.redis]]` component exports. WASI and wasi:http come from wasmtime-wasi.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -32,3 +33,12 @@ pub use spin::postgres4_0_0::postgres as spin_postgres4;
 pub use spin::sqlite::sqlite as spin_sqlite3;
 pub use wasi::config::store as config_store;
 pub use wasi::keyvalue::{atomics as wasi_atomics, batch as wasi_batch, store as wasi_store};
+
+/// The export of a `[[trigger.redis]]` component (`fermyon:spin/inbound-redis`).
+pub mod subscriber {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "mosaic:host/redis-subscriber",
+        exports: { default: async },
+    });
+}

@@ -65,7 +65,7 @@ impl Host {
             None => RuntimeConfig::default(),
         };
         for trigger_type in &manifest.other_trigger_types {
-            tracing::warn!(trigger = %trigger_type, "this host serves HTTP triggers only; `[[trigger.{trigger_type}]]` entries are not run");
+            tracing::warn!(trigger = %trigger_type, "Mosaic runs HTTP and Redis (message) triggers only; `[[trigger.{trigger_type}]]` entries are not run");
         }
         let state_root = options
             .state_dir
@@ -99,10 +99,24 @@ impl Host {
             runtime_config.sqlite_databases,
             state.root().join("sqlite"),
         ));
+        let namespace = settings
+            .messaging
+            .namespace
+            .clone()
+            .unwrap_or_else(|| manifest.application.name.clone());
+        let broker = crate::capability::messaging::open(&settings.messaging, state.root(), &namespace)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot start the message broker: {err}"))?;
+        // Queues first: from now on every publish is kept for every subscription. A broker
+        // that is down now is declared again when it comes back.
+        if let Err(err) = broker.declare(&manifest.subscriptions()).await {
+            tracing::warn!(broker = broker.kind(), error = %err, "cannot declare the subscriptions yet; publishing fails until the broker is reachable");
+        }
         let backends = Backends {
             variables,
             key_value,
             sqlite,
+            broker,
         };
         let app = Arc::new(App::new(engine, linker, settings.clone(), manifest, state, backends));
         let trigger = HttpTrigger::new(app.clone());
@@ -135,7 +149,7 @@ impl Host {
 
         let (stop, stopped) = watch::channel(false);
         let drain = settings.limits.drain_timeout();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::trigger::http::serve(
                 http_listener,
                 trigger.clone(),
@@ -146,9 +160,10 @@ impl Host {
                 admin_listener,
                 trigger.clone(),
                 admin_token.clone(),
-                stopped,
+                stopped.clone(),
             )),
         ];
+        tasks.extend(crate::trigger::messages::start(&trigger, stopped));
         tracing::info!(%http_addr, %admin_addr, components = app.slots().len(), "serving");
         Ok(Host {
             trigger,

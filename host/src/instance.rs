@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::app::ComponentSpec;
 use crate::capability::http_outbound::{ChainedRequests, OutboundHttp};
 use crate::capability::key_value::KeyValueAccess;
+use crate::capability::messaging::Publisher;
 use crate::capability::redis_client::RedisClients;
 use crate::capability::sqlite::SqliteAccess;
 use crate::capability::variables::ComponentVariables;
@@ -28,6 +29,7 @@ pub struct InstanceState {
     sqlite: SqliteAccess,
     redis_clients: Arc<RedisClients>,
     pg_pools: Arc<crate::capability::postgres::PgPools>,
+    publisher: Publisher,
 }
 
 impl InstanceState {
@@ -43,8 +45,11 @@ impl InstanceState {
     pub fn pg_pools(&self) -> &crate::capability::postgres::PgPools {
         &self.pg_pools
     }
-    pub fn redis_clients(&self) -> &RedisClients {
-        &self.redis_clients
+    pub fn redis_clients_shared(&self) -> Arc<RedisClients> {
+        self.redis_clients.clone()
+    }
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
     }
     /// Whether this component may connect to `scheme://host:port` (allowed_outbound_hosts).
     pub fn outbound_allowed(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
@@ -167,6 +172,11 @@ pub fn new_store(
         },
         redis_clients: app.redis_clients.clone(),
         pg_pools: app.pg_pools.clone(),
+        publisher: Publisher {
+            broker: app.broker.clone(),
+            max_message_bytes: app.settings.messaging.max_message_bytes,
+            metrics: app.metrics.clone(),
+        },
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limits);

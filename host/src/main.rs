@@ -75,6 +75,34 @@ enum Command {
     },
     /// The deployments of one component, oldest first.
     History { component: String },
+    /// The dead-letter store: messages that failed `max_deliver` times.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        /// Only those of this subscribing component.
+        #[arg(long)]
+        component: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to their subscriber (and remove them from the store).
+    Replay {
+        /// The ids to replay (from `mosaic dlq list`).
+        ids: Vec<String>,
+        /// Only those of this subscribing component.
+        #[arg(long)]
+        component: Option<String>,
+        /// Replay every dead letter (of --component, if given). Needed when no id is given.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -175,6 +203,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Dlq { command } => {
+            let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
+            dead_letters(&client, command).await
+        }
         Command::History { component } => {
             let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
             let history = client
@@ -206,6 +238,83 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     &digest[..digest.len().min(12)]
                 );
             }
+            Ok(())
+        }
+    }
+}
+
+async fn dead_letters(client: &AdminClient, command: DlqCommand) -> anyhow::Result<()> {
+    let component_query = |component: &Option<String>| {
+        component
+            .as_ref()
+            .map(|name| format!("component={}", encode_query(name)))
+    };
+    match command {
+        DlqCommand::List { component, json } => {
+            let path = match component_query(&component) {
+                Some(query) => format!("/v1/dlq?{query}"),
+                None => "/v1/dlq".to_string(),
+            };
+            let answer = client.call(Method::GET, &path, Bytes::new()).await.map_err(explain)?;
+            let letters = answer.get("dead_letters").cloned().unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+                return Ok(());
+            }
+            let letters = letters.as_array().cloned().unwrap_or_default();
+            if letters.is_empty() {
+                println!("the dead-letter store is empty");
+                return Ok(());
+            }
+            println!(
+                "{:<12} {:<16} {:<20} {:<20} {:>8}  {:<32} ERROR",
+                "ID", "COMPONENT", "TOPIC", "DEAD SINCE", "ATTEMPTS", "PAYLOAD"
+            );
+            for letter in letters {
+                let text = |key: &str| letter.get(key).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                let payload = match letter.get("payload").and_then(|v| v.as_str()) {
+                    Some(text) => text.to_string(),
+                    None => format!("hex:{}", text("payload_hex")),
+                };
+                let payload: String = payload.chars().take(32).collect();
+                println!(
+                    "{:<12} {:<16} {:<20} {:<20} {:>8}  {:<32} {}",
+                    text("id"),
+                    text("subscriber"),
+                    text("topic"),
+                    format_unix_ms(letter.get("dead_at_ms").and_then(|v| v.as_u64()).unwrap_or(0)),
+                    letter.get("attempts").and_then(|v| v.as_u64()).unwrap_or(0),
+                    payload.replace(['\n', '\r'], " "),
+                    text("error")
+                );
+            }
+            Ok(())
+        }
+        DlqCommand::Replay { ids, component, all } => {
+            if ids.is_empty() && !all {
+                anyhow::bail!("name the dead letters to replay (ids from `mosaic dlq list`), or pass --all");
+            }
+            let mut query: Vec<String> = component_query(&component).into_iter().collect();
+            if !ids.is_empty() {
+                query.push(format!("ids={}", encode_query(&ids.join(","))));
+            }
+            let path = format!("/v1/dlq/replay?{}", query.join("&"));
+            let answer = client.call(Method::POST, &path, Bytes::new()).await.map_err(explain)?;
+            let replayed = answer
+                .get("dead_letters")
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default();
+            for letter in &replayed {
+                let text = |key: &str| letter.get(key).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                println!(
+                    "replayed {} to `{}` ({})",
+                    text("id"),
+                    text("subscriber"),
+                    text("topic")
+                );
+            }
+            println!("{} dead letter(s) replayed", replayed.len());
             Ok(())
         }
     }
@@ -310,7 +419,9 @@ fn encode_query(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b',' => {
+                (b as char).to_string()
+            }
             other => format!("%{other:02X}"),
         })
         .collect()

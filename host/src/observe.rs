@@ -1,6 +1,8 @@
 //! Metrics in Prometheus text format, served at `/metrics` on the admin listener: requests,
-//! errors and a latency histogram per component and version, requests in flight, and deploys
-//! by component, action and outcome.
+//! errors and a latency histogram per component and version, requests in flight, deploys by
+//! component, action and outcome, and messaging: published per topic; delivered, acked,
+//! nacked, redelivered and dead-lettered per subscriber and topic; the queue depth and the
+//! delivery lag per subscriber.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -21,8 +23,56 @@ struct RequestSeries {
     latency_micros_sum: AtomicU64,
 }
 
+/// What happened to a message at a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MessageEvent {
+    Delivered,
+    Redelivered,
+    Acked,
+    Nacked,
+    DeadLettered,
+}
+
+impl MessageEvent {
+    const ALL: [MessageEvent; 5] = [
+        MessageEvent::Delivered,
+        MessageEvent::Redelivered,
+        MessageEvent::Acked,
+        MessageEvent::Nacked,
+        MessageEvent::DeadLettered,
+    ];
+
+    fn metric(self) -> (&'static str, &'static str) {
+        match self {
+            MessageEvent::Delivered => (
+                "mosaic_messages_delivered_total",
+                "Delivery attempts, first or retried.",
+            ),
+            MessageEvent::Redelivered => (
+                "mosaic_messages_redelivered_total",
+                "Delivery attempts after a failed one.",
+            ),
+            MessageEvent::Acked => ("mosaic_messages_acked_total", "Messages handled successfully (acked)."),
+            MessageEvent::Nacked => (
+                "mosaic_messages_nacked_total",
+                "Failed attempts: an error, a trap or the deadline.",
+            ),
+            MessageEvent::DeadLettered => (
+                "mosaic_messages_dead_lettered_total",
+                "Messages moved to the dead-letter store.",
+            ),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    /// (subscriber, topic, event) → count.
+    messages: Mutex<BTreeMap<(String, String, MessageEvent), u64>>,
+    /// topic → (published, refused).
+    published: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// subscriber → milliseconds from publish to the latest delivery.
+    delivery_lag_ms: Mutex<BTreeMap<String, u64>>,
     /// component → version → series; nested so that the per-request lookup allocates nothing.
     requests: Mutex<BTreeMap<String, BTreeMap<String, Arc<RequestSeries>>>>,
     deploys: Mutex<BTreeMap<(String, String, String), u64>>,
@@ -69,9 +119,37 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// The Prometheus text exposition; `in_flight` lists (component, version, requests running).
-    pub fn render(&self, in_flight: &[(String, String, u64)]) -> String {
+    pub fn record_message(&self, subscriber: &str, topic: &str, event: MessageEvent) {
+        let mut messages = self.messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *messages
+            .entry((subscriber.to_string(), topic.to_string(), event))
+            .or_default() += 1;
+    }
+
+    /// Records a publish by a guest: accepted by the broker or refused.
+    pub fn record_publish(&self, topic: &str, accepted: bool) {
+        let mut published = self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = published.entry(topic.to_string()).or_default();
+        if accepted {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+    }
+
+    pub fn record_delivery_lag(&self, subscriber: &str, lag_ms: u64) {
+        let mut lags = self
+            .delivery_lag_ms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        lags.insert(subscriber.to_string(), lag_ms);
+    }
+
+    /// The Prometheus text exposition; `in_flight` lists (component, version, requests running)
+    /// and `pending` (subscriber, messages waiting in its queue).
+    pub fn render(&self, in_flight: &[(String, String, u64)], pending: &[(String, u64)]) -> String {
         let mut out = String::new();
+        self.render_messaging(&mut out, pending);
         let requests: Vec<((String, String), Arc<RequestSeries>)> = self
             .requests
             .lock()
@@ -161,6 +239,73 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    fn render_messaging(&self, out: &mut String, pending: &[(String, u64)]) {
+        let published = self
+            .published
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let _ = writeln!(
+            out,
+            "# HELP mosaic_messages_published_total Messages the broker accepted from guests, by topic."
+        );
+        let _ = writeln!(out, "# TYPE mosaic_messages_published_total counter");
+        for (topic, (accepted, _)) in &published {
+            let _ = writeln!(out, "mosaic_messages_published_total{{topic=\"{topic}\"}} {accepted}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mosaic_message_publish_errors_total Publishes the broker did not accept, by topic."
+        );
+        let _ = writeln!(out, "# TYPE mosaic_message_publish_errors_total counter");
+        for (topic, (_, refused)) in &published {
+            let _ = writeln!(
+                out,
+                "mosaic_message_publish_errors_total{{topic=\"{topic}\"}} {refused}"
+            );
+        }
+        let messages = self
+            .messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for event in MessageEvent::ALL {
+            let (name, help) = event.metric();
+            let _ = writeln!(out, "# HELP {name} {help} By subscriber and topic.");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for ((subscriber, topic, _), count) in messages.iter().filter(|((_, _, e), _)| *e == event) {
+                let _ = writeln!(out, "{name}{{subscriber=\"{subscriber}\",topic=\"{topic}\"}} {count}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mosaic_messages_pending Messages waiting in a subscriber's queue (not yet acked)."
+        );
+        let _ = writeln!(out, "# TYPE mosaic_messages_pending gauge");
+        for (subscriber, waiting) in pending {
+            let _ = writeln!(out, "mosaic_messages_pending{{subscriber=\"{subscriber}\"}} {waiting}");
+        }
+        let lags = self
+            .delivery_lag_ms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let _ = writeln!(
+            out,
+            "# HELP mosaic_message_delivery_lag_seconds Time from publish to the latest delivery, by subscriber."
+        );
+        let _ = writeln!(out, "# TYPE mosaic_message_delivery_lag_seconds gauge");
+        for (subscriber, lag_ms) in lags {
+            let _ = writeln!(
+                out,
+                "mosaic_message_delivery_lag_seconds{{subscriber=\"{subscriber}\"}} {}",
+                lag_ms as f64 / 1000.0
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,7 +317,21 @@ mod tests {
         metrics.record_request("users", "abc", Duration::from_millis(30), true);
         metrics.record_deploy("users", "deploy", "ok");
         metrics.record_deploy("users", "deploy", "probe");
-        let text = metrics.render(&[("users".into(), "abc".into(), 2)]);
+        metrics.record_publish("order.created", true);
+        metrics.record_publish("order.created", false);
+        metrics.record_message("notifications", "order.created", MessageEvent::Delivered);
+        metrics.record_message("notifications", "order.created", MessageEvent::Nacked);
+        metrics.record_delivery_lag("notifications", 1500);
+        let text = metrics.render(&[("users".into(), "abc".into(), 2)], &[("notifications".into(), 7)]);
+        assert!(
+            text.contains("mosaic_messages_published_total{topic=\"order.created\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("mosaic_message_publish_errors_total{topic=\"order.created\"} 1"));
+        assert!(text.contains("mosaic_messages_nacked_total{subscriber=\"notifications\",topic=\"order.created\"} 1"));
+        assert!(!text.contains("mosaic_messages_acked_total{"));
+        assert!(text.contains("mosaic_messages_pending{subscriber=\"notifications\"} 7"));
+        assert!(text.contains("mosaic_message_delivery_lag_seconds{subscriber=\"notifications\"} 1.5"));
         assert!(
             text.contains("mosaic_requests_total{component=\"users\",version=\"abc\"} 2"),
             "{text}"

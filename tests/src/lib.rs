@@ -1,6 +1,8 @@
 //! Helpers for the integration tests: fixtures, throwaway application directories, a real
 //! host on ephemeral ports, an HTTP client, and the `mosaic` binary.
 
+pub mod sink;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,8 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// A guest fixture built by `cargo xtask build` (probe, probe-v2, probe-unhealthy, plain).
+/// A guest fixture built by `cargo xtask build` (probe, probe-v2, probe-unhealthy, plain,
+/// counter, subscriber, subscriber-v2).
 pub fn fixture(name: &str) -> PathBuf {
     let path = workspace_root().join("target/fixtures").join(format!("{name}.wasm"));
     assert!(
@@ -62,7 +65,15 @@ impl AppDir {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("temp dir");
         let mut text = manifest.to_string();
-        for name in ["probe-v2", "probe-unhealthy", "probe", "plain", "counter"] {
+        for name in [
+            "probe-v2",
+            "probe-unhealthy",
+            "probe",
+            "plain",
+            "counter",
+            "subscriber-v2",
+            "subscriber",
+        ] {
             text = text.replace(&format!("{{{name}}}"), &fixture(name).to_string_lossy());
         }
         std::fs::write(path.join("spin.toml"), text).expect("write spin.toml");
@@ -249,5 +260,78 @@ pub fn deploy_request(component: &str, fixture_name: &str) -> mosaic::deploy::De
         action: mosaic::deploy::journal::Action::Deploy,
         probe_is_fatal: true,
         record: true,
+    }
+}
+
+/// A `mosaic` process, killed when dropped. `base` is the HTTP address it printed.
+pub struct MosaicProcess {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl MosaicProcess {
+    /// Runs `mosaic ARGS --listen 127.0.0.1:0` in `dir` and waits for its address.
+    pub fn start(dir: &Path, args: &[&str]) -> MosaicProcess {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> MosaicProcess {
+        let mut all: Vec<&str> = args.to_vec();
+        if !args.contains(&"--listen") {
+            all.extend(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = std::process::Command::new(mosaic_bin())
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .args(&all)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("mosaic starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("mosaic printed its address before exiting")
+                .expect("stdout readable");
+            if let Some(addr) = line.strip_prefix("Serving ") {
+                break addr.trim().to_string();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        MosaicProcess { child, base }
+    }
+
+    /// SIGTERM: a graceful stop.
+    pub fn terminate(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// SIGKILL: the host dies at once, mid-work.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn wait(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "mosaic did not exit within {limit:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for MosaicProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,73 +1,11 @@
 //! `mosaic up` and `mosaic watch` as processes: manifest errors, `--build`, graceful shutdown
 //! on SIGTERM, and watch rebuilding only the component whose files changed.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mosaic_tests::{client, fixture, get, mosaic_bin, AppDir};
-
-struct Running {
-    child: Child,
-    base: String,
-}
-
-impl Running {
-    fn start(dir: &Path, args: &[&str]) -> Running {
-        Self::start_with_env(dir, args, &[])
-    }
-
-    fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = Command::new(mosaic_bin())
-            .current_dir(dir)
-            .envs(env.iter().copied())
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("mosaic starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("mosaic printed its address before exiting")
-                .unwrap();
-            if let Some(addr) = line.strip_prefix("Serving ") {
-                break addr.trim().to_string();
-            }
-        };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Running { child, base }
-    }
-
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-    }
-
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(started.elapsed() < limit, "mosaic did not exit within {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use mosaic_tests::{client, fixture, get, mosaic_bin, AppDir, MosaicProcess};
 
 /// Runs `mosaic ARGS` in `dir`, expects it to fail, and returns what it printed on stderr.
 fn mosaic_fails(dir: &Path, args: &[&str]) -> String {
@@ -103,7 +41,7 @@ fn manifest_error_exits_non_zero_naming_file_and_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests() {
     let dir = AppDir::new(mosaic_tests::TWO_COMPONENTS);
-    let mut host = Running::start(&dir.path, &["up"]);
+    let mut host = MosaicProcess::start(&dir.path, &["up"]);
     let client = client();
     let slow_url = format!("{}/probe/slow?ms=1500", host.base);
     let slow = {
@@ -163,7 +101,7 @@ async fn watch_rebuilds_and_deploys_only_the_changed_component() {
     )
     .unwrap();
     std::fs::write(dir.path.join("plain.txt"), "1").unwrap();
-    let host = Running::start(&dir.path, &["watch", "--build"]);
+    let host = MosaicProcess::start(&dir.path, &["watch", "--build"]);
     let client = client();
     let hello = format!("{}/probe/hello", host.base);
     assert_eq!(get(&client, &hello).await.body, "hello from probe v1");
@@ -223,7 +161,7 @@ async fn required_variable_comes_from_the_environment() {
         "{err}"
     );
 
-    let host = Running::start_with_env(&dir.path, &["up"], &[("SPIN_VARIABLE_API_KEY", "from-env-42")]);
+    let host = MosaicProcess::start_with_env(&dir.path, &["up"], &[("SPIN_VARIABLE_API_KEY", "from-env-42")]);
     let reply = get(&client(), &format!("{}/variable?name=key", host.base)).await;
     assert_eq!(reply.body, "from-env-42");
 }
@@ -231,7 +169,7 @@ async fn required_variable_comes_from_the_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_host_on_the_same_state_directory_is_refused() {
     let dir = AppDir::new(mosaic_tests::TWO_COMPONENTS);
-    let first = Running::start(&dir.path, &["up"]);
+    let first = MosaicProcess::start(&dir.path, &["up"]);
     let err = mosaic_fails(&dir.path, &["up", "--listen", "127.0.0.1:0"]);
     assert!(
         err.contains("another Mosaic host") && err.contains(&first.child.id().to_string()),

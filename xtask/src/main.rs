@@ -15,7 +15,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   up [ARGS...]     build the components, then run the reference application (mosaic up ARGS)
   bench http       benchmark HTTP serving and swap latency; writes bench/README.md
   bench kv         key-value ops/s through a guest, embedded vs Redis; adds to bench/README.md
-  bench sql        SQL statements/s through a guest, SQLite vs PostgreSQL; adds to bench/README.md";
+  bench sql        SQL statements/s through a guest, SQLite vs PostgreSQL; adds to bench/README.md
+  bench messaging  publish-to-handled latency and msgs/s through guests, embedded vs RabbitMQ vs NATS;
+                   adds to bench/README.md";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -75,6 +77,8 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("probe", "unhealthy", "probe-unhealthy"),
     ("plain", "", "plain"),
     ("counter", "", "counter"),
+    ("subscriber", "", "subscriber"),
+    ("subscriber", "v2", "subscriber-v2"),
 ];
 
 fn build_all(root: &Path) -> Result<()> {

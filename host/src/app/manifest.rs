@@ -25,7 +25,9 @@ pub struct Manifest {
     pub application: Application,
     pub variables: BTreeMap<String, VariableDecl>,
     pub http_triggers: Vec<HttpTrigger>,
-    /// Trigger types other than HTTP that the manifest declares (e.g. `redis`).
+    /// `[[trigger.redis]]`: message subscriptions.
+    pub redis_triggers: Vec<RedisTrigger>,
+    /// Trigger types Mosaic does not run that the manifest declares (e.g. `cron`).
     pub other_trigger_types: Vec<String>,
     pub components: BTreeMap<String, ComponentDecl>,
 }
@@ -61,6 +63,26 @@ pub struct VariableDecl {
 pub struct HttpTrigger {
     pub component: String,
     pub route: HttpRoute,
+}
+
+/// `[[trigger.redis]]`: the component receives every message published to a channel that
+/// matches `channel` (`*` one word, `#` zero or more).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTrigger {
+    pub component: String,
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedisTrigger {
+    #[serde(default)]
+    id: Option<String>,
+    channel: String,
+    component: RawComponentRef,
+    /// Spin's Redis server for this trigger; Mosaic's broker is set in mosaic.toml instead.
+    #[serde(default)]
+    address: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +301,30 @@ impl Manifest {
 
         let mut http_triggers = Vec::new();
         let mut other_trigger_types = Vec::new();
+        let mut redis_triggers = Vec::new();
         for (trigger_type, entries) in raw.trigger {
+            if trigger_type == "redis" {
+                for (index, entry) in entries.into_iter().enumerate() {
+                    let key = format!("trigger.redis[{index}]");
+                    let trigger: RawRedisTrigger = toml::Value::Table(entry)
+                        .try_into()
+                        .map_err(|err: toml::de::Error| fail(format!("`{key}`: {}", err.message())))?;
+                    let _ = (&trigger.id, &trigger.address);
+                    crate::capability::messaging::check_pattern(&trigger.channel)
+                        .map_err(|why| fail(format!("`{key}.channel`: {why}")))?;
+                    let component = component_name(trigger.component, &key).map_err(fail)?;
+                    if !raw.component.contains_key(&component) {
+                        return Err(fail(format!(
+                            "`{key}.component`: no `[component.{component}]` is declared"
+                        )));
+                    }
+                    redis_triggers.push(RedisTrigger {
+                        component,
+                        channel: trigger.channel,
+                    });
+                }
+                continue;
+            }
             if trigger_type != "http" {
                 other_trigger_types.push(trigger_type);
                 continue;
@@ -299,16 +344,7 @@ impl Manifest {
                         )));
                     }
                 }
-                let component = match trigger.component {
-                    RawComponentRef::Name(name) => name,
-                    RawComponentRef::Inline(table) => {
-                        let keys: Vec<&String> = table.keys().collect();
-                        return Err(fail(format!(
-                            "`{key}.component`: an inline component table ({keys:?}) is not supported; \
-                             declare `[component.NAME]` and set `component = \"NAME\"`"
-                        )));
-                    }
-                };
+                let component = component_name(trigger.component, &key).map_err(fail)?;
                 let route = match trigger.route {
                     RawRoute::Path(route) => HttpRoute::Public(
                         RoutePattern::parse(&route).map_err(|why| fail(format!("`{key}.route`: {why}")))?,
@@ -351,6 +387,7 @@ impl Manifest {
             application: raw.application,
             variables: raw.variables,
             http_triggers,
+            redis_triggers,
             other_trigger_types,
             components: raw.component,
         })
@@ -377,11 +414,46 @@ impl Manifest {
         }
     }
 
+    /// The message subscription of a component (its `[[trigger.redis]]` channels), if any.
+    pub fn subscription_of(&self, component: &str) -> Option<crate::capability::messaging::SubscriptionSpec> {
+        let patterns: Vec<String> = self
+            .redis_triggers
+            .iter()
+            .filter(|t| t.component == component)
+            .map(|t| t.channel.clone())
+            .collect();
+        (!patterns.is_empty()).then(|| crate::capability::messaging::SubscriptionSpec {
+            subscriber: component.to_string(),
+            patterns,
+        })
+    }
+
+    /// Every component's subscription.
+    pub fn subscriptions(&self) -> Vec<crate::capability::messaging::SubscriptionSpec> {
+        let mut components: Vec<&str> = self.redis_triggers.iter().map(|t| t.component.as_str()).collect();
+        components.sort();
+        components.dedup();
+        components.into_iter().filter_map(|c| self.subscription_of(c)).collect()
+    }
+
     pub fn route_of(&self, component: &str) -> Option<&HttpRoute> {
         self.http_triggers
             .iter()
             .find(|t| t.component == component)
             .map(|t| &t.route)
+    }
+}
+
+fn component_name(reference: RawComponentRef, key: &str) -> Result<String, String> {
+    match reference {
+        RawComponentRef::Name(name) => Ok(name),
+        RawComponentRef::Inline(table) => {
+            let keys: Vec<&String> = table.keys().collect();
+            Err(format!(
+                "`{key}.component`: an inline component table ({keys:?}) is not supported; \
+                 declare `[component.NAME]` and set `component = \"NAME\"`"
+            ))
+        }
     }
 }
 
@@ -434,8 +506,15 @@ component = "api"
 route = {{ private = true }}
 component = "users"
 [[trigger.redis]]
-channel = "orders"
+channel = "order.*"
 component = "users"
+[[trigger.redis]]
+channel = "payment.#"
+component = "users"
+address = "redis://127.0.0.1:6379"
+[[trigger.cron]]
+cron_expression = "* * * * *"
+component = "api"
 [component.api]
 source = "target/api.wasm"
 allowed_outbound_hosts = ["http://*.spin.internal"]
@@ -454,7 +533,11 @@ source = "users.wasm"
         .unwrap();
         assert_eq!(manifest.http_triggers.len(), 2);
         assert_eq!(manifest.route_of("users"), Some(&HttpRoute::Private));
-        assert_eq!(manifest.other_trigger_types, vec!["redis".to_string()]);
+        assert_eq!(manifest.other_trigger_types, vec!["cron".to_string()]);
+        let subscription = manifest.subscription_of("users").unwrap();
+        assert_eq!(subscription.patterns, ["order.*", "payment.#"]);
+        assert_eq!(manifest.subscriptions(), vec![subscription]);
+        assert!(manifest.subscription_of("api").is_none());
         assert_eq!(manifest.source_path("api").unwrap(), Path::new("app/target/api.wasm"));
         assert_eq!(manifest.build_dir("api"), Path::new("app/api"));
         assert!(manifest.variables["token"].secret);
@@ -474,6 +557,29 @@ source = "users.wasm"
         ))
         .unwrap_err();
         assert!(err.contains("allowed_outbound_host"), "{err}");
+    }
+
+    #[test]
+    fn bad_redis_triggers_are_named() {
+        let component = "[component.sub]\nsource = \"s.wasm\"\n";
+        let err = parse(&format!(
+            "{HEAD}[[trigger.redis]]\nchannel = \"a..b\"\ncomponent = \"sub\"\n{component}"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("trigger.redis[0].channel") && err.contains("empty word"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{HEAD}[[trigger.redis]]\nchannel = \"a\"\ncomponent = \"ghost\"\n{component}"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("trigger.redis[0].component") && err.contains("[component.ghost]"),
+            "{err}"
+        );
+        let err = parse(&format!("{HEAD}[[trigger.redis]]\ncomponent = \"sub\"\n{component}")).unwrap_err();
+        assert!(err.contains("trigger.redis[0]") && err.contains("channel"), "{err}");
     }
 
     #[test]

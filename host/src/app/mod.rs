@@ -16,8 +16,10 @@ use tokio::sync::Notify;
 use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::bindings::subscriber::RedisSubscriberPre;
 use crate::capability::http_outbound::AllowedHosts;
 use crate::capability::key_value::KeyValueStores;
+use crate::capability::messaging::{SharedBroker, SubscriptionSpec};
 use crate::capability::sqlite::Databases;
 use crate::capability::variables::{self, ComponentVariables};
 use crate::instance::InstanceState;
@@ -41,6 +43,16 @@ pub struct ComponentSpec {
     pub key_value_stores: Arc<[String]>,
     /// The SQLite database labels this component may open.
     pub sqlite_databases: Arc<[String]>,
+    /// The channels of its `[[trigger.redis]]` entries, if it has any.
+    pub subscription: Option<SubscriptionSpec>,
+}
+
+impl ComponentSpec {
+    /// Whether the component must export `wasi:http/incoming-handler`: it has a route, or no
+    /// trigger at all (then it is an HTTP component reached by `deploy --route`).
+    pub fn serves_http(&self) -> bool {
+        self.route.is_some() || self.subscription.is_none()
+    }
 }
 
 impl ComponentSpec {
@@ -55,31 +67,41 @@ impl ComponentSpec {
             variables: ComponentVariables::default(),
             key_value_stores: Arc::from(Vec::new()),
             sqlite_databases: Arc::from(Vec::new()),
+            subscription: None,
         }
     }
 }
 
-/// One compiled, linked version of a component.
+/// One compiled, linked version of a component, with the exports its triggers call.
 pub struct Deployment {
     pub digest: String,
     pub deployed_at: SystemTime,
-    pub pre: ProxyPre<InstanceState>,
+    /// `wasi:http/incoming-handler`, when the component serves HTTP.
+    pub http: Option<ProxyPre<InstanceState>>,
+    /// `fermyon:spin/inbound-redis`, when the component has a message subscription.
+    pub subscriber: Option<RedisSubscriberPre<InstanceState>>,
     in_flight: AtomicU64,
     drained: Notify,
 }
 
 impl Deployment {
-    pub fn new(digest: String, pre: ProxyPre<InstanceState>) -> Self {
+    pub fn new(
+        digest: String,
+        http: Option<ProxyPre<InstanceState>>,
+        subscriber: Option<RedisSubscriberPre<InstanceState>>,
+    ) -> Self {
         Self {
             digest,
             deployed_at: SystemTime::now(),
-            pre,
+            http,
+            subscriber,
             in_flight: AtomicU64::new(0),
             drained: Notify::new(),
         }
     }
 
-    /// Counts a request as in flight on this version until the guard drops.
+    /// Counts a request (or a message delivery) as in flight on this version until the guard
+    /// drops.
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight {
@@ -156,7 +178,8 @@ pub struct App {
     pub key_value: Arc<KeyValueStores>,
     pub sqlite: Arc<Databases>,
     pub redis_clients: Arc<crate::capability::redis_client::RedisClients>,
-    pub metrics: crate::observe::Metrics,
+    pub broker: SharedBroker,
+    pub metrics: Arc<crate::observe::Metrics>,
     pub pg_pools: Arc<crate::capability::postgres::PgPools>,
     /// Resolved application variables (values may be secrets: never log them).
     variables: std::collections::BTreeMap<String, String>,
@@ -171,6 +194,7 @@ pub struct Backends {
     pub variables: std::collections::BTreeMap<String, String>,
     pub key_value: Arc<KeyValueStores>,
     pub sqlite: Arc<Databases>,
+    pub broker: SharedBroker,
 }
 
 /// Held while a deploy of one component runs; a second deploy of the same one is refused.
@@ -207,7 +231,8 @@ impl App {
             key_value: backends.key_value,
             sqlite: backends.sqlite,
             redis_clients: Arc::default(),
-            metrics: crate::observe::Metrics::default(),
+            broker: backends.broker,
+            metrics: Arc::default(),
             pg_pools: Arc::default(),
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
@@ -284,6 +309,7 @@ impl App {
             variables,
             key_value_stores: Arc::from(decl.key_value_stores.clone()),
             sqlite_databases: Arc::from(decl.sqlite_databases.clone()),
+            subscription: self.manifest.subscription_of(component),
         }))
     }
 

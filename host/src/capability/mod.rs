@@ -2,6 +2,7 @@
 
 pub mod http_outbound;
 pub mod key_value;
+pub mod messaging;
 pub mod postgres;
 pub mod redis_client;
 pub mod sqlite;

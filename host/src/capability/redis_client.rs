@@ -1,12 +1,14 @@
 //! The Redis client of `fermyon:spin/redis@2.0.0`: a guest opens `redis://HOST:PORT[/DB]`
 //! (checked against its `allowed_outbound_hosts`, as in Spin) and runs data operations (get,
-//! set, incr, del, sets, any command through `execute`) and `publish` on that server. One
-//! multiplexed, self-reconnecting connection per address is shared by every instance.
+//! set, incr, del, sets, any command through `execute`) on that server. One multiplexed,
+//! self-reconnecting connection per address is shared by every instance; it is opened on the
+//! first data operation, so a connection used only to publish needs no Redis server.
 //!
-//! `publish` here is Redis PUBLISH, exactly Spin's semantics (at-most-once); durable messaging
-//! between components is the messaging capability's job.
+//! `publish` goes to the host's message broker (the messaging capability), not to Redis: the
+//! `[[trigger.redis]]` subscribers of this application receive it durably, at least once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -34,9 +36,9 @@ impl RedisClients {
     }
 }
 
-/// An open connection in a guest's resource table.
+/// An open connection in a guest's resource table: the address it names.
 pub struct RedisConnection {
-    connection: ConnectionManager,
+    address: String,
 }
 
 fn other(err: redis::RedisError) -> wit::Error {
@@ -47,12 +49,20 @@ fn other(err: redis::RedisError) -> wit::Error {
 }
 
 impl InstanceState {
-    fn redis_of(&self, connection: &Resource<RedisConnection>) -> Result<ConnectionManager, wit::Error> {
-        self.table()
+    /// The shared connections and the address a guest's connection names (taken before any
+    /// await: the instance state is not `Sync`).
+    fn redis_target(&self, connection: &Resource<RedisConnection>) -> Result<(Arc<RedisClients>, String), wit::Error> {
+        let address = self
+            .table()
             .get(connection)
-            .map(|open| open.connection.clone())
-            .map_err(|err| wit::Error::Other(format!("invalid connection handle: {err}")))
+            .map(|open| open.address.clone())
+            .map_err(|err| wit::Error::Other(format!("invalid connection handle: {err}")))?;
+        Ok((self.redis_clients_shared(), address))
     }
+}
+
+async fn connect((clients, address): (Arc<RedisClients>, String)) -> Result<ConnectionManager, wit::Error> {
+    clients.connect(&address).await.map_err(wit::Error::Other)
 }
 
 fn to_result(value: redis::Value) -> wit::RedisResult {
@@ -82,13 +92,8 @@ impl wit::HostConnection for InstanceState {
                 "{scheme}://{host} is not in this component's allowed_outbound_hosts"
             )));
         }
-        let connection = self
-            .redis_clients()
-            .connect(&address)
-            .await
-            .map_err(wit::Error::Other)?;
         self.table_mut()
-            .push(RedisConnection { connection })
+            .push(RedisConnection { address })
             .map_err(|_| wit::Error::TooManyConnections)
     }
 
@@ -98,24 +103,34 @@ impl wit::HostConnection for InstanceState {
         channel: String,
         payload: Vec<u8>,
     ) -> Result<(), wit::Error> {
-        let _: i64 = self.redis_of(&c)?.publish(channel, payload).await.map_err(other)?;
-        Ok(())
+        self.table()
+            .get(&c)
+            .map_err(|err| wit::Error::Other(format!("invalid connection handle: {err}")))?;
+        let publisher = self.publisher().clone();
+        publisher
+            .publish(&channel, &payload)
+            .await
+            .map_err(|err| wit::Error::Other(format!("publish to `{channel}` failed: {err}")))
     }
 
     async fn get(&mut self, c: Resource<RedisConnection>, key: String) -> Result<Option<Vec<u8>>, wit::Error> {
-        self.redis_of(&c)?.get(key).await.map_err(other)
+        connect(self.redis_target(&c)?).await?.get(key).await.map_err(other)
     }
 
     async fn set(&mut self, c: Resource<RedisConnection>, key: String, value: Vec<u8>) -> Result<(), wit::Error> {
-        self.redis_of(&c)?.set(key, value).await.map_err(other)
+        connect(self.redis_target(&c)?)
+            .await?
+            .set(key, value)
+            .await
+            .map_err(other)
     }
 
     async fn incr(&mut self, c: Resource<RedisConnection>, key: String) -> Result<i64, wit::Error> {
-        self.redis_of(&c)?.incr(key, 1).await.map_err(other)
+        connect(self.redis_target(&c)?).await?.incr(key, 1).await.map_err(other)
     }
 
     async fn del(&mut self, c: Resource<RedisConnection>, keys: Vec<String>) -> Result<u32, wit::Error> {
-        self.redis_of(&c)?.del(keys).await.map_err(other)
+        connect(self.redis_target(&c)?).await?.del(keys).await.map_err(other)
     }
 
     async fn sadd(
@@ -124,11 +139,19 @@ impl wit::HostConnection for InstanceState {
         key: String,
         values: Vec<String>,
     ) -> Result<u32, wit::Error> {
-        self.redis_of(&c)?.sadd(key, values).await.map_err(other)
+        connect(self.redis_target(&c)?)
+            .await?
+            .sadd(key, values)
+            .await
+            .map_err(other)
     }
 
     async fn smembers(&mut self, c: Resource<RedisConnection>, key: String) -> Result<Vec<String>, wit::Error> {
-        self.redis_of(&c)?.smembers(key).await.map_err(other)
+        connect(self.redis_target(&c)?)
+            .await?
+            .smembers(key)
+            .await
+            .map_err(other)
     }
 
     async fn srem(
@@ -137,7 +160,11 @@ impl wit::HostConnection for InstanceState {
         key: String,
         values: Vec<String>,
     ) -> Result<u32, wit::Error> {
-        self.redis_of(&c)?.srem(key, values).await.map_err(other)
+        connect(self.redis_target(&c)?)
+            .await?
+            .srem(key, values)
+            .await
+            .map_err(other)
     }
 
     async fn execute(
@@ -146,7 +173,7 @@ impl wit::HostConnection for InstanceState {
         command: String,
         arguments: Vec<wit::RedisParameter>,
     ) -> Result<Vec<wit::RedisResult>, wit::Error> {
-        let mut connection = self.redis_of(&c)?;
+        let mut connection = connect(self.redis_target(&c)?).await?;
         let mut cmd = redis::cmd(&command);
         for argument in arguments {
             match argument {

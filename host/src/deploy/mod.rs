@@ -16,6 +16,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::app::manifest::HttpRoute;
 use crate::app::routes::RoutePattern;
 use crate::app::{ComponentSpec, Deployment};
+use crate::bindings::subscriber::RedisSubscriberPre;
 use crate::trigger::http::HttpTrigger;
 use journal::{Action, JournalEntry};
 
@@ -186,17 +187,36 @@ async fn run_pipeline(trigger: &HttpTrigger, request: DeployRequest) -> Result<D
             ),
         )
     })?;
-    let pre = ProxyPre::new(instance_pre).map_err(|err| {
-        DeployError::at(
-            &name,
-            Step::Validate,
-            format!(
-                "it does not export `wasi:http/incoming-handler@0.2.x`, so the HTTP trigger cannot call it \
-                 (build it with spin-sdk's #[http_component] or export the handler): {}",
-                anyhow::Error::from(err)
-            ),
-        )
-    })?;
+    let http = if spec.serves_http() {
+        Some(ProxyPre::new(instance_pre.clone()).map_err(|err| {
+            DeployError::at(
+                &name,
+                Step::Validate,
+                format!(
+                    "it does not export `wasi:http/incoming-handler@0.2.x`, so the HTTP trigger cannot call it \
+                     (build it with spin-sdk's #[http_component] or export the handler): {}",
+                    anyhow::Error::from(err)
+                ),
+            )
+        })?)
+    } else {
+        None
+    };
+    let subscriber = match &spec.subscription {
+        Some(subscription) => Some(RedisSubscriberPre::new(instance_pre).map_err(|err| {
+            DeployError::at(
+                &name,
+                Step::Validate,
+                format!(
+                    "it has a [[trigger.redis]] subscription ({}) but does not export `fermyon:spin/inbound-redis` \
+                     (build it with spin-sdk's #[redis_component]): {}",
+                    subscription.patterns.join(", "),
+                    anyhow::Error::from(err)
+                ),
+            )
+        })?),
+        None => None,
+    };
     let warnings = grant_warnings(&component, &app.engine, &spec);
     for warning in &warnings {
         tracing::warn!(component = %name, "{warning}");
@@ -218,9 +238,14 @@ async fn run_pipeline(trigger: &HttpTrigger, request: DeployRequest) -> Result<D
     clock.done(Step::Migrate);
 
     // 5. probe
-    let deployment = Arc::new(Deployment::new(digest.clone(), pre));
+    let deployment = Arc::new(Deployment::new(digest.clone(), http, subscriber));
     let mut warnings = warnings;
-    if let Err(reason) = trigger.probe(&spec, deployment.clone()).await {
+    let probed = if deployment.http.is_some() {
+        trigger.probe(&spec, deployment.clone()).await
+    } else {
+        crate::trigger::messages::probe(trigger, &spec, deployment.clone()).await
+    };
+    if let Err(reason) = probed {
         if request.probe_is_fatal {
             return Err(DeployError::at(&name, Step::Probe, reason));
         }

@@ -225,7 +225,12 @@ impl HttpTrigger {
             .new_response_outparam(sender)
             .map_err(|err| instantiate_error(format!("{err:#}")))?;
 
-        let pre = deployment.pre.clone();
+        let Some(pre) = deployment.http.clone() else {
+            return Err(instantiate_error(
+                "it does not serve HTTP: it exports no wasi:http/incoming-handler (it is a [[trigger.redis]] subscriber)"
+                    .into(),
+            ));
+        };
         let task_component = component.clone();
         let guest = tokio::spawn(
             async move {

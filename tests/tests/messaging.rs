@@ -1,0 +1,412 @@
+//! Durable messaging end to end, through guests: the probe publishes with spin-sdk's
+//! `redis::Connection::publish`, the `subscriber` fixture (a spin-sdk `#[redis_component]`)
+//! reports each message to a sink in this test, which decides which attempts fail. Every case
+//! runs on the embedded broker, and on RabbitMQ and NATS JetStream on loopback.
+
+use std::time::Duration;
+
+use mosaic::deploy;
+use mosaic::settings::{BrokerKind, MessagingSettings, Settings};
+use mosaic_tests::sink::Sink;
+use mosaic_tests::{client, deploy_request, send, service_available, unique, AppDir, HttpClient};
+
+const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The broker settings of `kind`, or `None` (test skipped) where its server is not running.
+fn broker(kind: BrokerKind) -> Option<MessagingSettings> {
+    let url = match kind {
+        BrokerKind::Embedded => None,
+        BrokerKind::RabbitMQ if service_available("RabbitMQ", "127.0.0.1:5672") => Some(RABBITMQ_URL.to_string()),
+        BrokerKind::Nats if service_available("NATS", "127.0.0.1:4222") => Some(NATS_URL.to_string()),
+        _ => return None,
+    };
+    Some(MessagingSettings {
+        broker: kind,
+        url,
+        // Each test run gets queues of its own on the shared servers.
+        namespace: Some(unique("test")),
+        retry_initial_ms: 5,
+        retry_max_ms: 100,
+        ..MessagingSettings::default()
+    })
+}
+
+/// The probe publishes at /probe/publish; the subscriber receives `channel` and reports to `sink`.
+fn manifest(channel: &str, sink: &Sink) -> String {
+    format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "messaging-test"
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[[trigger.redis]]
+channel = "{channel}"
+component = "subscriber"
+[component.probe]
+source = "{{probe}}"
+allowed_outbound_hosts = ["redis://127.0.0.1:6379"]
+[component.subscriber]
+source = "{{subscriber}}"
+allowed_outbound_hosts = ["{allowed}"]
+[component.subscriber.variables]
+sink = "{url}"
+"#,
+        allowed = sink.allowed_host(),
+        url = sink.url()
+    )
+}
+
+fn settings(messaging: MessagingSettings) -> Settings {
+    Settings {
+        messaging,
+        ..Settings::default()
+    }
+}
+
+async fn publish(client: &HttpClient, base: &str, channel: &str, payload: &str) -> Result<(), String> {
+    let reply = send(
+        client,
+        "POST",
+        &format!("{base}/probe/publish?channel={channel}"),
+        payload.to_string(),
+    )
+    .await?;
+    if reply.status == 200 {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", reply.status, reply.body))
+    }
+}
+
+/// Publishes `count` messages `{prefix}-{n}` through the probe from `clients` loops.
+async fn publish_many(base: &str, channel: &str, prefix: &str, count: usize, clients: usize) {
+    let mut loops = Vec::new();
+    for first in 0..clients {
+        let (base, channel, prefix) = (base.to_string(), channel.to_string(), prefix.to_string());
+        loops.push(tokio::spawn(async move {
+            let http = client();
+            for n in (first..count).step_by(clients) {
+                publish(&http, &base, &channel, &format!("{prefix}-{n}"))
+                    .await
+                    .unwrap_or_else(|err| panic!("publish {prefix}-{n}: {err}"));
+            }
+        }));
+    }
+    for publisher in loops {
+        publisher.await.expect("publisher");
+    }
+}
+
+async fn random_failures_lose_nothing(kind: BrokerKind) {
+    let Some(mut messaging) = broker(kind) else { return };
+    const COUNT: usize = 10_000;
+    // A message fails 30% of its attempts; 20 attempts make a dead letter (0.3^20) practically
+    // impossible, so every message must end handled.
+    messaging.max_deliver = 20;
+    messaging.concurrency = 16;
+    let sink = Sink::start().await;
+    sink.fail_percent(30);
+    let dir = AppDir::new(&manifest("orders.#", &sink));
+    let host = dir.start(settings(messaging)).await;
+    let base = format!("http://{}", host.http_addr());
+
+    publish_many(&base, "orders.created", "order", COUNT, 8).await;
+    let all_handled = sink
+        .wait_for(Duration::from_secs(240), |sink| sink.handled_count() == COUNT)
+        .await;
+    assert!(all_handled, "{kind:?}: {} of {COUNT} handled", sink.handled_count());
+    for n in 0..COUNT {
+        assert!(sink.handled(&format!("order-{n}")) >= 1, "{kind:?}: order-{n} lost");
+    }
+    let attempts = sink.total_attempts();
+    assert!(
+        attempts > (COUNT as u64) * 13 / 10,
+        "{kind:?}: about 30% of attempts fail, so there were retries ({attempts})"
+    );
+    assert!(host.app().broker.dead_letters(None).await.expect("list").is_empty());
+    // Everything acked: nothing waits in the queue.
+    let settled = wait_until(Duration::from_secs(10), || async {
+        host.app().broker.pending("subscriber").await.ok() == Some(0)
+    })
+    .await;
+    assert!(settled, "{kind:?}: messages left in the queue");
+    let metrics = admin_get(&host, "/metrics").await;
+    assert!(
+        metrics.contains("mosaic_messages_published_total{topic=\"orders.created\"} 10000"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mosaic_messages_acked_total{subscriber=\"subscriber\",topic=\"orders.created\"}"));
+    assert!(metrics.contains("mosaic_messages_nacked_total{subscriber=\"subscriber\",topic=\"orders.created\"}"));
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_with_random_failures_all_arrive_embedded() {
+    random_failures_lose_nothing(BrokerKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_with_random_failures_all_arrive_rabbitmq() {
+    random_failures_lose_nothing(BrokerKind::RabbitMQ).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_with_random_failures_all_arrive_nats() {
+    random_failures_lose_nothing(BrokerKind::Nats).await;
+}
+
+async fn wait_until<F, Fut>(limit: Duration, check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check().await
+}
+
+/// Runs the `mosaic` CLI beside the test's manifest (it finds the in-process host through the
+/// state directory) and returns its standard output; it must succeed.
+async fn mosaic_cli(dir: &AppDir, args: &[&str]) -> String {
+    let (path, args): (std::path::PathBuf, Vec<String>) =
+        (dir.path.clone(), args.iter().map(|a| a.to_string()).collect());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(mosaic_tests::mosaic_bin())
+            .current_dir(path)
+            .args(&args)
+            .output()
+            .expect("mosaic runs")
+    })
+    .await
+    .expect("cli");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+async fn admin_get(host: &mosaic::Host, path: &str) -> String {
+    admin(host, "GET", path).await.body
+}
+
+async fn admin(host: &mosaic::Host, method: &str, path: &str) -> mosaic_tests::Reply {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", host.admin_addr()))
+        .header("authorization", format!("Bearer {}", host.admin_token()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let response = client().request(request).await.expect("admin API answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    mosaic_tests::Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_is_dead_lettered_and_replayed_after_a_fix() {
+    for kind in [BrokerKind::Embedded, BrokerKind::RabbitMQ, BrokerKind::Nats] {
+        let Some(mut messaging) = broker(kind) else { continue };
+        messaging.max_deliver = 3;
+        let sink = Sink::start().await;
+        let dir = AppDir::new(&manifest("payment.*", &sink));
+        let host = dir.start(settings(messaging)).await;
+        let base = format!("http://{}", host.http_addr());
+        let http = client();
+
+        publish(&http, &base, "payment.failed", "poison-1")
+            .await
+            .expect("publish");
+        publish(&http, &base, "payment.done", "fine-1").await.expect("publish");
+        assert!(
+            sink.wait_for(Duration::from_secs(20), |s| s.handled("fine-1") == 1)
+                .await,
+            "{kind:?}"
+        );
+        // v1 fails every attempt at a poison message (without reaching the sink): after
+        // max_deliver attempts it is a dead letter.
+        let listed = wait_until(Duration::from_secs(20), || async {
+            host.app()
+                .broker
+                .dead_letters(Some("subscriber"))
+                .await
+                .map(|l| l.len())
+                .unwrap_or(0)
+                == 1
+        })
+        .await;
+        assert!(listed, "{kind:?}: the poison message reached the dead-letter store");
+        let letters = admin(&host, "GET", "/v1/dlq?component=subscriber").await;
+        assert_eq!(letters.status, 200, "{}", letters.body);
+        let letters = letters.json();
+        let letter = &letters["dead_letters"][0];
+        assert_eq!(letter["payload"], "poison-1", "{kind:?}: {letters}");
+        assert_eq!(letter["topic"], "payment.failed");
+        assert_eq!(letter["attempts"], 3);
+        assert!(
+            letter["error"].as_str().unwrap().contains("returned an error"),
+            "{kind:?}: {letters}"
+        );
+        assert_eq!(sink.handled("poison-1"), 0);
+        let metrics = admin_get(&host, "/metrics").await;
+        assert!(
+            metrics
+                .contains("mosaic_messages_dead_lettered_total{subscriber=\"subscriber\",topic=\"payment.failed\"} 1"),
+            "{metrics}"
+        );
+
+        // The fixed handler (v2) goes live; a replay delivers the message to it.
+        deploy::deploy(host.trigger(), deploy_request("subscriber", "subscriber-v2"))
+            .await
+            .expect("deploy the fix");
+        // The operator's view: `mosaic dlq list`, then `mosaic dlq replay ID`.
+        let id = letter["id"].as_str().unwrap().to_string();
+        let listed = mosaic_cli(&dir, &["dlq", "list"]).await;
+        assert!(
+            listed.contains(&id) && listed.contains("poison-1") && listed.contains("payment.failed"),
+            "{listed}"
+        );
+        let replayed = mosaic_cli(&dir, &["dlq", "replay", "--component", "subscriber", &id]).await;
+        assert!(replayed.contains("1 dead letter(s) replayed"), "{replayed}");
+        assert!(
+            sink.wait_for(Duration::from_secs(20), |s| s.handled("poison-1") == 1)
+                .await,
+            "{kind:?}"
+        );
+        assert_eq!(sink.version_of("poison-1").as_deref(), Some("v2"));
+        assert!(
+            host.app().broker.dead_letters(None).await.expect("list").is_empty(),
+            "{kind:?}"
+        );
+        let unknown = admin(&host, "POST", "/v1/dlq/replay?ids=12345").await;
+        assert_eq!(unknown.status, 404, "{}", unknown.body);
+        host.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_is_kept_with_concurrency_one_even_across_retries() {
+    for kind in [BrokerKind::Embedded, BrokerKind::RabbitMQ, BrokerKind::Nats] {
+        let Some(mut messaging) = broker(kind) else { continue };
+        messaging.max_deliver = 20;
+        messaging.concurrency = 1;
+        let sink = Sink::start().await;
+        sink.fail_percent(30);
+        let dir = AppDir::new(&manifest("steps", &sink));
+        let host = dir.start(settings(messaging)).await;
+        let base = format!("http://{}", host.http_addr());
+        let http = client();
+        let sent: Vec<String> = (0..150).map(|n| format!("step-{n}")).collect();
+        for payload in &sent {
+            publish(&http, &base, "steps", payload).await.expect("publish");
+        }
+        assert!(
+            sink.wait_for(Duration::from_secs(60), |s| s.handled_count() == sent.len())
+                .await,
+            "{kind:?}: {} handled",
+            sink.handled_count()
+        );
+        assert_eq!(sink.order(), sent, "{kind:?}: handled in publish order");
+        host.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_swapped_three_times_mid_stream_loses_nothing() {
+    for kind in [BrokerKind::Embedded, BrokerKind::RabbitMQ, BrokerKind::Nats] {
+        let Some(mut messaging) = broker(kind) else { continue };
+        messaging.concurrency = 4;
+        let sink = Sink::start().await;
+        let dir = AppDir::new(&manifest("stream.*", &sink));
+        let host = dir.start(settings(messaging)).await;
+        let base = format!("http://{}", host.http_addr());
+        const COUNT: usize = 2_000;
+        let publisher = tokio::spawn({
+            let base = base.clone();
+            async move { publish_many(&base, "stream.tick", "tick", COUNT, 4).await }
+        });
+        for fixture in ["subscriber-v2", "subscriber", "subscriber-v2"] {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            deploy::deploy(host.trigger(), deploy_request("subscriber", fixture))
+                .await
+                .expect("swap");
+        }
+        publisher.await.expect("publisher");
+        assert!(
+            sink.wait_for(Duration::from_secs(90), |s| s.handled_count() == COUNT)
+                .await,
+            "{kind:?}: {} of {COUNT} handled",
+            sink.handled_count()
+        );
+        let versions: std::collections::BTreeSet<String> = (0..COUNT)
+            .filter_map(|n| sink.version_of(&format!("tick-{n}")))
+            .collect();
+        assert!(
+            versions.contains("v1") && versions.contains("v2"),
+            "{kind:?}: {versions:?}"
+        );
+        host.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_is_down_gives_the_publisher_an_error() {
+    let sink = Sink::start().await;
+    for (kind, url) in [
+        (BrokerKind::RabbitMQ, "amqp://guest:guest@127.0.0.1:1/%2f"),
+        (BrokerKind::Nats, "nats://127.0.0.1:1"),
+    ] {
+        let messaging = MessagingSettings {
+            broker: kind,
+            url: Some(url.to_string()),
+            namespace: Some(unique("down")),
+            ..MessagingSettings::default()
+        };
+        let dir = AppDir::new(&manifest("events", &sink));
+        // The host starts although the broker is down; the subscription waits for it.
+        let host = dir.start(settings(messaging)).await;
+        let base = format!("http://{}", host.http_addr());
+        let started = std::time::Instant::now();
+        let err = publish(&client(), &base, "events", "lost?")
+            .await
+            .expect_err("a publish to a broker that is down fails");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{kind:?}: {:?}",
+            started.elapsed()
+        );
+        assert!(err.starts_with("502") && err.contains("127.0.0.1:1"), "{kind:?}: {err}");
+        host.shutdown().await;
+    }
+    // A bad channel name and an oversized payload are refused on every backend alike.
+    let dir = AppDir::new(&manifest("events", &sink));
+    let host = dir
+        .start(settings(MessagingSettings {
+            max_message_bytes: 16,
+            ..MessagingSettings::default()
+        }))
+        .await;
+    let base = format!("http://{}", host.http_addr());
+    let err = publish(&client(), &base, "bad..name", "x")
+        .await
+        .expect_err("bad channel");
+    assert!(err.contains("empty word"), "{err}");
+    let err = publish(&client(), &base, "events", &"x".repeat(17))
+        .await
+        .expect_err("too big");
+    assert!(err.contains("messaging.max_message_bytes"), "{err}");
+    host.shutdown().await;
+}

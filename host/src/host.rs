@@ -54,6 +54,9 @@ impl Host {
             Some(settings) => settings,
             None => Settings::load_beside(&options.manifest)?,
         };
+        settings
+            .check()
+            .map_err(|message| anyhow::anyhow!("invalid Mosaic settings: {message}"))?;
         if let Some(listen) = options.listen {
             settings.http.listen = listen;
         }

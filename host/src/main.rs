@@ -48,6 +48,9 @@ struct ServeArgs {
     /// Spin runtime configuration (stores and databases to backends).
     #[arg(long)]
     runtime_config_file: Option<PathBuf>,
+    /// Mosaic's own settings [default: mosaic.toml beside the manifest, if there is one].
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -333,12 +336,16 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
         )?)),
         false => None,
     };
+    let settings = match &args.config {
+        Some(path) => Some(mosaic::settings::Settings::load(path)?),
+        None => None,
+    };
     let host = Host::start(HostOptions {
         manifest: manifest.to_owned(),
         listen: args.listen,
         admin_listen: args.admin_listen,
         state_dir,
-        settings: None,
+        settings,
         runtime_config_file: args.runtime_config_file,
     })
     .await?;

@@ -3,10 +3,17 @@
 //! ceiling), at 1 and 32 connections, all on loopback in one run; then swap latency (deploy
 //! call until the new version answers) from a cold and a warm artifact cache. Writes the table
 //! to bench/README.md. Bounded: a few seconds per measurement.
+//!
+//! `cargo xtask bench kv`, `sql` and `messaging` each write their own section of bench/README.md:
+//! key-value and SQL operations through a guest per backend, and publish-to-handled latency and
+//! messages/s through two guests on the embedded broker, RabbitMQ and NATS JetStream.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -26,8 +33,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         Some("http") => http(root),
         Some("kv") => key_value(root),
         Some("sql") => sql(root),
+        Some("messaging") => messaging(root),
         Some("native-server") => native_server(args.get(1).context("native-server PORT")?.parse()?),
-        Some(other) => bail!("no benchmark named `{other}`; try `cargo xtask bench http`, `kv` or `sql`"),
+        Some(other) => bail!("no benchmark named `{other}`; try `cargo xtask bench http`, `kv`, `sql` or `messaging`"),
         None => bail!("name a benchmark: cargo xtask bench http"),
     }
 }
@@ -35,9 +43,72 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 struct Stats {
     requests: u64,
     errors: u64,
+    /// What the first failed request got (status and body, or the connection error).
+    first_error: Option<String>,
     rps: f64,
     p50_us: u64,
     p99_us: u64,
+}
+
+/// What each request of [`load_request`] sends.
+#[derive(Clone)]
+enum Body {
+    /// The same body every time.
+    Fixed(&'static str),
+    /// `PREFIX-<seq>`, numbered across all connections, until the series is used up.
+    Numbered(Arc<Numbered>),
+}
+
+/// A series of numbered bodies, and the instant each one's request started.
+struct Numbered {
+    prefix: String,
+    limit: usize,
+    next: AtomicUsize,
+    started: Mutex<Vec<Option<Instant>>>,
+}
+
+impl Numbered {
+    fn new(prefix: String, limit: usize) -> Arc<Numbered> {
+        Arc::new(Numbered {
+            prefix,
+            limit,
+            next: AtomicUsize::new(0),
+            started: Mutex::new(vec![None; limit]),
+        })
+    }
+
+    fn payload(&self, seq: usize) -> String {
+        format!("{}-{seq}", self.prefix)
+    }
+
+    /// The requests sent, in number order: (payload, instant its request started).
+    fn sent(&self) -> Vec<(String, Instant)> {
+        let started = self.started.lock().expect("start instants");
+        started
+            .iter()
+            .enumerate()
+            .filter_map(|(seq, at)| at.map(|at| (self.payload(seq), at)))
+            .collect()
+    }
+}
+
+impl Body {
+    /// The next body and its number in a series; `None` once a series is used up.
+    fn next(&self) -> Option<(Bytes, Option<usize>)> {
+        match self {
+            Body::Fixed(text) => Some((Bytes::from_static(text.as_bytes()), None)),
+            Body::Numbered(series) => {
+                let seq = series.next.fetch_add(1, Ordering::Relaxed);
+                (seq < series.limit).then(|| (Bytes::from(series.payload(seq)), Some(seq)))
+            }
+        }
+    }
+
+    fn started(&self, seq: Option<usize>, at: Instant) {
+        if let (Body::Numbered(series), Some(seq)) = (self, seq) {
+            series.started.lock().expect("start instants")[seq] = Some(at);
+        }
+    }
 }
 
 struct Killed(Child);
@@ -237,9 +308,14 @@ fn http(root: &Path) -> Result<()> {
     std::fs::create_dir_all(root.join("bench"))?;
     // Keep the sections other benchmarks wrote.
     let existing = std::fs::read_to_string(root.join("bench/README.md")).unwrap_or_default();
+    // Everything after this benchmark's last section.
     let others = existing
-        .find("## Key-value through a guest")
-        .map(|start| &existing[start..])
+        .find("## Swap latency")
+        .and_then(|start| {
+            existing[start..]
+                .find("\n## ")
+                .map(|next| &existing[start + next + 1..])
+        })
         .unwrap_or("");
     std::fs::write(root.join("bench/README.md"), format!("{report}\n{others}"))?;
     println!("{report}");
@@ -257,79 +333,110 @@ async fn load(addr: SocketAddr, connections: usize, duration: Duration) -> Resul
 }
 
 async fn load_path(addr: SocketAddr, path: &'static str, connections: usize, duration: Duration) -> Result<Stats> {
-    load_request(addr, "GET", path.to_string(), "", connections, duration).await
+    load_request(addr, "GET", path.to_string(), Body::Fixed(""), connections, duration).await
+}
+
+/// The `q` quantile of ascending `sorted` samples (0 when there are none).
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Closed-loop load: `connections` clients each sending `method path` with `body` until
-/// `duration` is over.
+/// `duration` is over (or a numbered `body` series is used up). A request fails unless it
+/// answers 2xx.
 async fn load_request(
     addr: SocketAddr,
     method: &'static str,
     path: String,
-    body: &'static str,
+    body: Body,
     connections: usize,
     duration: Duration,
 ) -> Result<Stats> {
-    let deadline = Instant::now() + duration;
+    let begun = Instant::now();
+    let deadline = begun + duration;
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let path = path.clone();
+        let (path, body) = (path.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let mut latencies: Vec<u32> = Vec::new();
+            let mut latencies: Vec<u64> = Vec::new();
             let mut errors = 0u64;
+            let mut first_error = None;
             'connect: while Instant::now() < deadline {
-                let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
-                    errors += 1;
-                    continue;
+                let connected = match tokio::net::TcpStream::connect(addr).await {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                    }
+                    Err(err) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("cannot connect to {addr}: {err}"));
+                        continue;
+                    }
                 };
-                let _ = stream.set_nodelay(true);
-                let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-                else {
-                    errors += 1;
-                    continue;
+                let (mut sender, connection) = match connected {
+                    Ok(handshake) => handshake,
+                    Err(err) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("HTTP handshake with {addr}: {err}"));
+                        continue;
+                    }
                 };
                 tokio::spawn(connection);
                 while Instant::now() < deadline {
+                    let Some((bytes, seq)) = body.next() else {
+                        break 'connect;
+                    };
                     let request = hyper::Request::builder()
                         .method(method)
                         .uri(path.as_str())
                         .header(http::header::HOST, addr.to_string())
-                        .body(Full::new(Bytes::from_static(body.as_bytes())))
+                        .body(Full::new(bytes))
                         .expect("static request");
                     let started = Instant::now();
-                    let ok = match sender.send_request(request).await {
-                        Ok(response) => response.status().is_success() && response.into_body().collect().await.is_ok(),
-                        Err(_) => false,
+                    body.started(seq, started);
+                    let outcome = match sender.send_request(request).await {
+                        Ok(response) => {
+                            let status = response.status();
+                            match response.into_body().collect().await {
+                                Ok(_) if status.is_success() => Ok(()),
+                                Ok(text) => Err(format!("{status} {}", String::from_utf8_lossy(&text.to_bytes()))),
+                                Err(err) => Err(format!("{status}, then reading the body: {err}")),
+                            }
+                        }
+                        Err(err) => Err(err.to_string()),
                     };
-                    if !ok {
+                    if let Err(err) = outcome {
                         errors += 1;
+                        first_error.get_or_insert_with(|| format!("{method} {path}: {err}"));
                         continue 'connect;
                     }
-                    latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    latencies.push(started.elapsed().as_micros() as u64);
                 }
             }
-            (latencies, errors)
+            (latencies, errors, first_error)
         }));
     }
     let mut all = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for task in tasks {
-        let (latencies, task_errors) = task.await?;
+        let (latencies, task_errors, task_error) = task.await?;
         all.extend(latencies);
         errors += task_errors;
+        first_error = first_error.or(task_error);
     }
     all.sort_unstable();
-    let at = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as u64
-    };
     Ok(Stats {
         requests: all.len() as u64,
         errors,
-        rps: all.len() as f64 / duration.as_secs_f64(),
-        p50_us: at(0.50),
-        p99_us: at(0.99),
+        first_error,
+        // A used-up series ends before the deadline.
+        rps: all.len() as f64 / duration.min(begun.elapsed()).as_secs_f64(),
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
     })
 }
 
@@ -448,12 +555,22 @@ fn native_server(port: u16) -> Result<()> {
     })
 }
 
-/// Starts the release `mosaic up` on `manifest` (and a runtime config) in a fresh directory.
-fn start_mosaic(root: &Path, name: &str, manifest: &str, runtime_config: Option<&str>) -> Result<(Killed, SocketAddr)> {
+/// Starts the release `mosaic up` on `manifest` (and a runtime config, and a `mosaic.toml`
+/// beside the manifest) in a fresh directory.
+fn start_mosaic(
+    root: &Path,
+    name: &str,
+    manifest: &str,
+    runtime_config: Option<&str>,
+    settings: Option<&str>,
+) -> Result<(Killed, SocketAddr)> {
     let work = root.join("target/bench").join(name);
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     std::fs::write(work.join("spin.toml"), manifest)?;
+    if let Some(settings) = settings {
+        std::fs::write(work.join("mosaic.toml"), settings)?;
+    }
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut command = Command::new(root.join("target/release/mosaic"));
@@ -496,7 +613,7 @@ fn key_value(root: &Path) -> Result<()> {
         fixtures.join("counter.wasm").display()
     );
     let config = "[key_value_store.remote]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/10\"\n";
-    let (_host, addr) = start_mosaic(root, "kv", &manifest, Some(config))?;
+    let (_host, addr) = start_mosaic(root, "kv", &manifest, Some(config), None)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let operations: [(&str, &'static str, &'static str); 4] = [
         ("guest without key-value (baseline)", "/probe/hello", "/probe/hello"),
@@ -556,10 +673,28 @@ fn measure_cell(
     connections: usize,
     duration: Duration,
 ) -> Result<String> {
-    runtime.block_on(load_request(addr, method, path.clone(), body, connections, WARMUP))?;
-    let stats = runtime.block_on(load_request(addr, method, path.clone(), body, connections, duration))?;
+    runtime.block_on(load_request(
+        addr,
+        method,
+        path.clone(),
+        Body::Fixed(body),
+        connections,
+        WARMUP,
+    ))?;
+    let stats = runtime.block_on(load_request(
+        addr,
+        method,
+        path.clone(),
+        Body::Fixed(body),
+        connections,
+        duration,
+    ))?;
     if stats.errors > 0 {
-        bail!("{name} on {path}: {} errors", stats.errors);
+        bail!(
+            "{name} on {path}: {} errors, the first: {}",
+            stats.errors,
+            stats.first_error.unwrap_or_default()
+        );
     }
     eprintln!(
         "{name:<36} {path:<70} {:>8.0}/s p50 {} us p99 {} us",
@@ -613,7 +748,7 @@ fn sql(root: &Path) -> Result<()> {
          allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]\n",
         root.join("target/fixtures/probe.wasm").display()
     );
-    let (_host, addr) = start_mosaic(root, "sql", &manifest, None)?;
+    let (_host, addr) = start_mosaic(root, "sql", &manifest, None, None)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let pg = "/pg?addr=host=127.0.0.1%20user=postgres%20dbname=test";
     let setup = [
@@ -674,4 +809,335 @@ fn sql(root: &Path) -> Result<()> {
         SQL_MEASURE.as_secs()
     );
     write_section(root, "## SQL through a guest", &section)
+}
+
+/// `cargo xtask bench messaging`: publish-to-handled latency and messages/s through two guests
+/// (the probe publishes with spin-sdk's `redis::Connection::publish`, the `subscriber` fixture
+/// receives and reports to a sink here), on the embedded broker, RabbitMQ and NATS JetStream in
+/// one run; writes its section of bench/README.md.
+fn messaging(root: &Path) -> Result<()> {
+    const CHANNEL: &str = "bench.events";
+    const CONCURRENCY: u32 = 8;
+    const WARMUP_MESSAGES: usize = 50;
+    const LATENCY_MESSAGES: usize = 500;
+    const PUBLISHERS: usize = 8;
+    const THROUGHPUT_MESSAGES: usize = 8_000;
+    const THROUGHPUT_TIME: Duration = Duration::from_secs(4);
+    /// Bounds a publishing phase that is slower than expected.
+    const PUBLISH_BOUND: Duration = Duration::from_secs(30);
+    /// How long the published messages have to reach the sink.
+    const DRAIN: Duration = Duration::from_secs(60);
+    let brokers = [
+        ("embedded", "embedded", None),
+        (
+            "RabbitMQ",
+            "rabbitmq",
+            Some(("127.0.0.1:5672", "amqp://guest:guest@127.0.0.1:5672/%2f")),
+        ),
+        (
+            "NATS JetStream",
+            "nats",
+            Some(("127.0.0.1:4222", "nats://127.0.0.1:4222")),
+        ),
+    ];
+    run_command(
+        Command::new(cargo())
+            .current_dir(root)
+            .args(["build", "--release", "-p", "mosaic"]),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let sink = runtime.block_on(Sink::start())?;
+    let fixtures = root.join("target/fixtures");
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"bench-messaging\"\n\
+         [[trigger.http]]\nroute = \"/probe/...\"\ncomponent = \"probe\"\n\
+         [[trigger.redis]]\nchannel = \"{CHANNEL}\"\ncomponent = \"subscriber\"\n\
+         [component.probe]\nsource = \"{}\"\nallowed_outbound_hosts = [\"redis://127.0.0.1:6379\"]\n\
+         [component.subscriber]\nsource = \"{}\"\nallowed_outbound_hosts = [\"http://{sink}\"]\n\
+         [component.subscriber.variables]\nsink = \"http://{sink}/sink\"\n",
+        fixtures.join("probe.wasm").display(),
+        fixtures.join("subscriber.wasm").display(),
+        sink = sink.addr,
+    );
+    // Queues, exchanges and streams of this run stay apart from earlier runs' on the servers.
+    let namespace = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let path = format!("/probe/publish?channel={CHANNEL}");
+    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
+    let mut table = String::from(
+        "| broker | messages | publish p50 | publish p99 | e2e p50 | e2e p99 | messages | published msgs/s | handled msgs/s | e2e p50 | e2e p99 |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut servers = Vec::new();
+    let mut repeats = Vec::new();
+    for (label, kind, server) in brokers {
+        let mut settings =
+            format!("[messaging]\nbroker = \"{kind}\"\nnamespace = \"{namespace}\"\nconcurrency = {CONCURRENCY}\n");
+        if let Some((addr, url)) = server {
+            let addr: SocketAddr = addr.parse()?;
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+                eprintln!("{label}: not reachable at {addr}, skipped");
+                table.push_str(&format!("| {label} | not reachable at {addr} |{}\n", " |".repeat(9)));
+                continue;
+            }
+            settings.push_str(&format!("url = \"{url}\"\n"));
+            servers.push(match server_version(kind, addr) {
+                Some(version) => format!("{label} {version}"),
+                None => label.to_string(),
+            });
+        }
+        let (host, addr) = start_mosaic(root, &format!("messaging-{kind}"), &manifest, None, Some(&settings))?;
+        let repeats_before = sink.repeats();
+        let phase = |name: &str, count: usize, publishers: usize, bound: Duration| {
+            let run = format!("m-{kind}-{name}");
+            let started = Instant::now();
+            let outcome = runtime.block_on(publish_and_wait(
+                addr,
+                &sink,
+                &path,
+                Numbered::new(run.clone(), count),
+                publishers,
+                bound,
+                DRAIN,
+            ));
+            let delivered = outcome.with_context(|| format!("{label}, {name}"))?;
+            eprintln!(
+                "{label:<15} {name:<10} {:>5} msgs in {:>5.1}s: {:>6.0} published/s, {:>6.0} handled/s; publish p50 {} p99 {}; e2e p50 {} p99 {}",
+                delivered.publish.requests,
+                started.elapsed().as_secs_f64(),
+                delivered.publish.rps,
+                delivered.handled_rate,
+                ms(delivered.publish.p50_us),
+                ms(delivered.publish.p99_us),
+                ms(delivered.e2e_p50_us),
+                ms(delivered.e2e_p99_us),
+            );
+            anyhow::Ok(delivered)
+        };
+        phase("warmup", WARMUP_MESSAGES, 1, PUBLISH_BOUND)?;
+        let latency = phase("latency", LATENCY_MESSAGES, 1, PUBLISH_BOUND)?;
+        let throughput = phase("throughput", THROUGHPUT_MESSAGES, PUBLISHERS, THROUGHPUT_TIME)?;
+        drop(host);
+        repeats.push(format!("{label} {}", sink.repeats() - repeats_before));
+        table.push_str(&format!(
+            "| {label} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |\n",
+            latency.publish.requests,
+            ms(latency.publish.p50_us),
+            ms(latency.publish.p99_us),
+            ms(latency.e2e_p50_us),
+            ms(latency.e2e_p99_us),
+            throughput.publish.requests,
+            throughput.publish.rps,
+            throughput.handled_rate,
+            ms(throughput.e2e_p50_us),
+            ms(throughput.e2e_p99_us),
+        ));
+    }
+    let section = format!(
+        "## Messaging through guests\n\nWritten by `cargo xtask bench messaging`. On each HTTP request (`POST {path}`) the probe guest \
+         publishes the body (`m-<run>-<seq>`) with spin-sdk's `redis::Connection::publish`; Mosaic hands it to the broker, and the \
+         request answers once the broker holds it durably. The `subscriber` guest (`[[trigger.redis]] channel = \"{CHANNEL}\"`, \
+         `concurrency = {CONCURRENCY}`) receives each message and POSTs it to a sink in the benchmark process. *publish* is the HTTP \
+         publish call (guest and durable accept by the broker); *e2e* runs from the start of that call until the sink received the \
+         message (publish to handled, through both guests).\n\n\
+         - Left (latency): after {WARMUP_MESSAGES} warm-up messages, 1 publisher sends {LATENCY_MESSAGES} messages one after the \
+         other, not waiting for the sink.\n\
+         - Right (throughput): {PUBLISHERS} publisher connections for {}s or {THROUGHPUT_MESSAGES} messages, whichever comes \
+         first; *published msgs/s* counts the publishes answered, *handled msgs/s* is messages / (first publish start to last \
+         receipt). When publishing outpaces handling the queue grows, and e2e then includes the wait in the queue.\n\n\
+         Every publish answered 200 and every message reached the sink (the benchmark fails otherwise). Mosaic release build, \
+         one broker per host run, namespace `{namespace}`; brokers: embedded (SQLite in the state directory){servers}. All on \
+         loopback, on {cores} cores shared by the load generator, the sink, the host and the brokers.\n\n{table}\n\
+         Repeats seen by the sink (a message handled again, which at-least-once allows): {repeats}.\n",
+        THROUGHPUT_TIME.as_secs(),
+        servers = servers.iter().map(|s| format!(", {s}")).collect::<String>(),
+        cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        repeats = repeats.join(", "),
+    );
+    write_section(root, "## Messaging through guests", &section)
+}
+
+/// What one messaging phase measured.
+struct Delivered {
+    /// The publish calls.
+    publish: Stats,
+    e2e_p50_us: u64,
+    e2e_p99_us: u64,
+    /// Messages / (first publish start to last receipt).
+    handled_rate: f64,
+}
+
+/// Publishes the `series` through `path` from `publishers` connections (for at most `bound`),
+/// then waits up to `drain` until every message reached the sink. Fails on any failed publish
+/// or any message missing.
+async fn publish_and_wait(
+    addr: SocketAddr,
+    sink: &Sink,
+    path: &str,
+    series: Arc<Numbered>,
+    publishers: usize,
+    bound: Duration,
+    drain: Duration,
+) -> Result<Delivered> {
+    let publish = load_request(
+        addr,
+        "POST",
+        path.to_string(),
+        Body::Numbered(series.clone()),
+        publishers,
+        bound,
+    )
+    .await?;
+    if publish.errors > 0 {
+        bail!(
+            "{} publishes failed, the first: {}",
+            publish.errors,
+            publish.first_error.unwrap_or_default()
+        );
+    }
+    let sent = series.sent();
+    if sent.is_empty() {
+        bail!("nothing was published in {bound:?}");
+    }
+    let receipts = sink.receipts(&sent, drain).await?;
+    let mut e2e: Vec<u64> = sent
+        .iter()
+        .zip(&receipts)
+        .map(|((_, started), received)| received.saturating_duration_since(*started).as_micros() as u64)
+        .collect();
+    e2e.sort_unstable();
+    let first = sent.iter().map(|(_, started)| *started).min().expect("one sent");
+    let last = receipts.iter().copied().max().expect("one received");
+    Ok(Delivered {
+        publish,
+        e2e_p50_us: percentile(&e2e, 0.50),
+        e2e_p99_us: percentile(&e2e, 0.99),
+        handled_rate: sent.len() as f64 / last.saturating_duration_since(first).as_secs_f64().max(1e-6),
+    })
+}
+
+/// The HTTP server in this process that the `subscriber` fixture reports each message to: it
+/// keeps the instant each payload first arrived and counts the repeats, and answers 200.
+struct Sink {
+    addr: SocketAddr,
+    received: Arc<Mutex<Received>>,
+}
+
+#[derive(Default)]
+struct Received {
+    first: HashMap<String, Instant>,
+    repeats: u64,
+}
+
+impl Sink {
+    async fn start() -> Result<Sink> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let received = Arc::new(Mutex::new(Received::default()));
+        let shared = received.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                let received = shared.clone();
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let received = received.clone();
+                    async move {
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let at = Instant::now();
+                        let payload = String::from_utf8_lossy(&body).into_owned();
+                        let mut received = received.lock().expect("sink records");
+                        match received.first.entry(payload) {
+                            std::collections::hash_map::Entry::Occupied(_) => received.repeats += 1,
+                            std::collections::hash_map::Entry::Vacant(entry) => {
+                                entry.insert(at);
+                            }
+                        }
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Sink { addr, received })
+    }
+
+    fn repeats(&self) -> u64 {
+        self.received.lock().expect("sink records").repeats
+    }
+
+    /// The instant each of the `sent` payloads first reached the sink, in the same order;
+    /// waits up to `limit` for the last of them, and fails naming the missing ones.
+    async fn receipts(&self, sent: &[(String, Instant)], limit: Duration) -> Result<Vec<Instant>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let missing: Vec<&str> = {
+                let received = self.received.lock().expect("sink records");
+                let missing: Vec<&str> = sent
+                    .iter()
+                    .filter(|(payload, _)| !received.first.contains_key(payload))
+                    .map(|(payload, _)| payload.as_str())
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(sent.iter().map(|(payload, _)| received.first[payload]).collect());
+                }
+                missing
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} of {} published messages did not reach the sink within {limit:?}, e.g. {}",
+                    missing.len(),
+                    sent.len(),
+                    missing.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The server's version, as it announces it on connecting: NATS in its `INFO` line, RabbitMQ in
+/// the server properties of `Connection.Start`. `None` if it cannot be read quickly.
+fn server_version(kind: &str, addr: SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    if kind == "rabbitmq" {
+        stream.write_all(b"AMQP\x00\x00\x09\x01").ok()?;
+    }
+    let mut greeting = vec![0u8; 4096];
+    let mut length = 0;
+    // Enough for the INFO line or the Connection.Start frame.
+    while length < greeting.len() {
+        match stream.read(&mut greeting[length..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => length += n,
+        }
+        if greeting[..length].contains(&b'\n') || (kind == "rabbitmq" && length > 512) {
+            break;
+        }
+    }
+    let greeting = &greeting[..length];
+    if kind == "nats" {
+        let line = std::str::from_utf8(greeting)
+            .ok()?
+            .lines()
+            .next()?
+            .strip_prefix("INFO ")?;
+        let info: serde_json::Value = serde_json::from_str(line).ok()?;
+        return info["version"].as_str().map(str::to_string);
+    }
+    // A field-table entry: short-string key `version`, type `S`, 32-bit length, the text.
+    let key = b"\x07versionS";
+    let at = greeting.windows(key.len()).position(|w| w == key)? + key.len();
+    let size = u32::from_be_bytes(greeting.get(at..at + 4)?.try_into().ok()?) as usize;
+    String::from_utf8(greeting.get(at + 4..at + 4 + size)?.to_vec()).ok()
 }

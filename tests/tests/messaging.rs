@@ -293,6 +293,29 @@ async fn poison_message_is_dead_lettered_and_replayed_after_a_fix() {
         );
         let unknown = admin(&host, "POST", "/v1/dlq/replay?ids=12345").await;
         assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+        // A handler that traps fails its attempts the same way, and the host keeps delivering.
+        publish(&http, &base, "payment.failed", "trap").await.expect("publish");
+        publish(&http, &base, "payment.done", "fine-2").await.expect("publish");
+        let trapped = wait_until(Duration::from_secs(20), || async {
+            host.app()
+                .broker
+                .dead_letters(None)
+                .await
+                .ok()
+                .and_then(|letters| letters.first().cloned())
+                .is_some_and(|letter| letter.payload.as_deref() == Some("trap") && letter.error.contains("trapped"))
+        })
+        .await;
+        assert!(
+            trapped,
+            "{kind:?}: the trapping message is a dead letter naming the trap"
+        );
+        assert!(
+            sink.wait_for(Duration::from_secs(20), |s| s.handled("fine-2") == 1)
+                .await,
+            "{kind:?}"
+        );
         host.shutdown().await;
     }
 }

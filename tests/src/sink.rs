@@ -120,6 +120,34 @@ impl Sink {
         self.with(|r| r.handled.keys().cloned().collect())
     }
 
+    /// An application whose probe publishes at `/probe/publish?channel=C` and whose
+    /// `subscriber` receives `channel` (a pattern) and reports each message here.
+    pub fn manifest(&self, channel: &str) -> String {
+        format!(
+            r#"
+spin_manifest_version = 2
+[application]
+name = "messaging-test"
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[[trigger.redis]]
+channel = "{channel}"
+component = "subscriber"
+[component.probe]
+source = "{{probe}}"
+allowed_outbound_hosts = ["redis://127.0.0.1:6379"]
+[component.subscriber]
+source = "{{subscriber}}"
+allowed_outbound_hosts = ["{allowed}"]
+[component.subscriber.variables]
+sink = "{url}"
+"#,
+            allowed = self.allowed_host(),
+            url = self.url()
+        )
+    }
+
     /// Waits until `done` holds, up to `limit`; returns whether it did.
     pub async fn wait_for(&self, limit: std::time::Duration, done: impl Fn(&Sink) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + limit;

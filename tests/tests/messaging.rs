@@ -32,33 +32,6 @@ fn broker(kind: BrokerKind) -> Option<MessagingSettings> {
     })
 }
 
-/// The probe publishes at /probe/publish; the subscriber receives `channel` and reports to `sink`.
-fn manifest(channel: &str, sink: &Sink) -> String {
-    format!(
-        r#"
-spin_manifest_version = 2
-[application]
-name = "messaging-test"
-[[trigger.http]]
-route = "/probe/..."
-component = "probe"
-[[trigger.redis]]
-channel = "{channel}"
-component = "subscriber"
-[component.probe]
-source = "{{probe}}"
-allowed_outbound_hosts = ["redis://127.0.0.1:6379"]
-[component.subscriber]
-source = "{{subscriber}}"
-allowed_outbound_hosts = ["{allowed}"]
-[component.subscriber.variables]
-sink = "{url}"
-"#,
-        allowed = sink.allowed_host(),
-        url = sink.url()
-    )
-}
-
 fn settings(messaging: MessagingSettings) -> Settings {
     Settings {
         messaging,
@@ -109,7 +82,7 @@ async fn random_failures_lose_nothing(kind: BrokerKind) {
     messaging.concurrency = 16;
     let sink = Sink::start().await;
     sink.fail_percent(30);
-    let dir = AppDir::new(&manifest("orders.#", &sink));
+    let dir = AppDir::new(&sink.manifest("orders.#"));
     let host = dir.start(settings(messaging)).await;
     let base = format!("http://{}", host.http_addr());
 
@@ -222,7 +195,7 @@ async fn poison_message_is_dead_lettered_and_replayed_after_a_fix() {
         let Some(mut messaging) = broker(kind) else { continue };
         messaging.max_deliver = 3;
         let sink = Sink::start().await;
-        let dir = AppDir::new(&manifest("payment.*", &sink));
+        let dir = AppDir::new(&sink.manifest("payment.*"));
         let host = dir.start(settings(messaging)).await;
         let base = format!("http://{}", host.http_addr());
         let http = client();
@@ -328,7 +301,7 @@ async fn order_is_kept_with_concurrency_one_even_across_retries() {
         messaging.concurrency = 1;
         let sink = Sink::start().await;
         sink.fail_percent(30);
-        let dir = AppDir::new(&manifest("steps", &sink));
+        let dir = AppDir::new(&sink.manifest("steps"));
         let host = dir.start(settings(messaging)).await;
         let base = format!("http://{}", host.http_addr());
         let http = client();
@@ -353,7 +326,7 @@ async fn a_subscriber_swapped_three_times_mid_stream_loses_nothing() {
         let Some(mut messaging) = broker(kind) else { continue };
         messaging.concurrency = 4;
         let sink = Sink::start().await;
-        let dir = AppDir::new(&manifest("stream.*", &sink));
+        let dir = AppDir::new(&sink.manifest("stream.*"));
         let host = dir.start(settings(messaging)).await;
         let base = format!("http://{}", host.http_addr());
         const COUNT: usize = 2_000;
@@ -398,7 +371,7 @@ async fn a_broker_that_is_down_gives_the_publisher_an_error() {
             namespace: Some(unique("down")),
             ..MessagingSettings::default()
         };
-        let dir = AppDir::new(&manifest("events", &sink));
+        let dir = AppDir::new(&sink.manifest("events"));
         // The host starts although the broker is down; the subscription waits for it.
         let host = dir.start(settings(messaging)).await;
         let base = format!("http://{}", host.http_addr());
@@ -415,7 +388,7 @@ async fn a_broker_that_is_down_gives_the_publisher_an_error() {
         host.shutdown().await;
     }
     // A bad channel name and an oversized payload are refused on every backend alike.
-    let dir = AppDir::new(&manifest("events", &sink));
+    let dir = AppDir::new(&sink.manifest("events"));
     let host = dir
         .start(settings(MessagingSettings {
             max_message_bytes: 16,

@@ -20,29 +20,7 @@ fn free_port() -> u16 {
 
 async fn killed_mid_stream_loses_nothing(broker_settings: &str) {
     let sink = Sink::start().await;
-    let dir = AppDir::new(&format!(
-        r#"
-spin_manifest_version = 2
-[application]
-name = "crash-test"
-[[trigger.http]]
-route = "/probe/..."
-component = "probe"
-[[trigger.redis]]
-channel = "jobs"
-component = "subscriber"
-[component.probe]
-source = "{{probe}}"
-allowed_outbound_hosts = ["redis://127.0.0.1:6379"]
-[component.subscriber]
-source = "{{subscriber}}"
-allowed_outbound_hosts = ["{}"]
-[component.subscriber.variables]
-sink = "{}"
-"#,
-        sink.allowed_host(),
-        sink.url()
-    ));
+    let dir = AppDir::new(&sink.manifest("jobs"));
     std::fs::write(
         dir.path.join("mosaic.toml"),
         format!(

@@ -13,7 +13,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A pool on the SQLite file at `path` (created with its directory if missing): WAL mode,
-/// foreign keys on, 5 s busy timeout, 4 connections. A commit survives the process being
+/// foreign keys on, 5 s busy timeout, up to 16 connections (a guest's SQLite handle holds one
+/// for its lifetime), 10 s to get one. A commit survives the process being
 /// killed; `sqlite_pool_durable` also survives the machine losing power.
 pub async fn sqlite_pool(path: &Path) -> Result<SqlitePool, String> {
     open_sqlite_pool(path, SqliteSynchronous::Normal).await
@@ -38,7 +39,8 @@ async fn open_sqlite_pool(path: &Path, synchronous: SqliteSynchronous) -> Result
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
     SqlitePoolOptions::new()
-        .max_connections(4)
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
         .map_err(|err| format!("cannot open {}: {err}", path.display()))

@@ -219,3 +219,53 @@ async fn migrations_run_at_start_and_as_a_deploy_step() {
     );
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_spans_the_calls_of_one_connection_and_a_trap_rolls_it_back() {
+    let dir = AppDir::new(MANIFEST);
+    let host = dir.start(Settings::default()).await;
+    let (client, base) = (client(), format!("http://{}", host.http_addr()));
+    let count = |client: HttpClient, base: String| async move {
+        let reply = sql(&client, &base, "a", "db=orders", "SELECT COUNT(*) FROM tx").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["rows"][0][0]["integer"].as_i64().expect("a count")
+    };
+    assert_eq!(
+        sql(&client, &base, "a", "db=orders", "CREATE TABLE tx (v INTEGER)")
+            .await
+            .status,
+        200
+    );
+    let committed = "BEGIN;;INSERT INTO tx VALUES (1);;INSERT INTO tx VALUES (2);;COMMIT";
+    assert_eq!(
+        sql(&client, &base, "a", "db=orders&split=1", committed).await.status,
+        200
+    );
+    assert_eq!(count(client.clone(), base.clone()).await, 2);
+    // A rollback undoes the insert made on the same connection before it.
+    let rolled_back = "BEGIN;;INSERT INTO tx VALUES (3);;ROLLBACK";
+    assert_eq!(
+        sql(&client, &base, "a", "db=orders&split=1", rolled_back).await.status,
+        200
+    );
+    assert_eq!(
+        count(client.clone(), base.clone()).await,
+        2,
+        "the rolled-back insert is gone"
+    );
+    // A guest that traps inside a write transaction leaves nothing behind: not its insert, and
+    // not a lock that would block the next writer.
+    let abandoned = "BEGIN IMMEDIATE;;INSERT INTO tx VALUES (4)";
+    assert_eq!(
+        sql(&client, &base, "a", "db=orders&split=1&trap=1", abandoned)
+            .await
+            .status,
+        500
+    );
+    for round in 0..8 {
+        let insert = sql(&client, &base, "a", "db=orders", "INSERT INTO tx VALUES (5)").await;
+        assert_eq!(insert.status, 200, "round {round}: {}", insert.body);
+    }
+    assert_eq!(count(client.clone(), base.clone()).await, 10);
+    host.shutdown().await;
+}

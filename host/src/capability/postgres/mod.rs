@@ -146,7 +146,9 @@ impl PgPools {
             config,
             tokio_postgres::NoTls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // A guest may drop its connection (or trap) inside a transaction it opened:
+                // roll it back before the connection serves another guest.
+                recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
             },
         );
         let pool = Pool::builder(manager)

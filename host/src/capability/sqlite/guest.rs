@@ -21,6 +21,7 @@ impl InstanceState {
         let database = access.databases.open(label).await.map_err(OpenError::Failed)?;
         Ok(OpenDatabase {
             database,
+            held: None,
             last_insert_rowid: 0,
             changes: 0,
         })
@@ -32,13 +33,23 @@ impl InstanceState {
         statement: String,
         parameters: Vec<SqlValue>,
     ) -> Result<SqlResult, Option<SqlError>> {
-        let database = self.table().get(connection).map_err(|_| None)?.database.clone();
-        let result = database.execute(&statement, parameters).await.map_err(Some)?;
+        let open = self.table_mut().get_mut(connection).map_err(|_| None)?;
+        let database = open.database.clone();
+        // Taken out of the table for the await; if the call is cut short, dropping it rolls
+        // back whatever it left open.
+        let mut held = match open.held.take() {
+            Some(held) => held,
+            None => database.acquire().await.map_err(Some)?,
+        };
+        let outcome = database.execute_on(&mut held, &statement, parameters).await;
         if let Ok(open) = self.table_mut().get_mut(connection) {
-            open.last_insert_rowid = result.last_insert_rowid;
-            open.changes = result.changes;
+            open.held = Some(held);
+            if let Ok(result) = &outcome {
+                open.last_insert_rowid = result.last_insert_rowid;
+                open.changes = result.changes;
+            }
         }
-        Ok(result)
+        outcome.map_err(Some)
     }
 }
 

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::TryStreamExt;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqlitePool;
+use sqlx::Sqlite;
 use sqlx::{Column, Either, Executor, Row, Statement, TypeInfo, ValueRef};
 use tokio::sync::Mutex;
 
@@ -54,11 +56,37 @@ impl Database {
         })
     }
 
-    /// Runs one statement with bound parameters and returns its rows (if any) with the column
-    /// names, the rowid of the last insert and the number of rows it changed.
+    fn failed(&self, err: sqlx::Error) -> SqlError {
+        SqlError(format!("database `{}`: {}", self.label, describe(&err)))
+    }
+
+    /// A connection of the database's pool, to hold for one guest handle.
+    pub async fn acquire(&self) -> Result<HeldConnection, SqlError> {
+        let connection = self.pool.acquire().await.map_err(|err| self.failed(err))?;
+        Ok(HeldConnection(Some(connection)))
+    }
+
+    /// Runs one statement on a connection of the pool (see [`Database::execute_on`]).
     pub async fn execute(&self, statement: &str, parameters: Vec<SqlValue>) -> Result<SqlResult, SqlError> {
-        let fail = |err: sqlx::Error| SqlError(format!("database `{}`: {}", self.label, describe(&err)));
-        let mut connection = self.pool.acquire().await.map_err(fail)?;
+        let mut held = self.acquire().await?;
+        self.execute_on(&mut held, statement, parameters).await
+    }
+
+    /// Runs one statement with bound parameters on `held` and returns its rows (if any) with
+    /// the column names, the rowid of the last insert and the number of rows it changed.
+    pub async fn execute_on(
+        &self,
+        held: &mut HeldConnection,
+        statement: &str,
+        parameters: Vec<SqlValue>,
+    ) -> Result<SqlResult, SqlError> {
+        let fail = |err: sqlx::Error| self.failed(err);
+        let Some(connection) = held.0.as_mut() else {
+            return Err(SqlError(format!(
+                "database `{}`: the connection was closed",
+                self.label
+            )));
+        };
         let prepared = connection.prepare(statement).await.map_err(fail)?;
         let columns: Vec<String> = prepared.columns().iter().map(|c| c.name().to_string()).collect();
         let mut query = prepared.query();
@@ -159,9 +187,35 @@ pub struct SqliteAccess {
     pub databases: Arc<Databases>,
 }
 
+/// A pooled connection held by one guest handle, so that its statements (a `BEGIN` ... `COMMIT`
+/// included) run on one SQLite connection, as in Spin. When it is let go, a transaction the
+/// guest left open (it trapped, timed out or never committed) is rolled back before the
+/// connection serves anyone else.
+pub struct HeldConnection(Option<PoolConnection<Sqlite>>);
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        let Some(mut connection) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    // Fails harmlessly ("no transaction is active") in the usual case.
+                    let _ = connection.execute("ROLLBACK").await;
+                });
+            }
+            // No runtime to roll back on: close the connection rather than return it.
+            Err(_) => drop(connection.detach()),
+        }
+    }
+}
+
 /// An open connection in a guest's resource table (v2 and v3 alike).
 pub struct OpenDatabase {
     pub database: Arc<Database>,
+    /// Taken from the pool at the handle's first statement, kept until the handle is dropped.
+    pub held: Option<HeldConnection>,
     pub last_insert_rowid: i64,
     pub changes: u64,
 }

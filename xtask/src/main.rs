@@ -130,14 +130,21 @@ fn build_components(root: &Path) -> Result<()> {
     if !workspace.join("Cargo.toml").exists() {
         return Ok(());
     }
-    run(Command::new(cargo()).current_dir(&workspace).args([
-        "build",
-        "--quiet",
-        "--release",
-        "--target",
-        "wasm32-wasip2",
-        "--workspace",
-    ]))?;
+    let build = |extra: &[&str]| {
+        run(Command::new(cargo())
+            .current_dir(&workspace)
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+            .args(extra))
+    };
+    // A second version of `products` (feature v2: it adds a field), to swap in: the tests and
+    // the README's tour deploy it. Built first, because the v1 build below writes the same file.
+    build(&["-p", "products", "--features", "v2"])?;
+    let built = workspace.join("target/wasm32-wasip2/release/products.wasm");
+    let fixtures = root.join("target/fixtures");
+    std::fs::create_dir_all(&fixtures)?;
+    std::fs::copy(&built, fixtures.join("products-v2.wasm"))
+        .with_context(|| format!("cannot copy {}", built.display()))?;
+    build(&["--workspace"])?;
     eprintln!(
         "components built into {}",
         workspace.join("target/wasm32-wasip2/release").display()

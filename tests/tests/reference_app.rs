@@ -28,11 +28,26 @@ impl Shop {
     /// `variables` become `SPIN_VARIABLE_*`; `runtime_config` and `settings` are written to
     /// files passed with --runtime-config-file and --config.
     fn start(variables: &[(&str, &str)], runtime_config: Option<&str>, settings: Option<&str>) -> Shop {
+        Self::start_manifest(&workspace_root().join("spin.toml"), variables, runtime_config, settings)
+    }
+
+    fn start_manifest(
+        manifest: &std::path::Path,
+        variables: &[(&str, &str)],
+        runtime_config: Option<&str>,
+        settings: Option<&str>,
+    ) -> Shop {
         let state_dir = std::env::temp_dir().join(unique("mosaic-shop-state"));
         let extra_dir = std::env::temp_dir().join(unique("mosaic-shop-config"));
         std::fs::create_dir_all(&extra_dir).expect("config dir");
         let state = state_dir.to_string_lossy().to_string();
-        let mut args = vec!["up".to_string(), "--state-dir".to_string(), state];
+        let mut args = vec![
+            "-f".to_string(),
+            manifest.to_string_lossy().to_string(),
+            "up".to_string(),
+            "--state-dir".to_string(),
+            state,
+        ];
         if let Some(text) = runtime_config {
             let path = extra_dir.join("runtime-config.toml");
             std::fs::write(&path, text).expect("runtime config");
@@ -495,4 +510,81 @@ async fn products_swapped_to_v2_and_back_under_load_fails_no_request() {
         served > 100 && with_currency > 0,
         "served {served}, {with_currency} by v2"
     );
+}
+
+/// The shop's manifest without `service` (its component and its triggers), with absolute
+/// sources, written into `dir` with a copy of the migrations.
+fn manifest_without(service: &str, dir: &std::path::Path) -> PathBuf {
+    let root = workspace_root();
+    let text = std::fs::read_to_string(root.join("spin.toml")).expect("spin.toml");
+    let mut manifest: toml::Table = toml::from_str(&text).expect("spin.toml parses");
+    if let Some(toml::Value::Table(components)) = manifest.get_mut("component") {
+        components.remove(service);
+        for (_, component) in components.iter_mut() {
+            let Some(component) = component.as_table_mut() else {
+                continue;
+            };
+            if let Some(source) = component.get("source").and_then(|s| s.as_str()).map(|s| root.join(s)) {
+                component.insert(
+                    "source".into(),
+                    toml::Value::String(source.to_string_lossy().to_string()),
+                );
+            }
+        }
+    }
+    if let Some(toml::Value::Table(triggers)) = manifest.get_mut("trigger") {
+        for (_, entries) in triggers.iter_mut() {
+            if let toml::Value::Array(entries) = entries {
+                entries.retain(|entry| entry.get("component").and_then(|c| c.as_str()) != Some(service));
+            }
+        }
+    }
+    // The migrations live beside the manifest.
+    for service_dir in std::fs::read_dir(root.join("migrations"))
+        .expect("migrations")
+        .flatten()
+    {
+        let target = dir.join("migrations").join(service_dir.file_name());
+        std::fs::create_dir_all(&target).expect("migrations dir");
+        for file in std::fs::read_dir(service_dir.path())
+            .expect("migrations of a service")
+            .flatten()
+        {
+            std::fs::copy(file.path(), target.join(file.file_name())).expect("copy a migration");
+        }
+    }
+    let path = dir.join("spin.toml");
+    std::fs::write(&path, toml::to_string(&manifest).expect("manifest")).expect("write manifest");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_degrades_and_names_the_service_that_is_down() {
+    let dir = std::env::temp_dir().join(unique("mosaic-shop-partial"));
+    let manifest = manifest_without("notifications", &dir);
+    let shop = Shop::start_manifest(&manifest, &[], None, None);
+    let health = shop.call("GET", "/health", None, None).await;
+    assert_eq!(health.status, 200, "the gateway still answers: {}", health.body);
+    assert_eq!(health.body["status"], "degraded", "{}", health.body);
+    assert!(
+        health.body["services"]["notifications"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("down"),
+        "{}",
+        health.body
+    );
+    assert_eq!(health.body["services"]["orders"], "ok", "{}", health.body);
+    let (alice, token) = shop.customer("alice").await;
+    let answer = shop
+        .call("GET", &format!("/notifications?user={alice}"), Some(&token), None)
+        .await;
+    assert_error(&answer, 503);
+    assert!(
+        answer.body["detail"].as_str().unwrap_or("").contains("notifications"),
+        "{}",
+        answer.body
+    );
+    drop(shop);
+    let _ = std::fs::remove_dir_all(&dir);
 }

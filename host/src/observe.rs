@@ -71,8 +71,8 @@ pub struct Metrics {
     messages: Mutex<BTreeMap<(String, String, MessageEvent), u64>>,
     /// topic → (published, refused).
     published: Mutex<BTreeMap<String, (u64, u64)>>,
-    /// subscriber → milliseconds from publish to the latest delivery.
-    delivery_lag_ms: Mutex<BTreeMap<String, u64>>,
+    /// (subscriber, topic) → milliseconds from publish to the latest delivery.
+    delivery_lag_ms: Mutex<BTreeMap<(String, String), u64>>,
     /// component → version → series; nested so that the per-request lookup allocates nothing.
     requests: Mutex<BTreeMap<String, BTreeMap<String, Arc<RequestSeries>>>>,
     deploys: Mutex<BTreeMap<(String, String, String), u64>>,
@@ -137,12 +137,12 @@ impl Metrics {
         }
     }
 
-    pub fn record_delivery_lag(&self, subscriber: &str, lag_ms: u64) {
+    pub fn record_delivery_lag(&self, subscriber: &str, topic: &str, lag_ms: u64) {
         let mut lags = self
             .delivery_lag_ms
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        lags.insert(subscriber.to_string(), lag_ms);
+        lags.insert((subscriber.to_string(), topic.to_string()), lag_ms);
     }
 
     /// The Prometheus text exposition; `in_flight` lists (component, version, requests running)
@@ -293,13 +293,13 @@ impl Metrics {
             .clone();
         let _ = writeln!(
             out,
-            "# HELP mosaic_message_delivery_lag_seconds Time from publish to the latest delivery, by subscriber."
+            "# HELP mosaic_message_delivery_lag_seconds Time from publish to the latest delivery, by subscriber and topic."
         );
         let _ = writeln!(out, "# TYPE mosaic_message_delivery_lag_seconds gauge");
-        for (subscriber, lag_ms) in lags {
+        for ((subscriber, topic), lag_ms) in lags {
             let _ = writeln!(
                 out,
-                "mosaic_message_delivery_lag_seconds{{subscriber=\"{subscriber}\"}} {}",
+                "mosaic_message_delivery_lag_seconds{{subscriber=\"{subscriber}\",topic=\"{topic}\"}} {}",
                 lag_ms as f64 / 1000.0
             );
         }
@@ -321,7 +321,7 @@ mod tests {
         metrics.record_publish("order.created", false);
         metrics.record_message("notifications", "order.created", MessageEvent::Delivered);
         metrics.record_message("notifications", "order.created", MessageEvent::Nacked);
-        metrics.record_delivery_lag("notifications", 1500);
+        metrics.record_delivery_lag("notifications", "order.created", 1500);
         let text = metrics.render(&[("users".into(), "abc".into(), 2)], &[("notifications".into(), 7)]);
         assert!(
             text.contains("mosaic_messages_published_total{topic=\"order.created\"} 1"),
@@ -331,7 +331,8 @@ mod tests {
         assert!(text.contains("mosaic_messages_nacked_total{subscriber=\"notifications\",topic=\"order.created\"} 1"));
         assert!(!text.contains("mosaic_messages_acked_total{"));
         assert!(text.contains("mosaic_messages_pending{subscriber=\"notifications\"} 7"));
-        assert!(text.contains("mosaic_message_delivery_lag_seconds{subscriber=\"notifications\"} 1.5"));
+        assert!(text
+            .contains("mosaic_message_delivery_lag_seconds{subscriber=\"notifications\",topic=\"order.created\"} 1.5"));
         assert!(
             text.contains("mosaic_requests_total{component=\"users\",version=\"abc\"} 2"),
             "{text}"

@@ -119,7 +119,7 @@ async fn handle(
     let topic = delivery.topic.clone();
     let mut attempts = delivery.attempts;
     if let Some(published) = delivery.published_at_ms {
-        metrics.record_delivery_lag(subscriber, now_unix_ms().saturating_sub(published));
+        metrics.record_delivery_lag(subscriber, &topic, now_unix_ms().saturating_sub(published));
     }
     loop {
         attempts += 1;

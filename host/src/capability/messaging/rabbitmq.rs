@@ -86,6 +86,10 @@ struct Shared {
     /// Every subscription declared so far, by subscriber; declared again on each new connection.
     subscriptions: std::sync::Mutex<BTreeMap<String, SubscriptionSpec>>,
     link: AsyncMutex<LinkState>,
+    /// Held (shared) by each dropped consumer until its channel is closed; `consume` waits for
+    /// them, so that the unacked messages of a consumer just dropped are back in the queue, in
+    /// order, before a new consumer of the same queue starts.
+    closing: Arc<tokio::sync::RwLock<()>>,
 }
 
 #[derive(Default)]
@@ -291,6 +295,7 @@ impl RabbitMqBroker {
                 exchange,
                 subscriptions: std::sync::Mutex::new(BTreeMap::new()),
                 link: AsyncMutex::new(LinkState::default()),
+                closing: Arc::default(),
             }),
         })
     }
@@ -745,6 +750,9 @@ impl Broker for RabbitMqBroker {
         }
         let queue_name = shared.queue_name(&subscription.subscriber);
         let queue = short(&queue_name, "queue name")?;
+        // Bounded: a close that hangs must not stop consuming; RabbitMQ requeues on its own when
+        // the connection goes.
+        let _ = tokio::time::timeout(OPERATION_TIMEOUT, shared.closing.write()).await;
         let link = shared.link().await?;
         let channel = link
             .run(OPERATION_TIMEOUT, link.connection.create_channel())
@@ -791,7 +799,7 @@ impl Broker for RabbitMqBroker {
             subscriber: subscription.subscriber.clone(),
             queue: queue_name,
             deliveries,
-            _channel: channel,
+            channel,
         }))
     }
 
@@ -943,7 +951,25 @@ struct RabbitMqConsumer {
     queue: String,
     deliveries: lapin::Consumer,
     /// Kept so that the channel lives exactly as long as the consumer.
-    _channel: Channel,
+    channel: Channel,
+}
+
+impl Drop for RabbitMqConsumer {
+    fn drop(&mut self) {
+        // Close the channel now (RabbitMQ then requeues its unacked messages) and let the next
+        // `consume` wait for that. Drop cannot await, and must not panic outside a runtime.
+        let (Ok(runtime), Ok(closing)) = (
+            tokio::runtime::Handle::try_current(),
+            self.shared.closing.clone().try_read_owned(),
+        ) else {
+            return;
+        };
+        let channel = self.channel.clone();
+        runtime.spawn(async move {
+            close_channel(&channel).await;
+            drop(closing);
+        });
+    }
 }
 
 #[async_trait::async_trait]

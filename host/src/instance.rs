@@ -142,13 +142,14 @@ pub fn new_store(
         wasi.preopened_dir(dir, "/", FsPerms::ReadOnly)
             .map_err(|err| anyhow::anyhow!("cannot open the files of component `{}`: {err}", spec.name))?;
     }
+    let deadline = Instant::now() + timeout;
     let outbound = OutboundHttp {
         component: Arc::from(spec.name.as_str()),
         allowed: spec.allowed_hosts.clone(),
         chained,
         depth,
-        connect_timeout: Duration::from_secs(10),
-        first_byte_timeout: timeout,
+        policies: app.outbound.clone(),
+        deadline,
     };
     let state = InstanceState {
         wasi: wasi.build(),
@@ -180,7 +181,6 @@ pub fn new_store(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limits);
-    let deadline = Instant::now() + timeout;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {

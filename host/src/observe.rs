@@ -2,7 +2,8 @@
 //! errors and a latency histogram per component and version, requests in flight, deploys by
 //! component, action and outcome, and messaging: published per topic; delivered, acked,
 //! nacked, redelivered and dead-lettered per subscriber and topic; the queue depth and the
-//! delivery lag per subscriber.
+//! delivery lag per subscriber; outbound HTTP: requests per calling component, destination and
+//! outcome, and the circuit breaker state per destination.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -65,8 +66,64 @@ impl MessageEvent {
     }
 }
 
+/// What became of one outbound HTTP request (or attempt) under the outbound policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OutboundOutcome {
+    /// A response that is not a failure (anything but 502, 503, 504).
+    Ok,
+    /// A failure, after the retries it was allowed: an error, a timeout or a 502/503/504.
+    Error,
+    /// A failed attempt that is tried again (one per retry).
+    Retried,
+    /// Refused at once by an open circuit, without reaching the destination.
+    RejectedOpen,
+}
+
+impl OutboundOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            OutboundOutcome::Ok => "ok",
+            OutboundOutcome::Error => "error",
+            OutboundOutcome::Retried => "retried",
+            OutboundOutcome::RejectedOpen => "rejected_open",
+        }
+    }
+}
+
+/// The state of a destination's circuit breaker, as `mosaic_outbound_breaker_state` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerGauge {
+    Closed,
+    HalfOpen,
+    /// Open until the instant; past it the next request is a trial, so it reads as half-open.
+    Open {
+        until: std::time::Instant,
+    },
+}
+
+impl BreakerGauge {
+    /// 0 closed, 1 half-open, 2 open.
+    fn value(self, now: std::time::Instant) -> u8 {
+        match self {
+            BreakerGauge::Closed => 0,
+            BreakerGauge::HalfOpen => 1,
+            BreakerGauge::Open { until } if until <= now => 1,
+            BreakerGauge::Open { .. } => 2,
+        }
+    }
+}
+
+/// Most (component, destination) pairs the outbound counters keep apart; beyond, new
+/// destinations are counted as `other` (a guest granted `*` could otherwise grow the series
+/// without bound).
+const MAX_OUTBOUND_SERIES: usize = 4096;
+
 #[derive(Default)]
 pub struct Metrics {
+    /// (component, destination, outcome) → count.
+    outbound: Mutex<BTreeMap<(String, String, OutboundOutcome), u64>>,
+    /// destination → breaker state.
+    breakers: Mutex<BTreeMap<String, BreakerGauge>>,
     /// (subscriber, topic, event) → count.
     messages: Mutex<BTreeMap<(String, String, MessageEvent), u64>>,
     /// topic → (published, refused).
@@ -145,11 +202,33 @@ impl Metrics {
         lags.insert((subscriber.to_string(), topic.to_string()), lag_ms);
     }
 
+    /// Counts an outbound request (or a retried attempt) from `component` to `destination`.
+    pub fn record_outbound(&self, component: &str, destination: &str, outcome: OutboundOutcome) {
+        let mut outbound = self.outbound.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut key = (component.to_string(), destination.to_string(), outcome);
+        if outbound.len() >= MAX_OUTBOUND_SERIES && !outbound.contains_key(&key) {
+            key.1 = "other".to_string();
+        }
+        *outbound.entry(key).or_default() += 1;
+    }
+
+    pub fn set_breaker_state(&self, destination: &str, state: BreakerGauge) {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        breakers.insert(destination.to_string(), state);
+    }
+
+    /// Drops the gauge of a destination whose breaker was forgotten (idle and closed).
+    pub fn forget_breaker(&self, destination: &str) {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        breakers.remove(destination);
+    }
+
     /// The Prometheus text exposition; `in_flight` lists (component, version, requests running)
     /// and `pending` (subscriber, messages waiting in its queue).
     pub fn render(&self, in_flight: &[(String, String, u64)], pending: &[(String, u64)]) -> String {
         let mut out = String::new();
         self.render_messaging(&mut out, pending);
+        self.render_outbound(&mut out);
         let requests: Vec<((String, String), Arc<RequestSeries>)> = self
             .requests
             .lock()
@@ -240,6 +319,45 @@ impl Metrics {
 }
 
 impl Metrics {
+    fn render_outbound(&self, out: &mut String) {
+        let outbound = self
+            .outbound
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let _ = writeln!(
+            out,
+            "# HELP mosaic_outbound_requests_total Outbound HTTP requests by calling component, destination and outcome \
+             (ok; error after retries; retried: one per retry; rejected_open: refused at once by an open circuit)."
+        );
+        let _ = writeln!(out, "# TYPE mosaic_outbound_requests_total counter");
+        for ((component, destination, outcome), count) in &outbound {
+            let _ = writeln!(
+                out,
+                "mosaic_outbound_requests_total{{component=\"{component}\",destination=\"{destination}\",outcome=\"{}\"}} {count}",
+                outcome.label()
+            );
+        }
+        let breakers = self
+            .breakers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let _ = writeln!(
+            out,
+            "# HELP mosaic_outbound_breaker_state Circuit breaker per outbound destination: 0 closed, 1 half-open, 2 open."
+        );
+        let _ = writeln!(out, "# TYPE mosaic_outbound_breaker_state gauge");
+        let now = std::time::Instant::now();
+        for (destination, state) in &breakers {
+            let _ = writeln!(
+                out,
+                "mosaic_outbound_breaker_state{{destination=\"{destination}\"}} {}",
+                state.value(now)
+            );
+        }
+    }
+
     fn render_messaging(&self, out: &mut String, pending: &[(String, u64)]) {
         let published = self
             .published
@@ -322,6 +440,21 @@ mod tests {
         metrics.record_message("notifications", "order.created", MessageEvent::Delivered);
         metrics.record_message("notifications", "order.created", MessageEvent::Nacked);
         metrics.record_delivery_lag("notifications", "order.created", 1500);
+        metrics.record_outbound("gateway", "users.spin.internal", OutboundOutcome::Ok);
+        metrics.record_outbound("gateway", "users.spin.internal", OutboundOutcome::RejectedOpen);
+        metrics.set_breaker_state("users.spin.internal", BreakerGauge::HalfOpen);
+        metrics.set_breaker_state(
+            "api.example.com:443",
+            BreakerGauge::Open {
+                until: std::time::Instant::now() + Duration::from_secs(60),
+            },
+        );
+        metrics.set_breaker_state(
+            "gone.example.com:443",
+            BreakerGauge::Open {
+                until: std::time::Instant::now(),
+            },
+        );
         let text = metrics.render(&[("users".into(), "abc".into(), 2)], &[("notifications".into(), 7)]);
         assert!(
             text.contains("mosaic_messages_published_total{topic=\"order.created\"} 1"),
@@ -344,5 +477,11 @@ mod tests {
         assert!(text.contains("le=\"+Inf\"} 2"));
         assert!(text.contains("mosaic_requests_in_flight{component=\"users\",version=\"abc\"} 2"));
         assert!(text.contains("mosaic_deploys_total{component=\"users\",action=\"deploy\",outcome=\"probe\"} 1"));
+        assert!(text.contains(
+            "mosaic_outbound_requests_total{component=\"gateway\",destination=\"users.spin.internal\",outcome=\"rejected_open\"} 1"
+        ));
+        assert!(text.contains("mosaic_outbound_breaker_state{destination=\"users.spin.internal\"} 1"));
+        assert!(text.contains("mosaic_outbound_breaker_state{destination=\"api.example.com:443\"} 2"));
+        assert!(text.contains("mosaic_outbound_breaker_state{destination=\"gone.example.com:443\"} 1"));
     }
 }

@@ -335,3 +335,96 @@ impl Drop for MosaicProcess {
         let _ = self.child.wait();
     }
 }
+
+/// What came back on a raw connection.
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// Everything the server sent (lossy UTF-8).
+    pub text: String,
+    /// Whether the server closed the connection (rather than the wait running out).
+    pub closed: bool,
+}
+
+impl RawAnswer {
+    /// The status code of the answer (`HTTP/1.1 404 Not Found ...`), if there is one.
+    pub fn status(&self) -> Option<u16> {
+        let rest = self
+            .text
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| self.text.strip_prefix("HTTP/1.0 "))?;
+        rest.get(..3)?.parse().ok()
+    }
+}
+
+/// Sends `request` as raw bytes on a fresh connection and reads until the server closes it or
+/// `limit` passes. For what a well-behaved HTTP client cannot send: malformed heads, invalid
+/// methods, spoofed `Host` headers, bodies that never end.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: std::time::Duration) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    // The server may answer and close before reading everything, so write beside the reading;
+    // a failed write is fine.
+    let request = request.to_vec();
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+        writer // kept open: closing it would end the request early
+    });
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(limit, reader.read_to_end(&mut answer))
+        .await
+        .is_ok();
+    writing.abort();
+    RawAnswer {
+        text: String::from_utf8_lossy(&answer).to_string(),
+        closed,
+    }
+}
+
+/// A TCP relay to a real backend that a test can cut (every connection dropped, new ones
+/// refused) and restore: the backend "goes down" for this test only, and comes back.
+pub struct TcpRelay {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl TcpRelay {
+    pub async fn start(target: SocketAddr) -> TcpRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (accept_up, accept_generation) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accept_up.load(Ordering::SeqCst) {
+                    continue; // dropped at once: the connection is refused
+                }
+                let mut cut = accept_generation.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpRelay { port, up, generation }
+    }
+
+    /// Drops every relayed connection and refuses new ones until [`TcpRelay::restore`].
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}

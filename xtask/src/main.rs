@@ -17,7 +17,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench kv         key-value ops/s through a guest, embedded vs Redis; adds to bench/README.md
   bench sql        SQL statements/s through a guest, SQLite vs PostgreSQL; adds to bench/README.md
   bench messaging  publish-to-handled latency and msgs/s through guests, embedded vs RabbitMQ vs NATS;
-                   adds to bench/README.md";
+                   adds to bench/README.md
+  bench breaker    latency of calls to a dead dependency, outbound breaker off vs open; adds to bench/README.md";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,5 +1,6 @@
 //! The `files` grant: the files a component may read, staged into a directory of their own in
-//! the state directory and preopened read-only at `/`. Nothing outside the grant is visible.
+//! the state directory and preopened read-only at `/`. Nothing outside the grant is visible:
+//! a symlink under the application directory is not followed (it could lead anywhere).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -20,6 +21,14 @@ pub fn stage(manifest: &Manifest, component: &str, stage_root: &Path) -> Result<
     }
     std::fs::create_dir_all(&stage).map_err(|err| format!("cannot create {}: {err}", stage.display()))?;
     let key = format!("component.{component}.files");
+    let app_root = manifest
+        .dir
+        .canonicalize()
+        .map_err(|err| format!("cannot resolve {}: {err}", manifest.dir.display()))?;
+    let copy = Copier {
+        app_dir: &manifest.dir,
+        app_root: &app_root,
+    };
     for mount in &decl.files {
         match mount {
             FileMount::Pattern(pattern) => {
@@ -30,7 +39,7 @@ pub fn stage(manifest: &Manifest, component: &str, stage_root: &Path) -> Result<
                 for path in matches.flatten() {
                     if path.is_file() && !excluded(manifest, &decl.exclude_files, &path) {
                         let relative = path.strip_prefix(&manifest.dir).unwrap_or(&path);
-                        copy_file(&path, &stage.join(relative))?;
+                        copy.file(&path, &stage.join(relative))?;
                     }
                 }
             }
@@ -43,7 +52,7 @@ pub fn stage(manifest: &Manifest, component: &str, stage_root: &Path) -> Result<
                 if !source.exists() {
                     return Err(format!("`{key}`: source {} does not exist", source.display()));
                 }
-                copy_tree(&source, &stage.join(destination))?;
+                copy.tree(&source, &stage.join(destination))?;
             }
         }
     }
@@ -65,22 +74,52 @@ fn check_relative(path: &Path) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn copy_file(from: &Path, to: &Path) -> Result<(), String> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(|err| format!("cannot create {}: {err}", parent.display()))?;
-    }
-    std::fs::copy(from, to)
-        .map(drop)
-        .map_err(|err| format!("cannot copy {}: {err}", from.display()))
+/// Copies the files of a grant, refusing any that is reached through a symlink under the
+/// application directory: a link in a granted folder may point at anything (`../secret`,
+/// `/etc`), and the grant names the link, not what it points to.
+struct Copier<'a> {
+    /// The manifest's directory as given, and resolved.
+    app_dir: &'a Path,
+    app_root: &'a Path,
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
-    if from.is_file() {
-        return copy_file(from, to);
+impl Copier<'_> {
+    /// Whether `path` (below the application directory) is where it appears to be: no symlink
+    /// on its way from the application directory.
+    fn inside_app(&self, path: &Path) -> bool {
+        let relative = path.strip_prefix(self.app_dir).unwrap_or(path);
+        let inside = path
+            .canonicalize()
+            .is_ok_and(|resolved| resolved == self.app_root.join(relative));
+        if !inside {
+            tracing::warn!(path = %path.display(), "not staged for the `files` grant: it is a symlink (or under one); copy the file itself into the granted folder");
+        }
+        inside
     }
-    let entries = std::fs::read_dir(from).map_err(|err| format!("cannot read {}: {err}", from.display()))?;
-    for entry in entries.flatten() {
-        copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+
+    fn file(&self, from: &Path, to: &Path) -> Result<(), String> {
+        if !self.inside_app(from) {
+            return Ok(());
+        }
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|err| format!("cannot create {}: {err}", parent.display()))?;
+        }
+        std::fs::copy(from, to)
+            .map(drop)
+            .map_err(|err| format!("cannot copy {}: {err}", from.display()))
     }
-    Ok(())
+
+    fn tree(&self, from: &Path, to: &Path) -> Result<(), String> {
+        if from.is_file() {
+            return self.file(from, to);
+        }
+        if !self.inside_app(from) {
+            return Ok(());
+        }
+        let entries = std::fs::read_dir(from).map_err(|err| format!("cannot read {}: {err}", from.display()))?;
+        for entry in entries.flatten() {
+            self.tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    }
 }

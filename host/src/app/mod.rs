@@ -17,7 +17,7 @@ use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::bindings::subscriber::RedisSubscriberPre;
-use crate::capability::http_outbound::AllowedHosts;
+use crate::capability::http_outbound::{AllowedHosts, OutboundPolicies};
 use crate::capability::key_value::KeyValueStores;
 use crate::capability::messaging::{SharedBroker, SubscriptionSpec};
 use crate::capability::sqlite::Databases;
@@ -181,6 +181,9 @@ pub struct App {
     pub broker: SharedBroker,
     pub metrics: Arc<crate::observe::Metrics>,
     pub pg_pools: Arc<crate::capability::postgres::PgPools>,
+    /// The outbound HTTP policy per destination and the circuit breakers, shared by every
+    /// instance (`[outbound]` in mosaic.toml).
+    pub outbound: Arc<OutboundPolicies>,
     /// Resolved application variables (values may be secrets: never log them).
     variables: std::collections::BTreeMap<String, String>,
     slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
@@ -221,6 +224,8 @@ impl App {
         backends: Backends,
     ) -> Self {
         let router = Router::new(manifest_routes(&manifest));
+        let metrics: Arc<crate::observe::Metrics> = Arc::default();
+        let outbound = Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone()));
         Self {
             engine,
             linker,
@@ -232,8 +237,9 @@ impl App {
             sqlite: backends.sqlite,
             redis_clients: Arc::default(),
             broker: backends.broker,
-            metrics: Arc::default(),
+            metrics,
             pg_pools: Arc::default(),
+            outbound,
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),

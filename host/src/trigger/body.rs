@@ -2,6 +2,8 @@
 //! small JSON error bodies the host answers with.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,6 +18,8 @@ pub struct CappedBody<B> {
     seen: u64,
     limit: u64,
     overflow: fn(u64) -> HttpError,
+    /// Set once the cap is crossed, for whoever must answer for it (a 413).
+    tripped: Arc<AtomicBool>,
 }
 
 impl<B> CappedBody<B> {
@@ -25,7 +29,14 @@ impl<B> CappedBody<B> {
             seen: 0,
             limit,
             overflow,
+            tripped: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Sets `tripped` when the body crosses the cap.
+    pub fn reporting_to(mut self, tripped: Arc<AtomicBool>) -> Self {
+        self.tripped = tripped;
+        self
     }
 }
 
@@ -52,6 +63,7 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
+                        this.tripped.store(true, Ordering::SeqCst);
                         return Poll::Ready(Some(Err((this.overflow)(this.limit))));
                     }
                 }
@@ -74,6 +86,15 @@ where
 
 pub fn full(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// 413 for a request body over `limits.max_request_body_bytes`.
+pub fn payload_too_large(limit: u64) -> hyper::Response<HyperOutgoingBody> {
+    json_error(
+        http::StatusCode::PAYLOAD_TOO_LARGE,
+        "request body too large",
+        format!("the body is over the limit of {limit} bytes (limits.max_request_body_bytes)"),
+    )
 }
 
 /// `{ "error": ..., "detail": ... }` with the given status.

@@ -2,8 +2,10 @@
 //! runs it in a fresh instance of the version live when it arrived, and turns failures into
 //! 5xx answers with a log line. Also serves in-process chained requests and deploy probes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +14,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -23,9 +25,12 @@ use crate::app::routes::{RouteMatch, RoutePattern};
 use crate::app::{count, App, ComponentSpec, Deployment};
 use crate::capability::http_outbound::{BoxFuture, ChainTarget, ChainedRequests};
 use crate::instance::{new_store, DeadlineExceeded};
-use crate::trigger::body::{full, json_error, request_too_large, response_too_large, CappedBody};
+use crate::trigger::body::{full, json_error, payload_too_large, request_too_large, response_too_large, CappedBody};
 
 pub type HttpResponse = hyper::Response<HyperOutgoingBody>;
+
+/// The largest request head (request line and headers) a client may send: 431 beyond.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// The address chained requests report as `spin-client-addr`.
 const IN_PROCESS_CLIENT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
@@ -33,6 +38,37 @@ const IN_PROCESS_CLIENT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::
 #[derive(Clone)]
 pub struct HttpTrigger {
     app: Arc<App>,
+    admission: Arc<Admission>,
+}
+
+/// The cap on requests one component serves at once (`http.max_in_flight_per_component`):
+/// the instance pool is shared, and without a cap one component flooded with slow requests
+/// would take every instance, so that its neighbours could only answer 503.
+struct Admission {
+    limit: u32,
+    per_component: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Admission {
+    /// A permit to serve one more request of `component`, held until its instance is gone;
+    /// `None` when the component is at its cap.
+    fn try_enter(&self, component: &str) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut map = self
+                .per_component
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match map.get(component) {
+                Some(semaphore) => semaphore.clone(),
+                None => {
+                    let semaphore = Arc::new(Semaphore::new(self.limit as usize));
+                    map.insert(component.to_string(), semaphore.clone());
+                    semaphore
+                }
+            }
+        };
+        semaphore.try_acquire_owned().ok()
+    }
 }
 
 /// Why a component did not answer a request.
@@ -48,6 +84,11 @@ pub enum ServeError {
     Guest { component: String, code: ErrorCode },
     #[error("component `{component}` finished without sending a response")]
     NoResponse { component: String },
+    #[error(
+        "component `{component}` is already serving {limit} requests, its limit \
+         (http.max_in_flight_per_component in mosaic.toml); try again shortly"
+    )]
+    Busy { component: String, limit: u32 },
 }
 
 impl ServeError {
@@ -58,6 +99,7 @@ impl ServeError {
             ServeError::Instantiate { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no instance available"),
             ServeError::Guest { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component error"),
             ServeError::NoResponse { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "no response"),
+            ServeError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "component busy"),
         };
         json_error(status, error, self.to_string())
     }
@@ -95,7 +137,15 @@ impl RouteInfo {
 
 impl HttpTrigger {
     pub fn new(app: Arc<App>) -> Self {
-        Self { app }
+        let limit = app
+            .settings
+            .http
+            .in_flight_per_component(app.settings.limits.max_concurrent_instances);
+        let admission = Arc::new(Admission {
+            limit,
+            per_component: Mutex::new(HashMap::new()),
+        });
+        Self { app, admission }
     }
 
     pub fn app(&self) -> &Arc<App> {
@@ -110,11 +160,7 @@ impl HttpTrigger {
     {
         let limit = self.app.settings.limits.max_request_body_bytes;
         if declared_length(request.headers()).is_some_and(|length| length > limit) {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large",
-                format!("the body is over the limit of {limit} bytes (limits.max_request_body_bytes)"),
-            );
+            return payload_too_large(limit);
         }
         let router = self.app.router();
         let path = request.uri().path().to_string();
@@ -154,18 +200,26 @@ impl HttpTrigger {
         let span = tracing::info_span!("request", component = %component, version = %deployment.short_digest(), method = %request.method(), path = %request.uri().path());
         let started = std::time::Instant::now();
         let version = deployment.short_digest().to_string();
-        let outcome = self
-            .serve_version(
-                &slot.spec,
-                deployment,
-                request,
-                route,
-                client,
-                depth,
-                self.app.settings.limits.request_timeout(),
-            )
-            .instrument(span.clone())
-            .await;
+        let outcome = match self.admission.try_enter(component) {
+            Some(permit) => {
+                self.serve_version(
+                    &slot.spec,
+                    deployment,
+                    request,
+                    route,
+                    client,
+                    depth,
+                    self.app.settings.limits.request_timeout(),
+                    Some(permit),
+                )
+                .instrument(span.clone())
+                .await
+            }
+            None => Err(ServeError::Busy {
+                component: component.to_string(),
+                limit: self.admission.limit,
+            }),
+        };
         let failed = outcome
             .as_ref()
             .map_or(true, |response| response.status().is_server_error());
@@ -184,7 +238,8 @@ impl HttpTrigger {
         }
     }
 
-    /// Runs one request in a fresh instance of `deployment`.
+    /// Runs one request in a fresh instance of `deployment`; `permit` (the component's
+    /// admission) is held as long as the instance runs.
     #[allow(clippy::too_many_arguments)]
     async fn serve_version<B>(
         &self,
@@ -195,6 +250,7 @@ impl HttpTrigger {
         client: SocketAddr,
         depth: u32,
         timeout: Duration,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<HttpResponse, ServeError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -212,7 +268,12 @@ impl HttpTrigger {
             new_store(&self.app, spec, chained, depth, timeout).map_err(|err| instantiate_error(format!("{err:#}")))?;
 
         let request = with_spin_headers(request, &route, client);
-        let request = request.map(|body| CappedBody::new(body, limits.max_request_body_bytes, request_too_large));
+        // A body that crosses the cap without having declared its length (chunked) reaches the
+        // guest as a body error; whatever the guest answers then, the client gets a 413.
+        let body_over_cap = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| {
+            CappedBody::new(body, limits.max_request_body_bytes, request_too_large).reporting_to(body_over_cap.clone())
+        });
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store
             .data_mut()
@@ -236,6 +297,7 @@ impl HttpTrigger {
             async move {
                 // The in-flight guard lives as long as the guest runs, body streaming included.
                 let _in_flight = in_flight;
+                let _permit = permit;
                 let run = async {
                     let proxy = pre.instantiate_async(&mut store).await.map_err(|err| (true, err))?;
                     proxy
@@ -256,7 +318,7 @@ impl HttpTrigger {
             .in_current_span(),
         );
 
-        match receiver.await {
+        let outcome = match receiver.await {
             Ok(Ok(response)) => {
                 // The guest may still be writing the body: a failure from here on can only cut
                 // the response short, but it must still be logged.
@@ -279,7 +341,15 @@ impl HttpTrigger {
                     detail: format!("the instance task failed: {join}"),
                 }),
             },
+        };
+        if body_over_cap.load(Ordering::SeqCst) {
+            tracing::info!(
+                limit = limits.max_request_body_bytes,
+                "the request body went over the limit: answered 413"
+            );
+            return Ok(payload_too_large(limits.max_request_body_bytes));
         }
+        outcome
     }
 
     /// The deploy pipeline's probe: instantiates `deployment` and calls its health route
@@ -299,7 +369,7 @@ impl HttpTrigger {
         let route = RouteInfo::for_component(spec, &path);
         let timeout = self.app.settings.limits.probe_timeout();
         let response = self
-            .serve_version(spec, deployment, request, route, IN_PROCESS_CLIENT, 0, timeout)
+            .serve_version(spec, deployment, request, route, IN_PROCESS_CLIENT, 0, timeout, None)
             .await
             .map_err(|err| err.to_string())?;
         let status = response.status();
@@ -453,6 +523,7 @@ impl ChainedRequests for HttpTrigger {
 /// connections in progress to finish, up to `drain`.
 pub async fn serve(listener: TcpListener, trigger: HttpTrigger, mut shutdown: watch::Receiver<bool>, drain: Duration) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let header_read_timeout = trigger.app.settings.http.header_read_timeout();
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -474,8 +545,9 @@ pub async fn serve(listener: TcpListener, trigger: HttpTrigger, mut shutdown: wa
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .max_buf_size(64 * 1024);
+            .header_read_timeout(header_read_timeout)
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(MAX_HEAD_BYTES);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

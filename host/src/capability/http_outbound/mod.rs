@@ -1,21 +1,25 @@
 //! Outbound HTTP (`wasi:http/outgoing-handler`): the grant check against
 //! `allowed_outbound_hosts`, in-process service chaining for `http://NAME.spin.internal` and
-//! `http://self`, and the real network client for everything else.
+//! `http://self`, the real network client for everything else, and around both the outbound
+//! policy of mosaic.toml (timeouts, retries, circuit breaker: [`policy`], [`breaker`]).
 //!
 //! The seam is wasmtime-wasi-http's [`WasiHttpHooks::send_request`]: every guest request
 //! passes through [`OutboundHttp`], which knows the calling component and its grants.
 
 mod allowed_hosts;
+pub mod breaker;
+pub mod policy;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 pub use allowed_hosts::{default_port, AllowedHosts};
+pub use policy::{Destination, OutboundPolicies};
 
 /// The domain of in-process targets: `http://users.spin.internal` is component `users`.
 pub const INTERNAL_DOMAIN: &str = ".spin.internal";
@@ -52,8 +56,10 @@ pub struct OutboundHttp {
     pub chained: Arc<dyn ChainedRequests>,
     /// How many in-process hops led to the request this instance is serving.
     pub depth: u32,
-    pub connect_timeout: Duration,
-    pub first_byte_timeout: Duration,
+    /// The app's outbound policies and circuit breakers.
+    pub policies: Arc<OutboundPolicies>,
+    /// The end of the request this instance serves: no outbound attempt or retry goes past it.
+    pub deadline: Instant,
 }
 
 impl OutboundHttp {
@@ -74,18 +80,22 @@ impl OutboundHttp {
             return Err(HttpError::HttpRequestDenied);
         }
         if host == "self" {
-            return Ok(Outbound::Chained(ChainTarget::App));
+            return Ok(Outbound::Chained(ChainTarget::App, Destination::in_process(&host)));
         }
         if let Some(name) = host.strip_suffix(INTERNAL_DOMAIN) {
-            return Ok(Outbound::Chained(ChainTarget::Component(name.to_string())));
+            return Ok(Outbound::Chained(
+                ChainTarget::Component(name.to_string()),
+                Destination::in_process(&host),
+            ));
         }
-        Ok(Outbound::Network)
+        let port = port.or_else(|| default_port(&scheme)).unwrap_or(80);
+        Ok(Outbound::Network(Destination::network(&host, port)))
     }
 }
 
 enum Outbound {
-    Chained(ChainTarget),
-    Network,
+    Chained(ChainTarget, Destination),
+    Network(Destination),
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -104,39 +114,51 @@ impl WasiHttpHooks for OutboundHttp {
         let target = self.target_of(request.uri());
         let chained = self.chained.clone();
         let depth = self.depth;
-        let defaults = RequestOptions {
-            connect_timeout: Some(self.connect_timeout),
-            first_byte_timeout: Some(self.first_byte_timeout),
-            between_bytes_timeout: Some(self.first_byte_timeout),
-        };
+        let policies = self.policies.clone();
+        let component = self.component.clone();
+        let deadline = self.deadline;
         Box::new(async move {
-            let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(async { Ok(()) });
             match target? {
-                Outbound::Chained(target) => {
+                Outbound::Chained(target, destination) => {
                     if depth >= MAX_CHAIN_DEPTH {
                         return Err(HttpError::LoopDetected);
                     }
-                    let response = chained.serve_chained(target, request, depth + 1).await?;
-                    Ok((response, done))
+                    let attempt =
+                        move |request, options: RequestOptions| -> BoxFuture<Result<policy::Sent, HttpError>> {
+                            let (chained, target) = (chained.clone(), target.clone());
+                            Box::pin(async move {
+                                // A task of its own: when the caller gives up at its timeout,
+                                // the callee's request still ends (and is counted) by its own
+                                // deadline.
+                                let serve = tokio::spawn(chained.serve_chained(target, request, depth + 1));
+                                let limit = options.first_byte_timeout.unwrap_or(Duration::MAX);
+                                let response = tokio::time::timeout(limit, serve)
+                                    .await
+                                    .map_err(|_| HttpError::ConnectionReadTimeout)?
+                                    .map_err(|join| {
+                                        HttpError::InternalError(Some(format!("the in-process request failed: {join}")))
+                                    })??;
+                                let done: policy::IoFuture = Box::new(async { Ok(()) });
+                                Ok((response, done))
+                            })
+                        };
+                    policies
+                        .send(&component, &destination, request, options, deadline, attempt)
+                        .await
                 }
-                Outbound::Network => {
-                    let options = merge_options(options, defaults);
-                    let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-                    Ok((
-                        response.map(BodyExt::boxed_unsync),
-                        Box::new(io) as Box<dyn Future<Output = _> + Send>,
-                    ))
+                Outbound::Network(destination) => {
+                    let attempt = |request, options: RequestOptions| -> BoxFuture<Result<policy::Sent, HttpError>> {
+                        Box::pin(async move {
+                            let (response, io) =
+                                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+                            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as policy::IoFuture))
+                        })
+                    };
+                    policies
+                        .send(&component, &destination, request, options, deadline, attempt)
+                        .await
                 }
             }
         })
-    }
-}
-
-fn merge_options(guest: Option<RequestOptions>, defaults: RequestOptions) -> RequestOptions {
-    let guest = guest.unwrap_or_default();
-    RequestOptions {
-        connect_timeout: guest.connect_timeout.or(defaults.connect_timeout),
-        first_byte_timeout: guest.first_byte_timeout.or(defaults.first_byte_timeout),
-        between_bytes_timeout: guest.between_bytes_timeout.or(defaults.between_bytes_timeout),
     }
 }

@@ -55,6 +55,10 @@ impl InstanceState {
     pub fn outbound_allowed(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
         self.outbound.allowed.allows(scheme, host, port)
     }
+    /// The trace of the request this instance serves; its outbound calls carry it on.
+    pub fn set_trace(&mut self, trace: Option<crate::observe::TraceContext>) {
+        self.outbound.trace = trace;
+    }
     pub fn table(&self) -> &ResourceTable {
         &self.table
     }
@@ -150,6 +154,7 @@ pub fn new_store(
         depth,
         policies: app.outbound.clone(),
         deadline,
+        trace: None,
     };
     let state = InstanceState {
         wasi: wasi.build(),

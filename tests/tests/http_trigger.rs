@@ -337,3 +337,56 @@ async fn interfaces_without_a_backend_link_and_answer_errors() {
     );
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_is_continued_into_the_guest_and_its_outbound_calls() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let traced = |url: String, value: String| {
+        let client = client.clone();
+        async move {
+            let request = http::Request::get(url)
+                .header("traceparent", value)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let response = client.request(request).await.unwrap();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            String::from_utf8_lossy(&body).to_string()
+        }
+    };
+    // The guest sees the caller's trace with this host's span as the parent.
+    let seen: serde_json::Value =
+        serde_json::from_str(&traced(format!("{base}/probe/headers"), incoming.clone()).await).unwrap();
+    let header = seen["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the guest sees a traceparent: {seen}"))
+        .to_string();
+    let parts: Vec<&str> = header.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", trace_id, "01"), "{header}");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "a span of its own");
+
+    // An in-process call (through `self`) carries the same trace on.
+    let chained = traced(
+        format!("{base}/probe/outbound?url=http://self/probe/headers"),
+        incoming.clone(),
+    )
+    .await;
+    assert!(
+        chained.starts_with("200 ") && chained.contains(&format!("00-{trace_id}-")),
+        "{chained}"
+    );
+
+    // A request without one (or with a malformed one) starts a new trace.
+    let fresh: serde_json::Value =
+        serde_json::from_str(&traced(format!("{base}/probe/headers"), "garbage".into()).await).unwrap();
+    let started = fresh["headers"]["traceparent"].as_str().expect("a new traceparent");
+    assert!(started.starts_with("00-") && !started.contains(trace_id), "{started}");
+    host.shutdown().await;
+}

@@ -25,6 +25,7 @@ use crate::app::routes::{RouteMatch, RoutePattern};
 use crate::app::{count, App, ComponentSpec, Deployment};
 use crate::capability::http_outbound::{BoxFuture, ChainTarget, ChainedRequests};
 use crate::instance::{new_store, DeadlineExceeded};
+use crate::observe::{TraceContext, TRACEPARENT};
 use crate::trigger::body::{full, json_error, payload_too_large, request_too_large, response_too_large, CappedBody};
 
 pub type HttpResponse = hyper::Response<HyperOutgoingBody>;
@@ -197,7 +198,12 @@ impl HttpTrigger {
         };
         count(&slot.stats.requests);
         let deployment = slot.live.load_full();
-        let span = tracing::info_span!("request", component = %component, version = %deployment.short_digest(), method = %request.method(), path = %request.uri().path());
+        let mut request = request;
+        let trace = TraceContext::continue_or_start(request.headers());
+        if let Ok(value) = HeaderValue::from_str(&trace.header_value()) {
+            request.headers_mut().insert(TRACEPARENT, value);
+        }
+        let span = tracing::info_span!("request", component = %component, version = %deployment.short_digest(), method = %request.method(), path = %request.uri().path(), trace_id = %trace.trace_id);
         let started = std::time::Instant::now();
         let version = deployment.short_digest().to_string();
         let outcome = match self.admission.try_enter(component) {
@@ -266,6 +272,9 @@ impl HttpTrigger {
         };
         let mut store =
             new_store(&self.app, spec, chained, depth, timeout).map_err(|err| instantiate_error(format!("{err:#}")))?;
+        store
+            .data_mut()
+            .set_trace(TraceContext::from_headers(request.headers()));
 
         let request = with_spin_headers(request, &route, client);
         // A body that crosses the cap without having declared its length (chunked) reaches the

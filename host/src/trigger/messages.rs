@@ -82,7 +82,7 @@ async fn run_subscription(
                 Ok(delivery) => {
                     let trigger = trigger.clone();
                     let (subscriber, policy, stop) = (subscriber.clone(), policy, stop.clone());
-                    let span = tracing::info_span!("delivery", component = %subscriber, topic = %delivery.topic);
+                    let span = tracing::info_span!("delivery", component = %subscriber, topic = %delivery.topic, version = tracing::field::Empty);
                     tokio::spawn(
                         async move {
                             handle(&trigger, &subscriber, policy, delivery, stop).await;
@@ -174,6 +174,7 @@ async fn deliver_once(trigger: &HttpTrigger, subscriber: &str, payload: &[u8]) -
     count(&slot.stats.requests);
     let deployment = slot.live.load_full();
     let version = deployment.short_digest().to_string();
+    tracing::Span::current().record("version", version.as_str());
     let timeout = app.settings.limits.request_timeout();
     let started = Instant::now();
     let outcome = call_handler(trigger, &slot.spec, deployment, payload, timeout).await;

@@ -60,6 +60,8 @@ pub struct OutboundHttp {
     pub policies: Arc<OutboundPolicies>,
     /// The end of the request this instance serves: no outbound attempt or retry goes past it.
     pub deadline: Instant,
+    /// The trace of the request this instance serves, passed on in `traceparent`.
+    pub trace: Option<crate::observe::TraceContext>,
 }
 
 impl OutboundHttp {
@@ -111,6 +113,15 @@ impl WasiHttpHooks for OutboundHttp {
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         drop(fut);
+        let mut request = request;
+        if let Some(trace) = &self.trace {
+            // A guest that passes on a trace context itself keeps its own.
+            if !request.headers().contains_key(crate::observe::TRACEPARENT) {
+                if let Ok(value) = http::HeaderValue::from_str(&trace.header_value()) {
+                    request.headers_mut().insert(crate::observe::TRACEPARENT, value);
+                }
+            }
+        }
         let target = self.target_of(request.uri());
         let chained = self.chained.clone();
         let depth = self.depth;

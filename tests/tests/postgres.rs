@@ -262,58 +262,13 @@ async fn grants_concurrency_and_a_dead_server() {
     host.shutdown().await;
 }
 
-/// A TCP relay to the real PostgreSQL that can be cut (every connection dropped, new ones
-/// refused) and restored: the server "goes down" for this test only.
-struct Relay {
-    port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl Relay {
-    async fn start(target: &'static str) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (generation, _) = tokio::sync::watch::channel(0u64);
-        let generation = std::sync::Arc::new(generation);
-        let (accept_up, accept_generation) = (up.clone(), generation.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !accept_up.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused
-                }
-                let mut cut = accept_generation.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Relay { port, up, generation }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_goes_away_gives_errors_then_service() {
     if !service_available("PostgreSQL", POSTGRES) {
         return;
     }
-    let relay = Relay::start(POSTGRES).await;
+    // A relay to the real server that the test cuts and restores: the server "goes down".
+    let relay = mosaic_tests::TcpRelay::start(POSTGRES.parse().unwrap()).await;
     let dir = AppDir::new(&MANIFEST.replace("postgres://10.1.2.3:5432", "postgres://127.0.0.1:*"));
     let host = dir.start(Settings::default()).await;
     let url = format!(

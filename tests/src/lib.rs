@@ -237,6 +237,27 @@ pub fn service_available(name: &str, addr: &str) -> bool {
     false
 }
 
+/// Checks `check` every 10 ms until it holds or `limit` has passed; returns whether it held.
+pub async fn wait_until<F, Fut>(limit: std::time::Duration, check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    check().await
+}
+
+/// [`wait_until`] for a check that needs no waiting itself.
+pub async fn eventually(limit: std::time::Duration, done: impl Fn() -> bool) -> bool {
+    wait_until(limit, || std::future::ready(done())).await
+}
+
 /// A name no other test run uses, for keys in shared backends.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

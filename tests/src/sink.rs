@@ -150,14 +150,7 @@ sink = "{url}"
 
     /// Waits until `done` holds, up to `limit`; returns whether it did.
     pub async fn wait_for(&self, limit: std::time::Duration, done: impl Fn(&Sink) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while tokio::time::Instant::now() < deadline {
-            if done(self) {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        done(self)
+        crate::eventually(limit, || done(self)).await
     }
 }
 

@@ -46,21 +46,9 @@ use bytes::Bytes;
 use mosaic::settings::{BrokerKind, MessagingSettings, Settings};
 use mosaic_tests::sink::Sink;
 use mosaic_tests::{
-    client, get, mosaic_bin, raw_exchange, send, service_available, unique, AppDir, HttpClient, LogCapture, Reply,
-    TcpRelay, TWO_COMPONENTS,
+    client, eventually, get, mosaic_bin, raw_exchange, send, service_available, unique, AppDir, HttpClient, LogCapture,
+    Reply, TcpRelay, TWO_COMPONENTS,
 };
-
-/// Waits until `done` holds, up to `limit`; returns whether it did.
-async fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    done()
-}
 
 /// Requests in flight on the live version of `component`.
 fn in_flight(host: &mosaic::Host, component: &str) -> u64 {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use mosaic::deploy;
 use mosaic::settings::{BrokerKind, MessagingSettings, Settings};
 use mosaic_tests::sink::Sink;
-use mosaic_tests::{client, deploy_request, send, service_available, unique, AppDir, HttpClient};
+use mosaic_tests::{client, deploy_request, send, service_available, unique, wait_until, AppDir, HttpClient};
 
 const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -129,21 +129,6 @@ async fn ten_thousand_messages_with_random_failures_all_arrive_rabbitmq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_with_random_failures_all_arrive_nats() {
     random_failures_lose_nothing(BrokerKind::Nats).await;
-}
-
-async fn wait_until<F, Fut>(limit: Duration, check: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    check().await
 }
 
 /// Runs the `mosaic` CLI beside the test's manifest (it finds the in-process host through the

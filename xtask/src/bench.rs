@@ -172,11 +172,7 @@ fn wasmtime_cli(root: &Path) -> Result<PathBuf> {
 }
 
 fn http(root: &Path) -> Result<()> {
-    run_command(
-        Command::new(cargo())
-            .current_dir(root)
-            .args(["build", "--release", "-p", "mosaic"]),
-    )?;
+    build_release_host(root)?;
     let wasmtime = wasmtime_cli(root)?;
     let mosaic = root.join("target/release/mosaic");
     // Throughput: the reference app's hello (imports only WASI and wasi:http, so `wasmtime
@@ -561,6 +557,15 @@ fn native_server(port: u16) -> Result<()> {
     })
 }
 
+/// Builds the release `mosaic` that every benchmark runs.
+fn build_release_host(root: &Path) -> Result<()> {
+    run_command(
+        Command::new(cargo())
+            .current_dir(root)
+            .args(["build", "--release", "-p", "mosaic"]),
+    )
+}
+
 /// Starts the release `mosaic up` on `manifest` (and a runtime config, and a `mosaic.toml`
 /// beside the manifest) in a fresh directory.
 fn start_mosaic(
@@ -603,11 +608,7 @@ fn key_value(root: &Path) -> Result<()> {
     if std::net::TcpStream::connect(redis).is_err() {
         bail!("Redis is not reachable at {redis}; start it (see the README) and run the benchmark again");
     }
-    run_command(
-        Command::new(cargo())
-            .current_dir(root)
-            .args(["build", "--release", "-p", "mosaic"]),
-    )?;
+    build_release_host(root)?;
     let fixtures = root.join("target/fixtures");
     let manifest = format!(
         "spin_manifest_version = 2\n[application]\nname = \"bench-kv\"\n\
@@ -742,11 +743,7 @@ fn sql(root: &Path) -> Result<()> {
     if std::net::TcpStream::connect(postgres).is_err() {
         bail!("PostgreSQL is not reachable at {postgres}; start it (see the README) and run the benchmark again");
     }
-    run_command(
-        Command::new(cargo())
-            .current_dir(root)
-            .args(["build", "--release", "-p", "mosaic"]),
-    )?;
+    build_release_host(root)?;
     let manifest = format!(
         "spin_manifest_version = 2\n[application]\nname = \"bench-sql\"\n\
          [[trigger.http]]\nroute = \"/...\"\ncomponent = \"probe\"\n\
@@ -826,11 +823,7 @@ fn breaker(root: &Path) -> Result<()> {
     const CONNECTIONS: usize = 8;
     const BREAKER_MEASURE: Duration = Duration::from_secs(3);
     const TIMEOUT_MS: u64 = 200;
-    run_command(
-        Command::new(cargo())
-            .current_dir(root)
-            .args(["build", "--release", "-p", "mosaic"]),
-    )?;
+    build_release_host(root)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let live = runtime.block_on(Sink::start())?;
     let dead = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -939,11 +932,7 @@ fn messaging(root: &Path) -> Result<()> {
             Some(("127.0.0.1:4222", "nats://127.0.0.1:4222")),
         ),
     ];
-    run_command(
-        Command::new(cargo())
-            .current_dir(root)
-            .args(["build", "--release", "-p", "mosaic"]),
-    )?;
+    build_release_host(root)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let sink = runtime.block_on(Sink::start())?;
     let fixtures = root.join("target/fixtures");

@@ -7,6 +7,7 @@
 //! | POST | `/v1/components/NAME/rollback` | |
 //! | GET | `/v1/status` | |
 //! | GET | `/v1/components/NAME/history` | |
+//! | GET | `/v1/cluster` | cluster mode: desired versions, every host's versions |
 //! | GET | `/v1/dlq[?component=NAME]` | the dead-letter store |
 //! | POST | `/v1/dlq/replay[?component=NAME][&ids=ID,ID]` | all (of NAME), or those ids |
 
@@ -123,13 +124,7 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
             );
             return response;
         }
-        (&Method::GET, ["readyz"]) => {
-            let components = app.slots().len();
-            return json(
-                StatusCode::OK,
-                &serde_json::json!({ "status": "ready", "components": components }),
-            );
-        }
+        (&Method::GET, ["readyz"]) => return readiness(app).await,
         _ => {}
     }
     if !authorized(token, &request) {
@@ -184,9 +179,30 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
                 probe_is_fatal: true,
                 record: true,
             };
-            deploy_answer(deploy::deploy(trigger, request).await)
+            match app.cluster.get() {
+                Some(cluster) => deploy_answer(cluster.deploy(trigger, request).await),
+                None => deploy_answer(deploy::deploy(trigger, request).await),
+            }
         }
-        (Method::POST, ["v1", "components", name, "rollback"]) => deploy_answer(deploy::rollback(trigger, name).await),
+        (Method::POST, ["v1", "components", name, "rollback"]) => match app.cluster.get() {
+            Some(cluster) => deploy_answer(cluster.rollback(trigger, name).await),
+            None => deploy_answer(deploy::rollback(trigger, name).await),
+        },
+        (Method::GET, ["v1", "cluster"]) => match app.cluster.get() {
+            Some(cluster) => match cluster.status().await {
+                Ok(status) => json(StatusCode::OK, &status),
+                Err(err) => json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster store unavailable",
+                    err.to_string(),
+                ),
+            },
+            None => json_error(
+                StatusCode::NOT_FOUND,
+                "not in a cluster",
+                "this host runs alone; cluster mode is [cluster] postgres in mosaic.toml or `mosaic up --cluster URL`",
+            ),
+        },
         (Method::GET, ["v1", "dlq"]) => {
             let component = query_value(&query, "component");
             broker_answer(app.broker.dead_letters(component.as_deref()).await)
@@ -207,6 +223,91 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
             "not found",
             format!("the admin API has no {} {path}", request.method()),
         ),
+    }
+}
+
+/// How long one readiness check may take before it counts as failed.
+const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `/readyz`: 200 once every component of the manifest is loaded and every backend the host
+/// uses answers (the broker, key-value stores on a server, PostgreSQL servers in use, the
+/// cluster store); else 503
+/// naming each failing check and why.
+async fn readiness(app: &crate::app::App) -> HttpResponse {
+    async fn bounded<E: std::fmt::Display>(
+        check: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<(), String> {
+        match tokio::time::timeout(READINESS_CHECK_TIMEOUT, check).await {
+            Ok(outcome) => outcome.map_err(|err| err.to_string()),
+            Err(_) => Err(format!("no answer within {READINESS_CHECK_TIMEOUT:?}")),
+        }
+    }
+    let mut checks: Vec<(String, Result<(), String>)> = Vec::new();
+    for name in app.manifest.components.keys() {
+        if app.slot(name).is_none() {
+            checks.push((format!("component {name}"), Err("not loaded".into())));
+        }
+    }
+    let broker = bounded(app.broker.check());
+    let key_value = async {
+        match tokio::time::timeout(READINESS_CHECK_TIMEOUT, app.key_value.check_servers()).await {
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .map(|(label, outcome)| (format!("key_value {label}"), outcome.map_err(|err| err.to_string())))
+                .collect(),
+            Err(_) => vec![(
+                "key_value".to_string(),
+                Err(format!("no answer within {READINESS_CHECK_TIMEOUT:?}")),
+            )],
+        }
+    };
+    let postgres = async {
+        match tokio::time::timeout(READINESS_CHECK_TIMEOUT, app.pg_pools.check_servers()).await {
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .map(|(address, outcome)| (format!("postgres {address}"), outcome.map_err(|err| err.message())))
+                .collect(),
+            Err(_) => vec![(
+                "postgres".to_string(),
+                Err(format!("no answer within {READINESS_CHECK_TIMEOUT:?}")),
+            )],
+        }
+    };
+    let cluster = async {
+        match app.cluster.get() {
+            Some(cluster) => Some(bounded(cluster.check()).await),
+            None => None,
+        }
+    };
+    let (broker, key_value, postgres, cluster): (_, Vec<_>, Vec<_>, _) =
+        tokio::join!(broker, key_value, postgres, cluster);
+    checks.push((format!("broker {}", app.broker.kind()), broker));
+    if let Some(cluster) = cluster {
+        checks.push(("cluster store".to_string(), cluster));
+    }
+    checks.extend(key_value);
+    checks.extend(postgres);
+    let failing: serde_json::Map<String, serde_json::Value> = checks
+        .iter()
+        .filter_map(|(name, outcome)| outcome.as_ref().err().map(|why| (name.clone(), why.clone().into())))
+        .collect();
+    let passing: Vec<&str> = checks
+        .iter()
+        .filter(|(_, outcome)| outcome.is_ok())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let components = app.slots().len();
+    if failing.is_empty() {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ready", "components": components, "checks": passing }),
+        )
+    } else {
+        tracing::debug!(failing = ?failing, "not ready");
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "not ready", "components": components, "checks": passing, "failing": failing }),
+        )
     }
 }
 

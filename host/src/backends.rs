@@ -1,6 +1,7 @@
-//! Openers for the services more than one capability stands on: an embedded SQLite file
-//! (key-value's embedded store, the SQLite databases) and a Redis server (key-value's Redis
-//! store, the Redis client). The capabilities stay apart; the connection settings live here once.
+//! Openers for the services more than one part of the host stands on: an embedded SQLite file
+//! (key-value's embedded store, the SQLite databases), a Redis server (key-value's Redis
+//! store, the Redis client) and a PostgreSQL server (the guests' pools, the cluster store).
+//! The capabilities stay apart; the connection settings live here once.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -11,6 +12,55 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 /// How long a Redis connect or command may take before the guest gets an error.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a PostgreSQL connect (or the wait for a pooled connection) may take.
+pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pool of up to `max_size` connections to the PostgreSQL server at `address` (a URL or
+/// `key=value` pairs), opened lazily. A connection goes back to the pool with `ROLLBACK`, so a
+/// transaction its user left open never reaches the next user.
+pub fn postgres_pool(address: &str, max_size: usize) -> Result<deadpool_postgres::Pool, String> {
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    let mut config = tokio_postgres::Config::from_str(address)
+        .map_err(|err| format!("`{}` is not a PostgreSQL address: {err}", redact_postgres(address)))?;
+    config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(POSTGRES_CONNECT_TIMEOUT))
+        .create_timeout(Some(POSTGRES_CONNECT_TIMEOUT))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|err| err.to_string())
+}
+
+/// A PostgreSQL address without its password, for messages.
+pub fn redact_postgres(address: &str) -> String {
+    if let (Some(scheme), Some(at)) = (address.find("://"), address.rfind('@')) {
+        if at > scheme {
+            let credentials = &address[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            return format!("{}{user}@{}", &address[..scheme + 3], &address[at + 1..]);
+        }
+    }
+    address
+        .split_whitespace()
+        .map(|pair| {
+            if pair.starts_with("password=") {
+                "password=***"
+            } else {
+                pair
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// A pool on the SQLite file at `path` (created with its directory if missing): WAL mode,
 /// foreign keys on, 5 s busy timeout, up to 16 connections (a guest's SQLite handle holds one

@@ -35,6 +35,8 @@ pub struct HostOptions {
     /// Replaces mosaic.toml entirely (tests use this).
     pub settings: Option<Settings>,
     pub runtime_config_file: Option<PathBuf>,
+    /// Overrides `cluster.postgres` of mosaic.toml: join the cluster whose store this is.
+    pub cluster: Option<String>,
 }
 
 pub struct Host {
@@ -62,6 +64,9 @@ impl Host {
         }
         if let Some(listen) = options.admin_listen {
             settings.admin.listen = listen;
+        }
+        if let Some(cluster) = options.cluster {
+            settings.cluster.postgres = Some(cluster);
         }
         let runtime_config = match &options.runtime_config_file {
             Some(path) => RuntimeConfig::load(path).map_err(anyhow::Error::msg)?,
@@ -94,9 +99,11 @@ impl Host {
         let linker = crate::instance::build_linker(&engine)?;
         let variables = crate::capability::variables::resolve_application(&manifest, |name| std::env::var(name).ok())
             .map_err(|message| anyhow::anyhow!("{}: {message}", options.manifest.display()))?;
+        let metrics: Arc<crate::observe::Metrics> = Arc::default();
         let key_value = Arc::new(KeyValueStores::new(
             runtime_config.key_value_stores,
             state.root().join("kv"),
+            metrics.clone(),
         ));
         let sqlite = Arc::new(Databases::new(
             runtime_config.sqlite_databases,
@@ -120,6 +127,7 @@ impl Host {
             key_value,
             sqlite,
             broker,
+            metrics,
         };
         let app = Arc::new(App::new(engine, linker, settings.clone(), manifest, state, backends));
         let trigger = HttpTrigger::new(app.clone());
@@ -151,6 +159,10 @@ impl Host {
             .context("cannot write the admin endpoint to the state directory")?;
 
         let (stop, stopped) = watch::channel(false);
+        let cluster = match &settings.cluster.postgres {
+            Some(_) => Some(join_cluster(&trigger, &settings, http_addr, admin_addr).await?),
+            None => None,
+        };
         let drain = settings.limits.drain_timeout();
         let mut tasks = vec![
             tokio::spawn(crate::trigger::http::serve(
@@ -166,7 +178,10 @@ impl Host {
                 stopped.clone(),
             )),
         ];
-        tasks.extend(crate::trigger::messages::start(&trigger, stopped));
+        tasks.extend(crate::trigger::messages::start(&trigger, stopped.clone()));
+        if let Some(cluster) = cluster {
+            tasks.extend(cluster.start(&trigger, stopped));
+        }
         tracing::info!(%http_addr, %admin_addr, components = app.slots().len(), "serving");
         Ok(Host {
             trigger,
@@ -204,6 +219,34 @@ impl Host {
         self.trigger.app().state.clear_endpoint();
         tracing::info!("stopped");
     }
+}
+
+/// Joins the cluster of `[cluster]` and converges on its desired versions before serving, so a
+/// new host never answers with an outdated version.
+async fn join_cluster(
+    trigger: &HttpTrigger,
+    settings: &Settings,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> anyhow::Result<Arc<crate::cluster::Cluster>> {
+    let app = trigger.app();
+    let namespace = settings
+        .cluster
+        .namespace
+        .clone()
+        .unwrap_or_else(|| app.manifest.application.name.clone());
+    let cluster = crate::cluster::Cluster::join(&settings.cluster, &namespace, http_addr, admin_addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot join the cluster: {err}"))?;
+    if app.broker.kind() == "embedded" {
+        tracing::warn!("cluster mode with the embedded broker: each host keeps its own messages (published on one host, handled there only); set [messaging] broker = \"rabbitmq\" or \"nats\" to share them");
+    }
+    if let Err(err) = cluster.reconcile(trigger).await {
+        tracing::warn!(error = %err, "cannot converge on the cluster's desired versions yet; serving this host's versions and retrying");
+    }
+    let _ = app.cluster.set(cluster.clone());
+    tracing::info!(host = %cluster.host_name(), %namespace, "joined the cluster");
+    Ok(cluster)
 }
 
 /// Loads every component at start-up. A component whose manifest source is unchanged since the

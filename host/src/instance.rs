@@ -17,6 +17,7 @@ use crate::capability::messaging::Publisher;
 use crate::capability::redis_client::RedisClients;
 use crate::capability::sqlite::SqliteAccess;
 use crate::capability::variables::ComponentVariables;
+use crate::guest_log::{GuestOutput, GuestStream};
 
 pub struct InstanceState {
     wasi: WasiCtx,
@@ -30,6 +31,7 @@ pub struct InstanceState {
     redis_clients: Arc<RedisClients>,
     pg_pools: Arc<crate::capability::postgres::PgPools>,
     publisher: Publisher,
+    _live: crate::observe::LiveInstance,
 }
 
 impl InstanceState {
@@ -58,6 +60,10 @@ impl InstanceState {
     /// The trace of the request this instance serves; its outbound calls carry it on.
     pub fn set_trace(&mut self, trace: Option<crate::observe::TraceContext>) {
         self.outbound.trace = trace;
+    }
+    /// The `traceparent` naming this instance's span as the parent, if it serves a trace.
+    pub fn traceparent(&self) -> Option<String> {
+        self.outbound.trace.as_ref().map(|trace| trace.header_value())
     }
     pub fn table(&self) -> &ResourceTable {
         &self.table
@@ -139,7 +145,9 @@ pub fn new_store(
 ) -> anyhow::Result<Store<InstanceState>> {
     let (engine, limits) = (&app.engine, &app.settings.limits);
     let mut wasi = WasiCtx::builder();
-    wasi.inherit_stdout().inherit_stderr();
+    let component: Arc<str> = Arc::from(spec.name.as_str());
+    wasi.stdout(GuestOutput::new(component.clone(), GuestStream::Stdout))
+        .stderr(GuestOutput::new(component, GuestStream::Stderr));
     wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     wasi.envs(&spec.environment);
     if let Some(dir) = &spec.files_dir {
@@ -183,6 +191,7 @@ pub fn new_store(
             max_message_bytes: app.settings.messaging.max_message_bytes,
             metrics: app.metrics.clone(),
         },
+        _live: crate::observe::LiveInstance::new(app.metrics.clone()),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limits);

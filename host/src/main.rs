@@ -51,6 +51,9 @@ struct ServeArgs {
     /// Mosaic's own settings [default: mosaic.toml beside the manifest, if there is one].
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Join a cluster whose store is this PostgreSQL address (like [cluster] postgres in mosaic.toml).
+    #[arg(long, value_name = "POSTGRES_URL")]
+    cluster: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -132,8 +135,9 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MOSAIC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOSAIC_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn,tokio_postgres=warn")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -181,8 +185,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .call(Method::GET, "/v1/status", Bytes::new())
                 .await
                 .map_err(explain)?;
+            // In cluster mode, every host's versions too; alone, 404.
+            let cluster = client.call(Method::GET, "/v1/cluster", Bytes::new()).await.ok();
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                let shown = match cluster {
+                    Some(cluster) => serde_json::json!({ "components": status, "cluster": cluster }),
+                    None => status,
+                };
+                println!("{}", serde_json::to_string_pretty(&shown)?);
                 return Ok(());
             }
             println!(
@@ -203,6 +213,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     number("requests"),
                     number("errors"),
                 );
+            }
+            if let Some(cluster) = cluster {
+                print_cluster(&cluster);
             }
             Ok(())
         }
@@ -347,6 +360,7 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
         state_dir,
         settings,
         runtime_config_file: args.runtime_config_file,
+        cluster: args.cluster,
     })
     .await?;
     println!("Serving http://{}", host.http_addr());
@@ -366,6 +380,56 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
     tracing::info!("shutting down: draining in-flight requests");
     host.shutdown().await;
     Ok(())
+}
+
+/// Every host of the cluster and the version of each component on it; a version that is not
+/// the desired one is marked (a rollout in progress, or a host that cannot take it: its error).
+fn print_cluster(cluster: &serde_json::Value) {
+    let text = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_string();
+    let short = |digest: &str| digest[..digest.len().min(12)].to_string();
+    println!();
+    println!(
+        "CLUSTER {} (this host: {})",
+        text(&cluster["namespace"]),
+        text(&cluster["this_host"])
+    );
+    println!(
+        "{:<24} {:<14} {:<16} {:<14} DESIRED",
+        "HOST", "SEEN", "COMPONENT", "VERSION"
+    );
+    let desired = &cluster["desired"];
+    for host in cluster["hosts"].as_array().into_iter().flatten() {
+        let silent = host["silent_ms"].as_i64().unwrap_or(0) as f64 / 1000.0;
+        let seen = match host["alive"].as_bool().unwrap_or(false) {
+            true => format!("{silent:.1}s ago"),
+            false => format!("gone {silent:.0}s"),
+        };
+        let mut first = true;
+        for (component, version) in host["versions"].as_object().into_iter().flatten() {
+            let version = text(version);
+            let mark = match desired[component].as_str() {
+                None => "(not set)".to_string(),
+                Some(wanted) if wanted == version => "yes".to_string(),
+                Some(wanted) => match host["errors"][component].as_str() {
+                    Some(error) => format!("no: {} wanted; {error}", short(wanted)),
+                    None => format!("no: {} rolling out", short(wanted)),
+                },
+            };
+            let (name, seen) = match first {
+                true => (text(&host["host"]), seen.clone()),
+                false => (String::new(), String::new()),
+            };
+            first = false;
+            println!(
+                "{:<24} {:<14} {:<16} {:<14} {}",
+                name,
+                seen,
+                component,
+                short(&version),
+                mark
+            );
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -133,6 +133,26 @@ pub struct Metrics {
     /// component → version → series; nested so that the per-request lookup allocates nothing.
     requests: Mutex<BTreeMap<String, BTreeMap<String, Arc<RequestSeries>>>>,
     deploys: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// (capability, backend) → errors where the backend failed (not the guest's input).
+    backend_errors: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// Wasm instances (stores) alive now: requests, deliveries and probes, any version.
+    instances_live: AtomicU64,
+}
+
+/// Counts one live instance in [`Metrics`] for as long as it is held (by the instance's state).
+pub struct LiveInstance(Arc<Metrics>);
+
+impl LiveInstance {
+    pub fn new(metrics: Arc<Metrics>) -> LiveInstance {
+        metrics.instances_live.fetch_add(1, Ordering::Relaxed);
+        LiveInstance(metrics)
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.instances_live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -200,6 +220,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         lags.insert((subscriber.to_string(), topic.to_string()), lag_ms);
+    }
+
+    /// Counts an error of a backend (down, timed out, failing), not of the guest's input:
+    /// `capability` is key_value, sqlite, postgres, redis, messaging; `backend` names its kind.
+    pub fn record_backend_error(&self, capability: &'static str, backend: &str) {
+        let mut errors = self
+            .backend_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *errors.entry((capability, backend.to_string())).or_default() += 1;
     }
 
     /// Counts an outbound request (or a retried attempt) from `component` to `destination`.
@@ -312,6 +342,32 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "mosaic_deploys_total{{component=\"{component}\",action=\"{action}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mosaic_instances_live Wasm instances alive now (requests, deliveries, probes; every version)."
+        );
+        let _ = writeln!(out, "# TYPE mosaic_instances_live gauge");
+        let _ = writeln!(
+            out,
+            "mosaic_instances_live {}",
+            self.instances_live.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mosaic_backend_errors_total Backend failures (unreachable, timed out, failing), by capability and backend."
+        );
+        let _ = writeln!(out, "# TYPE mosaic_backend_errors_total counter");
+        let backend_errors = self
+            .backend_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for ((capability, backend), count) in backend_errors {
+            let _ = writeln!(
+                out,
+                "mosaic_backend_errors_total{{capability=\"{capability}\",backend=\"{backend}\"}} {count}"
             );
         }
         out
@@ -529,10 +585,12 @@ impl TraceContext {
 
     /// This hop's context: the incoming trace (or a new one, sampled) with a new span id.
     pub fn continue_or_start(headers: &http::HeaderMap) -> TraceContext {
-        let incoming = headers
-            .get(TRACEPARENT)
-            .and_then(|value| value.to_str().ok())
-            .and_then(TraceContext::parse);
+        TraceContext::continue_or_start_from(headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()))
+    }
+
+    /// This hop's context after a `traceparent` value (of a message, say), or a new trace.
+    pub fn continue_or_start_from(traceparent: Option<&str>) -> TraceContext {
+        let incoming = traceparent.and_then(TraceContext::parse);
         let (trace_id, flags) = match incoming {
             Some(parent) => (parent.trace_id, parent.flags),
             None => (random_hex(16), "01".to_string()),

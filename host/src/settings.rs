@@ -20,6 +20,61 @@ pub struct Settings {
     pub messaging: MessagingSettings,
     /// The policy of outbound HTTP requests: timeouts, retries, circuit breaker.
     pub outbound: OutboundSettings,
+    /// Several hosts serving one application, coordinated through PostgreSQL.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`: the desired version of every component lives in PostgreSQL; every host
+/// converges on it (see `cluster`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// The cluster store, a PostgreSQL address (`postgres://user@host:5432/db` or
+    /// `host=... user=... dbname=...`). None: this host runs alone.
+    pub postgres: Option<String>,
+    /// This host's name in `mosaic status`. Default: the machine's host name and HTTP port.
+    pub host_name: Option<String>,
+    /// Keeps this application's versions apart from another's in the same database. Default:
+    /// the application's name.
+    pub namespace: Option<String>,
+    /// How often a host compares its versions with the desired ones even without a
+    /// notification, and reports its own (its heartbeat).
+    pub reconcile_interval_ms: u64,
+    /// A host whose last report is older than this shows as gone in `mosaic status`.
+    pub host_timeout_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            postgres: None,
+            host_name: None,
+            namespace: None,
+            reconcile_interval_ms: 2_000,
+            host_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    fn check(&self) -> Result<(), String> {
+        if self.reconcile_interval_ms == 0 {
+            return Err("`cluster.reconcile_interval_ms` must be greater than 0".into());
+        }
+        if self.host_timeout_ms <= self.reconcile_interval_ms {
+            return Err("`cluster.host_timeout_ms` must be greater than `cluster.reconcile_interval_ms`".into());
+        }
+        if let Some(name) = &self.host_name {
+            if name.trim().is_empty() || name.len() > 200 {
+                return Err("`cluster.host_name` must be 1 to 200 characters".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn reconcile_interval(&self) -> Duration {
+        Duration::from_millis(self.reconcile_interval_ms)
+    }
 }
 
 /// Which broker carries the messages of `fermyon:spin/redis` publish and `[[trigger.redis]]`.
@@ -489,6 +544,7 @@ impl Settings {
         self.http.check()?;
         self.limits.check()?;
         self.messaging.check()?;
+        self.cluster.check()?;
         self.outbound.check()
     }
 }

@@ -94,6 +94,25 @@ impl AppDir {
 
     /// Starts a host with a runtime config (Spin's format) written into the app directory.
     pub async fn start_with(&self, settings: Settings, runtime_config: Option<&str>) -> Host {
+        self.try_start_in(settings, runtime_config, None)
+            .await
+            .expect("the host starts")
+    }
+
+    /// Starts one more host of the same application with a state directory of its own
+    /// (`state`, under the app directory), as another machine of a cluster would have.
+    pub async fn start_in(&self, settings: Settings, runtime_config: Option<&str>, state: &str) -> Host {
+        self.try_start_in(settings, runtime_config, Some(state))
+            .await
+            .expect("the host starts")
+    }
+
+    pub async fn try_start_in(
+        &self,
+        settings: Settings,
+        runtime_config: Option<&str>,
+        state: Option<&str>,
+    ) -> anyhow::Result<Host> {
         let runtime_config_file = runtime_config.map(|text| {
             let path = self.path.join("runtime-config.toml");
             std::fs::write(&path, text).expect("write runtime config");
@@ -103,12 +122,12 @@ impl AppDir {
             manifest: self.manifest(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            state_dir: None,
+            state_dir: state.map(|name| self.path.join(name)),
             settings: Some(settings),
             runtime_config_file,
+            cluster: None,
         })
         .await
-        .expect("the host starts")
     }
 }
 
@@ -178,6 +197,32 @@ pub async fn send(client: &HttpClient, method: &str, url: &str, body: impl Into<
         headers,
         body: String::from_utf8_lossy(&bytes).to_string(),
     })
+}
+
+/// A call to `host`'s admin API with `authorization` (the header's whole value) if given.
+pub async fn admin_request(host: &Host, method: &str, path: &str, authorization: Option<&str>, body: Vec<u8>) -> Reply {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", host.admin_addr()));
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let request = request.body(Full::new(Bytes::from(body))).expect("request");
+    let response = client().request(request).await.expect("the admin API answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).to_string(),
+    }
+}
+
+/// A call to `host`'s admin API with its token.
+pub async fn admin(host: &Host, method: &str, path: &str, body: Vec<u8>) -> Reply {
+    let bearer = format!("Bearer {}", host.admin_token());
+    admin_request(host, method, path, Some(&bearer), body).await
 }
 
 pub async fn get(client: &HttpClient, url: &str) -> Reply {
@@ -297,6 +342,16 @@ impl MosaicProcess {
     }
 
     pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> MosaicProcess {
+        Self::spawn(dir, args, env, std::process::Stdio::inherit())
+    }
+
+    /// Like [`MosaicProcess::start`], with the host's log (its stderr) written to `log`.
+    pub fn start_logging_to(dir: &Path, args: &[&str], log: &Path) -> MosaicProcess {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self::spawn(dir, args, &[], std::process::Stdio::from(file))
+    }
+
+    fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)], stderr: std::process::Stdio) -> MosaicProcess {
         let mut all: Vec<&str> = args.to_vec();
         if !args.contains(&"--listen") {
             all.extend(["--listen", "127.0.0.1:0"]);
@@ -306,7 +361,7 @@ impl MosaicProcess {
             .envs(env.iter().copied())
             .args(&all)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("mosaic starts");
         let stdout = child.stdout.take().expect("piped stdout");

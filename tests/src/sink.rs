@@ -21,6 +21,8 @@ struct Record {
     versions: BTreeMap<String, String>,
     /// Every success in arrival order.
     order: Vec<String>,
+    /// payload → the `traceparent` of its last attempt (the host adds it to outbound calls).
+    traceparents: BTreeMap<String, String>,
 }
 
 /// The sink and its records.
@@ -28,6 +30,7 @@ pub struct Sink {
     pub addr: SocketAddr,
     record: Arc<Mutex<Record>>,
     failure_percent: Arc<AtomicU32>,
+    delay_ms: Arc<AtomicU32>,
 }
 
 impl Sink {
@@ -38,19 +41,29 @@ impl Sink {
         let addr = listener.local_addr().expect("sink address");
         let record = Arc::new(Mutex::new(Record::default()));
         let failure_percent = Arc::new(AtomicU32::new(0));
-        let (shared, failures) = (record.clone(), failure_percent.clone());
+        let delay_ms = Arc::new(AtomicU32::new(0));
+        let (shared, failures, delay) = (record.clone(), failure_percent.clone(), delay_ms.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (record, failures) = (shared.clone(), failures.clone());
+                let (record, failures, delay) = (shared.clone(), failures.clone(), delay.clone());
                 let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (record, failures) = (record.clone(), failures.clone());
+                    let (record, failures, delay) = (record.clone(), failures.clone(), delay.clone());
                     async move {
+                        let wait = delay.load(Ordering::SeqCst);
+                        if wait > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(u64::from(wait))).await;
+                        }
                         let version = request
                             .headers()
                             .get("x-subscriber-version")
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("?")
                             .to_string();
+                        let traceparent = request
+                            .headers()
+                            .get("traceparent")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
                         let body = request
                             .into_body()
                             .collect()
@@ -58,6 +71,10 @@ impl Sink {
                             .map(|b| b.to_bytes())
                             .unwrap_or_default();
                         let payload = String::from_utf8_lossy(&body).to_string();
+                        if let Some(traceparent) = traceparent {
+                            let mut record = record.lock().expect("sink record");
+                            record.traceparents.insert(payload.clone(), traceparent);
+                        }
                         let status = record_attempt(&record, &payload, &version, failures.load(Ordering::SeqCst));
                         let mut response = hyper::Response::new(Full::new(Bytes::new()));
                         *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
@@ -75,6 +92,7 @@ impl Sink {
             addr,
             record,
             failure_percent,
+            delay_ms,
         }
     }
 
@@ -90,6 +108,11 @@ impl Sink {
     /// a run is repeatable) answers 500.
     pub fn fail_percent(&self, percent: u32) {
         self.failure_percent.store(percent, Ordering::SeqCst);
+    }
+
+    /// From now on, each report waits this long before it is answered (a slow handler).
+    pub fn delay_ms(&self, millis: u32) {
+        self.delay_ms.store(millis, Ordering::SeqCst);
     }
 
     fn with<T>(&self, read: impl FnOnce(&Record) -> T) -> T {
@@ -111,6 +134,10 @@ impl Sink {
     }
     pub fn version_of(&self, payload: &str) -> Option<String> {
         self.with(|r| r.versions.get(payload).cloned())
+    }
+    /// The `traceparent` the subscriber's report of `payload` carried.
+    pub fn traceparent_of(&self, payload: &str) -> Option<String> {
+        self.with(|r| r.traceparents.get(payload).cloned())
     }
     /// Successes in the order they arrived.
     pub fn order(&self) -> Vec<String> {

@@ -181,3 +181,53 @@ async fn a_second_host_on_the_same_state_directory_is_refused() {
         "the first keeps serving"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_span_and_its_trace() {
+    const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+    let dir = AppDir::new(mosaic_tests::TWO_COMPONENTS);
+    let log = dir.path.join("host.log");
+    let mut host = MosaicProcess::start_logging_to(&dir.path, &["up", "--log-format", "json"], &log);
+    let request = http::Request::builder()
+        .uri(format!("{}/probe/trap", host.base))
+        .header("traceparent", format!("00-{TRACE_ID}-b7ad6b7169203331-01"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let reply = client().request(request).await.expect("answer");
+    assert_eq!(reply.status(), 500);
+    host.terminate();
+    let status = tokio::task::spawn_blocking(move || host.wait(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).expect("the log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not a JSON line ({err}): {line}")))
+        .collect();
+    let failure = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "request failed")
+        .unwrap_or_else(|| panic!("no `request failed` line: {text}"));
+    assert_eq!(failure["level"], "ERROR");
+    assert_eq!(failure["span"]["component"], "probe", "{failure}");
+    assert_eq!(failure["span"]["trace_id"], TRACE_ID, "{failure}");
+    assert!(
+        failure["span"]["version"].as_str().is_some_and(|v| v.len() == 12),
+        "{failure}"
+    );
+    // What the guest printed (its panic message, on stderr) is a JSON event of its own, in the
+    // request's span.
+    let printed = lines
+        .iter()
+        .find(|line| {
+            line["target"] == "mosaic::guest"
+                && line["fields"]["stream"] == "stderr"
+                && line["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("traps on purpose"))
+        })
+        .unwrap_or_else(|| panic!("no guest output line: {text}"));
+    assert_eq!(printed["fields"]["component"], "probe", "{printed}");
+    assert_eq!(printed["span"]["trace_id"], TRACE_ID, "{printed}");
+}

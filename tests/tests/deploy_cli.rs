@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
 use mosaic::settings::Settings;
 use mosaic_tests::{client, fixture, get, mosaic_bin, AppDir, TWO_COMPONENTS};
@@ -280,5 +281,29 @@ async fn metrics_count_requests_errors_and_deploys() {
         text.contains(&format!("mosaic_requests_in_flight{{{labels}}} 0")),
         "{text}"
     );
+    assert!(text.contains("mosaic_instances_live 0"), "{text}");
+    // A request in progress is one live instance, gone when it ends.
+    let slow = {
+        let (client, url) = (client.clone(), format!("{base}/probe/slow?ms=1500"));
+        tokio::spawn(async move { get(&client, &url).await })
+    };
+    let metrics_url = format!("http://{}/metrics", host.admin_addr());
+    let live_seen = mosaic_tests::wait_until(Duration::from_secs(5), || async {
+        get(&client, &metrics_url)
+            .await
+            .body
+            .contains("mosaic_instances_live 1")
+    })
+    .await;
+    assert!(live_seen, "the slow request's instance is counted");
+    assert_eq!(slow.await.expect("slow request").status, 200);
+    let gone = mosaic_tests::wait_until(Duration::from_secs(5), || async {
+        get(&client, &metrics_url)
+            .await
+            .body
+            .contains("mosaic_instances_live 0")
+    })
+    .await;
+    assert!(gone, "and no longer once it ended");
     host.shutdown().await;
 }

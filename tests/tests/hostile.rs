@@ -20,6 +20,10 @@ async fn trap_loop_and_memory_hog_fail_alone() {
     let trap = get(&client, &format!("{base}/probe/trap")).await;
     assert_eq!(trap.status, 500, "{}", trap.body);
     assert_eq!(trap.json()["error"], "component trapped");
+    // The client learns what happened, not the guest's internals: the backtrace is in the log.
+    let detail = trap.json()["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains("unreachable"), "{detail}");
+    assert!(!detail.contains("backtrace") && !detail.contains(".rs"), "{detail}");
 
     let started = std::time::Instant::now();
     let endless = get(&client, &format!("{base}/probe/loop")).await;

@@ -290,10 +290,26 @@ async fn redis_stopped_and_restarted_gives_errors_then_service() {
     );
     let host = dir.start_with(Settings::default(), Some(&config)).await;
     let base = format!("http://{}/a/kv", host.http_addr());
+    let readyz = format!("http://{}/readyz", host.admin_addr());
     let client = client();
     assert_eq!(get(&client, &format!("{base}?op=set&key=k&value=1")).await.body, "ok");
+    let ready = get(&client, &readyz).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert!(
+        ready.body.contains("key_value default"),
+        "the Redis store is checked: {}",
+        ready.body
+    );
 
     redis.kill();
+    // Not ready while the store's server is down, and the answer names it.
+    let not_ready = get(&client, &readyz).await;
+    assert_eq!(not_ready.status, 503, "{}", not_ready.body);
+    assert!(
+        not_ready.json()["failing"]["key_value default"].is_string(),
+        "{}",
+        not_ready.body
+    );
     let started = std::time::Instant::now();
     let down = get(&client, &format!("{base}?op=get&key=k")).await;
     assert!(
@@ -322,6 +338,18 @@ async fn redis_stopped_and_restarted_gives_errors_then_service() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(get(&client, &format!("{base}?op=get&key=k")).await.body, "2");
+    assert_eq!(get(&client, &readyz).await.status, 200, "ready again");
+    let metrics = get(&client, &format!("http://{}/metrics", host.admin_addr()))
+        .await
+        .body;
+    let errors = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("mosaic_backend_errors_total{capability=\"key_value\",backend=\"redis\"} "))
+        .and_then(|count| count.parse::<u64>().ok());
+    assert!(
+        errors.is_some_and(|count| count >= 1),
+        "the outage is counted: {metrics}"
+    );
     host.shutdown().await;
 }
 

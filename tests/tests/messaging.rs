@@ -154,24 +154,7 @@ async fn admin_get(host: &mosaic::Host, path: &str) -> String {
 }
 
 async fn admin(host: &mosaic::Host, method: &str, path: &str) -> mosaic_tests::Reply {
-    let request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", host.admin_addr()))
-        .header("authorization", format!("Bearer {}", host.admin_token()))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .expect("request");
-    let response = client().request(request).await.expect("admin API answers");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    mosaic_tests::Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).to_string(),
-    }
+    mosaic_tests::admin(host, method, path, Vec::new()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,6 +353,23 @@ async fn a_broker_that_is_down_gives_the_publisher_an_error() {
             started.elapsed()
         );
         assert!(err.starts_with("502") && err.contains("127.0.0.1:1"), "{kind:?}: {err}");
+        // /readyz says the host is not ready, naming the broker; /metrics counts the failures.
+        let readyz = mosaic_tests::get(&client(), &format!("http://{}/readyz", host.admin_addr())).await;
+        assert_eq!(readyz.status, 503, "{kind:?}: {}", readyz.body);
+        let broker_check = format!("broker {}", host.app().broker.kind());
+        let why = readyz.json()["failing"][&broker_check]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(why.contains("127.0.0.1:1"), "{kind:?}: {}", readyz.body);
+        let metrics = admin_get(&host, "/metrics").await;
+        assert!(
+            metrics.contains(&format!(
+                "mosaic_backend_errors_total{{capability=\"messaging\",backend=\"{}\"}}",
+                host.app().broker.kind()
+            )),
+            "{kind:?}: {metrics}"
+        );
         host.shutdown().await;
     }
     // A bad channel name and an oversized payload are refused on every backend alike.
@@ -390,4 +390,78 @@ async fn a_broker_that_is_down_gives_the_publisher_an_error() {
         .expect_err("too big");
     assert!(err.contains("messaging.max_message_bytes"), "{err}");
     host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_message_carries_the_publishers_trace_to_the_subscriber() {
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    for kind in [BrokerKind::Embedded, BrokerKind::RabbitMQ, BrokerKind::Nats] {
+        let Some(messaging) = broker(kind) else { continue };
+        let sink = Sink::start().await;
+        let dir = AppDir::new(&sink.manifest("traced.#"));
+        let host = dir.start(settings(messaging)).await;
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}/probe/publish?channel=traced.order",
+                host.http_addr()
+            ))
+            .header("traceparent", &incoming)
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"traced-1")))
+            .expect("request");
+        let reply = client().request(request).await.expect("publish");
+        assert_eq!(reply.status(), 200, "{kind:?}");
+        assert!(
+            sink.wait_for(Duration::from_secs(20), |s| s.handled("traced-1") == 1)
+                .await,
+            "{kind:?}: the message was handled"
+        );
+        // The subscriber's outbound call (its report to the sink) carries the trace on: same
+        // trace id, a span of this host's as the parent (neither the client's nor all zeros).
+        let seen = sink
+            .traceparent_of("traced-1")
+            .expect("the report carried a traceparent");
+        let parts: Vec<&str> = seen.split('-').collect();
+        assert_eq!(parts.len(), 4, "{kind:?}: {seen}");
+        assert_eq!(
+            parts[1], TRACE_ID,
+            "{kind:?}: the trace continues through the broker: {seen}"
+        );
+        assert_ne!(parts[2], "00f067aa0ba902b7", "{kind:?}: {seen}");
+        host.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_mid_stream_forgets_no_message() {
+    // Slow handlers, four at a time: the shutdown finds deliveries in flight and messages
+    // waiting. Whatever it cuts short is delivered again by the next host on the same broker.
+    for kind in [BrokerKind::Embedded, BrokerKind::RabbitMQ, BrokerKind::Nats] {
+        let Some(mut messaging) = broker(kind) else { continue };
+        messaging.concurrency = 4;
+        const COUNT: usize = 200;
+        let sink = Sink::start().await;
+        sink.delay_ms(20);
+        let dir = AppDir::new(&sink.manifest("jobs"));
+        let host = dir.start(settings(messaging.clone())).await;
+        let base = format!("http://{}", host.http_addr());
+        publish_many(&base, "jobs", "job", COUNT, 4).await;
+        assert!(
+            sink.wait_for(Duration::from_secs(30), |s| s.handled_count() >= 20)
+                .await
+        );
+        host.shutdown().await;
+        let handled_at_shutdown = sink.handled_count();
+        assert!(handled_at_shutdown < COUNT, "{kind:?}: the shutdown came mid-stream");
+
+        let host = dir.start(settings(messaging)).await;
+        assert!(
+            sink.wait_for(Duration::from_secs(60), |s| s.handled_count() == COUNT)
+                .await,
+            "{kind:?}: {} of {COUNT} handled after the restart ({handled_at_shutdown} before)",
+            sink.handled_count()
+        );
+        host.shutdown().await;
+    }
 }

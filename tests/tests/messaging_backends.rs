@@ -120,7 +120,7 @@ async fn wildcard_routing_is_identical_on_every_backend() {
         broker.declare(&subscriptions).await.expect("declare");
         for topic in topics {
             broker
-                .publish(topic, topic.as_bytes())
+                .publish(topic, topic.as_bytes(), None)
                 .await
                 .unwrap_or_else(|err| panic!("{}: publish {topic}: {err}", broker.kind()));
         }
@@ -148,7 +148,7 @@ async fn unacked_messages_come_back_in_order_and_acked_ones_do_not() {
             .expect("declare");
         for n in 0..5 {
             broker
-                .publish("jobs", format!("job-{n}").as_bytes())
+                .publish("jobs", format!("job-{n}").as_bytes(), None)
                 .await
                 .expect("publish");
         }
@@ -208,9 +208,12 @@ async fn dead_letters_are_listed_and_replayed_to_their_subscriber_only() {
             .declare(&[failing.clone(), bystander.clone()])
             .await
             .expect("declare");
-        broker.publish("payment.refused", b"poison").await.expect("publish");
         broker
-            .publish("payment.binary", &[0xff, 0x00, 0x10])
+            .publish("payment.refused", b"poison", None)
+            .await
+            .expect("publish");
+        broker
+            .publish("payment.binary", &[0xff, 0x00, 0x10], None)
             .await
             .expect("publish");
 
@@ -312,7 +315,7 @@ async fn a_broker_that_is_down_refuses_a_publish_quickly() {
     let brokers: [SharedBroker; 2] = [std::sync::Arc::new(rabbit), std::sync::Arc::new(nats)];
     for broker in brokers {
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(Duration::from_secs(20), broker.publish("order.created", b"x"))
+        let result = tokio::time::timeout(Duration::from_secs(20), broker.publish("order.created", b"x", None))
             .await
             .unwrap_or_else(|_| panic!("{}: publish hung", broker.kind()));
         let err = result.expect_err("publish to a broker that is down must fail");

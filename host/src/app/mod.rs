@@ -2,9 +2,10 @@
 //! swapped atomically) and the router that maps paths to components.
 
 pub mod files;
-pub mod manifest;
-pub mod routes;
 pub mod runtime_config;
+
+// The manifest and route parsers live in the `mosaic-manifest` crate (fuzzed on their own).
+pub use mosaic_manifest::{manifest, routes};
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,6 +185,8 @@ pub struct App {
     /// The outbound HTTP policy per destination and the circuit breakers, shared by every
     /// instance (`[outbound]` in mosaic.toml).
     pub outbound: Arc<OutboundPolicies>,
+    /// Cluster mode: this host's membership, set once it has joined (`[cluster]`).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// Resolved application variables (values may be secrets: never log them).
     variables: std::collections::BTreeMap<String, String>,
     slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
@@ -198,6 +201,8 @@ pub struct Backends {
     pub key_value: Arc<KeyValueStores>,
     pub sqlite: Arc<Databases>,
     pub broker: SharedBroker,
+    /// The host's metrics, which the backends report their failures to.
+    pub metrics: Arc<crate::observe::Metrics>,
 }
 
 /// Held while a deploy of one component runs; a second deploy of the same one is refused.
@@ -224,7 +229,7 @@ impl App {
         backends: Backends,
     ) -> Self {
         let router = Router::new(manifest_routes(&manifest));
-        let metrics: Arc<crate::observe::Metrics> = Arc::default();
+        let metrics = backends.metrics;
         let outbound = Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone()));
         Self {
             engine,
@@ -235,11 +240,12 @@ impl App {
             variables: backends.variables,
             key_value: backends.key_value,
             sqlite: backends.sqlite,
-            redis_clients: Arc::default(),
+            redis_clients: Arc::new(crate::capability::redis_client::RedisClients::new(metrics.clone())),
             broker: backends.broker,
-            metrics,
-            pg_pools: Arc::default(),
+            metrics: metrics.clone(),
+            pg_pools: Arc::new(crate::capability::postgres::PgPools::new(metrics.clone())),
             outbound,
+            cluster: std::sync::OnceLock::new(),
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),

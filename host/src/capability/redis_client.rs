@@ -19,18 +19,27 @@ use crate::bindings::spin_redis as wit;
 use crate::instance::InstanceState;
 
 /// Connections by address, opened on first use.
-#[derive(Default)]
 pub struct RedisClients {
     open: Mutex<BTreeMap<String, ConnectionManager>>,
+    metrics: Arc<crate::observe::Metrics>,
 }
 
 impl RedisClients {
+    pub fn new(metrics: Arc<crate::observe::Metrics>) -> RedisClients {
+        RedisClients {
+            open: Mutex::default(),
+            metrics,
+        }
+    }
+
     async fn connect(&self, address: &str) -> Result<ConnectionManager, String> {
         let mut open = self.open.lock().await;
         if let Some(connection) = open.get(address) {
             return Ok(connection.clone());
         }
-        let connection = crate::backends::redis_connection(address).await?;
+        let connection = crate::backends::redis_connection(address)
+            .await
+            .inspect_err(|_| self.metrics.record_backend_error("redis", "redis"))?;
         open.insert(address.to_string(), connection.clone());
         Ok(connection)
     }
@@ -107,8 +116,9 @@ impl wit::HostConnection for InstanceState {
             .get(&c)
             .map_err(|err| wit::Error::Other(format!("invalid connection handle: {err}")))?;
         let publisher = self.publisher().clone();
+        let traceparent = self.traceparent();
         publisher
-            .publish(&channel, &payload)
+            .publish(&channel, &payload, traceparent.as_deref())
             .await
             .map_err(|err| wit::Error::Other(format!("publish to `{channel}` failed: {err}")))
     }

@@ -30,6 +30,8 @@ pub enum Step {
     Probe,
     Flip,
     Journal,
+    /// Cluster mode: writing the new desired version to the cluster store.
+    Cluster,
 }
 
 impl fmt::Display for Step {
@@ -42,6 +44,7 @@ impl fmt::Display for Step {
             Step::Probe => "probe",
             Step::Flip => "flip",
             Step::Journal => "journal",
+            Step::Cluster => "cluster",
         };
         f.write_str(name)
     }

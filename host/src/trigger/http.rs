@@ -48,9 +48,43 @@ pub struct HttpTrigger {
 struct Admission {
     limit: u32,
     per_component: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Per component: when a refusal was last logged, and refusals since then. A flood of
+    /// refusals is one warning a second, not a line per request.
+    refusals_logged: Mutex<HashMap<String, (Option<std::time::Instant>, u64)>>,
 }
 
 impl Admission {
+    fn new(limit: u32) -> Admission {
+        Admission {
+            limit,
+            per_component: Mutex::default(),
+            refusals_logged: Mutex::default(),
+        }
+    }
+
+    /// Logs a refusal of `component`, at most once a second with the count since the last line.
+    fn log_refusal(&self, component: &str) {
+        let mut logged = self
+            .refusals_logged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        let entry = logged.entry(component.to_string()).or_insert((None, 0));
+        entry.1 += 1;
+        if entry
+            .0
+            .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                component,
+                refused = entry.1,
+                limit = self.limit,
+                "requests refused with 503: the component is at http.max_in_flight_per_component"
+            );
+            *entry = (Some(now), 0);
+        }
+    }
+
     /// A permit to serve one more request of `component`, held until its instance is gone;
     /// `None` when the component is at its cap.
     fn try_enter(&self, component: &str) -> Option<OwnedSemaphorePermit> {
@@ -75,8 +109,14 @@ impl Admission {
 /// Why a component did not answer a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// `trap`: the trap code alone (what a client may see); `detail`: with the wasm backtrace
+    /// (for the log only: it shows the guest's internals).
     #[error("component `{component}` trapped: {detail}")]
-    Trap { component: String, detail: String },
+    Trap {
+        component: String,
+        trap: Option<String>,
+        detail: String,
+    },
     #[error("component `{component}` exceeded the request deadline of {timeout:?}")]
     Deadline { component: String, timeout: Duration },
     #[error("component `{component}` could not be instantiated: {detail}")]
@@ -102,7 +142,22 @@ impl ServeError {
             ServeError::NoResponse { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "no response"),
             ServeError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "component busy"),
         };
-        json_error(status, error, self.to_string())
+        json_error(status, error, self.client_detail())
+    }
+
+    /// What the client is told: the reason without the host's internals (backtraces, paths),
+    /// which go to the log line of the failed request.
+    fn client_detail(&self) -> String {
+        match self {
+            ServeError::Trap { component, trap, .. } => format!(
+                "component `{component}` trapped: {} (the host log has the details)",
+                trap.as_deref().unwrap_or("the component failed")
+            ),
+            ServeError::Instantiate { component, .. } => {
+                format!("component `{component}` could not be instantiated (the host log has the details)")
+            }
+            other => other.to_string(),
+        }
     }
 }
 
@@ -142,10 +197,7 @@ impl HttpTrigger {
             .settings
             .http
             .in_flight_per_component(app.settings.limits.max_concurrent_instances);
-        let admission = Arc::new(Admission {
-            limit,
-            per_component: Mutex::new(HashMap::new()),
-        });
+        let admission = Arc::new(Admission::new(limit));
         Self { app, admission }
     }
 
@@ -237,6 +289,10 @@ impl HttpTrigger {
         }
         match outcome {
             Ok(response) => response,
+            Err(err @ ServeError::Busy { .. }) => {
+                self.admission.log_refusal(component);
+                err.into_response()
+            }
             Err(err) => {
                 span.in_scope(|| tracing::error!(error = %err, "request failed"));
                 err.into_response()
@@ -347,6 +403,7 @@ impl HttpTrigger {
                 Ok(Err(err)) => Err(err),
                 Err(join) => Err(ServeError::Trap {
                     component,
+                    trap: None,
                     detail: format!("the instance task failed: {join}"),
                 }),
             },
@@ -408,11 +465,16 @@ fn classify(component: &str, instantiating: bool, err: wasmtime::Error, timeout:
             detail: format!("{err:#}"),
         };
     }
-    let detail = match err.downcast_ref::<wasmtime::Trap>() {
+    let trap = err.downcast_ref::<wasmtime::Trap>().map(|trap| trap.to_string());
+    let detail = match &trap {
         Some(trap) => format!("{trap}: {err:#}"),
         None => format!("{err:#}"),
     };
-    ServeError::Trap { component, detail }
+    ServeError::Trap {
+        component,
+        trap,
+        detail,
+    }
 }
 
 /// The `content-length` a message declares, if it declares a valid one.

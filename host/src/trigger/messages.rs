@@ -19,7 +19,7 @@ use crate::app::{count, ComponentSpec, Deployment};
 use crate::capability::http_outbound::ChainedRequests;
 use crate::capability::messaging::{now_unix_ms, Delivery, SubscriptionSpec};
 use crate::instance::{new_store, DeadlineExceeded};
-use crate::observe::MessageEvent;
+use crate::observe::{MessageEvent, TraceContext};
 use crate::settings::DeliveryPolicy;
 use crate::trigger::http::{stopped, HttpTrigger};
 
@@ -55,6 +55,7 @@ async fn run_subscription(
         let mut consumer = match app.broker.consume(&subscription, policy.concurrency).await {
             Ok(consumer) => consumer,
             Err(err) => {
+                app.metrics.record_backend_error("messaging", app.broker.kind());
                 tracing::warn!(component = %subscriber, error = %err, retry_in = ?reconnect_wait, "cannot consume the subscription; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(reconnect_wait) => {}
@@ -82,16 +83,18 @@ async fn run_subscription(
                 Ok(delivery) => {
                     let trigger = trigger.clone();
                     let (subscriber, policy, stop) = (subscriber.clone(), policy, stop.clone());
-                    let span = tracing::info_span!("delivery", component = %subscriber, topic = %delivery.topic, version = tracing::field::Empty);
+                    let trace = TraceContext::continue_or_start_from(delivery.traceparent.as_deref());
+                    let span = tracing::info_span!("delivery", component = %subscriber, topic = %delivery.topic, version = tracing::field::Empty, trace_id = %trace.trace_id);
                     tokio::spawn(
                         async move {
-                            handle(&trigger, &subscriber, policy, delivery, stop).await;
+                            handle(&trigger, &subscriber, policy, delivery, trace, stop).await;
                             drop(permit);
                         }
                         .instrument(span),
                     );
                 }
                 Err(err) => {
+                    app.metrics.record_backend_error("messaging", app.broker.kind());
                     tracing::warn!(component = %subscriber, error = %err, "the subscription's consumer broke; consuming again");
                     continue 'consume;
                 }
@@ -112,6 +115,7 @@ async fn handle(
     subscriber: &str,
     policy: DeliveryPolicy,
     delivery: Delivery,
+    trace: TraceContext,
     mut stop: watch::Receiver<bool>,
 ) {
     let app = trigger.app();
@@ -128,7 +132,7 @@ async fn handle(
             metrics.record_message(subscriber, &topic, MessageEvent::Redelivered);
         }
         let started = Instant::now();
-        let outcome = deliver_once(trigger, subscriber, &delivery.payload).await;
+        let outcome = deliver_once(trigger, subscriber, &delivery.payload, &trace).await;
         match outcome {
             Ok(version) => {
                 tracing::debug!(%version, attempts, elapsed = ?started.elapsed(), "message handled");
@@ -166,7 +170,12 @@ async fn handle(
 
 /// One attempt: a fresh instance of the live version handles the payload. Returns the version
 /// that handled it, or why it failed.
-async fn deliver_once(trigger: &HttpTrigger, subscriber: &str, payload: &[u8]) -> Result<String, String> {
+async fn deliver_once(
+    trigger: &HttpTrigger,
+    subscriber: &str,
+    payload: &[u8],
+    trace: &TraceContext,
+) -> Result<String, String> {
     let app = trigger.app();
     let Some(slot) = app.slot(subscriber) else {
         return Err(format!("component `{subscriber}` is not loaded"));
@@ -177,7 +186,7 @@ async fn deliver_once(trigger: &HttpTrigger, subscriber: &str, payload: &[u8]) -
     tracing::Span::current().record("version", version.as_str());
     let timeout = app.settings.limits.request_timeout();
     let started = Instant::now();
-    let outcome = call_handler(trigger, &slot.spec, deployment, payload, timeout).await;
+    let outcome = call_handler(trigger, &slot.spec, deployment, payload, trace, timeout).await;
     app.metrics
         .record_request(subscriber, &version, started.elapsed(), outcome.is_err());
     if outcome.is_err() {
@@ -191,6 +200,7 @@ async fn call_handler(
     spec: &ComponentSpec,
     deployment: Arc<Deployment>,
     payload: &[u8],
+    trace: &TraceContext,
     timeout: Duration,
 ) -> Result<(), String> {
     let name = &spec.name;
@@ -203,6 +213,8 @@ async fn call_handler(
     let chained: Arc<dyn ChainedRequests> = Arc::new(trigger.clone());
     let mut store = new_store(trigger.app(), spec, chained, 0, timeout)
         .map_err(|err| format!("component `{name}` could not be instantiated: {err:#}"))?;
+    // The handler's outbound calls and publishes carry on the publisher's trace.
+    store.data_mut().set_trace(Some(trace.clone()));
     let run = async {
         let instance = pre
             .instantiate_async(&mut store)

@@ -6,7 +6,6 @@
 //! The seam is wasmtime-wasi-http's [`WasiHttpHooks::send_request`]: every guest request
 //! passes through [`OutboundHttp`], which knows the calling component and its grants.
 
-mod allowed_hosts;
 pub mod breaker;
 pub mod policy;
 
@@ -18,7 +17,8 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-pub use allowed_hosts::{default_port, AllowedHosts};
+// The `allowed_outbound_hosts` parser lives in the `mosaic-manifest` crate.
+pub use mosaic_manifest::allowed_hosts::{default_port, AllowedHosts};
 pub use policy::{Destination, OutboundPolicies};
 
 /// The domain of in-process targets: `http://users.spin.internal` is component `users`.

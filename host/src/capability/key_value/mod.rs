@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::app::runtime_config::KeyValueStoreConfig;
+use crate::observe::Metrics;
 
 /// Longest key a guest may use, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -85,15 +86,33 @@ pub struct KeyValueStores {
     configs: BTreeMap<String, KeyValueStoreConfig>,
     default_dir: PathBuf,
     open: Mutex<BTreeMap<String, Arc<dyn KeyValueStore>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl KeyValueStores {
-    pub fn new(configs: BTreeMap<String, KeyValueStoreConfig>, default_dir: PathBuf) -> Self {
+    pub fn new(configs: BTreeMap<String, KeyValueStoreConfig>, default_dir: PathBuf, metrics: Arc<Metrics>) -> Self {
         Self {
             configs,
             default_dir,
             open: Mutex::new(BTreeMap::new()),
+            metrics,
         }
+    }
+
+    /// Checks every store the runtime config puts on a server (for `/readyz`): each must
+    /// answer now. Embedded stores open on first use and are not checked.
+    pub async fn check_servers(&self) -> Vec<(String, Result<(), KvError>)> {
+        let mut outcomes = Vec::new();
+        for (label, config) in &self.configs {
+            if let KeyValueStoreConfig::Redis { .. } = config {
+                let outcome = match self.open(label).await {
+                    Ok(store) => store.exists("mosaic:readyz").await.map(|_| ()),
+                    Err(err) => Err(err),
+                };
+                outcomes.push((label.clone(), outcome));
+            }
+        }
+        outcomes
     }
 
     /// The store behind `label`. A label with no runtime config gets an embedded store.
@@ -107,13 +126,23 @@ impl KeyValueStores {
             .get(label)
             .cloned()
             .unwrap_or(KeyValueStoreConfig::Embedded { path: None });
-        let store: Arc<dyn KeyValueStore> = match config {
+        let backend = self.backend_name(label);
+        let opened: Result<Arc<dyn KeyValueStore>, KvError> = match config {
             KeyValueStoreConfig::Embedded { path } => {
                 let path = path.unwrap_or_else(|| self.default_dir.join(format!("{label}.sqlite")));
-                Arc::new(sqlite::SqliteStore::open(&path).await?)
+                sqlite::SqliteStore::open(&path)
+                    .await
+                    .map(|store| Arc::new(store) as Arc<dyn KeyValueStore>)
             }
-            KeyValueStoreConfig::Redis { url } => Arc::new(redis::RedisStore::open(&url).await?),
+            KeyValueStoreConfig::Redis { url } => redis::RedisStore::open(&url)
+                .await
+                .map(|store| Arc::new(store) as Arc<dyn KeyValueStore>),
         };
+        let store: Arc<dyn KeyValueStore> = Arc::new(Metered {
+            store: opened.inspect_err(|_| self.metrics.record_backend_error("key_value", backend))?,
+            backend,
+            metrics: self.metrics.clone(),
+        });
         open.insert(label.to_string(), store.clone());
         Ok(store)
     }
@@ -123,6 +152,47 @@ impl KeyValueStores {
             Some(KeyValueStoreConfig::Redis { .. }) => "redis",
             _ => "embedded",
         }
+    }
+}
+
+/// A store whose backend failures are counted in `mosaic_backend_errors_total`.
+struct Metered {
+    store: Arc<dyn KeyValueStore>,
+    backend: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl Metered {
+    fn counted<T>(&self, outcome: Result<T, KvError>) -> Result<T, KvError> {
+        if let Err(KvError::Backend(_)) = &outcome {
+            self.metrics.record_backend_error("key_value", self.backend);
+        }
+        outcome
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyValueStore for Metered {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.counted(self.store.get(key).await)
+    }
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.counted(self.store.set(key, value).await)
+    }
+    async fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.counted(self.store.delete(key).await)
+    }
+    async fn exists(&self, key: &str) -> Result<bool, KvError> {
+        self.counted(self.store.exists(key).await)
+    }
+    async fn keys(&self) -> Result<Vec<String>, KvError> {
+        self.counted(self.store.keys().await)
+    }
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        self.counted(self.store.increment(key, delta).await)
+    }
+    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, KvError> {
+        self.counted(self.store.compare_and_swap(key, expected, new).await)
     }
 }
 

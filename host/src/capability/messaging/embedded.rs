@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS queue (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    published_at_ms INTEGER NOT NULL
+    published_at_ms INTEGER NOT NULL,
+    traceparent TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_by_subscriber ON queue (subscriber, id);
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -50,6 +51,7 @@ enum WriteOp {
         subscribers: Vec<String>,
         topic: String,
         payload: Vec<u8>,
+        traceparent: Option<String>,
     },
     Ack {
         id: i64,
@@ -109,6 +111,12 @@ impl EmbeddedBroker {
                 path.display()
             ))
         })?;
+        add_traceparent_column(&pool).await.map_err(|err| {
+            BrokerError::Unavailable(format!(
+                "the embedded broker cannot upgrade its log {}: {err}",
+                path.display()
+            ))
+        })?;
         let (writer, ops) = mpsc::channel(4 * MAX_BATCH);
         let inner = Arc::new(Inner {
             pool: pool.clone(),
@@ -120,6 +128,19 @@ impl EmbeddedBroker {
         tokio::spawn(run_writer(Arc::downgrade(&inner), pool, ops));
         Ok(EmbeddedBroker { inner })
     }
+}
+
+/// Logs written before messages carried their trace have no `traceparent` column.
+async fn add_traceparent_column(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('queue')")
+        .fetch_all(pool)
+        .await?;
+    if !columns.iter().any(|column| column == "traceparent") {
+        sqlx::query("ALTER TABLE queue ADD COLUMN traceparent TEXT")
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 type Reply = oneshot::Sender<Result<(), BrokerError>>;
@@ -165,15 +186,19 @@ async fn commit(pool: &SqlitePool, batch: &[(WriteOp, Reply)]) -> Result<(), sql
                 subscribers,
                 topic,
                 payload,
+                traceparent,
             } => {
                 let now = now_unix_ms() as i64;
                 for subscriber in subscribers {
-                    sqlx::query("INSERT INTO queue (subscriber, topic, payload, published_at_ms) VALUES (?, ?, ?, ?)")
-                        .bind(subscriber)
-                        .bind(topic)
-                        .bind(payload)
-                        .bind(now)
-                        .execute(&mut *tx)
+                    sqlx::query(
+                        "INSERT INTO queue (subscriber, topic, payload, published_at_ms, traceparent) VALUES (?, ?, ?, ?, ?)",
+                    )
+                    .bind(subscriber)
+                    .bind(topic)
+                    .bind(payload)
+                    .bind(now)
+                    .bind(traceparent)
+                    .execute(&mut *tx)
                         .await?;
                 }
             }
@@ -232,7 +257,21 @@ impl Broker for EmbeddedBroker {
         Ok(())
     }
 
-    async fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), BrokerError> {
+    async fn check(&self) -> Result<(), BrokerError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|err| self.inner.failed(err))?;
+        if self.inner.writer.is_closed() {
+            return Err(BrokerError::Unavailable(format!(
+                "the embedded broker ({}) has stopped",
+                self.inner.path
+            )));
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, topic: &str, payload: &[u8], traceparent: Option<&str>) -> Result<(), BrokerError> {
         let subscribers: Vec<String> = self
             .inner
             .subscriptions
@@ -252,6 +291,7 @@ impl Broker for EmbeddedBroker {
                 subscribers,
                 topic: topic.to_string(),
                 payload: payload.to_vec(),
+                traceparent: traceparent.map(str::to_string),
             })
             .await
     }
@@ -360,7 +400,7 @@ impl Consumer for EmbeddedConsumer {
                 return Ok(delivery);
             }
             let rows = sqlx::query(
-                "SELECT id, topic, payload, attempts, published_at_ms FROM queue \
+                "SELECT id, topic, payload, attempts, published_at_ms, traceparent FROM queue \
                  WHERE subscriber = ? AND id > ? ORDER BY id LIMIT ?",
             )
             .bind(&self.subscriber)
@@ -383,6 +423,7 @@ impl Consumer for EmbeddedConsumer {
                     payload: row.get("payload"),
                     attempts: row.get::<i64, _>("attempts").clamp(0, i64::from(u32::MAX)) as u32,
                     published_at_ms: Some(row.get::<i64, _>("published_at_ms") as u64),
+                    traceparent: row.get("traceparent"),
                     settle: Box::new(EmbeddedSettle {
                         inner: self.inner.clone(),
                         id,

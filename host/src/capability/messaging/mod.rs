@@ -33,22 +33,6 @@ pub enum BrokerError {
     Invalid(String),
 }
 
-/// One subscribing component: its durable queue receives every message published to a topic
-/// that matches one of its patterns, from the moment it is declared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriptionSpec {
-    /// The subscribing component's name; also the name of its queue or consumer.
-    pub subscriber: String,
-    /// Channel patterns (`order.*`, `payment.#`, `orders`).
-    pub patterns: Vec<String>,
-}
-
-impl SubscriptionSpec {
-    pub fn matches(&self, topic: &str) -> bool {
-        self.patterns.iter().any(|pattern| topic_matches(pattern, topic))
-    }
-}
-
 /// A message handed to a subscriber. Settle it with [`Delivery::ack`] or
 /// [`Delivery::dead_letter`]; one dropped unsettled is redelivered (by the broker when its
 /// lease lapses, or after a restart).
@@ -59,6 +43,8 @@ pub struct Delivery {
     pub attempts: u32,
     /// When the message was published, if the broker keeps that (for lag and latency).
     pub published_at_ms: Option<u64>,
+    /// The W3C `traceparent` of the publisher's span, so that the delivery continues its trace.
+    pub traceparent: Option<String>,
     pub settle: Box<dyn Settle>,
 }
 
@@ -166,8 +152,12 @@ pub trait Broker: Send + Sync {
     async fn declare(&self, subscriptions: &[SubscriptionSpec]) -> Result<(), BrokerError>;
 
     /// Publishes one message; returns once the broker has accepted it durably. `topic` was
-    /// checked with [`check_topic`].
-    async fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), BrokerError>;
+    /// checked with [`check_topic`]; `traceparent` (the publisher's trace) travels with the
+    /// message to every delivery of it.
+    async fn publish(&self, topic: &str, payload: &[u8], traceparent: Option<&str>) -> Result<(), BrokerError>;
+
+    /// Whether the broker is reachable and serving now (for `/readyz`); an error says why not.
+    async fn check(&self) -> Result<(), BrokerError>;
 
     /// Starts consuming one declared subscription; up to `prefetch` messages are leased ahead.
     async fn consume(&self, subscription: &SubscriptionSpec, prefetch: u32) -> Result<Box<dyn Consumer>, BrokerError>;
@@ -214,7 +204,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publishes for a guest; returns once the broker holds the message durably.
-    pub async fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), BrokerError> {
+    pub async fn publish(&self, topic: &str, payload: &[u8], traceparent: Option<&str>) -> Result<(), BrokerError> {
         check_topic(topic)?;
         if payload.len() as u64 > self.max_message_bytes {
             return Err(BrokerError::Invalid(format!(
@@ -223,81 +213,24 @@ impl Publisher {
                 self.max_message_bytes
             )));
         }
-        let outcome = self.broker.publish(topic, payload).await;
+        let outcome = self.broker.publish(topic, payload, traceparent).await;
         self.metrics.record_publish(topic, outcome.is_ok());
+        if let Err(BrokerError::Unavailable(_)) = &outcome {
+            self.metrics.record_backend_error("messaging", self.broker.kind());
+        }
         outcome
     }
 }
 
-/// The longest channel name (RabbitMQ's routing-key limit).
-pub const MAX_TOPIC_BYTES: usize = 255;
+// Channel names, patterns and subscriptions live in the `mosaic-manifest` crate (the manifest
+// checks `[[trigger.redis]]` channels with them, and it is fuzzed on its own).
+pub use mosaic_manifest::topics::{
+    check_pattern, check_topic, topic_matches, SubscriptionSpec, TopicError, MAX_TOPIC_BYTES,
+};
 
-/// A topic a message is published to: dot-separated words, each non-empty, made of letters,
-/// digits, `-`, `_`, `:` or `/`, with no wildcard. Every backend accepts such a name.
-pub fn check_topic(topic: &str) -> Result<(), BrokerError> {
-    check_words(topic, false)
-}
-
-/// A subscription pattern: like a topic, and a word may also be `*` (exactly one word) or `#`
-/// (zero or more words).
-pub fn check_pattern(pattern: &str) -> Result<(), BrokerError> {
-    check_words(pattern, true)
-}
-
-fn check_words(name: &str, wildcards: bool) -> Result<(), BrokerError> {
-    let what = if wildcards { "channel pattern" } else { "channel" };
-    if name.is_empty() {
-        return Err(BrokerError::Invalid(format!("the {what} is empty")));
-    }
-    if name.len() > MAX_TOPIC_BYTES {
-        return Err(BrokerError::Invalid(format!(
-            "the {what} `{}...` is {} bytes; the longest allowed is {MAX_TOPIC_BYTES}",
-            &name[..name.char_indices().nth(32).map_or(name.len(), |(at, _)| at)],
-            name.len()
-        )));
-    }
-    for word in name.split('.') {
-        let wildcard = word == "*" || word == "#";
-        if wildcard && !wildcards {
-            return Err(BrokerError::Invalid(format!(
-                "the channel `{name}` holds the wildcard `{word}`; publish to a concrete channel (wildcards belong in a [[trigger.redis]] channel)"
-            )));
-        }
-        if wildcard {
-            continue;
-        }
-        if word.is_empty() {
-            return Err(BrokerError::Invalid(format!(
-                "the {what} `{name}` has an empty word; words are separated by single dots"
-            )));
-        }
-        if let Some(bad) = word
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '/')))
-        {
-            return Err(BrokerError::Invalid(format!(
-                "the {what} `{name}` holds `{bad}`; a word may hold letters, digits, '-', '_', ':' and '/'"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Whether `topic` matches `pattern` under the RabbitMQ topic-exchange rules.
-pub fn topic_matches(pattern: &str, topic: &str) -> bool {
-    let pattern: Vec<&str> = pattern.split('.').collect();
-    let topic: Vec<&str> = topic.split('.').collect();
-    words_match(&pattern, &topic)
-}
-
-fn words_match(pattern: &[&str], topic: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => topic.is_empty(),
-        Some((&"#", rest)) => (0..=topic.len()).any(|skip| words_match(rest, &topic[skip..])),
-        Some((word, rest)) => match topic.split_first() {
-            Some((first, topic_rest)) => (*word == "*" || word == first) && words_match(rest, topic_rest),
-            None => false,
-        },
+impl From<TopicError> for BrokerError {
+    fn from(error: TopicError) -> Self {
+        BrokerError::Invalid(error.0)
     }
 }
 
@@ -306,47 +239,4 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_exchange_rules() {
-        let table = [
-            ("orders", "orders", true),
-            ("orders", "orders.created", false),
-            ("order.*", "order.created", true),
-            ("order.*", "order", false),
-            ("order.*", "order.created.eu", false),
-            ("order.#", "order", true),
-            ("order.#", "order.created.eu", true),
-            ("order.#", "orders.created", false),
-            ("#", "anything.at.all", true),
-            ("*.created", "order.created", true),
-            ("*.created", "created", false),
-            ("a.#.z", "a.z", true),
-            ("a.#.z", "a.b.c.z", true),
-            ("a.#.z", "a.b.c", false),
-            ("#.z", "z", true),
-            ("*.*", "a.b", true),
-            ("*.*", "a", false),
-        ];
-        for (pattern, topic, expected) in table {
-            assert_eq!(topic_matches(pattern, topic), expected, "{pattern} vs {topic}");
-        }
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert!(check_topic("order.created").is_ok());
-        assert!(check_topic("tenant-1:orders/eu_west").is_ok());
-        for bad in ["", "a..b", ".a", "a.", "a b", "order.*", "order.#", "naïve"] {
-            assert!(check_topic(bad).is_err(), "{bad:?}");
-        }
-        assert!(check_topic(&"a".repeat(256)).is_err());
-        assert!(check_pattern("order.*").is_ok() && check_pattern("#").is_ok() && check_pattern("a.#.b").is_ok());
-        assert!(check_pattern("a.b*").is_err() && check_pattern("a..b").is_err());
-    }
 }

@@ -69,6 +69,8 @@ const TOPIC_HEADER: &str = "Mosaic-Topic";
 const ATTEMPTS_HEADER: &str = "Mosaic-Attempts";
 const ERROR_HEADER: &str = "Mosaic-Error";
 const DEAD_AT_MS_HEADER: &str = "Mosaic-Dead-At-Ms";
+/// The W3C trace context of the publisher, under its standard name.
+const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// A [`Broker`] on a NATS server with JetStream.
 pub struct NatsBroker {
@@ -672,11 +674,29 @@ impl Broker for NatsBroker {
         Ok(())
     }
 
-    async fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), BrokerError> {
+    async fn check(&self) -> Result<(), BrokerError> {
+        // Readiness is now, not after a grace period.
+        if self.shared.client.connection_state() != ConnectionState::Connected {
+            return Err(self.shared.unavailable("is unreachable", "not connected"));
+        }
+        self.ensure_ready().await?;
+        match tokio::time::timeout(CONNECT_GRACE, self.shared.client.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(self.shared.unavailable("did not answer", format_args!("{err}"))),
+            Err(_) => Err(self
+                .shared
+                .unavailable("did not answer", format_args!("no answer within {CONNECT_GRACE:?}"))),
+        }
+    }
+
+    async fn publish(&self, topic: &str, payload: &[u8], traceparent: Option<&str>) -> Result<(), BrokerError> {
         check_topic(topic)?;
         self.ensure_ready().await?;
         let mut headers = HeaderMap::new();
         headers.insert(PUBLISHED_MS_HEADER, now_unix_ms().to_string());
+        if let Some(traceparent) = traceparent {
+            headers.insert(TRACEPARENT_HEADER, traceparent);
+        }
         let subject = self.names().topic_subject(topic);
         self.publish_to_stream(subject, headers, payload, "did not accept the message")
             .await
@@ -872,6 +892,7 @@ impl NatsConsumer {
             }
         };
         let published_at_ms = header_number(headers, PUBLISHED_MS_HEADER);
+        let traceparent = header_text(headers, TRACEPARENT_HEADER).map(str::to_string);
         let lease = keep_leased(Acker::new(self.shared.jetstream.clone(), message.reply.clone()));
         let (message, acker) = message.split();
         Some(Delivery {
@@ -879,6 +900,7 @@ impl NatsConsumer {
             payload: message.payload.to_vec(),
             attempts,
             published_at_ms,
+            traceparent,
             settle: Box::new(NatsSettle {
                 shared: self.shared.clone(),
                 subscriber: self.subscription.subscriber.clone(),

@@ -65,6 +65,8 @@ const SUBSCRIBER_HEADER: &str = "x-mosaic-subscriber";
 const ATTEMPTS_HEADER: &str = "x-mosaic-attempts";
 const ERROR_HEADER: &str = "x-mosaic-error";
 const DEAD_AT_HEADER: &str = "x-mosaic-dead-at-ms";
+/// The W3C trace context of the publisher, under its standard name.
+const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Where the operator sets the broker; said in every error about reaching it.
 const CONFIG_HINT: &str = "The broker is set by [messaging] url in mosaic.toml";
@@ -728,9 +730,24 @@ impl Broker for RabbitMqBroker {
         Ok(())
     }
 
-    async fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), BrokerError> {
+    async fn check(&self) -> Result<(), BrokerError> {
+        let link = self.shared.link().await?;
+        if link.usable() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable(format!(
+                "the connection to RabbitMQ at {} is closed; is RabbitMQ running? {CONFIG_HINT}",
+                self.shared.address
+            )))
+        }
+    }
+
+    async fn publish(&self, topic: &str, payload: &[u8], traceparent: Option<&str>) -> Result<(), BrokerError> {
         let mut headers = FieldTable::default();
         headers.insert(ShortString::from(TOPIC_HEADER), text_value(topic));
+        if let Some(traceparent) = traceparent {
+            headers.insert(ShortString::from(TRACEPARENT_HEADER), text_value(traceparent));
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_timestamp(now_unix_ms())
@@ -993,12 +1010,14 @@ impl Consumer for RabbitMqConsumer {
         let headers = delivery.properties.headers();
         let topic = header_text(headers, TOPIC_HEADER).unwrap_or_else(|| delivery.routing_key.to_string());
         let published_at_ms = timestamp_ms(&delivery.properties);
+        let traceparent = header_text(headers, TRACEPARENT_HEADER);
         Ok(Delivery {
             topic,
             payload: delivery.data,
             // Classic queues do not count deliveries; they only say whether this is a repeat.
             attempts: u32::from(delivery.redelivered),
             published_at_ms,
+            traceparent,
             settle: Box::new(RabbitMqSettle {
                 acker: delivery.acker,
                 shared: self.shared.clone(),

@@ -9,17 +9,14 @@ pub mod values;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Object, Pool};
 use tokio::sync::Mutex;
 
 pub use values::{PgType, PgValue};
 
 /// Connections per address, shared by every instance.
 const POOL_SIZE: usize = 16;
-/// How long a guest waits for a connection (and a server for a connect) before an error.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PgError {
@@ -105,59 +102,50 @@ pub fn endpoints(address: &str) -> Result<Vec<(String, u16)>, PgError> {
     Ok(out)
 }
 
-/// The address without its password, for messages.
-fn redact(address: &str) -> String {
-    if let (Some(scheme), Some(at)) = (address.find("://"), address.rfind('@')) {
-        if at > scheme {
-            let credentials = &address[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or("");
-            return format!("{}{user}@{}", &address[..scheme + 3], &address[at + 1..]);
-        }
-    }
-    address
-        .split_whitespace()
-        .map(|pair| {
-            if pair.starts_with("password=") {
-                "password=***"
-            } else {
-                pair
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+use crate::backends::redact_postgres as redact;
 
-#[derive(Default)]
 pub struct PgPools {
     pools: Mutex<BTreeMap<String, Pool>>,
+    metrics: std::sync::Arc<crate::observe::Metrics>,
 }
 
 impl PgPools {
+    pub fn new(metrics: std::sync::Arc<crate::observe::Metrics>) -> PgPools {
+        PgPools {
+            pools: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Checks every server a pool was opened for (for `/readyz`): each must hand out a
+    /// connection now. Returns (address without password, outcome).
+    pub async fn check_servers(&self) -> Vec<(String, Result<(), PgError>)> {
+        let addresses: Vec<String> = self.pools.lock().await.keys().cloned().collect();
+        let mut outcomes = Vec::new();
+        for address in addresses {
+            let outcome = match self.connect(&address).await {
+                Ok(connection) => connection
+                    .client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map(|_| ())
+                    .map_err(|err| {
+                        self.metrics.record_backend_error("postgres", "postgres");
+                        PgError::ConnectionFailed(format!("PostgreSQL at {} failed: {err}", redact(&address)))
+                    }),
+                Err(err) => Err(err),
+            };
+            outcomes.push((redact(&address), outcome));
+        }
+        outcomes
+    }
+
     async fn pool(&self, address: &str) -> Result<Pool, PgError> {
         let mut pools = self.pools.lock().await;
         if let Some(pool) = pools.get(address) {
             return Ok(pool.clone());
         }
-        let mut config = tokio_postgres::Config::from_str(address).map_err(|err| {
-            PgError::ConnectionFailed(format!("`{}` is not a PostgreSQL address: {err}", redact(address)))
-        })?;
-        config.connect_timeout(CONNECT_TIMEOUT);
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                // A guest may drop its connection (or trap) inside a transaction it opened:
-                // roll it back before the connection serves another guest.
-                recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|err| PgError::ConnectionFailed(err.to_string()))?;
+        let pool = crate::backends::postgres_pool(address, POOL_SIZE).map_err(PgError::ConnectionFailed)?;
         pools.insert(address.to_string(), pool.clone());
         Ok(pool)
     }
@@ -166,6 +154,7 @@ impl PgPools {
     pub async fn connect(&self, address: &str) -> Result<PgConnection, PgError> {
         let pool = self.pool(address).await?;
         let client = pool.get().await.map_err(|err| {
+            self.metrics.record_backend_error("postgres", "postgres");
             PgError::ConnectionFailed(format!("cannot connect to PostgreSQL at {}: {err}", redact(address)))
         })?;
         Ok(PgConnection { client })

@@ -61,8 +61,13 @@ impl AllowedHosts {
     }
 
     /// Whether a request to `scheme://host:port` is granted. `port` is the explicit port of
-    /// the URL, if any.
+    /// the URL, if any; `host` may be an IPv6 literal in brackets, as `http::Uri::host` gives
+    /// it (`[::1]`).
     pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'))
+            .unwrap_or(host);
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let port = port.or_else(|| default_port(scheme));
         self.patterns.iter().any(|pattern| pattern.allows(scheme, &host, port))
@@ -100,6 +105,8 @@ impl HostPattern {
             return Err(format!("\"{entry}\" has no host; use `*` for any host"));
         }
         let host = host.to_ascii_lowercase();
+        // A final dot (`example.com.`, fully qualified) names the same host; the destination
+        // loses it too (see `AllowedHosts::allows`).
         let host_match = if host == "*" {
             HostMatch::Any
         } else if let Some(suffix) = host.strip_prefix("*.") {
@@ -108,13 +115,23 @@ impl HostPattern {
                     "\"{entry}\": `*` may only stand for the whole host or its first label"
                 ));
             }
+            let suffix = suffix.trim_end_matches('.');
+            if suffix.is_empty() {
+                return Err(format!(
+                    "\"{entry}\": `*.` needs a domain after it, e.g. `*.example.com`; use `*` for any host"
+                ));
+            }
             HostMatch::Subdomain(suffix.to_string())
         } else if host.contains('*') {
             return Err(format!(
                 "\"{entry}\": `*` may only stand for the whole host or its first label"
             ));
         } else {
-            HostMatch::Exact(host)
+            let host = host.trim_end_matches('.');
+            if host.is_empty() {
+                return Err(format!("\"{entry}\" has no host; use `*` for any host"));
+            }
+            HostMatch::Exact(host.to_string())
         };
         let ports = match port {
             None => {
@@ -234,6 +251,29 @@ mod tests {
         assert!(err("https://example.com:99999").contains("not a port"));
         assert!(err("foo://example.com").contains("no default port"));
         assert!(err("https://{{ host }}").contains("templates"));
+    }
+
+    #[test]
+    fn a_final_dot_names_the_same_host() {
+        // Found by fuzzing: `https://example.com.` never matched, as destinations lose their
+        // final dot and the grant kept it.
+        let allowed = hosts(&["https://example.com.", "https://*.example.org.:8443"]);
+        assert!(allowed.allows("https", "example.com", None));
+        assert!(allowed.allows("https", "example.com.", None));
+        assert!(allowed.allows("https", "api.example.org", Some(8443)));
+        assert!(!allowed.allows("https", "example.org", Some(8443)));
+        let err = |e: &str| AllowedHosts::parse(&[e.to_string()]).unwrap_err();
+        assert!(err("https://.").contains("no host"), "{}", err("https://."));
+        assert!(err("https://*.").contains("needs a domain"), "{}", err("https://*."));
+    }
+
+    #[test]
+    fn ipv6_literals_match_with_or_without_brackets() {
+        // `http::Uri::host` keeps the brackets of `http://[::1]:8080/`; the grant loses them.
+        let allowed = hosts(&["http://[::1]:8080"]);
+        assert!(allowed.allows("http", "[::1]", Some(8080)));
+        assert!(allowed.allows("http", "::1", Some(8080)));
+        assert!(!allowed.allows("http", "[::1]", Some(8081)));
     }
 
     #[test]

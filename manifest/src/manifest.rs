@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::routes::RoutePattern;
+use crate::allowed_hosts::AllowedHosts;
+use crate::routes::RoutePattern;
+use crate::topics::{check_pattern, SubscriptionSpec};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", path.display())]
@@ -294,7 +296,7 @@ impl Manifest {
                 check_variable_name(variable).map_err(|why| fail(format!("`{key}.variables.{variable}`: {why}")))?;
             }
             for host in decl.outbound_hosts() {
-                crate::capability::http_outbound::AllowedHosts::parse(std::slice::from_ref(&host))
+                AllowedHosts::parse(std::slice::from_ref(&host))
                     .map_err(|why| fail(format!("`{key}.allowed_outbound_hosts`: {why}")))?;
             }
         }
@@ -310,8 +312,7 @@ impl Manifest {
                         .try_into()
                         .map_err(|err: toml::de::Error| fail(format!("`{key}`: {}", err.message())))?;
                     let _ = (&trigger.id, &trigger.address);
-                    crate::capability::messaging::check_pattern(&trigger.channel)
-                        .map_err(|why| fail(format!("`{key}.channel`: {why}")))?;
+                    check_pattern(&trigger.channel).map_err(|why| fail(format!("`{key}.channel`: {why}")))?;
                     let component = component_name(trigger.component, &key).map_err(fail)?;
                     if !raw.component.contains_key(&component) {
                         return Err(fail(format!(
@@ -415,21 +416,21 @@ impl Manifest {
     }
 
     /// The message subscription of a component (its `[[trigger.redis]]` channels), if any.
-    pub fn subscription_of(&self, component: &str) -> Option<crate::capability::messaging::SubscriptionSpec> {
+    pub fn subscription_of(&self, component: &str) -> Option<SubscriptionSpec> {
         let patterns: Vec<String> = self
             .redis_triggers
             .iter()
             .filter(|t| t.component == component)
             .map(|t| t.channel.clone())
             .collect();
-        (!patterns.is_empty()).then(|| crate::capability::messaging::SubscriptionSpec {
+        (!patterns.is_empty()).then(|| SubscriptionSpec {
             subscriber: component.to_string(),
             patterns,
         })
     }
 
     /// Every component's subscription.
-    pub fn subscriptions(&self) -> Vec<crate::capability::messaging::SubscriptionSpec> {
+    pub fn subscriptions(&self) -> Vec<SubscriptionSpec> {
         let mut components: Vec<&str> = self.redis_triggers.iter().map(|t| t.component.as_str()).collect();
         components.sort();
         components.dedup();
@@ -626,6 +627,16 @@ source = "users.wasm"
         ))
         .unwrap_err();
         assert!(err.contains("remote sources"), "{err}");
+    }
+
+    #[test]
+    fn the_fuzz_seeds_parse() {
+        // The seeds of fuzz/ start libFuzzer from valid manifests: keep them valid.
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/manifest");
+        for seed in ["every-key.toml", "reference-app.toml"] {
+            let manifest = Manifest::load(&seeds.join(seed)).unwrap_or_else(|err| panic!("{err}"));
+            assert!(!manifest.http_triggers.is_empty(), "{seed}");
+        }
     }
 
     #[test]

@@ -179,15 +179,11 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
                 probe_is_fatal: true,
                 record: true,
             };
-            match app.cluster.get() {
-                Some(cluster) => deploy_answer(cluster.deploy(trigger, request).await),
-                None => deploy_answer(deploy::deploy(trigger, request).await),
-            }
+            deploy_answer(crate::cluster::deploy(trigger, request).await)
         }
-        (Method::POST, ["v1", "components", name, "rollback"]) => match app.cluster.get() {
-            Some(cluster) => deploy_answer(cluster.rollback(trigger, name).await),
-            None => deploy_answer(deploy::rollback(trigger, name).await),
-        },
+        (Method::POST, ["v1", "components", name, "rollback"]) => {
+            deploy_answer(crate::cluster::rollback(trigger, name).await)
+        }
         (Method::GET, ["v1", "cluster"]) => match app.cluster.get() {
             Some(cluster) => match cluster.status().await {
                 Ok(status) => json(StatusCode::OK, &status),

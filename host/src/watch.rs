@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::app::manifest::Manifest;
 use crate::deploy::journal::Action;
-use crate::deploy::{self, DeployRequest};
+use crate::deploy::DeployRequest;
 use crate::trigger::http::HttpTrigger;
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(400);
@@ -174,7 +174,8 @@ async fn rebuild_and_deploy(trigger: &HttpTrigger, watcher: &mut Watcher, change
         probe_is_fatal: true,
         record: true,
     };
-    match deploy::deploy(trigger, request).await {
+    // In a cluster, what watch deploys becomes the desired version of every host.
+    match crate::cluster::deploy(trigger, request).await {
         Ok(report) => tracing::info!(component = %name, version = %&report.digest[..12], "watch: deployed"),
         Err(err) => tracing::error!(component = %name, error = %err, "watch: deploy failed"),
     }

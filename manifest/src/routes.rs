@@ -131,6 +131,10 @@ impl RoutePattern {
         }
         let path_info = if self.trailing_wildcard && parts.len() > fixed {
             format!("/{}", parts[fixed..].join("/"))
+        } else if self.trailing_wildcard && fixed == 0 && path == "/" {
+            // `/...` asked for `/`: the slash after the (empty) prefix, as `/a/...` gives `/`
+            // for `/a/` and as Spin does.
+            "/".to_string()
         } else {
             String::new()
         };
@@ -223,6 +227,9 @@ mod tests {
         assert_eq!(matched.path_info, "/42/orders");
         assert_eq!(pick("/users").unwrap().1.path_info, "");
         assert_eq!(pick("/").unwrap().0, "fallback");
+        // The slash after the route's prefix is path info, for the root wildcard too.
+        assert_eq!(pick("/").unwrap().1.path_info, "/");
+        assert_eq!(pick("/users/").unwrap().1.path_info, "/");
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!
 //! `cargo xtask bench breaker` writes the latency of a call to a dead dependency with the
 //! outbound circuit breaker off against the breaker open.
+//!
+//! `cargo xtask bench cluster` writes requests/s of one application on 1, 2 and 3 hosts of a
+//! cluster (PostgreSQL as the store), and the time a deploy takes to reach every host.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -38,9 +41,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         Some("sql") => sql(root),
         Some("messaging") => messaging(root),
         Some("breaker") => breaker(root),
+        Some("cluster") => cluster(root),
         Some("native-server") => native_server(args.get(1).context("native-server PORT")?.parse()?),
         Some(other) => {
-            bail!("no benchmark named `{other}`; try `cargo xtask bench http`, `kv`, `sql`, `messaging` or `breaker`")
+            bail!("no benchmark named `{other}`; try `cargo xtask bench http`, `kv`, `sql`, `messaging`, `breaker` or `cluster`")
         }
         None => bail!("name a benchmark: cargo xtask bench http"),
     }
@@ -335,7 +339,7 @@ async fn load(addr: SocketAddr, connections: usize, duration: Duration) -> Resul
 }
 
 async fn load_path(addr: SocketAddr, path: &'static str, connections: usize, duration: Duration) -> Result<Stats> {
-    load_request(addr, "GET", path.to_string(), Body::Fixed(""), connections, duration).await
+    load_request(&[addr], "GET", path.to_string(), Body::Fixed(""), connections, duration).await
 }
 
 /// The `q` quantile of ascending `sorted` samples (0 when there are none).
@@ -347,10 +351,10 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 }
 
 /// Closed-loop load: `connections` clients each sending `method path` with `body` until
-/// `duration` is over (or a numbered `body` series is used up). A request fails unless it
-/// answers 2xx.
+/// `duration` is over (or a numbered `body` series is used up). The connections go to `addrs`
+/// in turn (connection i to `addrs[i % addrs.len()]`). A request fails unless it answers 2xx.
 async fn load_request(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     method: &'static str,
     path: String,
     body: Body,
@@ -359,8 +363,12 @@ async fn load_request(
 ) -> Result<Stats> {
     let begun = Instant::now();
     let deadline = begun + duration;
+    if addrs.is_empty() {
+        bail!("no address to send the load to");
+    }
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for connection in 0..connections {
+        let addr = addrs[connection % addrs.len()];
         let (path, body) = (path.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u64> = Vec::new();
@@ -487,13 +495,19 @@ async fn body_of(addr: SocketAddr, path: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&response.into_body().collect().await?.to_bytes()).to_string())
 }
 
+/// The admin API's address and token of the host serving from the state directory `state`.
+fn admin_endpoint(state: &Path) -> Result<(SocketAddr, String)> {
+    let endpoint: serde_json::Value = serde_json::from_slice(&std::fs::read(state.join("admin.json"))?)?;
+    let admin: SocketAddr = endpoint["addr"].as_str().context("admin.json has no addr")?.parse()?;
+    let token = std::fs::read_to_string(state.join("admin-token"))?.trim().to_string();
+    Ok((admin, token))
+}
+
 /// Deploys alternately v2 (artifact removed first: cold) and v1 (cached since start-up:
 /// warm), timing each from the deploy call until the new version answers.
 async fn swap_latency(work: &Path, app: SocketAddr, v1: &Path, v2: &Path) -> Result<(Vec<f64>, Vec<f64>)> {
     let state = work.join(".mosaic");
-    let endpoint: serde_json::Value = serde_json::from_slice(&std::fs::read(state.join("admin.json"))?)?;
-    let admin: SocketAddr = endpoint["addr"].as_str().context("admin.json has no addr")?.parse()?;
-    let token = std::fs::read_to_string(state.join("admin-token"))?.trim().to_string();
+    let (admin, token) = admin_endpoint(&state)?;
     let (v1_bytes, v2_bytes) = (Bytes::from(std::fs::read(v1)?), Bytes::from(std::fs::read(v2)?));
     let cached_at_start: Vec<std::ffi::OsString> = std::fs::read_dir(state.join("artifacts"))?
         .flatten()
@@ -567,13 +581,15 @@ fn build_release_host(root: &Path) -> Result<()> {
 }
 
 /// Starts the release `mosaic up` on `manifest` (and a runtime config, and a `mosaic.toml`
-/// beside the manifest) in a fresh directory.
+/// beside the manifest) in a fresh directory target/bench/NAME, with `extra` arguments after
+/// `up --listen ADDR` (relative paths in them are relative to that directory).
 fn start_mosaic(
     root: &Path,
     name: &str,
     manifest: &str,
     runtime_config: Option<&str>,
     settings: Option<&str>,
+    extra: &[&str],
 ) -> Result<(Killed, SocketAddr)> {
     let work = root.join("target/bench").join(name);
     let _ = std::fs::remove_dir_all(&work);
@@ -589,6 +605,7 @@ fn start_mosaic(
         .current_dir(&work)
         .env("MOSAIC_LOG", "warn")
         .args(["up", "--listen", &addr.to_string()])
+        .args(extra)
         .stdout(Stdio::null());
     if let Some(config) = runtime_config {
         std::fs::write(work.join("runtime-config.toml"), config)?;
@@ -620,7 +637,7 @@ fn key_value(root: &Path) -> Result<()> {
         fixtures.join("counter.wasm").display()
     );
     let config = "[key_value_store.remote]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/10\"\n";
-    let (_host, addr) = start_mosaic(root, "kv", &manifest, Some(config), None)?;
+    let (_host, addr) = start_mosaic(root, "kv", &manifest, Some(config), None, &[])?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let operations: [(&str, &'static str, &'static str); 4] = [
         ("guest without key-value (baseline)", "/probe/hello", "/probe/hello"),
@@ -681,7 +698,7 @@ fn measure_cell(
     duration: Duration,
 ) -> Result<String> {
     runtime.block_on(load_request(
-        addr,
+        &[addr],
         method,
         path.clone(),
         Body::Fixed(body),
@@ -689,7 +706,7 @@ fn measure_cell(
         WARMUP,
     ))?;
     let stats = runtime.block_on(load_request(
-        addr,
+        &[addr],
         method,
         path.clone(),
         Body::Fixed(body),
@@ -751,7 +768,7 @@ fn sql(root: &Path) -> Result<()> {
          allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]\n",
         root.join("target/fixtures/probe.wasm").display()
     );
-    let (_host, addr) = start_mosaic(root, "sql", &manifest, None, None)?;
+    let (_host, addr) = start_mosaic(root, "sql", &manifest, None, None, &[])?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let pg = "/pg?addr=host=127.0.0.1%20user=postgres%20dbname=test";
     let setup = [
@@ -846,7 +863,7 @@ fn breaker(root: &Path) -> Result<()> {
     let off = format!("[outbound]\nrequest_timeout_ms = {TIMEOUT_MS}\nretries = 0\nbreaker_failures = 0\n");
     let on = format!("[outbound]\nrequest_timeout_ms = {TIMEOUT_MS}\nretries = 0\n");
 
-    let (host, addr) = start_mosaic(root, "breaker-off", &manifest, None, Some(&off))?;
+    let (host, addr) = start_mosaic(root, "breaker-off", &manifest, None, Some(&off), &[])?;
     let dead_off = measure_cell(
         &runtime,
         addr,
@@ -859,7 +876,7 @@ fn breaker(root: &Path) -> Result<()> {
     )?;
     drop(host);
 
-    let (_host, addr) = start_mosaic(root, "breaker-on", &manifest, None, Some(&on))?;
+    let (_host, addr) = start_mosaic(root, "breaker-on", &manifest, None, Some(&on), &[])?;
     let live_on = measure_cell(
         &runtime,
         addr,
@@ -901,6 +918,561 @@ fn breaker(root: &Path) -> Result<()> {
         BREAKER_MEASURE.as_secs()
     );
     write_section(root, "## Outbound circuit breaker", &section)
+}
+
+/// `cargo xtask bench cluster`: one application on 1, 2 and 3 hosts of one cluster (PostgreSQL
+/// on loopback as the store), total requests/s with the load spread over the hosts; then, at 3
+/// hosts, the time a deploy through host 1 takes until every host answers the new version.
+/// Writes its section of bench/README.md.
+fn cluster(root: &Path) -> Result<()> {
+    const HOSTS: usize = 3;
+    const CLUSTER_CONNECTIONS: usize = 32;
+    const RECONCILE_INTERVAL_MS: u64 = 2_000;
+    const HOST_TIMEOUT_MS: u64 = 10_000;
+    const STORE: &str = "host=127.0.0.1 user=postgres dbname=test";
+    const PATH: &str = "/probe/hello";
+    const V1: &str = "hello from probe v1";
+    const V2: &str = "hello from probe v2";
+    /// Bounds a host's start-up and the rollout.
+    const BOUND: Duration = Duration::from_secs(120);
+    let begun = Instant::now();
+    let postgres: SocketAddr = ([127, 0, 0, 1], 5432).into();
+    if std::net::TcpStream::connect(postgres).is_err() {
+        bail!("PostgreSQL is not reachable at {postgres}; start it (see the README) and run the benchmark again");
+    }
+    build_release_host(root)?;
+    let fixtures = root.join("target/fixtures");
+    let v2_file = fixtures.join("probe-v2.wasm");
+    let manifest = format!(
+        "spin_manifest_version = 2\n[application]\nname = \"bench-cluster\"\n\
+         [[trigger.http]]\nroute = \"/probe/...\"\ncomponent = \"probe\"\n\
+         [component.probe]\nsource = \"{}\"\n",
+        fixtures.join("probe.wasm").display()
+    );
+    // This run's desired versions stay apart from earlier runs' in the shared database.
+    let namespace = unique_namespace()?;
+    let settings = format!(
+        "[cluster]\nnamespace = \"{namespace}\"\nreconcile_interval_ms = {RECONCILE_INTERVAL_MS}\n\
+         host_timeout_ms = {HOST_TIMEOUT_MS}\n"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let measure = |addrs: &[SocketAddr], pids: &[u32], label: &str| -> Result<(Stats, CpuUse)> {
+        let load = |duration| {
+            runtime.block_on(load_request(
+                addrs,
+                "GET",
+                PATH.to_string(),
+                Body::Fixed(""),
+                CLUSTER_CONNECTIONS,
+                duration,
+            ))
+        };
+        load(WARMUP)?;
+        let before = (Instant::now(), cpu_snapshot(pids)?);
+        let stats = load(MEASURE)?;
+        let cpu = CpuUse::between(&before, &(Instant::now(), cpu_snapshot(pids)?), stats.requests);
+        if stats.errors > 0 {
+            bail!(
+                "{label}: {} failed requests, the first: {}",
+                stats.errors,
+                stats.first_error.unwrap_or_default()
+            );
+        }
+        eprintln!(
+            "{label:<22} c={CLUSTER_CONNECTIONS} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  ({} requests); \
+             hosts {:.2} cores (kernel {:.2}), load generator {:.2}, others {:.2}, idle {:.0}%; host CPU {:.0} us/request \
+             (kernel {:.0})",
+            stats.rps,
+            stats.p50_us,
+            stats.p99_us,
+            stats.requests,
+            cpu.hosts_cores,
+            cpu.hosts_kernel_cores,
+            cpu.generator_cores,
+            cpu.others_cores,
+            cpu.idle * 100.0,
+            cpu.host_us_per_request,
+            cpu.host_kernel_us_per_request
+        );
+        Ok((stats, cpu))
+    };
+
+    // The baseline: the same host alone, without --cluster.
+    let (alone, addr) = start_mosaic(root, "cluster-alone", &manifest, None, None, &[])?;
+    runtime.block_on(wait_for_body(addr, PATH, V1, BOUND))?;
+    let (baseline, _) = measure(&[addr], &[alone.0.id()], "alone (no cluster)")?;
+    drop(alone);
+
+    // The hosts join one after the other; each row loads the hosts up at that point.
+    let mut hosts = Vec::new();
+    let mut rows: Vec<(usize, Stats, CpuUse)> = Vec::new();
+    for n in 1..=HOSTS {
+        let name = format!("cluster-{n}");
+        let (host, addr) = start_mosaic(
+            root,
+            &name,
+            &manifest,
+            None,
+            Some(&settings),
+            &["--config", "mosaic.toml", "--cluster", STORE, "--state-dir", "state"],
+        )?;
+        runtime.block_on(wait_for_body(addr, PATH, V1, BOUND))?;
+        hosts.push((host, addr, root.join("target/bench").join(&name).join("state")));
+        let addrs: Vec<SocketAddr> = hosts.iter().map(|(_, addr, _)| *addr).collect();
+        let pids: Vec<u32> = hosts.iter().map(|(host, _, _)| host.0.id()).collect();
+        let (stats, cpu) = measure(&addrs, &pids, &format!("{n} host(s)"))?;
+        rows.push((n, stats, cpu));
+    }
+
+    let addrs: Vec<SocketAddr> = hosts.iter().map(|(_, addr, _)| *addr).collect();
+    let (admin, token) = admin_endpoint(&hosts[0].2)?;
+    let v2 = Bytes::from(std::fs::read(&v2_file).with_context(|| format!("cannot read {}", v2_file.display()))?);
+    let rollout = runtime.block_on(rollout(admin, &token, v2, &addrs, PATH, V2, BOUND))?;
+    drop(hosts);
+    let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
+    let requests: u64 = rollout.watched.iter().map(|w| w.requests).sum();
+    let non_200: u64 = rollout.watched.iter().map(|w| w.non_200).sum();
+    let unanswered: u64 = rollout.watched.iter().map(|w| w.unanswered).sum();
+    let back_to_old: u64 = rollout.watched.iter().map(|w| w.back_to_old).sum();
+    let mut per_host = Vec::new();
+    for (i, watched) in rollout.watched.iter().enumerate() {
+        let Some(at) = watched.converged_after else {
+            bail!(
+                "host {} never answered v2 within {BOUND:?} of the deploy; the first error: {}",
+                i + 1,
+                watched.first_error.clone().unwrap_or_default()
+            );
+        };
+        per_host.push(format!("host {}: {:.0} ms", i + 1, ms(at)));
+    }
+    let everywhere = rollout
+        .watched
+        .iter()
+        .filter_map(|w| w.converged_after)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "rollout: every host answers v2 after {:.0} ms ({}; deploy call {:.0} ms); {requests} polls, {non_200} non-200, \
+         {unanswered} unanswered, {back_to_old} old after new",
+        ms(everywhere),
+        per_host.join(", "),
+        ms(rollout.deploy_call)
+    );
+    if let Some(error) = rollout.watched.iter().find_map(|w| w.first_error.clone()) {
+        eprintln!("rollout: the first failed poll: {error}");
+    }
+
+    let one = rows[0].1.rps;
+    let mut table = String::from(
+        "| hosts | connections | requests/s | p50 | p99 | ratio vs 1 host |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut cpu_table = String::from(
+        "| hosts | host CPU | of it kernel | load generator CPU | other processes | machine idle | host CPU per request | of it kernel |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (n, stats, cpu) in &rows {
+        table.push_str(&format!(
+            "| {n} | {CLUSTER_CONNECTIONS} | {:.0} | {:.3} ms | {:.3} ms | {:.2}x |\n",
+            stats.rps,
+            stats.p50_us as f64 / 1000.0,
+            stats.p99_us as f64 / 1000.0,
+            stats.rps / one.max(1.0)
+        ));
+        cpu_table.push_str(&format!(
+            "| {n} | {:.2} cores | {:.2} cores | {:.2} cores | {:.2} cores | {:.0}% | {:.0} µs | {:.0} µs |\n",
+            cpu.hosts_cores,
+            cpu.hosts_kernel_cores,
+            cpu.generator_cores,
+            cpu.others_cores,
+            cpu.idle * 100.0,
+            cpu.host_us_per_request,
+            cpu.host_kernel_us_per_request
+        ));
+    }
+    let spread = |n: usize| {
+        (0..n)
+            .map(|host| (CLUSTER_CONNECTIONS + n - 1 - host) / n)
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let (first_cpu, (last_hosts, last_stats, last_cpu)) = (&rows[0].2, rows.last().expect("three rows"));
+    let ratio = last_stats.rps / one.max(1.0);
+    let busiest_idle = rows.iter().map(|(_, _, cpu)| cpu.idle).fold(0.0, f64::max);
+    let generator = rows.iter().map(|(_, _, cpu)| cpu.generator_cores);
+    let (generator_min, generator_max) = generator.fold((f64::MAX, 0.0f64), |(lo, hi), c| (lo.min(c), hi.max(c)));
+    let saved = first_cpu.host_us_per_request - last_cpu.host_us_per_request;
+    let saved_kernel = first_cpu.host_kernel_us_per_request - last_cpu.host_kernel_us_per_request;
+    let why = if ratio > 1.05 && saved > 0.0 {
+        format!(
+            "{last_hosts} hosts still serve {ratio:.2}x the requests/s of 1 host, because each request costs the hosts \
+             less CPU when the connections are spread over processes: {:.0} µs of host CPU per request at 1 host \
+             ({:.0} µs of it in the kernel), {:.0} µs at {last_hosts} hosts ({:.0} µs in the kernel); {} of the \
+             difference is kernel time. So the ratio measures how one host process fares with {CLUSTER_CONNECTIONS} \
+             connections on this machine, not how a cluster scales.",
+            first_cpu.host_us_per_request,
+            first_cpu.host_kernel_us_per_request,
+            last_cpu.host_us_per_request,
+            last_cpu.host_kernel_us_per_request,
+            if saved_kernel > 0.5 * saved { "most" } else { "less than half" },
+        )
+    } else {
+        format!(
+            "{last_hosts} hosts serve {ratio:.2}x the requests/s of 1 host ({:.0} and {:.0} µs of host CPU per \
+             request): the processes share the same cores.",
+            first_cpu.host_us_per_request, last_cpu.host_us_per_request,
+        )
+    };
+    let difference = (one - baseline.rps) / baseline.rps.max(1.0) * 100.0;
+    let overhead = if difference.abs() <= 5.0 {
+        format!(
+            "Cluster mode adds nothing measurable to the request path: 1 cluster host and the host alone differ by \
+             {difference:+.1}%."
+        )
+    } else {
+        format!(
+            "1 cluster host served {:.1}% {} than the host alone, more than the few % that separate two runs.",
+            difference.abs(),
+            if difference < 0.0 {
+                "fewer requests/s"
+            } else {
+                "more requests/s"
+            }
+        )
+    };
+    let others = rows.iter().map(|(_, _, cpu)| cpu.others_cores).fold(0.0, f64::max);
+    let quiet = if others > 0.1 {
+        format!(
+            "**Not a quiet machine:** other processes took up to {others:.2} cores during a measured row of this run, so \
+             the rows are not comparable with each other; run the benchmark again with nothing else running.\n\n"
+        )
+    } else {
+        String::new()
+    };
+    let statements_per_s = |hosts: usize| hosts as f64 * 2.0 * 1000.0 / RECONCILE_INTERVAL_MS as f64;
+    let section = format!(
+        "## Cluster: 1, 2 and 3 hosts\n\nWritten by `cargo xtask bench cluster`. One application (the probe fixture; \
+         `GET {PATH}` answers a short text) on 1, 2 and 3 Mosaic hosts (release build) of one cluster, each its own process \
+         `mosaic up --cluster \"{STORE}\" --config mosaic.toml --state-dir DIR --listen 127.0.0.1:PORT` with \
+         `[cluster] namespace = \"{namespace}\"` (new for each run), `reconcile_interval_ms = {RECONCILE_INTERVAL_MS}`, \
+         `host_timeout_ms = {HOST_TIMEOUT_MS}`; the store is PostgreSQL on loopback. The hosts join one after the other, \
+         and each row loads the hosts up at that point: {CLUSTER_CONNECTIONS} closed-loop HTTP/1.1 keep-alive connections \
+         given to the hosts in turn (connection i to host i mod N: {}; {}; {}), {}s warm-up then {}s measured. Every \
+         request answered 200. For reference, the same host alone (no `--cluster`): {:.0} requests/s, p50 {:.3} ms, \
+         p99 {:.3} ms.\n\n{table}\n\
+         Where the CPU went in each measured {}s (from /proc: user and kernel time of the host processes and of the load \
+         generator, the benchmark's own process; busy and idle time of the machine):\n\n{cpu_table}\n{quiet}\
+         **Rollout at {HOSTS} hosts.** `POST /v1/components/probe/deploy` of probe v2 ({} KB) through host 1's admin API, \
+         while one connection per host polls `GET {PATH}` in a closed loop: every host answered v2 **{:.0} ms** after the \
+         deploy call started ({}; the deploy call itself returned after {:.0} ms). Host 1 runs the whole pipeline before \
+         the new desired version goes to the store; the others hear the `NOTIFY`, fetch the source from PostgreSQL by \
+         digest and compile it themselves (each host has its own artifact cache, and v2 was new to all of them), on the \
+         same cores that serve the polls. During the rollout the pollers sent {requests} requests: **{non_200} non-200 \
+         answers**, {unanswered} requests without an answer, {back_to_old} answers of v1 from a host that had already \
+         answered v2.\n\n\
+         **What this shows, and what it does not.** All hosts and the load generator share this machine's {cores} cores, \
+         so more hosts cannot add CPU here: in every row the machine was at most {:.0}% idle. {why} {overhead}\n\n\
+         *Paper estimate, not measured*, for one host per machine of this kind with the load generated elsewhere, \
+         behind a load balancer: in cluster mode the request path does not touch PostgreSQL at all (a request runs on \
+         the host's own loaded version). PostgreSQL sees only deploys (one transaction writing the desired version and \
+         its source, then one read of the source per host) and each host's reconcile every {RECONCILE_INTERVAL_MS} ms \
+         (one read of the desired versions and one write of its report, its heartbeat: {:.0} statements/s at 3 hosts, \
+         plus one idle `LISTEN` connection per host). That takes nothing measurable from the throughput, so N hosts \
+         ≈ N × the 1-host rate: 2 hosts ≈ {:.0}, 3 hosts ≈ {:.0} requests/s. A floor rather than a ceiling: the load \
+         generator took {generator_min:.2} to {generator_max:.2} cores here, which a host of its own would have; each \
+         host would still carry the per-request cost measured at 1 host, as it runs with threads on all its cores. The \
+         limit then moves to the load balancer and the network; PostgreSQL only sets how fast a rollout reaches every \
+         host.\n",
+        spread(1),
+        spread(2),
+        spread(3),
+        WARMUP.as_secs(),
+        MEASURE.as_secs(),
+        baseline.rps,
+        baseline.p50_us as f64 / 1000.0,
+        baseline.p99_us as f64 / 1000.0,
+        MEASURE.as_secs(),
+        std::fs::metadata(&v2_file).map(|m| m.len() / 1024).unwrap_or(0),
+        ms(everywhere),
+        per_host.join(", "),
+        ms(rollout.deploy_call),
+        busiest_idle * 100.0,
+        statements_per_s(3),
+        2.0 * one,
+        3.0 * one,
+    );
+    eprintln!("bench cluster took {:.0} s", begun.elapsed().as_secs_f64());
+    write_section(root, "## Cluster: 1, 2 and 3 hosts", &section)
+}
+
+/// CPU time so far, in clock ticks of /proc (USER_HZ, 100 a second on Linux): user and kernel
+/// time of some processes, this process's (the load generator's) total, and the machine's idle
+/// and total time over all cores.
+struct CpuSnapshot {
+    hosts_user: u64,
+    hosts_kernel: u64,
+    generator: u64,
+    machine_idle: u64,
+    machine_total: u64,
+}
+
+/// Ticks of /proc/stat and /proc/PID/stat a second.
+const USER_HZ: f64 = 100.0;
+
+fn cpu_snapshot(pids: &[u32]) -> Result<CpuSnapshot> {
+    // utime and stime, the 14th and 15th fields; after the command name in parentheses.
+    let times = |stat: &str| -> Result<(u64, u64)> {
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("unexpected /proc/PID/stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let field = |i: usize| -> Result<u64> { Ok(fields.get(i).context("short /proc/PID/stat")?.parse()?) };
+        Ok((field(11)?, field(12)?))
+    };
+    let (mut hosts_user, mut hosts_kernel) = (0, 0);
+    for pid in pids {
+        let (user, kernel) = times(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?;
+        hosts_user += user;
+        hosts_kernel += kernel;
+    }
+    let (user, kernel) = times(&std::fs::read_to_string("/proc/self/stat")?)?;
+    // `cpu user nice system idle iowait irq softirq steal ...` (guest time is within user).
+    let machine = std::fs::read_to_string("/proc/stat")?;
+    let ticks: Vec<u64> = machine
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .context("unexpected /proc/stat")?
+        .split_whitespace()
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    Ok(CpuSnapshot {
+        hosts_user,
+        hosts_kernel,
+        generator: user + kernel,
+        machine_idle: ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0),
+        machine_total: ticks.iter().sum(),
+    })
+}
+
+/// The CPU used between two snapshots: in cores (CPU seconds per second), and per request.
+struct CpuUse {
+    hosts_cores: f64,
+    hosts_kernel_cores: f64,
+    generator_cores: f64,
+    /// What the rest of the machine used: busy time minus the hosts' and the generator's.
+    others_cores: f64,
+    /// Fraction of the machine's time (all cores) that was idle.
+    idle: f64,
+    host_us_per_request: f64,
+    host_kernel_us_per_request: f64,
+}
+
+impl CpuUse {
+    fn between(before: &(Instant, CpuSnapshot), after: &(Instant, CpuSnapshot), requests: u64) -> CpuUse {
+        let ((start, a), (end, b)) = (before, after);
+        let seconds = end.duration_since(*start).as_secs_f64().max(1e-6);
+        let cores = |ticks: u64| ticks as f64 / USER_HZ / seconds;
+        let per_request = |ticks: u64| ticks as f64 / USER_HZ * 1e6 / requests.max(1) as f64;
+        let hosts = (b.hosts_user + b.hosts_kernel).saturating_sub(a.hosts_user + a.hosts_kernel);
+        let kernel = b.hosts_kernel.saturating_sub(a.hosts_kernel);
+        let generator = b.generator.saturating_sub(a.generator);
+        let total = b.machine_total.saturating_sub(a.machine_total);
+        let busy = total.saturating_sub(b.machine_idle.saturating_sub(a.machine_idle));
+        CpuUse {
+            hosts_cores: cores(hosts),
+            hosts_kernel_cores: cores(kernel),
+            generator_cores: cores(generator),
+            others_cores: (cores(busy) - cores(hosts) - cores(generator)).max(0.0),
+            idle: 1.0 - busy as f64 / total.max(1) as f64,
+            host_us_per_request: per_request(hosts),
+            host_kernel_us_per_request: per_request(kernel),
+        }
+    }
+}
+
+/// Polls `path` on `addr` until it answers `expected` (errors count as not yet), for at most
+/// `bound`.
+async fn wait_for_body(addr: SocketAddr, path: &str, expected: &str, bound: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let answer = body_of(addr, path).await;
+        if matches!(&answer, Ok(body) if body == expected) {
+            return Ok(());
+        }
+        if started.elapsed() > bound {
+            bail!("{addr}{path} did not answer {expected:?} within {bound:?}; the last answer: {answer:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What one host answered while a rollout went on.
+#[derive(Default)]
+struct Watched {
+    /// From the deploy call's start until the host first answered the new version.
+    converged_after: Option<Duration>,
+    requests: u64,
+    /// Answers with a status other than 200.
+    non_200: u64,
+    /// Requests that got no (complete) answer: connection or protocol errors.
+    unanswered: u64,
+    /// Answers of the old version after the host had answered the new one.
+    back_to_old: u64,
+    first_error: Option<String>,
+}
+
+/// What a rollout through one host took.
+struct Rollout {
+    deploy_call: Duration,
+    /// Per host, in the order of `hosts`.
+    watched: Vec<Watched>,
+}
+
+/// Deploys `file` as the probe through the admin API at `admin`, while one connection per host
+/// polls `path` in a closed loop, until every host answered `new_body` (or `bound` is over).
+async fn rollout(
+    admin: SocketAddr,
+    token: &str,
+    file: Bytes,
+    hosts: &[SocketAddr],
+    path: &'static str,
+    new_body: &'static str,
+    bound: Duration,
+) -> Result<Rollout> {
+    let converged = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + bound;
+    let started = Arc::new(Mutex::new(None::<Instant>));
+    let pollers: Vec<_> = hosts
+        .iter()
+        .map(|&addr| {
+            tokio::spawn(watch_version(
+                addr,
+                path,
+                new_body,
+                converged.clone(),
+                hosts.len(),
+                started.clone(),
+                deadline,
+            ))
+        })
+        .collect();
+    // Every poller is under way (and sees the old version) before the deploy starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let begun = Instant::now();
+    *started.lock().expect("deploy start") = Some(begun);
+    let deployed = admin_call(admin, token, "/v1/components/probe/deploy", file).await;
+    let deploy_call = begun.elapsed();
+    if deployed.is_err() {
+        // Stops the pollers.
+        converged.fetch_add(hosts.len(), Ordering::Relaxed);
+    }
+    let mut watched = Vec::new();
+    for poller in pollers {
+        watched.push(poller.await?);
+    }
+    deployed?;
+    Ok(Rollout { deploy_call, watched })
+}
+
+/// One rollout poller: `GET path` on `addr` over a keep-alive connection, again and again, until
+/// every one of the `hosts` pollers saw `new_body` (counted in `converged`) or `deadline`.
+async fn watch_version(
+    addr: SocketAddr,
+    path: &'static str,
+    new_body: &'static str,
+    converged: Arc<AtomicUsize>,
+    hosts: usize,
+    started: Arc<Mutex<Option<Instant>>>,
+    deadline: Instant,
+) -> Watched {
+    let mut watched = Watched::default();
+    let going = || converged.load(Ordering::Relaxed) < hosts && Instant::now() < deadline;
+    'connect: while going() {
+        let connected = match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|err| err.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        };
+        let (mut sender, connection) = match connected {
+            Ok(handshake) => handshake,
+            Err(err) => {
+                watched.unanswered += 1;
+                watched
+                    .first_error
+                    .get_or_insert_with(|| format!("connecting to {addr}: {err}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        tokio::spawn(connection);
+        while going() {
+            let request = hyper::Request::get(path)
+                .header(http::header::HOST, addr.to_string())
+                .body(Full::new(Bytes::new()))
+                .expect("static request");
+            let answer = match sender.send_request(request).await {
+                Ok(response) => {
+                    let status = response.status();
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|body| (status, body.to_bytes()))
+                        .map_err(|err| format!("{status}, then reading the body: {err}"))
+                }
+                Err(err) => Err(err.to_string()),
+            };
+            watched.requests += 1;
+            let (status, body) = match answer {
+                Ok(answer) => answer,
+                Err(err) => {
+                    watched.unanswered += 1;
+                    watched
+                        .first_error
+                        .get_or_insert_with(|| format!("GET {addr}{path}: {err}"));
+                    continue 'connect;
+                }
+            };
+            if status != http::StatusCode::OK {
+                watched.non_200 += 1;
+                watched
+                    .first_error
+                    .get_or_insert_with(|| format!("GET {addr}{path}: {status} {}", String::from_utf8_lossy(&body)));
+                continue;
+            }
+            if body == new_body.as_bytes() {
+                if watched.converged_after.is_none() {
+                    let begun = started.lock().expect("deploy start").unwrap_or_else(Instant::now);
+                    watched.converged_after = Some(begun.elapsed());
+                    converged.fetch_add(1, Ordering::Relaxed);
+                }
+            } else if watched.converged_after.is_some() {
+                watched.back_to_old += 1;
+            }
+        }
+    }
+    watched
+}
+
+/// A name no earlier run used: keeps this run's queues, streams or cluster rows apart from
+/// earlier runs' on shared servers.
+fn unique_namespace() -> Result<String> {
+    Ok(format!(
+        "bench-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ))
 }
 
 /// `cargo xtask bench messaging`: publish-to-handled latency and messages/s through two guests
@@ -948,13 +1520,7 @@ fn messaging(root: &Path) -> Result<()> {
         sink = sink.addr,
     );
     // Queues, exchanges and streams of this run stay apart from earlier runs' on the servers.
-    let namespace = format!(
-        "bench-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    );
+    let namespace = unique_namespace()?;
     let path = format!("/probe/publish?channel={CHANNEL}");
     let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
     let mut table = String::from(
@@ -979,7 +1545,14 @@ fn messaging(root: &Path) -> Result<()> {
                 None => label.to_string(),
             });
         }
-        let (host, addr) = start_mosaic(root, &format!("messaging-{kind}"), &manifest, None, Some(&settings))?;
+        let (host, addr) = start_mosaic(
+            root,
+            &format!("messaging-{kind}"),
+            &manifest,
+            None,
+            Some(&settings),
+            &[],
+        )?;
         let repeats_before = sink.repeats();
         let phase = |name: &str, count: usize, publishers: usize, bound: Duration| {
             let run = format!("m-{kind}-{name}");
@@ -1073,7 +1646,7 @@ async fn publish_and_wait(
     drain: Duration,
 ) -> Result<Delivered> {
     let publish = load_request(
-        addr,
+        &[addr],
         "POST",
         path.to_string(),
         Body::Numbered(series.clone()),

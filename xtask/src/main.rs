@@ -1,5 +1,6 @@
-//! `cargo xtask build|test|up|bench`: builds the guest components (they target wasm32-wasip2
-//! and live in their own workspaces), runs the test suite and the benchmarks.
+//! `cargo xtask build|test|up|bench|fuzz`: builds the guest components (they target
+//! wasm32-wasip2 and live in their own workspaces), runs the test suite, the benchmarks and the
+//! fuzz targets.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,6 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod fuzz;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -18,7 +20,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench sql        SQL statements/s through a guest, SQLite vs PostgreSQL; adds to bench/README.md
   bench messaging  publish-to-handled latency and msgs/s through guests, embedded vs RabbitMQ vs NATS;
                    adds to bench/README.md
-  bench breaker    latency of calls to a dead dependency, outbound breaker off vs open; adds to bench/README.md";
+  bench breaker    latency of calls to a dead dependency, outbound breaker off vs open; adds to bench/README.md
+  bench cluster    requests/s on 1, 2 and 3 hosts of a cluster (PostgreSQL on 127.0.0.1:5432), and the time a
+                   deploy takes to reach every host; adds to bench/README.md
+  fuzz [SECONDS]   run each fuzz target of fuzz/ for SECONDS (default 30); installs cargo-fuzz if missing";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +50,7 @@ fn main() -> Result<()> {
             build_all(&root)?;
             bench::run(&root, &args[1..])
         }
+        Some("fuzz") => fuzz::run_all(&root, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown or missing command")

@@ -493,6 +493,23 @@ impl Cluster {
     }
 }
 
+/// A deploy asked of this host (admin API, CLI, `mosaic watch`): cluster-wide in a cluster, on
+/// this host alone otherwise.
+pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<DeployReport, DeployError> {
+    match trigger.app().cluster.get() {
+        Some(cluster) => cluster.deploy(trigger, request).await,
+        None => deploy::deploy(trigger, request).await,
+    }
+}
+
+/// A rollback asked of this host: cluster-wide in a cluster, on this host alone otherwise.
+pub async fn rollback(trigger: &HttpTrigger, component: &str) -> Result<DeployReport, DeployError> {
+    match trigger.app().cluster.get() {
+        Some(cluster) => cluster.rollback(trigger, component).await,
+        None => deploy::rollback(trigger, component).await,
+    }
+}
+
 /// The machine's host name, for the default host name in the cluster.
 fn machine_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

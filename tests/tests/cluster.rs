@@ -498,3 +498,69 @@ async fn a_cluster_store_that_is_down_fails_the_deploy_and_leaves_the_host_on_it
     assert!(hello(&client(), &base).await.expect("a answers").contains("v2"));
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_several_hosts_are_competing_consumers() {
+    // Two hosts of one cluster subscribe to the same channel on a shared broker: each message
+    // is handled by one of them, not once per host.
+    for (broker, url, name, server) in [
+        (
+            mosaic::settings::BrokerKind::RabbitMQ,
+            RABBITMQ_URL,
+            "RabbitMQ",
+            "127.0.0.1:5672",
+        ),
+        (
+            mosaic::settings::BrokerKind::Nats,
+            "nats://127.0.0.1:4222",
+            "NATS",
+            "127.0.0.1:4222",
+        ),
+    ] {
+        if !postgres_available() || !service_available(name, server) {
+            continue;
+        }
+        const COUNT: usize = 200;
+        let sink = Sink::start().await;
+        let dir = AppDir::new(&sink.manifest("jobs"));
+        let namespace = unique("cluster");
+        let mut settings = cluster_settings(&namespace);
+        settings.messaging = mosaic::settings::MessagingSettings {
+            broker,
+            url: Some(url.to_string()),
+            namespace: Some(namespace.clone()),
+            concurrency: 4,
+            ..mosaic::settings::MessagingSettings::default()
+        };
+        let a = dir.start_in(settings.clone(), None, "state-a").await;
+        let b = dir.start_in(settings, None, "state-b").await;
+        let http = client();
+        for n in 0..COUNT {
+            let base = if n % 2 == 0 { a.http_addr() } else { b.http_addr() };
+            let reply = send(
+                &http,
+                "POST",
+                &format!("http://{base}/probe/publish?channel=jobs"),
+                format!("job-{n}"),
+            )
+            .await
+            .expect("publish");
+            assert_eq!(reply.status, 200, "{broker:?}: {}", reply.body);
+        }
+        assert!(
+            sink.wait_for(Duration::from_secs(30), |s| s.handled_count() == COUNT)
+                .await,
+            "{broker:?}: {} of {COUNT} handled",
+            sink.handled_count()
+        );
+        // Give a second copy, if there were one, time to arrive.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            sink.total_attempts(),
+            COUNT as u64,
+            "{broker:?}: each message handled once in all, not once per host"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+}

@@ -27,6 +27,19 @@ pub fn build_engine(limits: &Limits) -> anyhow::Result<Engine> {
     pooling.total_tables(instances.saturating_mul(4));
     pooling.total_stacks(instances);
     pooling.max_memory_size(limits.instance_memory_bytes() as usize);
+    let keep_resident = limits.instance_keep_resident_bytes();
+    if keep_resident > 0 {
+        // Measured with `cargo xtask bench cluster` (1 host, 32 connections, 2 cores): 5895
+        // requests/s with every finished slot returned to the kernel (madvise), 12783 with
+        // this; host CPU per request 272 µs (137 in the kernel) against 107 (23). The kernel
+        // time was cross-core TLB shootdowns from the madvise of each slot.
+        pooling.linear_memory_keep_resident(keep_resident);
+        pooling.table_keep_resident(keep_resident.min(64 << 10));
+        // Only the pages an instance dirtied are reset (Linux 6.7+; otherwise the low
+        // `keep_resident` bytes are).
+        pooling.pagemap_scan(wasmtime::Enabled::Auto);
+        pooling.decommit_batch_size(64);
+    }
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
 
     Engine::new(&config).map_err(|err| {
@@ -65,5 +78,23 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_build_with_and_without_resident_slots() {
+        for keep_resident_kb in [0, 1024, u64::MAX] {
+            let limits = Limits {
+                max_concurrent_instances: 4,
+                instance_keep_resident_kb: keep_resident_kb,
+                ..Limits::default()
+            };
+            assert!(limits.instance_keep_resident_bytes() <= limits.instance_memory_bytes() as usize);
+            build_engine(&limits).unwrap_or_else(|err| panic!("keep_resident_kb = {keep_resident_kb}: {err}"));
+        }
     }
 }

@@ -470,6 +470,10 @@ pub struct Limits {
     pub drain_timeout_ms: u64,
     /// How long the deploy probe may take to instantiate and answer its health route.
     pub probe_timeout_ms: u64,
+    /// Memory of a finished instance's slot kept resident for the next instance, reset by
+    /// rewriting only the pages it dirtied instead of returning them to the kernel (whose
+    /// page-table flushes across cores cost more than the request itself). 0: return it all.
+    pub instance_keep_resident_kb: u64,
 }
 
 impl Default for Limits {
@@ -483,6 +487,7 @@ impl Default for Limits {
             max_concurrent_instances: 1000,
             drain_timeout_ms: 30_000,
             probe_timeout_ms: 10_000,
+            instance_keep_resident_kb: 1024,
         }
     }
 }
@@ -499,6 +504,11 @@ impl Limits {
     }
     pub fn instance_memory_bytes(&self) -> u64 {
         self.instance_memory_mb * 1024 * 1024
+    }
+    pub fn instance_keep_resident_bytes(&self) -> usize {
+        usize::try_from(self.instance_keep_resident_kb.saturating_mul(1024))
+            .unwrap_or(usize::MAX)
+            .min(self.instance_memory_bytes() as usize)
     }
 }
 

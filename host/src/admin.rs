@@ -245,30 +245,8 @@ async fn readiness(app: &crate::app::App) -> HttpResponse {
         }
     }
     let broker = bounded(app.broker.check());
-    let key_value = async {
-        match tokio::time::timeout(READINESS_CHECK_TIMEOUT, app.key_value.check_servers()).await {
-            Ok(outcomes) => outcomes
-                .into_iter()
-                .map(|(label, outcome)| (format!("key_value {label}"), outcome.map_err(|err| err.to_string())))
-                .collect(),
-            Err(_) => vec![(
-                "key_value".to_string(),
-                Err(format!("no answer within {READINESS_CHECK_TIMEOUT:?}")),
-            )],
-        }
-    };
-    let postgres = async {
-        match tokio::time::timeout(READINESS_CHECK_TIMEOUT, app.pg_pools.check_servers()).await {
-            Ok(outcomes) => outcomes
-                .into_iter()
-                .map(|(address, outcome)| (format!("postgres {address}"), outcome.map_err(|err| err.message())))
-                .collect(),
-            Err(_) => vec![(
-                "postgres".to_string(),
-                Err(format!("no answer within {READINESS_CHECK_TIMEOUT:?}")),
-            )],
-        }
-    };
+    let key_value = server_checks("key_value", app.key_value.check_servers(), |err| err.to_string());
+    let postgres = server_checks("postgres", app.pg_pools.check_servers(), |err| err.message());
     let cluster = async {
         match app.cluster.get() {
             Some(cluster) => Some(bounded(cluster.check()).await),
@@ -304,6 +282,25 @@ async fn readiness(app: &crate::app::App) -> HttpResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "status": "not ready", "components": components, "checks": passing, "failing": failing }),
         )
+    }
+}
+
+/// The outcomes of checking every server of one kind, each named `KIND NAME`; one failed
+/// check named `KIND` if they take longer than the readiness timeout together.
+async fn server_checks<E>(
+    kind: &str,
+    checks: impl std::future::Future<Output = Vec<(String, Result<(), E>)>>,
+    why: impl Fn(E) -> String,
+) -> Vec<(String, Result<(), String>)> {
+    match tokio::time::timeout(READINESS_CHECK_TIMEOUT, checks).await {
+        Ok(outcomes) => outcomes
+            .into_iter()
+            .map(|(name, outcome)| (format!("{kind} {name}"), outcome.map_err(&why)))
+            .collect(),
+        Err(_) => vec![(
+            kind.to_string(),
+            Err(format!("no answer within {READINESS_CHECK_TIMEOUT:?}")),
+        )],
     }
 }
 

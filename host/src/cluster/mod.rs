@@ -155,11 +155,7 @@ impl Cluster {
                 component: component.to_string(),
             });
         };
-        let store_failed = |err: StoreError| DeployError::Failed {
-            component: component.to_string(),
-            step: Step::Cluster,
-            reason: err.to_string(),
-        };
+        let store_failed = |err: StoreError| DeployError::at(component, Step::Cluster, err.to_string());
         let target = self.store.rollback_target(component).await.map_err(store_failed)?;
         let report = match target {
             Some((_, None)) => {
@@ -172,11 +168,7 @@ impl Cluster {
                 let bytes = self
                     .source_of(trigger, &previous)
                     .await
-                    .map_err(|reason| DeployError::Failed {
-                        component: component.to_string(),
-                        step: Step::Receive,
-                        reason,
-                    })?;
+                    .map_err(|reason| DeployError::at(component, Step::Receive, reason))?;
                 deploy::deploy(
                     trigger,
                     DeployRequest {
@@ -195,11 +187,7 @@ impl Cluster {
         let source = self
             .source_of(trigger, &report.digest)
             .await
-            .map_err(|reason| DeployError::Failed {
-                component: component.to_string(),
-                step: Step::Cluster,
-                reason,
-            })?;
+            .map_err(|reason| DeployError::at(component, Step::Cluster, reason))?;
         self.publish(trigger, &report, &source, None, &Action::Rollback).await?;
         Ok(report)
     }
@@ -254,11 +242,11 @@ impl Cluster {
                 } else {
                     "this host serves the new version until the store is back, then the cluster's desired one"
                 };
-                Err(DeployError::Failed {
-                    component: report.component.clone(),
-                    step: Step::Cluster,
-                    reason: format!("{err}; {what}"),
-                })
+                Err(DeployError::at(
+                    &report.component,
+                    Step::Cluster,
+                    format!("{err}; {what}"),
+                ))
             }
         }
     }

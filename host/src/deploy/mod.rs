@@ -65,7 +65,7 @@ pub enum DeployError {
 }
 
 impl DeployError {
-    fn at(component: &str, step: Step, reason: impl Into<String>) -> Self {
+    pub(crate) fn at(component: &str, step: Step, reason: impl Into<String>) -> Self {
         DeployError::Failed {
             component: component.to_string(),
             step,

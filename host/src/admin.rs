@@ -21,11 +21,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::manifest::HttpRoute;
+use crate::app::App;
 use crate::capability::messaging::{BrokerError, DeadLetter};
-use crate::deploy::journal::{self, Action};
+use crate::capability::{bounded_check, Check, Scrape};
+use crate::deploy::journal;
 use crate::deploy::{self, DeployError, DeployRequest};
+use crate::rollout::Rollout;
+use crate::stop::stopped;
 use crate::trigger::body::{full, json_error};
-use crate::trigger::http::{stopped, HttpResponse, HttpTrigger};
+use crate::trigger::http::HttpResponse;
 
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct ComponentStatus {
@@ -38,7 +42,7 @@ pub struct ComponentStatus {
     pub errors: u64,
 }
 
-pub async fn serve(listener: TcpListener, trigger: HttpTrigger, token: String, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, rollout: Rollout, token: String, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -47,12 +51,12 @@ pub async fn serve(listener: TcpListener, trigger: HttpTrigger, token: String, m
             },
             _ = stopped(&mut stop) => return,
         };
-        let trigger = trigger.clone();
+        let rollout = rollout.clone();
         let token = token.clone();
         let service = hyper::service::service_fn(move |request| {
-            let trigger = trigger.clone();
+            let rollout = rollout.clone();
             let token = token.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&trigger, &token, request).await) }
+            async move { Ok::<_, std::convert::Infallible>(handle(&rollout, &token, request).await) }
         });
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
@@ -91,8 +95,8 @@ fn json(status: StatusCode, value: &impl Serialize) -> HttpResponse {
     response
 }
 
-async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hyper::body::Incoming>) -> HttpResponse {
-    let app = trigger.app();
+async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::body::Incoming>) -> HttpResponse {
+    let app = rollout.app();
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method(), segments.as_slice()) {
@@ -110,21 +114,19 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
                     )
                 })
                 .collect();
-            let mut pending = Vec::new();
-            for subscription in app.manifest.subscriptions() {
-                let waiting = app.broker.pending(&subscription.subscriber);
-                if let Ok(Ok(waiting)) = tokio::time::timeout(Duration::from_secs(1), waiting).await {
-                    pending.push((subscription.subscriber, waiting));
-                }
+            let mut scrape = Scrape::default();
+            for capability in app.capabilities().all() {
+                capability.scrape(&mut scrape).await;
             }
-            let mut response = crate::trigger::http::text(StatusCode::OK, app.metrics.render(&in_flight, &pending));
+            let mut response =
+                crate::trigger::http::text(StatusCode::OK, app.metrics.render(&in_flight, &scrape.pending));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),
             );
             return response;
         }
-        (&Method::GET, ["readyz"]) => return readiness(app).await,
+        (&Method::GET, ["readyz"]) => return readiness(rollout).await,
         _ => {}
     }
     if !authorized(token, &request) {
@@ -136,7 +138,7 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
     }
     let query = request.uri().query().unwrap_or("").to_string();
     match (request.method().clone(), segments.as_slice()) {
-        (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &status(trigger)),
+        (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &status(app)),
         (Method::GET, ["v1", "components", name, "history"]) => match journal::read(&app.state.journal_path()) {
             Ok(entries) => {
                 let history: Vec<_> = journal::history(&entries, name).into_iter().cloned().collect();
@@ -171,20 +173,11 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
                 }
             };
             let route = query_value(&query, "route");
-            let request = DeployRequest {
-                component: name,
-                bytes: Vec::from(body),
-                route,
-                action: Action::Deploy,
-                probe_is_fatal: true,
-                record: true,
-            };
-            deploy_answer(crate::cluster::deploy(trigger, request).await)
+            let request = DeployRequest::deploy(&name, Vec::from(body), route);
+            deploy_answer(rollout.deploy(request).await)
         }
-        (Method::POST, ["v1", "components", name, "rollback"]) => {
-            deploy_answer(crate::cluster::rollback(trigger, name).await)
-        }
-        (Method::GET, ["v1", "cluster"]) => match app.cluster.get() {
+        (Method::POST, ["v1", "components", name, "rollback"]) => deploy_answer(rollout.rollback(name).await),
+        (Method::GET, ["v1", "cluster"]) => match rollout.cluster() {
             Some(cluster) => match cluster.status().await {
                 Ok(status) => json(StatusCode::OK, &status),
                 Err(err) => json_error(
@@ -201,14 +194,25 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
         },
         (Method::GET, ["v1", "dlq"]) => {
             let component = query_value(&query, "component");
-            broker_answer(app.broker.dead_letters(component.as_deref()).await)
+            broker_answer(
+                app.capabilities()
+                    .messaging
+                    .broker
+                    .dead_letters(component.as_deref())
+                    .await,
+            )
         }
         (Method::POST, ["v1", "dlq", "replay"]) => {
             let component = query_value(&query, "component");
             let ids: Vec<String> = query_value(&query, "ids")
                 .map(|ids| ids.split(',').filter(|id| !id.is_empty()).map(str::to_string).collect())
                 .unwrap_or_default();
-            let replayed = app.broker.replay(component.as_deref(), &ids).await;
+            let replayed = app
+                .capabilities()
+                .messaging
+                .broker
+                .replay(component.as_deref(), &ids)
+                .await;
             if let Ok(letters) = &replayed {
                 tracing::info!(replayed = letters.len(), component = ?component, "dead letters replayed");
             }
@@ -222,53 +226,47 @@ async fn handle(trigger: &HttpTrigger, token: &str, request: hyper::Request<hype
     }
 }
 
-/// How long one readiness check may take before it counts as failed.
-const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// `/readyz`: 200 once every component of the manifest is loaded and every backend the host
-/// uses answers (the broker, key-value stores on a server, PostgreSQL servers in use, the
-/// cluster store); else 503
-/// naming each failing check and why.
-async fn readiness(app: &crate::app::App) -> HttpResponse {
-    async fn bounded<E: std::fmt::Display>(
-        check: impl std::future::Future<Output = Result<(), E>>,
-    ) -> Result<(), String> {
-        match tokio::time::timeout(READINESS_CHECK_TIMEOUT, check).await {
-            Ok(outcome) => outcome.map_err(|err| err.to_string()),
-            Err(_) => Err(format!("no answer within {READINESS_CHECK_TIMEOUT:?}")),
-        }
-    }
-    let mut checks: Vec<(String, Result<(), String>)> = Vec::new();
+/// uses answers (each capability's checks: the broker, key-value stores on a server,
+/// PostgreSQL servers in use; and the cluster store); else 503 naming each failing check and
+/// why.
+async fn readiness(rollout: &Rollout) -> HttpResponse {
+    let app = rollout.app();
+    let mut checks: Vec<Check> = Vec::new();
     for name in app.manifest.components.keys() {
         if app.slot(name).is_none() {
-            checks.push((format!("component {name}"), Err("not loaded".into())));
+            checks.push(Check {
+                name: format!("component {name}"),
+                outcome: Err("not loaded".into()),
+            });
         }
     }
-    let broker = bounded(app.broker.check());
-    let key_value = server_checks("key_value", app.key_value.check_servers(), |err| err.to_string());
-    let postgres = server_checks("postgres", app.pg_pools.check_servers(), |err| err.message());
+    let capabilities = app.capabilities().all();
+    let capability_checks =
+        futures_util::future::join_all(capabilities.iter().map(|capability| capability.readiness()));
     let cluster = async {
-        match app.cluster.get() {
-            Some(cluster) => Some(bounded(cluster.check()).await),
+        match rollout.cluster() {
+            Some(cluster) => Some(bounded_check("cluster store".to_string(), cluster.check()).await),
             None => None,
         }
     };
-    let (broker, key_value, postgres, cluster): (_, Vec<_>, Vec<_>, _) =
-        tokio::join!(broker, key_value, postgres, cluster);
-    checks.push((format!("broker {}", app.broker.kind()), broker));
-    if let Some(cluster) = cluster {
-        checks.push(("cluster store".to_string(), cluster));
-    }
-    checks.extend(key_value);
-    checks.extend(postgres);
+    let (capability_checks, cluster) = tokio::join!(capability_checks, cluster);
+    checks.extend(capability_checks.into_iter().flatten());
+    checks.extend(cluster);
     let failing: serde_json::Map<String, serde_json::Value> = checks
         .iter()
-        .filter_map(|(name, outcome)| outcome.as_ref().err().map(|why| (name.clone(), why.clone().into())))
+        .filter_map(|check| {
+            check
+                .outcome
+                .as_ref()
+                .err()
+                .map(|why| (check.name.clone(), why.clone().into()))
+        })
         .collect();
     let passing: Vec<&str> = checks
         .iter()
-        .filter(|(_, outcome)| outcome.is_ok())
-        .map(|(name, _)| name.as_str())
+        .filter(|check| check.outcome.is_ok())
+        .map(|check| check.name.as_str())
         .collect();
     let components = app.slots().len();
     if failing.is_empty() {
@@ -282,25 +280,6 @@ async fn readiness(app: &crate::app::App) -> HttpResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "status": "not ready", "components": components, "checks": passing, "failing": failing }),
         )
-    }
-}
-
-/// The outcomes of checking every server of one kind, each named `KIND NAME`; one failed
-/// check named `KIND` if they take longer than the readiness timeout together.
-async fn server_checks<E>(
-    kind: &str,
-    checks: impl std::future::Future<Output = Vec<(String, Result<(), E>)>>,
-    why: impl Fn(E) -> String,
-) -> Vec<(String, Result<(), String>)> {
-    match tokio::time::timeout(READINESS_CHECK_TIMEOUT, checks).await {
-        Ok(outcomes) => outcomes
-            .into_iter()
-            .map(|(name, outcome)| (format!("{kind} {name}"), outcome.map_err(&why)))
-            .collect(),
-        Err(_) => vec![(
-            kind.to_string(),
-            Err(format!("no answer within {READINESS_CHECK_TIMEOUT:?}")),
-        )],
     }
 }
 
@@ -340,18 +319,12 @@ fn deploy_answer(outcome: Result<deploy::DeployReport, DeployError>) -> HttpResp
     }
 }
 
-pub fn status(trigger: &HttpTrigger) -> Vec<ComponentStatus> {
-    trigger
-        .app()
-        .slots()
+pub fn status(app: &App) -> Vec<ComponentStatus> {
+    app.slots()
         .iter()
         .map(|slot| {
             let live = slot.live.load();
-            let deployed_at_unix_ms = live
-                .deployed_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let deployed_at_unix_ms = crate::clock::unix_ms_of(live.deployed_at);
             ComponentStatus {
                 name: slot.spec.name.clone(),
                 route: match &slot.spec.route {
@@ -359,7 +332,7 @@ pub fn status(trigger: &HttpTrigger) -> Vec<ComponentStatus> {
                     Some(HttpRoute::Private) => Some("(private)".into()),
                     None => None,
                 },
-                version: live.digest.clone(),
+                version: live.digest.to_string(),
                 deployed_at_unix_ms,
                 in_flight: live.in_flight(),
                 requests: slot.stats.requests.load(std::sync::atomic::Ordering::Relaxed),

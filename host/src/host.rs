@@ -13,15 +13,24 @@ use tokio::task::JoinHandle;
 
 use crate::app::manifest::Manifest;
 use crate::app::runtime_config::RuntimeConfig;
-use crate::app::{App, Backends};
+use crate::app::{App, ComponentSpec, Deployment};
+use crate::capability::http_outbound::OutboundPolicies;
 use crate::capability::key_value::KeyValueStores;
+use crate::capability::messaging::Messaging;
+use crate::capability::postgres::PgPools;
+use crate::capability::redis_client::RedisClients;
 use crate::capability::sqlite::Databases;
+use crate::capability::unsupported::NoBackend;
+use crate::capability::variables::ApplicationVariables;
 use crate::deploy::journal::{self, Action};
-use crate::deploy::{self, artifacts, DeployRequest};
+use crate::deploy::{DeployRequest, Pipeline, Probe};
+use crate::digest::Digest;
 use crate::engine::{build_engine, EpochTicker};
+use crate::instance::{Capabilities, InstanceFactory};
+use crate::rollout::Rollout;
 use crate::settings::Settings;
 use crate::state::{AdminEndpoint, StateDir};
-use crate::trigger::http::HttpTrigger;
+use crate::trigger::Dispatcher;
 
 #[derive(Debug, Clone, Default)]
 pub struct HostOptions {
@@ -40,7 +49,9 @@ pub struct HostOptions {
 }
 
 pub struct Host {
-    trigger: HttpTrigger,
+    app: Arc<App>,
+    pipeline: Pipeline,
+    rollout: Rollout,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
     admin_token: String,
@@ -97,41 +108,26 @@ impl Host {
         let engine = build_engine(&settings.limits)?;
         let ticker = EpochTicker::start(&engine);
         let linker = crate::instance::build_linker(&engine)?;
-        let variables = crate::capability::variables::resolve_application(&manifest, |name| std::env::var(name).ok())
-            .map_err(|message| anyhow::anyhow!("{}: {message}", options.manifest.display()))?;
         let metrics: Arc<crate::observe::Metrics> = Arc::default();
-        let key_value = Arc::new(KeyValueStores::new(
-            runtime_config.key_value_stores,
-            state.root().join("kv"),
-            metrics.clone(),
-        ));
-        let sqlite = Arc::new(Databases::new(
-            runtime_config.sqlite_databases,
-            state.root().join("sqlite"),
-        ));
-        let namespace = settings
-            .messaging
-            .namespace
-            .clone()
-            .unwrap_or_else(|| manifest.application.name.clone());
-        let broker = crate::capability::messaging::open(&settings.messaging, state.root(), &namespace)
-            .await
-            .map_err(|err| anyhow::anyhow!("cannot start the message broker: {err}"))?;
-        // Queues first: from now on every publish is kept for every subscription. A broker
-        // that is down now is declared again when it comes back.
-        if let Err(err) = broker.declare(&manifest.subscriptions()).await {
-            tracing::warn!(broker = broker.kind(), error = %err, "cannot declare the subscriptions yet; publishing fails until the broker is reachable");
-        }
-        let backends = Backends {
-            variables,
-            key_value,
-            sqlite,
-            broker,
+        let capabilities = build_capabilities(
+            &manifest,
+            &options.manifest,
+            &settings,
+            runtime_config,
+            &state,
+            &metrics,
+        )
+        .await?;
+        let instances = InstanceFactory {
+            engine,
+            limits: settings.limits.clone(),
+            capabilities: Arc::new(capabilities),
             metrics,
         };
-        let app = Arc::new(App::new(engine, linker, settings.clone(), manifest, state, backends));
-        let trigger = HttpTrigger::new(app.clone());
-        restore(&trigger).await?;
+        let app = Arc::new(App::new(linker, settings.clone(), manifest, state, instances));
+        let dispatcher = Dispatcher::new(app.clone());
+        let pipeline = Pipeline::new(app.clone(), Arc::new(TriggerProbe(dispatcher.clone())));
+        restore(&pipeline).await?;
 
         let http_listener = TcpListener::bind(settings.http.listen).await.with_context(|| {
             format!(
@@ -159,32 +155,37 @@ impl Host {
             .context("cannot write the admin endpoint to the state directory")?;
 
         let (stop, stopped) = watch::channel(false);
-        let cluster = match &settings.cluster.postgres {
-            Some(_) => Some(join_cluster(&trigger, &settings, http_addr, admin_addr).await?),
-            None => None,
+        let rollout = match &settings.cluster.postgres {
+            Some(_) => {
+                let cluster = join_cluster(&pipeline, &settings, http_addr, admin_addr).await?;
+                Rollout::clustered(pipeline.clone(), cluster)
+            }
+            None => Rollout::local(pipeline.clone()),
         };
         let drain = settings.limits.drain_timeout();
         let mut tasks = vec![
             tokio::spawn(crate::trigger::http::serve(
                 http_listener,
-                trigger.clone(),
+                dispatcher.clone(),
                 stopped.clone(),
                 drain,
             )),
             tokio::spawn(crate::admin::serve(
                 admin_listener,
-                trigger.clone(),
+                rollout.clone(),
                 admin_token.clone(),
                 stopped.clone(),
             )),
         ];
-        tasks.extend(crate::trigger::messages::start(&trigger, stopped.clone()));
-        if let Some(cluster) = cluster {
-            tasks.extend(cluster.start(&trigger, stopped));
+        tasks.extend(crate::trigger::messages::start(&dispatcher, stopped.clone()));
+        if let Some(cluster) = rollout.cluster() {
+            tasks.extend(cluster.start(&pipeline, stopped));
         }
         tracing::info!(%http_addr, %admin_addr, components = app.slots().len(), "serving");
         Ok(Host {
-            trigger,
+            app,
+            pipeline,
+            rollout,
             http_addr,
             admin_addr,
             admin_token,
@@ -204,10 +205,15 @@ impl Host {
         &self.admin_token
     }
     pub fn app(&self) -> &Arc<App> {
-        self.trigger.app()
+        &self.app
     }
-    pub fn trigger(&self) -> &HttpTrigger {
-        &self.trigger
+    /// This host's deploy pipeline (deploys on this host alone, even in a cluster).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+    /// How an operator's deploy reaches the components: this host, or the whole cluster.
+    pub fn rollout(&self) -> &Rollout {
+        &self.rollout
     }
 
     /// Stops accepting, lets requests in progress finish (up to the drain deadline), stops.
@@ -216,7 +222,7 @@ impl Host {
         for task in self.tasks {
             let _ = task.await;
         }
-        self.trigger.app().state.clear_endpoint();
+        self.app.state.clear_endpoint();
         tracing::info!("stopped");
     }
 }
@@ -224,12 +230,12 @@ impl Host {
 /// Joins the cluster of `[cluster]` and converges on its desired versions before serving, so a
 /// new host never answers with an outdated version.
 async fn join_cluster(
-    trigger: &HttpTrigger,
+    pipeline: &Pipeline,
     settings: &Settings,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
 ) -> anyhow::Result<Arc<crate::cluster::Cluster>> {
-    let app = trigger.app();
+    let app = pipeline.app();
     let namespace = settings
         .cluster
         .namespace
@@ -238,13 +244,12 @@ async fn join_cluster(
     let cluster = crate::cluster::Cluster::join(&settings.cluster, &namespace, http_addr, admin_addr)
         .await
         .map_err(|err| anyhow::anyhow!("cannot join the cluster: {err}"))?;
-    if app.broker.kind() == "embedded" {
+    if app.capabilities().messaging.broker.kind() == "embedded" {
         tracing::warn!("cluster mode with the embedded broker: each host keeps its own messages (published on one host, handled there only); set [messaging] broker = \"rabbitmq\" or \"nats\" to share them");
     }
-    if let Err(err) = cluster.reconcile(trigger).await {
+    if let Err(err) = cluster.reconcile(pipeline).await {
         tracing::warn!(error = %err, "cannot converge on the cluster's desired versions yet; serving this host's versions and retrying");
     }
-    let _ = app.cluster.set(cluster.clone());
     tracing::info!(host = %cluster.host_name(), %namespace, "joined the cluster");
     Ok(cluster)
 }
@@ -252,8 +257,8 @@ async fn join_cluster(
 /// Loads every component at start-up. A component whose manifest source is unchanged since the
 /// last start comes back as the journal's last version of it (what was deployed or rolled
 /// back to); a changed source is a new version and is journaled as such.
-async fn restore(trigger: &HttpTrigger) -> anyhow::Result<()> {
-    let app = trigger.app().clone();
+async fn restore(pipeline: &Pipeline) -> anyhow::Result<()> {
+    let app = pipeline.app().clone();
     let entries = journal::read(&app.state.journal_path()).context("cannot read the deploy journal")?;
     for name in app.manifest.components.keys() {
         let Some(path) = app.manifest.source_path(name) else {
@@ -265,7 +270,7 @@ async fn restore(trigger: &HttpTrigger) -> anyhow::Result<()> {
                 path.display()
             )
         })?;
-        let manifest_digest = artifacts::digest_of(&manifest_bytes);
+        let manifest_digest = Digest::of(&manifest_bytes);
         let history = journal::history(&entries, name);
         let manifest_unchanged = history
             .iter()
@@ -274,7 +279,7 @@ async fn restore(trigger: &HttpTrigger) -> anyhow::Result<()> {
             .is_some_and(|entry| entry.digest == manifest_digest);
         let last_journaled = history.last().map(|entry| entry.digest.clone());
         let (bytes, record) = match last_journaled {
-            Some(last) if manifest_unchanged => match std::fs::read(app.state.source_of(&last)) {
+            Some(last) if manifest_unchanged => match std::fs::read(app.state.source_of(last.as_str())) {
                 Ok(bytes) => (bytes, false),
                 Err(err) => {
                     tracing::warn!(component = %name, error = %err, "the journal's last version is gone from the state directory; loading the manifest's source");
@@ -283,7 +288,7 @@ async fn restore(trigger: &HttpTrigger) -> anyhow::Result<()> {
             },
             _ => (manifest_bytes, true),
         };
-        load(trigger, name, bytes, None, record).await?;
+        load(pipeline, name, bytes, None, record).await?;
     }
     // Components added with `deploy --route` live only in the journal.
     let mut restored = std::collections::HashSet::new();
@@ -295,8 +300,8 @@ async fn restore(trigger: &HttpTrigger) -> anyhow::Result<()> {
         let history = journal::history(&entries, name);
         let Some(last) = history.last() else { continue };
         let route = history.iter().rev().find_map(|entry| entry.route.clone());
-        match std::fs::read(app.state.source_of(&last.digest)) {
-            Ok(bytes) => load(trigger, name, bytes, route, false).await?,
+        match std::fs::read(app.state.source_of(last.digest.as_str())) {
+            Ok(bytes) => load(pipeline, name, bytes, route, false).await?,
             Err(err) => {
                 tracing::warn!(component = %name, error = %err, "cannot restore a deployed component: its source is gone from the state directory")
             }
@@ -306,21 +311,81 @@ async fn restore(trigger: &HttpTrigger) -> anyhow::Result<()> {
 }
 
 async fn load(
-    trigger: &HttpTrigger,
+    pipeline: &Pipeline,
     name: &str,
     bytes: Vec<u8>,
     route: Option<String>,
     record: bool,
 ) -> anyhow::Result<()> {
-    let request = DeployRequest {
-        component: name.to_string(),
-        bytes,
-        route,
-        action: Action::Manifest,
-        probe_is_fatal: false,
-        record,
-    };
     // The pipeline logs its warnings itself.
-    deploy::deploy(trigger, request).await?;
+    pipeline
+        .deploy(DeployRequest::start_up(name, bytes, route, record))
+        .await?;
     Ok(())
+}
+
+/// Builds every capability's app-wide state once, from the manifest, the runtime config and
+/// the settings (the list is `crate::instance::Capabilities`).
+async fn build_capabilities(
+    manifest: &Manifest,
+    manifest_path: &Path,
+    settings: &Settings,
+    runtime_config: RuntimeConfig,
+    state: &StateDir,
+    metrics: &Arc<crate::observe::Metrics>,
+) -> anyhow::Result<Capabilities> {
+    let variables = ApplicationVariables::resolve(manifest, |name| std::env::var(name).ok())
+        .map_err(|message| anyhow::anyhow!("{}: {message}", manifest_path.display()))?;
+    let namespace = settings
+        .messaging
+        .namespace
+        .clone()
+        .unwrap_or_else(|| manifest.application.name.clone());
+    let broker = crate::capability::messaging::open(&settings.messaging, state.root(), &namespace)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot start the message broker: {err}"))?;
+    // Queues first: from now on every publish is kept for every subscription. A broker
+    // that is down now is declared again when it comes back.
+    let subscriptions = manifest.subscriptions();
+    if let Err(err) = broker.declare(&subscriptions).await {
+        tracing::warn!(broker = broker.kind(), error = %err, "cannot declare the subscriptions yet; publishing fails until the broker is reachable");
+    }
+    let messaging = Messaging::new(
+        broker,
+        settings.messaging.max_message_bytes,
+        metrics.clone(),
+        &subscriptions,
+    );
+    Ok(Capabilities {
+        redis: Arc::new(RedisClients::new(metrics.clone(), messaging.publisher())),
+        messaging: Arc::new(messaging),
+        variables: Arc::new(variables),
+        key_value: Arc::new(KeyValueStores::new(
+            runtime_config.key_value_stores,
+            state.root().join("kv"),
+            metrics.clone(),
+        )),
+        sqlite: Arc::new(Databases::new(
+            runtime_config.sqlite_databases,
+            state.root().join("sqlite"),
+        )),
+        postgres: Arc::new(PgPools::new(metrics.clone())),
+        unsupported: Arc::new(NoBackend),
+        outbound: Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone())),
+    })
+}
+
+/// The deploy pipeline's probe, served by the triggers: an HTTP component answers its health
+/// route; a subscriber without an HTTP export must start.
+struct TriggerProbe(Dispatcher);
+
+#[async_trait::async_trait]
+impl Probe for TriggerProbe {
+    async fn probe(&self, spec: &ComponentSpec, deployment: Arc<Deployment>) -> Result<(), String> {
+        if deployment.http.is_some() {
+            self.0.probe_http(spec, deployment).await
+        } else {
+            crate::trigger::messages::probe_subscriber(&self.0, spec, deployment).await
+        }
+    }
 }

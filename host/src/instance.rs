@@ -1,23 +1,82 @@
-//! The per-instance host state (the `T` of `Store<T>`), the linker of the supported world,
-//! and the construction of a store with its limits and deadline.
+//! The per-instance host state (the `T` of `Store<T>`), the linker of the supported world, and
+//! the construction of a store with its limits and deadline.
+//!
+//! This is the one module that knows every capability: the `capabilities!` list below declares
+//! each one's app-wide state (in [`Capabilities`], built once by `crate::host`) and the state
+//! an instance holds of it, links them all and lists them for `/readyz` and `/metrics`.
+//! Adding a capability is its folder under `capability/`, a line here and a line in
+//! `crate::host` where it is built.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::app::App;
-use crate::app::ComponentSpec;
-use crate::capability::http_outbound::{ChainedRequests, OutboundHttp};
-use crate::capability::key_value::KeyValueAccess;
-use crate::capability::messaging::Publisher;
-use crate::capability::redis_client::RedisClients;
-use crate::capability::sqlite::SqliteAccess;
-use crate::capability::variables::ComponentVariables;
+use crate::capability::grants::ComponentSpec;
+use crate::capability::http_outbound::{ChainedRequests, OutboundHttp, OutboundPolicies};
+use crate::capability::{Capability, GuestCapability, HasInstance, InstanceParts};
 use crate::guest_log::{GuestOutput, GuestStream};
+use crate::observe::{LiveInstance, TraceContext};
+use crate::settings::Limits;
+
+macro_rules! capabilities {
+    ($($field:ident: $capability:ty),* $(,)?) => {
+        /// Every capability's app-wide state, built once at start-up.
+        pub struct Capabilities {
+            $(pub $field: Arc<$capability>,)*
+            /// Outbound HTTP's policies and circuit breakers. wasi:http is linked with WASI
+            /// (wasmtime-wasi-http links it through `WasiHttpView` on the store data).
+            pub outbound: Arc<OutboundPolicies>,
+        }
+
+        /// The state one instance holds of each capability.
+        struct CapabilityInstances {
+            $($field: <$capability as GuestCapability>::Instance,)*
+        }
+
+        $(
+            impl HasInstance<<$capability as GuestCapability>::Instance> for InstanceState {
+                fn instance_parts(&mut self) -> InstanceParts<'_, <$capability as GuestCapability>::Instance> {
+                    InstanceParts {
+                        state: &mut self.capabilities.$field,
+                        table: &mut self.table,
+                    }
+                }
+            }
+        )*
+
+        impl Capabilities {
+            fn instances(&self, spec: &ComponentSpec) -> CapabilityInstances {
+                CapabilityInstances {
+                    $($field: self.$field.instance(spec),)*
+                }
+            }
+
+            fn add_to_linker(linker: &mut Linker<InstanceState>) -> anyhow::Result<()> {
+                $(<$capability as GuestCapability>::add_to_linker(linker)?;)*
+                Ok(())
+            }
+
+            /// Every capability, for readiness checks and metrics scrapes, in a fixed order.
+            pub fn all(&self) -> Vec<&dyn Capability> {
+                vec![$(&*self.$field as &dyn Capability,)* &*self.outbound as &dyn Capability]
+            }
+        }
+    };
+}
+
+capabilities! {
+    messaging: crate::capability::messaging::Messaging,
+    variables: crate::capability::variables::ApplicationVariables,
+    key_value: crate::capability::key_value::KeyValueStores,
+    sqlite: crate::capability::sqlite::Databases,
+    postgres: crate::capability::postgres::PgPools,
+    redis: crate::capability::redis_client::RedisClients,
+    unsupported: crate::capability::unsupported::NoBackend,
+}
 
 pub struct InstanceState {
     wasi: WasiCtx,
@@ -25,49 +84,22 @@ pub struct InstanceState {
     table: ResourceTable,
     outbound: OutboundHttp,
     limits: StoreLimits,
-    variables: ComponentVariables,
-    key_value: KeyValueAccess,
-    sqlite: SqliteAccess,
-    redis_clients: Arc<RedisClients>,
-    pg_pools: Arc<crate::capability::postgres::PgPools>,
-    publisher: Publisher,
-    _live: crate::observe::LiveInstance,
+    capabilities: CapabilityInstances,
+    _live: LiveInstance,
 }
 
 impl InstanceState {
-    pub fn variables(&self) -> &ComponentVariables {
-        &self.variables
-    }
-    pub fn key_value(&self) -> &KeyValueAccess {
-        &self.key_value
-    }
-    pub fn sqlite(&self) -> &SqliteAccess {
-        &self.sqlite
-    }
-    pub fn pg_pools(&self) -> &crate::capability::postgres::PgPools {
-        &self.pg_pools
-    }
-    pub fn redis_clients_shared(&self) -> Arc<RedisClients> {
-        self.redis_clients.clone()
-    }
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
-    }
-    /// Whether this component may connect to `scheme://host:port` (allowed_outbound_hosts).
-    pub fn outbound_allowed(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
-        self.outbound.allowed.allows(scheme, host, port)
-    }
-    /// The trace of the request this instance serves; its outbound calls carry it on.
-    pub fn set_trace(&mut self, trace: Option<crate::observe::TraceContext>) {
+    /// The trace of the request this instance serves; its outbound calls and publishes carry
+    /// it on.
+    pub fn set_trace(&mut self, trace: Option<TraceContext>) {
+        self.capabilities.redis.traceparent = trace.as_ref().map(TraceContext::header_value);
         self.outbound.trace = trace;
     }
-    /// The `traceparent` naming this instance's span as the parent, if it serves a trace.
-    pub fn traceparent(&self) -> Option<String> {
-        self.outbound.trace.as_ref().map(|trace| trace.header_value())
-    }
+
     pub fn table(&self) -> &ResourceTable {
         &self.table
     }
+
     pub fn table_mut(&mut self) -> &mut ResourceTable {
         &mut self.table
     }
@@ -97,112 +129,76 @@ impl WasiHttpView for InstanceState {
 #[error("the request exceeded its deadline of {0:?}")]
 pub struct DeadlineExceeded(pub Duration);
 
-/// Adds each named `crate::bindings` interface to the linker, served by `InstanceState`.
-macro_rules! link_interfaces {
-    ($linker:expr, $($interface:ident),* $(,)?) => {
-        $(
-            crate::bindings::$interface::add_to_linker::<_, HasSelf<InstanceState>>($linker, |state| state)
-                .map_err(anyhow::Error::from)?;
-        )*
-    };
-}
-
 /// The linker of everything a guest may import. An import outside it fails the deploy.
 pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-    link_interfaces!(
-        &mut linker,
-        variables,
-        config_store,
-        spin_key_value,
-        wasi_store,
-        wasi_atomics,
-        wasi_batch,
-        spin_sqlite,
-        spin_sqlite3,
-        // Linked without a backend yet (capability::unsupported).
-        spin_llm,
-        spin_mqtt,
-        spin_rdbms_types,
-        spin_mysql,
-        spin_postgres,
-        spin_postgres3,
-        spin_postgres4,
-        spin_redis,
-    );
+    Capabilities::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
-/// A fresh store for one request (or one probe) of `spec`'s component.
-pub fn new_store(
-    app: &App,
-    spec: &ComponentSpec,
-    chained: Arc<dyn ChainedRequests>,
-    depth: u32,
-    timeout: Duration,
-) -> anyhow::Result<Store<InstanceState>> {
-    let (engine, limits) = (&app.engine, &app.settings.limits);
-    let mut wasi = WasiCtx::builder();
-    let component: Arc<str> = Arc::from(spec.name.as_str());
-    wasi.stdout(GuestOutput::new(component.clone(), GuestStream::Stdout))
-        .stderr(GuestOutput::new(component, GuestStream::Stderr));
-    wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
-    wasi.envs(&spec.environment);
-    if let Some(dir) = &spec.files_dir {
-        wasi.preopened_dir(dir, "/", FsPerms::ReadOnly)
-            .map_err(|err| anyhow::anyhow!("cannot open the files of component `{}`: {err}", spec.name))?;
-    }
-    let deadline = Instant::now() + timeout;
-    let outbound = OutboundHttp {
-        component: Arc::from(spec.name.as_str()),
-        allowed: spec.allowed_hosts.clone(),
-        chained,
-        depth,
-        policies: app.outbound.clone(),
-        deadline,
-        trace: None,
-    };
-    let state = InstanceState {
-        wasi: wasi.build(),
-        http: WasiHttpCtx::new(),
-        table: ResourceTable::new(),
-        outbound,
-        limits: StoreLimitsBuilder::new()
-            .memory_size(limits.instance_memory_bytes() as usize)
-            .trap_on_grow_failure(false)
-            .build(),
-        variables: spec.variables.clone(),
-        key_value: KeyValueAccess {
-            component: Arc::from(spec.name.as_str()),
-            granted: spec.key_value_stores.clone(),
-            stores: app.key_value.clone(),
-        },
-        sqlite: SqliteAccess {
-            component: Arc::from(spec.name.as_str()),
-            granted: spec.sqlite_databases.clone(),
-            databases: app.sqlite.clone(),
-        },
-        redis_clients: app.redis_clients.clone(),
-        pg_pools: app.pg_pools.clone(),
-        publisher: Publisher {
-            broker: app.broker.clone(),
-            max_message_bytes: app.settings.messaging.max_message_bytes,
-            metrics: app.metrics.clone(),
-        },
-        _live: crate::observe::LiveInstance::new(app.metrics.clone()),
-    };
-    let mut store = Store::new(engine, state);
-    store.limiter(|state| &mut state.limits);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Err(wasmtime::Error::new(DeadlineExceeded(timeout)))
-        } else {
-            // Yield so that a guest computing without pause never holds an executor thread.
-            Ok(UpdateDeadline::Yield(1))
+/// How an instance is made: the engine, the limits every instance runs under and the
+/// capabilities it is given. Held by the application; one call per request, delivery or probe.
+pub struct InstanceFactory {
+    pub engine: Engine,
+    pub limits: Limits,
+    pub capabilities: Arc<Capabilities>,
+    pub metrics: Arc<crate::observe::Metrics>,
+}
+
+impl InstanceFactory {
+    /// A fresh store for one request (or one delivery or probe) of `spec`'s component.
+    pub fn new_store(
+        &self,
+        spec: &ComponentSpec,
+        chained: Arc<dyn ChainedRequests>,
+        depth: u32,
+        timeout: Duration,
+    ) -> anyhow::Result<Store<InstanceState>> {
+        let mut wasi = WasiCtx::builder();
+        let component: Arc<str> = Arc::from(spec.name.as_str());
+        wasi.stdout(GuestOutput::new(component.clone(), GuestStream::Stdout))
+            .stderr(GuestOutput::new(component.clone(), GuestStream::Stderr));
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        wasi.envs(&spec.environment);
+        if let Some(dir) = &spec.files_dir {
+            wasi.preopened_dir(dir, "/", FsPerms::ReadOnly)
+                .map_err(|err| anyhow::anyhow!("cannot open the files of component `{}`: {err}", spec.name))?;
         }
-    });
-    Ok(store)
+        let deadline = Instant::now() + timeout;
+        let outbound = OutboundHttp {
+            component,
+            allowed: spec.allowed_hosts.clone(),
+            chained,
+            depth,
+            policies: self.capabilities.outbound.clone(),
+            deadline,
+            trace: None,
+        };
+        let state = InstanceState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.instance_memory_bytes() as usize)
+                .trap_on_grow_failure(false)
+                .build(),
+            capabilities: self.capabilities.instances(spec),
+            _live: LiveInstance::new(self.metrics.clone()),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded(timeout)))
+            } else {
+                // Yield so that a guest computing without pause never holds an executor thread.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Ok(store)
+    }
 }

@@ -373,7 +373,7 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
         host.app().state.token_path().display()
     );
     if let Some(watcher) = watcher {
-        mosaic::watch::run(host.trigger().clone(), watcher, shutdown_signal()).await;
+        mosaic::watch::run(host.rollout().clone(), watcher, shutdown_signal()).await;
     } else {
         shutdown_signal().await;
     }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crate::app::manifest::Manifest;
-use crate::deploy::journal::Action;
 use crate::deploy::DeployRequest;
-use crate::trigger::http::HttpTrigger;
+use crate::digest::Digest;
+use crate::rollout::Rollout;
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(400);
 
@@ -112,7 +112,7 @@ fn fingerprint_of(path: PathBuf) -> Option<(PathBuf, SystemTime, u64)> {
 }
 
 /// Watches until `stop` resolves.
-pub async fn run(trigger: HttpTrigger, mut watcher: Watcher, stop: impl std::future::Future<Output = ()>) {
+pub async fn run(rollout: Rollout, mut watcher: Watcher, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -124,12 +124,12 @@ pub async fn run(trigger: HttpTrigger, mut watcher: Watcher, stop: impl std::fut
             // Let an editor or a compiler finish writing before acting.
             tokio::time::sleep(POLL_INTERVAL).await;
             let _ = watcher.changes();
-            rebuild_and_deploy(&trigger, &mut watcher, &change).await;
+            rebuild_and_deploy(&rollout, &mut watcher, &change).await;
         }
     }
 }
 
-async fn rebuild_and_deploy(trigger: &HttpTrigger, watcher: &mut Watcher, change: &Change) {
+async fn rebuild_and_deploy(rollout: &Rollout, watcher: &mut Watcher, change: &Change) {
     let name = change.component.clone();
     if change.rebuild {
         let manifest = watcher.manifest().clone();
@@ -158,25 +158,17 @@ async fn rebuild_and_deploy(trigger: &HttpTrigger, watcher: &mut Watcher, change
             return;
         }
     };
-    if trigger
+    if rollout
         .app()
         .slot(&name)
-        .is_some_and(|slot| slot.live.load().digest == crate::deploy::artifacts::digest_of(&bytes))
+        .is_some_and(|slot| slot.live.load().digest == Digest::of(&bytes))
     {
         tracing::info!(component = %name, "unchanged after the build; nothing to deploy");
         return;
     }
-    let request = DeployRequest {
-        component: name.clone(),
-        bytes,
-        route: None,
-        action: Action::Deploy,
-        probe_is_fatal: true,
-        record: true,
-    };
     // In a cluster, what watch deploys becomes the desired version of every host.
-    match crate::cluster::deploy(trigger, request).await {
-        Ok(report) => tracing::info!(component = %name, version = %&report.digest[..12], "watch: deployed"),
+    match rollout.deploy(DeployRequest::deploy(&name, bytes, None)).await {
+        Ok(report) => tracing::info!(component = %name, version = %report.digest.short(), "watch: deployed"),
         Err(err) => tracing::error!(component = %name, error = %err, "watch: deploy failed"),
     }
 }

@@ -319,14 +319,7 @@ pub fn unique(prefix: &str) -> String {
 
 /// A deploy of a fixture as `component`, the way the admin API asks for one.
 pub fn deploy_request(component: &str, fixture_name: &str) -> mosaic::deploy::DeployRequest {
-    mosaic::deploy::DeployRequest {
-        component: component.to_string(),
-        bytes: std::fs::read(fixture(fixture_name)).expect("fixture"),
-        route: None,
-        action: mosaic::deploy::journal::Action::Deploy,
-        probe_is_fatal: true,
-        record: true,
-    }
+    mosaic::deploy::DeployRequest::deploy(component, std::fs::read(fixture(fixture_name)).expect("fixture"), None)
 }
 
 /// A `mosaic` process, killed when dropped. `base` is the HTTP address it printed.

@@ -501,7 +501,7 @@ files = [{ source = "assets", destination = "/" }]
 // 3. Malformed input to the admin API and the CLI
 
 fn probe_digest(host: &mosaic::Host) -> String {
-    host.app().slot("probe").expect("probe").live.load().digest.clone()
+    host.app().slot("probe").expect("probe").live.load().digest.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -252,7 +252,8 @@ async fn metrics_count_requests_errors_and_deploys() {
         get(&client, &format!("{base}/probe/hello")).await;
     }
     assert_eq!(get(&client, &format!("{base}/probe/trap")).await.status, 500);
-    mosaic::deploy::deploy(host.trigger(), mosaic_tests::deploy_request("probe", "probe-unhealthy"))
+    host.pipeline()
+        .deploy(mosaic_tests::deploy_request("probe", "probe-unhealthy"))
         .await
         .unwrap_err();
     let version = host.app().slot("probe").unwrap().live.load().short_digest().to_string();

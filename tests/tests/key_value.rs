@@ -117,7 +117,8 @@ async fn embedded_store_works_and_survives_restart_and_swap() {
     let client = client();
     get(&client, &format!("{base}/a/kv?op=set&key=durable&value=kept")).await;
     // A swap of the owning component keeps the data.
-    mosaic::deploy::deploy(host.trigger(), mosaic_tests::deploy_request("a", "probe-v2"))
+    host.pipeline()
+        .deploy(mosaic_tests::deploy_request("a", "probe-v2"))
         .await
         .unwrap();
     assert_eq!(
@@ -176,7 +177,7 @@ async fn redis_store_works() {
     let dir = AppDir::new(&manifest());
     let config = "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/9\"\n";
     let host = dir.start_with(Settings::default(), Some(config)).await;
-    assert_eq!(host.app().key_value.backend_name("default"), "redis");
+    assert_eq!(host.app().capabilities().key_value.backend_name("default"), "redis");
     let base = format!("http://{}", host.http_addr());
     spin_kv_round_trip(&base).await;
     concurrent_atomics_lose_nothing(&base).await;

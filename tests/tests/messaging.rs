@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use mosaic::deploy;
 use mosaic::settings::{BrokerKind, MessagingSettings, Settings};
 use mosaic_tests::sink::Sink;
 use mosaic_tests::{client, deploy_request, send, service_available, unique, wait_until, AppDir, HttpClient};
@@ -99,10 +98,25 @@ async fn random_failures_lose_nothing(kind: BrokerKind) {
         attempts > (COUNT as u64) * 13 / 10,
         "{kind:?}: about 30% of attempts fail, so there were retries ({attempts})"
     );
-    assert!(host.app().broker.dead_letters(None).await.expect("list").is_empty());
+    assert!(host
+        .app()
+        .capabilities()
+        .messaging
+        .broker
+        .dead_letters(None)
+        .await
+        .expect("list")
+        .is_empty());
     // Everything acked: nothing waits in the queue.
     let settled = wait_until(Duration::from_secs(10), || async {
-        host.app().broker.pending("subscriber").await.ok() == Some(0)
+        host.app()
+            .capabilities()
+            .messaging
+            .broker
+            .pending("subscriber")
+            .await
+            .ok()
+            == Some(0)
     })
     .await;
     assert!(settled, "{kind:?}: messages left in the queue");
@@ -181,6 +195,8 @@ async fn poison_message_is_dead_lettered_and_replayed_after_a_fix() {
         // max_deliver attempts it is a dead letter.
         let listed = wait_until(Duration::from_secs(20), || async {
             host.app()
+                .capabilities()
+                .messaging
                 .broker
                 .dead_letters(Some("subscriber"))
                 .await
@@ -210,7 +226,8 @@ async fn poison_message_is_dead_lettered_and_replayed_after_a_fix() {
         );
 
         // The fixed handler (v2) goes live; a replay delivers the message to it.
-        deploy::deploy(host.trigger(), deploy_request("subscriber", "subscriber-v2"))
+        host.pipeline()
+            .deploy(deploy_request("subscriber", "subscriber-v2"))
             .await
             .expect("deploy the fix");
         // The operator's view: `mosaic dlq list`, then `mosaic dlq replay ID`.
@@ -229,7 +246,14 @@ async fn poison_message_is_dead_lettered_and_replayed_after_a_fix() {
         );
         assert_eq!(sink.version_of("poison-1").as_deref(), Some("v2"));
         assert!(
-            host.app().broker.dead_letters(None).await.expect("list").is_empty(),
+            host.app()
+                .capabilities()
+                .messaging
+                .broker
+                .dead_letters(None)
+                .await
+                .expect("list")
+                .is_empty(),
             "{kind:?}"
         );
         let unknown = admin(&host, "POST", "/v1/dlq/replay?ids=12345").await;
@@ -240,6 +264,8 @@ async fn poison_message_is_dead_lettered_and_replayed_after_a_fix() {
         publish(&http, &base, "payment.done", "fine-2").await.expect("publish");
         let trapped = wait_until(Duration::from_secs(20), || async {
             host.app()
+                .capabilities()
+                .messaging
                 .broker
                 .dead_letters(None)
                 .await
@@ -304,7 +330,8 @@ async fn a_subscriber_swapped_three_times_mid_stream_loses_nothing() {
         });
         for fixture in ["subscriber-v2", "subscriber", "subscriber-v2"] {
             tokio::time::sleep(Duration::from_millis(400)).await;
-            deploy::deploy(host.trigger(), deploy_request("subscriber", fixture))
+            host.pipeline()
+                .deploy(deploy_request("subscriber", fixture))
                 .await
                 .expect("swap");
         }
@@ -356,7 +383,7 @@ async fn a_broker_that_is_down_gives_the_publisher_an_error() {
         // /readyz says the host is not ready, naming the broker; /metrics counts the failures.
         let readyz = mosaic_tests::get(&client(), &format!("http://{}/readyz", host.admin_addr())).await;
         assert_eq!(readyz.status, 503, "{kind:?}: {}", readyz.body);
-        let broker_check = format!("broker {}", host.app().broker.kind());
+        let broker_check = format!("broker {}", host.app().capabilities().messaging.broker.kind());
         let why = readyz.json()["failing"][&broker_check]
             .as_str()
             .unwrap_or_default()
@@ -366,7 +393,7 @@ async fn a_broker_that_is_down_gives_the_publisher_an_error() {
         assert!(
             metrics.contains(&format!(
                 "mosaic_backend_errors_total{{capability=\"messaging\",backend=\"{}\"}}",
-                host.app().broker.kind()
+                host.app().capabilities().messaging.broker.kind()
             )),
             "{kind:?}: {metrics}"
         );

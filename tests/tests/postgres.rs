@@ -346,7 +346,9 @@ async fn migrations_can_target_postgres() {
         "CREATE TABLE items (id INT4); INSERT INTO items VALUES (7);",
     )
     .unwrap();
-    let report = mosaic::deploy::deploy(host.trigger(), mosaic_tests::deploy_request("granted", "probe-v2"))
+    let report = host
+        .pipeline()
+        .deploy(mosaic_tests::deploy_request("granted", "probe-v2"))
         .await
         .unwrap();
     assert_eq!(report.migrations, vec!["0001_items.sql".to_string()]);
@@ -359,7 +361,9 @@ async fn migrations_can_target_postgres() {
     assert_eq!(rows["rows"][0][0], "DbValue::Int32(7)");
 
     std::fs::write(migrations.join("0001_items.sql"), "CREATE TABLE items (id INT8);").unwrap();
-    let err = mosaic::deploy::deploy(host.trigger(), mosaic_tests::deploy_request("granted", "probe"))
+    let err = host
+        .pipeline()
+        .deploy(mosaic_tests::deploy_request("granted", "probe"))
         .await
         .unwrap_err();
     assert_eq!(err.step(), Some(mosaic::deploy::Step::Migrate));

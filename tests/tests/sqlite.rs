@@ -188,9 +188,7 @@ async fn migrations_run_at_start_and_as_a_deploy_step() {
     )
     .unwrap();
     let request = |fixture: &str| mosaic_tests::deploy_request("a", fixture);
-    let report = mosaic::deploy::deploy(host.trigger(), request("probe-v2"))
-        .await
-        .unwrap();
+    let report = host.pipeline().deploy(request("probe-v2")).await.unwrap();
     assert_eq!(report.migrations, vec!["0002_email.sql".to_string()]);
     let inserted = sql(
         &client,
@@ -208,9 +206,7 @@ async fn migrations_run_at_start_and_as_a_deploy_step() {
         "CREATE TABLE users (id INTEGER PRIMARY KEY);",
     )
     .unwrap();
-    let err = mosaic::deploy::deploy(host.trigger(), request("probe"))
-        .await
-        .unwrap_err();
+    let err = host.pipeline().deploy(request("probe")).await.unwrap_err();
     assert_eq!(err.step(), Some(mosaic::deploy::Step::Migrate));
     assert!(err.to_string().contains("never edit an applied migration"), "{err}");
     assert_eq!(

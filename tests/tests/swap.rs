@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mosaic::deploy::{self, DeployError};
+use mosaic::deploy::DeployError;
 use mosaic::settings::Settings;
 use mosaic_tests::{client, deploy_request, fixture, get, send, AppDir, TWO_COMPONENTS};
 
@@ -69,7 +69,9 @@ async fn swap_under_load_loses_no_request() {
         } else {
             ("v1", "probe")
         };
-        let report = deploy::deploy(host.trigger(), deploy_request("probe", fixture_name))
+        let report = host
+            .pipeline()
+            .deploy(deploy_request("probe", fixture_name))
             .await
             .expect("deploy");
         // ... requests after the flip see the new version at once.
@@ -103,8 +105,8 @@ async fn concurrent_deploys_of_one_component_conflict() {
     let dir = AppDir::new(TWO_COMPONENTS);
     let host = dir.start(Settings::default()).await;
     let (first, second) = tokio::join!(
-        deploy::deploy(host.trigger(), deploy_request("probe", "probe-v2")),
-        deploy::deploy(host.trigger(), deploy_request("probe", "probe-v2")),
+        host.pipeline().deploy(deploy_request("probe", "probe-v2")),
+        host.pipeline().deploy(deploy_request("probe", "probe-v2")),
     );
     let outcomes = [first, second];
     assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
@@ -113,8 +115,8 @@ async fn concurrent_deploys_of_one_component_conflict() {
     assert!(conflict.to_string().contains("already in progress"));
     // A deploy of another component at the same time is fine.
     let (a, b) = tokio::join!(
-        deploy::deploy(host.trigger(), deploy_request("probe", "probe")),
-        deploy::deploy(host.trigger(), deploy_request("plain", "plain")),
+        host.pipeline().deploy(deploy_request("probe", "probe")),
+        host.pipeline().deploy(deploy_request("plain", "plain")),
     );
     a.unwrap();
     b.unwrap();
@@ -126,7 +128,9 @@ async fn restart_serves_last_deployed_versions_and_rollback_works() {
     let dir = AppDir::new(TWO_COMPONENTS);
     let client = client();
     let host = dir.start(Settings::default()).await;
-    let first = deploy::deploy(host.trigger(), deploy_request("probe", "probe-v2"))
+    let first = host
+        .pipeline()
+        .deploy(deploy_request("probe", "probe-v2"))
         .await
         .unwrap();
     assert!(!first.cached, "v2 was never compiled in this state directory");
@@ -144,20 +148,20 @@ async fn restart_serves_last_deployed_versions_and_rollback_works() {
     );
 
     // Rollback goes to the version v2 replaced, from the artifact cache.
-    let report = deploy::rollback(host.trigger(), "probe").await.unwrap();
+    let report = host.pipeline().rollback("probe").await.unwrap();
     assert!(report.cached, "a rollback loads the cached artifact");
     assert_eq!(
         get(&client, &format!("{base}/probe/hello")).await.body,
         "hello from probe v1"
     );
     // A second rollback undoes the first.
-    deploy::rollback(host.trigger(), "probe").await.unwrap();
+    host.pipeline().rollback("probe").await.unwrap();
     assert_eq!(
         get(&client, &format!("{base}/probe/hello")).await.body,
         "hello from probe v2"
     );
     // A component with no earlier version cannot roll back.
-    let err = deploy::rollback(host.trigger(), "plain").await.unwrap_err();
+    let err = host.pipeline().rollback("plain").await.unwrap_err();
     assert!(err.to_string().contains("no earlier version"), "{err}");
     host.shutdown().await;
 
@@ -177,7 +181,8 @@ async fn a_rebuilt_manifest_source_wins_over_the_journal() {
     std::fs::copy(fixture("probe"), dir.path.join("probe.wasm")).unwrap();
     let client = client();
     let host = dir.start(Settings::default()).await;
-    deploy::deploy(host.trigger(), deploy_request("probe", "probe-v2"))
+    host.pipeline()
+        .deploy(deploy_request("probe", "probe-v2"))
         .await
         .unwrap();
     host.shutdown().await;

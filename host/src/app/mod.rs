@@ -17,65 +17,19 @@ use tokio::sync::Notify;
 use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::bindings::subscriber::RedisSubscriberPre;
-use crate::capability::http_outbound::{AllowedHosts, OutboundPolicies};
-use crate::capability::key_value::KeyValueStores;
-use crate::capability::messaging::{SharedBroker, SubscriptionSpec};
-use crate::capability::sqlite::Databases;
-use crate::capability::variables::{self, ComponentVariables};
-use crate::instance::InstanceState;
+use crate::capability::bindings::subscriber::RedisSubscriberPre;
+pub use crate::capability::grants::ComponentSpec;
+use crate::capability::http_outbound::AllowedHosts;
+use crate::digest::Digest;
+use crate::instance::{Capabilities, InstanceFactory, InstanceState};
 use crate::settings::Settings;
 use crate::state::StateDir;
 use manifest::{HttpRoute, Manifest};
 use routes::{RoutePattern, Router};
 
-/// What a component is granted and how it is reached: fixed for a slot, whatever version of
-/// the code runs in it.
-#[derive(Debug, Clone)]
-pub struct ComponentSpec {
-    pub name: String,
-    pub route: Option<HttpRoute>,
-    pub allowed_hosts: Arc<AllowedHosts>,
-    pub environment: Vec<(String, String)>,
-    /// Host directory preopened at `/` when the manifest grants `files`.
-    pub files_dir: Option<std::path::PathBuf>,
-    pub variables: ComponentVariables,
-    /// The key-value store labels this component may open.
-    pub key_value_stores: Arc<[String]>,
-    /// The SQLite database labels this component may open.
-    pub sqlite_databases: Arc<[String]>,
-    /// The channels of its `[[trigger.redis]]` entries, if it has any.
-    pub subscription: Option<SubscriptionSpec>,
-}
-
-impl ComponentSpec {
-    /// Whether the component must export `wasi:http/incoming-handler`: it has a route, or no
-    /// trigger at all (then it is an HTTP component reached by `deploy --route`).
-    pub fn serves_http(&self) -> bool {
-        self.route.is_some() || self.subscription.is_none()
-    }
-}
-
-impl ComponentSpec {
-    /// A component added by `mosaic deploy --route` with no manifest entry: no grants.
-    pub fn ungranted(name: &str, route: RoutePattern) -> Self {
-        Self {
-            name: name.to_string(),
-            route: Some(HttpRoute::Public(route)),
-            allowed_hosts: Arc::new(AllowedHosts::default()),
-            environment: Vec::new(),
-            files_dir: None,
-            variables: ComponentVariables::default(),
-            key_value_stores: Arc::from(Vec::new()),
-            sqlite_databases: Arc::from(Vec::new()),
-            subscription: None,
-        }
-    }
-}
-
 /// One compiled, linked version of a component, with the exports its triggers call.
 pub struct Deployment {
-    pub digest: String,
+    pub digest: Digest,
     pub deployed_at: SystemTime,
     /// `wasi:http/incoming-handler`, when the component serves HTTP.
     pub http: Option<ProxyPre<InstanceState>>,
@@ -87,7 +41,7 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn new(
-        digest: String,
+        digest: Digest,
         http: Option<ProxyPre<InstanceState>>,
         subscriber: Option<RedisSubscriberPre<InstanceState>>,
     ) -> Self {
@@ -130,7 +84,7 @@ impl Deployment {
     }
 
     pub fn short_digest(&self) -> &str {
-        &self.digest[..self.digest.len().min(12)]
+        self.digest.short()
     }
 }
 
@@ -171,38 +125,16 @@ impl ComponentSlot {
 
 /// The whole running application.
 pub struct App {
-    pub engine: Engine,
     pub linker: wasmtime::component::Linker<InstanceState>,
     pub settings: Settings,
     pub manifest: Manifest,
     pub state: StateDir,
-    pub key_value: Arc<KeyValueStores>,
-    pub sqlite: Arc<Databases>,
-    pub redis_clients: Arc<crate::capability::redis_client::RedisClients>,
-    pub broker: SharedBroker,
+    /// Makes the instances: the engine, the limits and every capability.
+    pub instances: InstanceFactory,
     pub metrics: Arc<crate::observe::Metrics>,
-    pub pg_pools: Arc<crate::capability::postgres::PgPools>,
-    /// The outbound HTTP policy per destination and the circuit breakers, shared by every
-    /// instance (`[outbound]` in mosaic.toml).
-    pub outbound: Arc<OutboundPolicies>,
-    /// Cluster mode: this host's membership, set once it has joined (`[cluster]`).
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
-    /// Resolved application variables (values may be secrets: never log them).
-    variables: std::collections::BTreeMap<String, String>,
     slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
     router: ArcSwap<Router>,
     deploying: Mutex<HashSet<String>>,
-}
-
-/// What the capabilities serve from, resolved from the manifest and the runtime config.
-pub struct Backends {
-    /// Resolved application variables (values may be secrets: never log them).
-    pub variables: std::collections::BTreeMap<String, String>,
-    pub key_value: Arc<KeyValueStores>,
-    pub sqlite: Arc<Databases>,
-    pub broker: SharedBroker,
-    /// The host's metrics, which the backends report their failures to.
-    pub metrics: Arc<crate::observe::Metrics>,
 }
 
 /// Held while a deploy of one component runs; a second deploy of the same one is refused.
@@ -221,35 +153,34 @@ impl Drop for DeployLock<'_> {
 
 impl App {
     pub fn new(
-        engine: Engine,
         linker: wasmtime::component::Linker<InstanceState>,
         settings: Settings,
         manifest: Manifest,
         state: StateDir,
-        backends: Backends,
+        instances: InstanceFactory,
     ) -> Self {
         let router = Router::new(manifest_routes(&manifest));
-        let metrics = backends.metrics;
-        let outbound = Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone()));
+        let metrics = instances.metrics.clone();
         Self {
-            engine,
             linker,
             settings,
             manifest,
             state,
-            variables: backends.variables,
-            key_value: backends.key_value,
-            sqlite: backends.sqlite,
-            redis_clients: Arc::new(crate::capability::redis_client::RedisClients::new(metrics.clone())),
-            broker: backends.broker,
-            metrics: metrics.clone(),
-            pg_pools: Arc::new(crate::capability::postgres::PgPools::new(metrics.clone())),
-            outbound,
-            cluster: std::sync::OnceLock::new(),
+            instances,
+            metrics,
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),
         }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.instances.engine
+    }
+
+    /// Every capability's app-wide state.
+    pub fn capabilities(&self) -> &Arc<Capabilities> {
+        &self.instances.capabilities
     }
 
     pub fn slot(&self, component: &str) -> Option<Arc<ComponentSlot>> {
@@ -311,7 +242,7 @@ impl App {
         };
         let allowed = AllowedHosts::parse(&decl.outbound_hosts())?;
         let files_dir = files::stage(&self.manifest, component, &self.state.files_dir())?;
-        let variables = variables::render_component(&self.manifest, component, &self.variables)?;
+        let variables = self.capabilities().variables.for_component(&self.manifest, component)?;
         Ok(Some(ComponentSpec {
             name: component.to_string(),
             route: self.manifest.route_of(component).cloned(),
@@ -336,7 +267,8 @@ impl App {
         }
         let (target, applied) = if let Some(target) = self.settings.migrations.get(&spec.name) {
             let connection = self
-                .pg_pools
+                .capabilities()
+                .postgres
                 .connect(&target.postgres)
                 .await
                 .map_err(|err| err.message())?;
@@ -354,7 +286,7 @@ impl App {
                     spec.name
                 ));
             };
-            let database = self.sqlite.open(label).await.map_err(|err| err.0)?;
+            let database = self.capabilities().sqlite.open(label).await.map_err(|err| err.0)?;
             ("SQLite", database.migrate(&migrations).await.map_err(|err| err.0)?)
         };
         if !applied.is_empty() {

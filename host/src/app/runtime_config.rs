@@ -16,22 +16,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::capability::key_value::KeyValueStoreConfig;
+
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
     pub key_value_stores: BTreeMap<String, KeyValueStoreConfig>,
     /// Files of SQLite databases named in `[sqlite_database.LABEL]`.
     pub sqlite_databases: BTreeMap<String, PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyValueStoreConfig {
-    /// Embedded SQLite; `None` puts the file in the state directory.
-    Embedded {
-        path: Option<PathBuf>,
-    },
-    Redis {
-        url: String,
-    },
 }
 
 #[derive(Deserialize)]

@@ -15,20 +15,25 @@ use redis::AsyncCommands;
 use tokio::sync::Mutex;
 use wasmtime::component::Resource;
 
-use crate::bindings::spin_redis as wit;
-use crate::instance::InstanceState;
+use crate::capability::bindings::spin_redis as wit;
 
 /// Connections by address, opened on first use.
 pub struct RedisClients {
     open: Mutex<BTreeMap<String, ConnectionManager>>,
     metrics: Arc<crate::observe::Metrics>,
+    /// Where a guest's `publish` goes: the messaging capability's broker.
+    publisher: crate::capability::messaging::Publisher,
 }
 
 impl RedisClients {
-    pub fn new(metrics: Arc<crate::observe::Metrics>) -> RedisClients {
+    pub fn new(
+        metrics: Arc<crate::observe::Metrics>,
+        publisher: crate::capability::messaging::Publisher,
+    ) -> RedisClients {
         RedisClients {
             open: Mutex::default(),
             metrics,
+            publisher,
         }
     }
 
@@ -57,16 +62,61 @@ fn other(err: redis::RedisError) -> wit::Error {
     }
 }
 
-impl InstanceState {
+/// What one instance may reach: the shared connections, through its `allowed_outbound_hosts`;
+/// and where its `publish` goes (the messaging capability's broker, with the trace it serves).
+#[derive(Clone)]
+pub struct RedisAccess {
+    pub clients: Arc<RedisClients>,
+    pub allowed: Arc<mosaic_manifest::allowed_hosts::AllowedHosts>,
+    pub publisher: crate::capability::messaging::Publisher,
+    /// The `traceparent` a published message carries: the trace of the request or delivery the
+    /// instance serves.
+    pub traceparent: Option<String>,
+}
+
+/// Redis servers are checked by the key-value stores that live on them, not per guest address.
+impl super::Capability for RedisClients {}
+
+super::guest_view!(
+    /// The guest's view of the Redis client: its instance's access and resource table.
+    RedisView,
+    RedisImports,
+    RedisAccess,
+    redis,
+    redis_view
+);
+
+impl super::GuestCapability for RedisClients {
+    type Instance = RedisAccess;
+
+    fn instance(self: &Arc<Self>, component: &super::grants::ComponentSpec) -> RedisAccess {
+        RedisAccess {
+            clients: self.clone(),
+            allowed: component.allowed_hosts.clone(),
+            publisher: self.publisher.clone(),
+            traceparent: None,
+        }
+    }
+
+    fn add_to_linker<T: super::HasInstance<RedisAccess> + Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+    ) -> anyhow::Result<()> {
+        // fermyon:spin/redis@2.0.0
+        wit::add_to_linker::<T, RedisImports>(linker, redis_view::<T>)?;
+        Ok(())
+    }
+}
+
+impl RedisView<'_> {
     /// The shared connections and the address a guest's connection names (taken before any
-    /// await: the instance state is not `Sync`).
+    /// await: the view borrows the instance state).
     fn redis_target(&self, connection: &Resource<RedisConnection>) -> Result<(Arc<RedisClients>, String), wit::Error> {
         let address = self
             .table()
             .get(connection)
             .map(|open| open.address.clone())
             .map_err(|err| wit::Error::Other(format!("invalid connection handle: {err}")))?;
-        Ok((self.redis_clients_shared(), address))
+        Ok((self.redis().clients.clone(), address))
     }
 }
 
@@ -88,15 +138,15 @@ fn to_result(value: redis::Value) -> wit::RedisResult {
     }
 }
 
-impl wit::Host for InstanceState {}
+impl wit::Host for RedisView<'_> {}
 
-impl wit::HostConnection for InstanceState {
+impl wit::HostConnection for RedisView<'_> {
     async fn open(&mut self, address: String) -> Result<Resource<RedisConnection>, wit::Error> {
         let uri: http::Uri = address.parse().map_err(|_| wit::Error::InvalidAddress)?;
         let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
             return Err(wit::Error::InvalidAddress);
         };
-        if !self.outbound_allowed(scheme, host, uri.port_u16()) {
+        if !self.redis().allowed.allows(scheme, host, uri.port_u16()) {
             return Err(wit::Error::Other(format!(
                 "{scheme}://{host} is not in this component's allowed_outbound_hosts"
             )));
@@ -115,8 +165,8 @@ impl wit::HostConnection for InstanceState {
         self.table()
             .get(&c)
             .map_err(|err| wit::Error::Other(format!("invalid connection handle: {err}")))?;
-        let publisher = self.publisher().clone();
-        let traceparent = self.traceparent();
+        let publisher = self.redis().publisher.clone();
+        let traceparent = self.redis().traceparent.clone();
         publisher
             .publish(&channel, &payload, traceparent.as_deref())
             .await

@@ -8,8 +8,37 @@
 
 use wasmtime::component::Resource;
 
-use crate::bindings::{spin_llm as llm, spin_mqtt as mqtt, spin_mysql as mysql, spin_rdbms_types as rdbms};
-use crate::instance::InstanceState;
+use crate::capability::bindings::{spin_llm as llm, spin_mqtt as mqtt, spin_mysql as mysql};
+
+/// The per-instance state of the interfaces without a backend: there is none.
+#[derive(Debug, Default)]
+pub struct NoBackend;
+
+/// Nothing to check for readiness.
+impl super::Capability for NoBackend {}
+
+fn no_backend_view<T: super::HasInstance<NoBackend>>(data: &mut T) -> &mut NoBackend {
+    data.instance_parts().state
+}
+
+impl super::GuestCapability for NoBackend {
+    type Instance = NoBackend;
+
+    fn instance(self: &std::sync::Arc<Self>, _component: &super::grants::ComponentSpec) -> NoBackend {
+        NoBackend
+    }
+
+    /// Links the LLM, MQTT and MySQL interfaces (`rdbms-types` comes with PostgreSQL).
+    fn add_to_linker<T: super::HasInstance<NoBackend> + Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+    ) -> anyhow::Result<()> {
+        use wasmtime::component::HasSelf;
+        llm::add_to_linker::<T, HasSelf<NoBackend>>(linker, no_backend_view::<T>)?;
+        mqtt::add_to_linker::<T, HasSelf<NoBackend>>(linker, no_backend_view::<T>)?;
+        mysql::add_to_linker::<T, HasSelf<NoBackend>>(linker, no_backend_view::<T>)?;
+        Ok(())
+    }
+}
 
 /// A connection of an interface without a backend: never constructed.
 pub enum NoConnection {}
@@ -25,7 +54,7 @@ fn missing(what: &str) -> String {
     format!("Mosaic has no {what} backend yet, so this call is not available; see the README's list of supported interfaces")
 }
 
-impl llm::Host for InstanceState {
+impl llm::Host for NoBackend {
     async fn infer(
         &mut self,
         _model: String,
@@ -44,9 +73,9 @@ impl llm::Host for InstanceState {
     }
 }
 
-impl mqtt::Host for InstanceState {}
+impl mqtt::Host for NoBackend {}
 
-impl mqtt::HostConnection for InstanceState {
+impl mqtt::HostConnection for NoBackend {
     async fn open(
         &mut self,
         _address: String,
@@ -72,13 +101,11 @@ impl mqtt::HostConnection for InstanceState {
     }
 }
 
-impl rdbms::Host for InstanceState {}
-
 macro_rules! no_rdbms_connection {
     ($module:ident, $what:literal, $execute:ty) => {
-        impl $module::Host for InstanceState {}
+        impl $module::Host for NoBackend {}
 
-        impl $module::HostConnection for InstanceState {
+        impl $module::HostConnection for NoBackend {
             async fn open(&mut self, _address: String) -> Result<Resource<NoConnection>, $module::Error> {
                 Err($module::Error::ConnectionFailed(missing($what)))
             }

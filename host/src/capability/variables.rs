@@ -8,9 +8,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::app::manifest::Manifest;
-use crate::bindings::{config_store, variables};
-use crate::instance::InstanceState;
+use crate::capability::bindings::{config_store, variables};
+use mosaic_manifest::manifest::Manifest;
 
 /// The rendered variables one component may read. `Debug` shows names only.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -114,14 +113,14 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-impl variables::Host for InstanceState {
+impl variables::Host for ComponentVariables {
     async fn get(&mut self, name: String) -> Result<String, variables::Error> {
         if !valid_name(&name) {
             return Err(variables::Error::InvalidName(format!(
                 "`{name}` is not a variable name (lowercase letters, digits and `_`)"
             )));
         }
-        match self.variables().get(&name) {
+        match ComponentVariables::get(self, &name) {
             Some(value) => Ok(value.to_string()),
             None => Err(variables::Error::Undefined(format!(
                 "no variable `{name}` in this component's [component.NAME.variables]"
@@ -130,13 +129,55 @@ impl variables::Host for InstanceState {
     }
 }
 
-impl config_store::Host for InstanceState {
+impl config_store::Host for ComponentVariables {
     async fn get(&mut self, key: String) -> Result<Option<String>, config_store::Error> {
-        Ok(self.variables().get(&key).map(str::to_string))
+        Ok(ComponentVariables::get(self, &key).map(str::to_string))
     }
 
     async fn get_all(&mut self) -> Result<Vec<(String, String)>, config_store::Error> {
-        Ok(self.variables().0.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+}
+
+/// The variables capability, app-wide: the application's variables, resolved once at start-up
+/// (values may be secrets: never log them). Each component reads its own rendered
+/// [`ComponentVariables`], which its grants carry.
+pub struct ApplicationVariables(BTreeMap<String, String>);
+
+impl ApplicationVariables {
+    /// Resolves `[variables]` from `SPIN_VARIABLE_*` (through `env`) and the defaults.
+    pub fn resolve(manifest: &Manifest, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        resolve_application(manifest, env).map(ApplicationVariables)
+    }
+
+    /// The rendered `[component.NAME.variables]` of `component`.
+    pub fn for_component(&self, manifest: &Manifest, component: &str) -> Result<ComponentVariables, String> {
+        render_component(manifest, component, &self.0)
+    }
+}
+
+/// Resolved at start-up: nothing to check for readiness.
+impl super::Capability for ApplicationVariables {}
+
+fn variables_view<T: super::HasInstance<ComponentVariables>>(data: &mut T) -> &mut ComponentVariables {
+    data.instance_parts().state
+}
+
+impl super::GuestCapability for ApplicationVariables {
+    type Instance = ComponentVariables;
+
+    fn instance(self: &std::sync::Arc<Self>, component: &super::grants::ComponentSpec) -> ComponentVariables {
+        component.variables.clone()
+    }
+
+    fn add_to_linker<T: super::HasInstance<ComponentVariables> + Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+    ) -> anyhow::Result<()> {
+        use wasmtime::component::HasSelf;
+        // fermyon:spin/variables@2.0.0 and wasi:config/store
+        variables::add_to_linker::<T, HasSelf<ComponentVariables>>(linker, variables_view::<T>)?;
+        config_store::add_to_linker::<T, HasSelf<ComponentVariables>>(linker, variables_view::<T>)?;
+        Ok(())
     }
 }
 

@@ -24,9 +24,10 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::deploy::journal::Action;
-use crate::deploy::{self, DeployError, DeployReport, DeployRequest, Step};
+use crate::deploy::{DeployError, DeployReport, DeployRequest, Pipeline, Step};
+use crate::digest::{short, Digest};
 use crate::settings::ClusterSettings;
-use crate::trigger::http::{stopped, HttpTrigger};
+use crate::stop::stopped;
 use store::{ClusterStore, Desired, HostReport, NewDesired, StoreError};
 
 /// Longest wait between two attempts to reach the store's notification channel.
@@ -131,7 +132,7 @@ impl Cluster {
     /// Deploys on this host, then makes the version the desired one of every host. If the
     /// store cannot take it, this host goes back to the version it replaced, so that the
     /// cluster does not split.
-    pub async fn deploy(&self, trigger: &HttpTrigger, request: DeployRequest) -> Result<DeployReport, DeployError> {
+    pub async fn deploy(&self, pipeline: &Pipeline, request: DeployRequest) -> Result<DeployReport, DeployError> {
         let component = request.component.clone();
         let lock = self.lock_of(&component);
         let Ok(_held) = lock.try_lock() else {
@@ -140,15 +141,15 @@ impl Cluster {
         let route = request.route.clone();
         let action = request.action.clone();
         let source = Arc::new(request.bytes.clone());
-        let report = deploy::deploy(trigger, request).await?;
-        self.publish(trigger, &report, &source, route.as_deref(), &action)
+        let report = pipeline.deploy(request).await?;
+        self.publish(pipeline, &report, &source, route.as_deref(), &action)
             .await?;
         Ok(report)
     }
 
     /// Rolls the whole cluster back: to the version the desired one replaced (or, before any
     /// cluster-wide change, to the one this host's current version replaced).
-    pub async fn rollback(&self, trigger: &HttpTrigger, component: &str) -> Result<DeployReport, DeployError> {
+    pub async fn rollback(&self, pipeline: &Pipeline, component: &str) -> Result<DeployReport, DeployError> {
         let lock = self.lock_of(component);
         let Ok(_held) = lock.try_lock() else {
             return Err(DeployError::Conflict {
@@ -157,84 +158,65 @@ impl Cluster {
         };
         let store_failed = |err: StoreError| DeployError::at(component, Step::Cluster, err.to_string());
         let target = self.store.rollback_target(component).await.map_err(store_failed)?;
-        let report = match target {
+        let source = match target {
             Some((_, None)) => {
                 return Err(DeployError::NotFound {
                     component: component.to_string(),
                     reason: "the cluster has no earlier version of it to roll back to".into(),
                 })
             }
-            Some((_, Some(previous))) => {
-                let bytes = self
-                    .source_of(trigger, &previous)
-                    .await
-                    .map_err(|reason| DeployError::at(component, Step::Receive, reason))?;
-                deploy::deploy(
-                    trigger,
-                    DeployRequest {
-                        component: component.to_string(),
-                        bytes,
-                        route: None,
-                        action: Action::Rollback,
-                        probe_is_fatal: true,
-                        record: true,
-                    },
-                )
-                .await?
-            }
-            None => deploy::rollback(trigger, component).await?,
+            Some((_, Some(previous))) => self
+                .source_of(pipeline, &previous)
+                .await
+                .map_err(|reason| DeployError::at(component, Step::Receive, reason))?,
+            None => pipeline.previous_version(component)?.1,
         };
-        let source = self
-            .source_of(trigger, &report.digest)
-            .await
-            .map_err(|reason| DeployError::at(component, Step::Cluster, reason))?;
-        self.publish(trigger, &report, &source, None, &Action::Rollback).await?;
+        let report = pipeline
+            .deploy(DeployRequest::rollback(component, source.clone()))
+            .await?;
+        self.publish(pipeline, &report, &source, None, &Action::Rollback)
+            .await?;
         Ok(report)
     }
 
     /// Writes a version this host now runs as the cluster's desired one.
     async fn publish(
         &self,
-        trigger: &HttpTrigger,
+        pipeline: &Pipeline,
         report: &DeployReport,
         source: &[u8],
         route: Option<&str>,
         action: &Action,
     ) -> Result<(), DeployError> {
         let replaced_source = match &report.previous {
-            Some(previous) => std::fs::read(trigger.app().state.source_of(previous)).ok(),
+            Some(previous) => std::fs::read(pipeline.app().state.source_of(previous.as_str())).ok(),
             None => None,
         };
         let change = NewDesired {
             component: &report.component,
-            digest: &report.digest,
+            digest: report.digest.as_str(),
             source,
             route,
             action: action.as_str(),
-            replaced: report.previous.as_deref().zip(replaced_source.as_deref()),
+            replaced: report
+                .previous
+                .as_ref()
+                .map(Digest::as_str)
+                .zip(replaced_source.as_deref()),
         };
         match self.store.set_desired(&change, &self.host_name).await {
             Ok(_) => {
                 self.set_error(&report.component, None);
                 self.wake.notify_one();
-                tracing::info!(component = %report.component, version = %&report.digest[..12], "desired version of the cluster");
+                tracing::info!(component = %report.component, version = %report.digest.short(), "desired version of the cluster");
                 Ok(())
             }
             Err(err) => {
                 let undone = match (&report.previous, replaced_source) {
-                    (Some(_), Some(bytes)) => deploy::deploy(
-                        trigger,
-                        DeployRequest {
-                            component: report.component.clone(),
-                            bytes,
-                            route: None,
-                            action: Action::Rollback,
-                            probe_is_fatal: false,
-                            record: true,
-                        },
-                    )
-                    .await
-                    .is_ok(),
+                    (Some(_), Some(bytes)) => pipeline
+                        .deploy(DeployRequest::undo(&report.component, bytes))
+                        .await
+                        .is_ok(),
                     _ => false,
                 };
                 let what = if undone {
@@ -252,14 +234,14 @@ impl Cluster {
     }
 
     /// The source of `digest`: from this host's state directory, else from the store.
-    async fn source_of(&self, trigger: &HttpTrigger, digest: &str) -> Result<Vec<u8>, String> {
-        if let Ok(bytes) = std::fs::read(trigger.app().state.source_of(digest)) {
-            if crate::deploy::artifacts::digest_of(&bytes) == digest {
+    async fn source_of(&self, pipeline: &Pipeline, digest: &str) -> Result<Vec<u8>, String> {
+        if let Ok(bytes) = std::fs::read(pipeline.app().state.source_of(digest)) {
+            if Digest::of(&bytes) == digest {
                 return Ok(bytes);
             }
         }
         match self.store.source(digest).await {
-            Ok(Some(bytes)) if crate::deploy::artifacts::digest_of(&bytes) == digest => Ok(bytes),
+            Ok(Some(bytes)) if Digest::of(&bytes) == digest => Ok(bytes),
             Ok(Some(_)) => Err(format!(
                 "the cluster store's source of version {} does not match its digest",
                 short(digest)
@@ -271,18 +253,18 @@ impl Cluster {
 
     /// Brings every component to its desired version (those not being deployed through this
     /// host right now), then reports what this host runs.
-    pub async fn reconcile(&self, trigger: &HttpTrigger) -> Result<(), StoreError> {
+    pub async fn reconcile(&self, pipeline: &Pipeline) -> Result<(), StoreError> {
         let desired = self.store.desired().await?;
         for wanted in &desired {
-            self.converge(trigger, wanted).await;
+            self.converge(pipeline, wanted).await;
         }
-        self.report(trigger).await
+        self.report(pipeline).await
     }
 
-    async fn converge(&self, trigger: &HttpTrigger, wanted: &Desired) {
-        let app = trigger.app();
+    async fn converge(&self, pipeline: &Pipeline, wanted: &Desired) {
+        let app = pipeline.app();
         let live = app.slot(&wanted.component).map(|slot| slot.live.load().digest.clone());
-        if live.as_deref() == Some(wanted.digest.as_str()) {
+        if live.as_ref().is_some_and(|live| *live == wanted.digest) {
             self.set_error(&wanted.component, None);
             return;
         }
@@ -291,7 +273,7 @@ impl Cluster {
             // A deploy through this host is under way; the next reconcile looks again.
             return;
         };
-        let bytes = match self.source_of(trigger, &wanted.digest).await {
+        let bytes = match self.source_of(pipeline, &wanted.digest).await {
             Ok(bytes) => bytes,
             Err(reason) => {
                 self.set_error(&wanted.component, Some(format!("receive: {reason}")));
@@ -306,30 +288,23 @@ impl Cluster {
             "rollback" => Action::Rollback,
             _ => Action::Deploy,
         };
-        let request = DeployRequest {
-            component: wanted.component.clone(),
-            bytes,
-            route,
-            action,
-            probe_is_fatal: true,
-            record: true,
-        };
-        match deploy::deploy(trigger, request).await {
+        let request = DeployRequest::converge(&wanted.component, bytes, route, action);
+        match pipeline.deploy(request).await {
             Ok(report) => {
                 self.set_error(&wanted.component, None);
-                tracing::info!(component = %wanted.component, version = %short(&report.digest), by = %wanted.updated_by, "now on the cluster's desired version");
+                tracing::info!(component = %wanted.component, version = %report.digest.short(), by = %wanted.updated_by, "now on the cluster's desired version");
             }
             Err(DeployError::Conflict { .. }) => {}
             Err(err) => self.set_error(&wanted.component, Some(err.to_string())),
         }
     }
 
-    async fn report(&self, trigger: &HttpTrigger) -> Result<(), StoreError> {
-        let versions = trigger
+    async fn report(&self, pipeline: &Pipeline) -> Result<(), StoreError> {
+        let versions = pipeline
             .app()
             .slots()
             .iter()
-            .map(|slot| (slot.spec.name.clone(), slot.live.load().digest.clone()))
+            .map(|slot| (slot.spec.name.clone(), slot.live.load().digest.to_string()))
             .collect();
         let errors = self
             .errors
@@ -379,13 +354,13 @@ impl Cluster {
     }
 
     /// Runs the listener and the reconciler until `stop`; then leaves the host list.
-    pub fn start(self: &Arc<Self>, trigger: &HttpTrigger, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    pub fn start(self: &Arc<Self>, pipeline: &Pipeline, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let listener = tokio::spawn(self.clone().listen(stop.clone()));
-        let reconciler = tokio::spawn(self.clone().run_reconciler(trigger.clone(), stop));
+        let reconciler = tokio::spawn(self.clone().run_reconciler(pipeline.clone(), stop));
         vec![listener, reconciler]
     }
 
-    async fn run_reconciler(self: Arc<Self>, trigger: HttpTrigger, mut stop: watch::Receiver<bool>) {
+    async fn run_reconciler(self: Arc<Self>, pipeline: Pipeline, mut stop: watch::Receiver<bool>) {
         let interval = self.settings.reconcile_interval();
         let mut store_was_down = false;
         let mut rounds: u64 = 0;
@@ -395,7 +370,7 @@ impl Cluster {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stopped(&mut stop) => break,
             }
-            match self.reconcile(&trigger).await {
+            match self.reconcile(&pipeline).await {
                 Ok(()) if store_was_down => {
                     tracing::info!("the cluster store answers again");
                     store_was_down = false;
@@ -481,23 +456,6 @@ impl Cluster {
     }
 }
 
-/// A deploy asked of this host (admin API, CLI, `mosaic watch`): cluster-wide in a cluster, on
-/// this host alone otherwise.
-pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<DeployReport, DeployError> {
-    match trigger.app().cluster.get() {
-        Some(cluster) => cluster.deploy(trigger, request).await,
-        None => deploy::deploy(trigger, request).await,
-    }
-}
-
-/// A rollback asked of this host: cluster-wide in a cluster, on this host alone otherwise.
-pub async fn rollback(trigger: &HttpTrigger, component: &str) -> Result<DeployReport, DeployError> {
-    match trigger.app().cluster.get() {
-        Some(cluster) => cluster.rollback(trigger, component).await,
-        None => deploy::rollback(trigger, component).await,
-    }
-}
-
 /// The machine's host name, for the default host name in the cluster.
 fn machine_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -509,9 +467,5 @@ fn machine_name() -> String {
 }
 
 fn now_ms() -> i64 {
-    i64::try_from(crate::capability::messaging::now_unix_ms()).unwrap_or(i64::MAX)
-}
-
-fn short(digest: &str) -> &str {
-    &digest[..12.min(digest.len())]
+    crate::clock::now_unix_ms_i64()
 }

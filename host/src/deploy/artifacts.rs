@@ -25,11 +25,6 @@ pub fn check_is_component(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-pub fn digest_of(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 /// Loads the cached artifact of `digest`, or compiles `bytes` and caches the result.
 /// Returns the component and whether the cache was hit. Blocking: run it off the runtime.
 pub fn load_or_compile(engine: &Engine, artifact: &Path, bytes: &[u8]) -> Result<(Component, bool), String> {

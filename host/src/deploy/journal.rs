@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::Digest;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -29,9 +31,9 @@ impl Action {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JournalEntry {
     pub component: String,
-    pub digest: String,
+    pub digest: Digest,
     /// The version this one replaced: where `rollback` goes.
-    pub previous: Option<String>,
+    pub previous: Option<Digest>,
     pub action: Action,
     /// The route of a component added by `deploy --route` (absent for manifest components).
     pub route: Option<String>,
@@ -70,13 +72,6 @@ pub fn history<'a>(entries: &'a [JournalEntry], component: &str) -> Vec<&'a Jour
     entries.iter().filter(|entry| entry.component == component).collect()
 }
 
-pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,7 +84,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let entry = JournalEntry {
             component: "users".into(),
-            digest: "abc".into(),
+            digest: Digest::from_hex("abc"),
             previous: None,
             action: Action::Deploy,
             route: None,

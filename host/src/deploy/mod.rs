@@ -1,4 +1,5 @@
-//! The swap pipeline: receive → validate → compile → probe → flip → drain → journal.
+//! The swap pipeline ([`Pipeline`]): receive → validate → compile → migrate → probe → flip →
+//! journal → drain, one method per step.
 //!
 //! A failed step leaves the old version serving and says which step failed and why. Two
 //! deploys of one component at once: the second gets [`DeployError::Conflict`].
@@ -15,9 +16,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::app::manifest::HttpRoute;
 use crate::app::routes::RoutePattern;
-use crate::app::{ComponentSpec, Deployment};
-use crate::bindings::subscriber::RedisSubscriberPre;
-use crate::trigger::http::HttpTrigger;
+use crate::app::{App, ComponentSpec, Deployment};
+use crate::capability::bindings::subscriber::RedisSubscriberPre;
+use crate::digest::Digest;
+use crate::instance::InstanceState;
 use journal::{Action, JournalEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,8 +87,8 @@ impl DeployError {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeployReport {
     pub component: String,
-    pub digest: String,
-    pub previous: Option<String>,
+    pub digest: Digest,
+    pub previous: Option<Digest>,
     pub action: Action,
     /// Whether the compiled artifact came from the cache.
     pub cached: bool,
@@ -111,6 +113,66 @@ pub struct DeployRequest {
     pub record: bool,
 }
 
+impl DeployRequest {
+    /// A new version from an operator (admin API, CLI, `mosaic watch`): journaled, and refused
+    /// if its probe fails.
+    pub fn deploy(component: &str, bytes: Vec<u8>, route: Option<String>) -> Self {
+        Self {
+            component: component.to_string(),
+            bytes,
+            route,
+            action: Action::Deploy,
+            probe_is_fatal: true,
+            record: true,
+        }
+    }
+
+    /// Back to an earlier version: journaled, refused if its probe fails.
+    pub fn rollback(component: &str, bytes: Vec<u8>) -> Self {
+        Self {
+            action: Action::Rollback,
+            ..Self::deploy(component, bytes, None)
+        }
+    }
+
+    /// Back to the version a deploy just replaced, because the deploy could not be completed
+    /// (the cluster store refused it): the old version served a moment ago, so a failed probe
+    /// does not stop the way back.
+    pub fn undo(component: &str, bytes: Vec<u8>) -> Self {
+        Self {
+            probe_is_fatal: false,
+            ..Self::rollback(component, bytes)
+        }
+    }
+
+    /// The same action again, on another host of a cluster (its reconciler applies what a
+    /// deploy or rollback through another host made the desired version).
+    pub fn converge(component: &str, bytes: Vec<u8>, route: Option<String>, action: Action) -> Self {
+        Self {
+            action,
+            ..Self::deploy(component, bytes, route)
+        }
+    }
+
+    /// A start-up load of a component's version: a failed probe is a warning (there is no old
+    /// version to protect); `record` when it is a version the journal does not know yet.
+    pub fn start_up(component: &str, bytes: Vec<u8>, route: Option<String>, record: bool) -> Self {
+        Self {
+            action: Action::Manifest,
+            probe_is_fatal: false,
+            record,
+            ..Self::deploy(component, bytes, route)
+        }
+    }
+}
+
+/// The deploy pipeline's probe of a new version before any user traffic reaches it (the
+/// triggers implement it; `crate::host` wires it in).
+#[async_trait::async_trait]
+pub trait Probe: Send + Sync {
+    async fn probe(&self, spec: &ComponentSpec, deployment: Arc<Deployment>) -> Result<(), String>;
+}
+
 struct StepClock {
     started: Instant,
     timings: Vec<(Step, f64)>,
@@ -130,174 +192,266 @@ impl StepClock {
     }
 }
 
-/// Runs the whole pipeline for one component version, and counts the outcome.
-pub async fn deploy(trigger: &HttpTrigger, request: DeployRequest) -> Result<DeployReport, DeployError> {
-    let (component, action) = (request.component.clone(), request.action.as_str());
-    let outcome = run_pipeline(trigger, request).await;
-    let label = match &outcome {
-        Ok(_) => "ok".to_string(),
-        Err(DeployError::Failed { step, .. }) => step.to_string(),
-        Err(DeployError::Conflict { .. }) => "conflict".to_string(),
-        Err(DeployError::NotFound { .. }) => "not-found".to_string(),
-    };
-    trigger.app().metrics.record_deploy(&component, action, &label);
-    outcome
+/// A validated, compiled version, not yet serving.
+struct Validated {
+    spec: ComponentSpec,
+    digest: Digest,
+    deployment: Arc<Deployment>,
+    cached: bool,
+    warnings: Vec<String>,
 }
 
-async fn run_pipeline(trigger: &HttpTrigger, request: DeployRequest) -> Result<DeployReport, DeployError> {
-    let app = trigger.app().clone();
-    let name = request.component.clone();
-    let Some(_lock) = app.try_lock_deploy(&name) else {
-        return Err(DeployError::Conflict { component: name });
-    };
-    let mut clock = StepClock::new();
+/// The swap pipeline of one application: what the admin API, `mosaic watch`, the cluster
+/// reconciler and the start-up deploy through. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    app: Arc<App>,
+    probe: Arc<dyn Probe>,
+}
 
-    // 1. receive (the admin API caps the upload at limits.max_component_bytes)
-    let spec = spec_for_deploy(trigger, &name, request.route.as_deref())?;
-    let digest = artifacts::digest_of(&request.bytes);
-    clock.done(Step::Receive);
+impl Pipeline {
+    pub fn new(app: Arc<App>, probe: Arc<dyn Probe>) -> Self {
+        Self { app, probe }
+    }
 
-    // 2. validate (the file) and 3. compile (off the runtime, cached by digest)
-    artifacts::check_is_component(&request.bytes).map_err(|reason| DeployError::at(&name, Step::Validate, reason))?;
-    let engine = app.engine.clone();
-    let artifact = app.state.artifact_of(&digest);
-    let bytes = Arc::new(request.bytes);
-    let compile_bytes = bytes.clone();
-    let (component, cached) =
-        tokio::task::spawn_blocking(move || artifacts::load_or_compile(&engine, &artifact, &compile_bytes))
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Runs the whole pipeline for one component version, and counts the outcome.
+    pub async fn deploy(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
+        let (component, action) = (request.component.clone(), request.action.as_str());
+        let outcome = self.run(request).await;
+        let label = match &outcome {
+            Ok(_) => "ok".to_string(),
+            Err(DeployError::Failed { step, .. }) => step.to_string(),
+            Err(DeployError::Conflict { .. }) => "conflict".to_string(),
+            Err(DeployError::NotFound { .. }) => "not-found".to_string(),
+        };
+        self.app.metrics.record_deploy(&component, action, &label);
+        outcome
+    }
+
+    async fn run(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
+        let name = request.component.clone();
+        let Some(_lock) = self.app.try_lock_deploy(&name) else {
+            return Err(DeployError::Conflict { component: name });
+        };
+        let mut clock = StepClock::new();
+        // 1. receive (the admin API caps the upload at limits.max_component_bytes)
+        let spec = self.spec_for(&name, request.route.as_deref())?;
+        clock.done(Step::Receive);
+        // 2. validate and 3. compile
+        let mut version = self.validate_and_compile(spec, request.bytes, &mut clock).await?;
+        // 4. migrate: the service's new migrations, before any instance of the new version runs
+        let migrations = self
+            .app
+            .migrate(&version.spec)
             .await
-            .map_err(|err| DeployError::at(&name, Step::Compile, format!("the compiler task failed: {err}")))?
-            .map_err(|reason| {
-                DeployError::at(
-                    &name,
-                    Step::Validate,
-                    format!("the component does not compile: {reason}"),
-                )
-            })?;
-    clock.done(Step::Compile);
-
-    // 2 (continued). validate: every import links, the export fits the trigger.
-    let instance_pre = app.linker.instantiate_pre(&component).map_err(|err| {
-        DeployError::at(
-            &name,
-            Step::Validate,
-            format!(
-                "it imports something outside Mosaic's supported world ({}). Mosaic links WASI 0.2 \
-                 (cli, io, clocks, random, filesystem, sockets, http) and the Spin platform world of spin-sdk 5.x: \
-                 fermyon:spin/*@2.0.0, spin:sqlite@3.0.0, spin:postgres@3.0.0 and @4.0.0, wasi:keyvalue@0.2.0-draft2, \
-                 wasi:config/store",
-                anyhow::Error::from(err)
-            ),
-        )
-    })?;
-    let http = if spec.serves_http() {
-        Some(ProxyPre::new(instance_pre.clone()).map_err(|err| {
-            DeployError::at(
-                &name,
-                Step::Validate,
-                format!(
-                    "it does not export `wasi:http/incoming-handler@0.2.x`, so the HTTP trigger cannot call it \
-                     (build it with spin-sdk's #[http_component] or export the handler): {}",
-                    anyhow::Error::from(err)
-                ),
-            )
-        })?)
-    } else {
-        None
-    };
-    let subscriber = match &spec.subscription {
-        Some(subscription) => Some(RedisSubscriberPre::new(instance_pre).map_err(|err| {
-            DeployError::at(
-                &name,
-                Step::Validate,
-                format!(
-                    "it has a [[trigger.redis]] subscription ({}) but does not export `fermyon:spin/inbound-redis` \
-                     (build it with spin-sdk's #[redis_component]): {}",
-                    subscription.patterns.join(", "),
-                    anyhow::Error::from(err)
-                ),
-            )
-        })?),
-        None => None,
-    };
-    let warnings = grant_warnings(&component, &app.engine, &spec);
-    for warning in &warnings {
-        tracing::warn!(component = %name, "{warning}");
-    }
-    if let Err(err) = crate::state::write_once(&app.state.source_of(&digest), &bytes) {
-        return Err(DeployError::at(
-            &name,
-            Step::Compile,
-            format!("cannot store the source in the state directory: {err}"),
-        ));
-    }
-    clock.done(Step::Validate);
-
-    // 4. migrate: the service's new migrations, before any instance of the new version runs
-    let migrations = app
-        .migrate(&spec)
-        .await
-        .map_err(|reason| DeployError::at(&name, Step::Migrate, reason))?;
-    clock.done(Step::Migrate);
-
-    // 5. probe
-    let deployment = Arc::new(Deployment::new(digest.clone(), http, subscriber));
-    let mut warnings = warnings;
-    let probed = if deployment.http.is_some() {
-        trigger.probe(&spec, deployment.clone()).await
-    } else {
-        crate::trigger::messages::probe(trigger, &spec, deployment.clone()).await
-    };
-    if let Err(reason) = probed {
-        if request.probe_is_fatal {
-            return Err(DeployError::at(&name, Step::Probe, reason));
+            .map_err(|reason| DeployError::at(&name, Step::Migrate, reason))?;
+        clock.done(Step::Migrate);
+        // 5. probe
+        self.probe_step(&mut version, request.probe_is_fatal).await?;
+        clock.done(Step::Probe);
+        // 6. flip
+        let (previous, previous_digest) = self.flip(&version);
+        let draining = previous.as_ref().map(|p| p.in_flight()).unwrap_or(0);
+        clock.done(Step::Flip);
+        // 8. journal (before the answer, so a restart right after comes back with this version)
+        if request.record {
+            self.journal(&version, previous_digest.clone(), &request.action)?;
         }
-        tracing::warn!(component = %name, "health probe failed: {reason}");
-        warnings.push(format!("health probe failed: {reason}"));
+        clock.done(Step::Journal);
+        // 7. drain: the replaced version lives until its last request ends.
+        if let Some(previous) = previous {
+            self.drain(&name, previous);
+        }
+        tracing::info!(component = %name, version = %version.digest.short(), cached = version.cached, action = ?request.action, "deployed");
+        Ok(DeployReport {
+            component: name,
+            digest: version.digest,
+            previous: previous_digest,
+            action: request.action,
+            cached: version.cached,
+            warnings: version.warnings,
+            migrations,
+            timings_ms: clock.timings,
+            draining,
+        })
     }
-    clock.done(Step::Probe);
 
-    // 6. flip
-    let previous = app.install(&spec, deployment);
-    let previous_digest = match &previous {
-        Some(previous) => Some(previous.digest.clone()),
-        // A first load after a restart replaces what the journal last recorded.
-        None => journal::read(&app.state.journal_path())
-            .ok()
-            .and_then(|entries| journal::history(&entries, &name).last().map(|e| e.digest.clone()))
-            .filter(|last| *last != digest),
-    };
-    let draining = previous.as_ref().map(|p| p.in_flight()).unwrap_or(0);
-    clock.done(Step::Flip);
+    /// Steps 2 and 3: the file is a component, it compiles (off the runtime, cached by
+    /// digest), every import links and the exports fit its triggers.
+    async fn validate_and_compile(
+        &self,
+        spec: ComponentSpec,
+        bytes: Vec<u8>,
+        clock: &mut StepClock,
+    ) -> Result<Validated, DeployError> {
+        let app = &self.app;
+        let name = spec.name.clone();
+        let digest = Digest::of(&bytes);
+        artifacts::check_is_component(&bytes).map_err(|reason| DeployError::at(&name, Step::Validate, reason))?;
+        let engine = app.engine().clone();
+        let artifact = app.state.artifact_of(digest.as_str());
+        let bytes = Arc::new(bytes);
+        let compile_bytes = bytes.clone();
+        let (component, cached) =
+            tokio::task::spawn_blocking(move || artifacts::load_or_compile(&engine, &artifact, &compile_bytes))
+                .await
+                .map_err(|err| DeployError::at(&name, Step::Compile, format!("the compiler task failed: {err}")))?
+                .map_err(|reason| {
+                    DeployError::at(
+                        &name,
+                        Step::Validate,
+                        format!("the component does not compile: {reason}"),
+                    )
+                })?;
+        clock.done(Step::Compile);
 
-    // 8. journal (before the answer, so a restart right after comes back with this version)
-    let entry = JournalEntry {
-        component: name.clone(),
-        digest: digest.clone(),
-        previous: previous_digest.clone(),
-        action: request.action.clone(),
-        route: match (&spec.route, app.manifest.components.contains_key(&name)) {
-            (Some(HttpRoute::Public(pattern)), false) => Some(pattern.to_string()),
-            _ => None,
-        },
-        at_unix_ms: journal::now_unix_ms(),
-    };
-    if !request.record {
-    } else if let Err(err) = journal::append(&app.state.journal_path(), &entry) {
-        // The flip already happened; the version serves but a restart would not know it.
-        tracing::error!(component = %name, error = %err, "cannot write the deploy journal");
-        return Err(DeployError::at(
-            &name,
-            Step::Journal,
-            format!("the new version serves, but the journal could not be written: {err}"),
-        ));
+        let (http, subscriber) = self.link(&spec, &component)?;
+        let warnings = grant_warnings(&component, app.engine(), &spec);
+        for warning in &warnings {
+            tracing::warn!(component = %name, "{warning}");
+        }
+        if let Err(err) = crate::state::write_once(&app.state.source_of(digest.as_str()), &bytes) {
+            return Err(DeployError::at(
+                &name,
+                Step::Compile,
+                format!("cannot store the source in the state directory: {err}"),
+            ));
+        }
+        clock.done(Step::Validate);
+        let deployment = Arc::new(Deployment::new(digest.clone(), http, subscriber));
+        Ok(Validated {
+            spec,
+            digest,
+            deployment,
+            cached,
+            warnings,
+        })
     }
-    clock.done(Step::Journal);
 
-    // 7. drain: the replaced version lives until its last request ends.
-    if let Some(previous) = previous {
-        let drain = app.settings.limits.drain_timeout();
-        let component = name.clone();
+    /// Validation of the imports and exports: every import links (it is in the supported
+    /// world), and the component exports what its triggers call.
+    #[allow(clippy::type_complexity)]
+    fn link(
+        &self,
+        spec: &ComponentSpec,
+        component: &wasmtime::component::Component,
+    ) -> Result<
+        (
+            Option<ProxyPre<InstanceState>>,
+            Option<RedisSubscriberPre<InstanceState>>,
+        ),
+        DeployError,
+    > {
+        let name = &spec.name;
+        let instance_pre = self.app.linker.instantiate_pre(component).map_err(|err| {
+            DeployError::at(
+                name,
+                Step::Validate,
+                format!(
+                    "it imports something outside Mosaic's supported world ({}). Mosaic links WASI 0.2 \
+                     (cli, io, clocks, random, filesystem, sockets, http) and the Spin platform world of spin-sdk 5.x: \
+                     fermyon:spin/*@2.0.0, spin:sqlite@3.0.0, spin:postgres@3.0.0 and @4.0.0, wasi:keyvalue@0.2.0-draft2, \
+                     wasi:config/store",
+                    anyhow::Error::from(err)
+                ),
+            )
+        })?;
+        let http = if spec.serves_http() {
+            Some(ProxyPre::new(instance_pre.clone()).map_err(|err| {
+                DeployError::at(
+                    name,
+                    Step::Validate,
+                    format!(
+                        "it does not export `wasi:http/incoming-handler@0.2.x`, so the HTTP trigger cannot call it \
+                         (build it with spin-sdk's #[http_component] or export the handler): {}",
+                        anyhow::Error::from(err)
+                    ),
+                )
+            })?)
+        } else {
+            None
+        };
+        let subscriber = match &spec.subscription {
+            Some(subscription) => Some(RedisSubscriberPre::new(instance_pre).map_err(|err| {
+                DeployError::at(
+                    name,
+                    Step::Validate,
+                    format!(
+                        "it has a [[trigger.redis]] subscription ({}) but does not export `fermyon:spin/inbound-redis` \
+                         (build it with spin-sdk's #[redis_component]): {}",
+                        subscription.patterns.join(", "),
+                        anyhow::Error::from(err)
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        Ok((http, subscriber))
+    }
+
+    /// Step 5: the new version starts (and answers its health route) before any user traffic
+    /// reaches it. At start-up a failure is a warning: there is no old version to protect.
+    async fn probe_step(&self, version: &mut Validated, fatal: bool) -> Result<(), DeployError> {
+        let name = &version.spec.name;
+        if let Err(reason) = self.probe.probe(&version.spec, version.deployment.clone()).await {
+            if fatal {
+                return Err(DeployError::at(name, Step::Probe, reason));
+            }
+            tracing::warn!(component = %name, "health probe failed: {reason}");
+            version.warnings.push(format!("health probe failed: {reason}"));
+        }
+        Ok(())
+    }
+
+    /// Step 6: the new version becomes the live one; returns the one it replaced (and, after a
+    /// restart, the digest the journal last recorded, which it replaces).
+    fn flip(&self, version: &Validated) -> (Option<Arc<Deployment>>, Option<Digest>) {
+        let name = &version.spec.name;
+        let previous = self.app.install(&version.spec, version.deployment.clone());
+        let previous_digest = match &previous {
+            Some(previous) => Some(previous.digest.clone()),
+            // A first load after a restart replaces what the journal last recorded.
+            None => journal::read(&self.app.state.journal_path())
+                .ok()
+                .and_then(|entries| journal::history(&entries, name).last().map(|e| e.digest.clone()))
+                .filter(|last| *last != version.digest),
+        };
+        (previous, previous_digest)
+    }
+
+    /// Step 8: the journal entry, so a restart comes back with this version.
+    fn journal(&self, version: &Validated, previous: Option<Digest>, action: &Action) -> Result<(), DeployError> {
+        let name = &version.spec.name;
+        let entry = JournalEntry {
+            component: name.clone(),
+            digest: version.digest.clone(),
+            previous,
+            action: action.clone(),
+            route: match (&version.spec.route, self.app.manifest.components.contains_key(name)) {
+                (Some(HttpRoute::Public(pattern)), false) => Some(pattern.to_string()),
+                _ => None,
+            },
+            at_unix_ms: crate::clock::now_unix_ms(),
+        };
+        journal::append(&self.app.state.journal_path(), &entry).map_err(|err| {
+            // The flip already happened; the version serves but a restart would not know it.
+            tracing::error!(component = %name, error = %err, "cannot write the deploy journal");
+            DeployError::at(
+                name,
+                Step::Journal,
+                format!("the new version serves, but the journal could not be written: {err}"),
+            )
+        })
+    }
+
+    /// Step 7: the replaced version lives until its last request ends, up to the drain deadline.
+    fn drain(&self, component: &str, previous: Arc<Deployment>) {
+        let drain = self.app.settings.limits.drain_timeout();
+        let component = component.to_string();
         tokio::spawn(async move {
             let left = previous.drain(drain).await;
             if left > 0 {
@@ -308,111 +462,92 @@ async fn run_pipeline(trigger: &HttpTrigger, request: DeployRequest) -> Result<D
         });
     }
 
-    tracing::info!(component = %name, version = %&digest[..12], cached, action = ?request.action, "deployed");
-    Ok(DeployReport {
-        component: name,
-        digest,
-        previous: previous_digest,
-        action: request.action,
-        cached,
-        warnings,
-        migrations,
-        timings_ms: clock.timings,
-        draining,
-    })
-}
+    /// The version the live one of `component` replaced, with its stored source.
+    pub fn previous_version(&self, component: &str) -> Result<(Digest, Vec<u8>), DeployError> {
+        let app = &self.app;
+        let Some(slot) = app.slot(component) else {
+            return Err(DeployError::NotFound {
+                component: component.to_string(),
+                reason: "no such component is deployed".into(),
+            });
+        };
+        let current = slot.live.load().digest.clone();
+        let entries = journal::read(&app.state.journal_path()).map_err(|err| {
+            DeployError::at(
+                component,
+                Step::Receive,
+                format!("cannot read the deploy journal: {err}"),
+            )
+        })?;
+        let target = journal::history(&entries, component)
+            .into_iter()
+            .rev()
+            .find(|entry| entry.digest == current)
+            .and_then(|entry| entry.previous.clone());
+        let Some(target) = target else {
+            return Err(DeployError::NotFound {
+                component: component.to_string(),
+                reason: "there is no earlier version to roll back to".into(),
+            });
+        };
+        let bytes = std::fs::read(app.state.source_of(target.as_str())).map_err(|err| {
+            DeployError::at(
+                component,
+                Step::Receive,
+                format!("the stored source of version {} is gone: {err}", target.short()),
+            )
+        })?;
+        Ok((target, bytes))
+    }
 
-/// Deploys the version that the current one replaced.
-pub async fn rollback(trigger: &HttpTrigger, component: &str) -> Result<DeployReport, DeployError> {
-    let app = trigger.app();
-    let Some(slot) = app.slot(component) else {
-        return Err(DeployError::NotFound {
-            component: component.to_string(),
-            reason: "no such component is deployed".into(),
-        });
-    };
-    let current = slot.live.load().digest.clone();
-    let entries = journal::read(&app.state.journal_path()).map_err(|err| {
-        DeployError::at(
-            component,
-            Step::Receive,
-            format!("cannot read the deploy journal: {err}"),
-        )
-    })?;
-    let target = journal::history(&entries, component)
-        .into_iter()
-        .rev()
-        .find(|entry| entry.digest == current)
-        .and_then(|entry| entry.previous.clone());
-    let Some(target) = target else {
-        return Err(DeployError::NotFound {
-            component: component.to_string(),
-            reason: "there is no earlier version to roll back to".into(),
-        });
-    };
-    let bytes = std::fs::read(app.state.source_of(&target)).map_err(|err| {
-        DeployError::at(
-            component,
-            Step::Receive,
-            format!(
-                "the stored source of version {} is gone: {err}",
-                &target[..12.min(target.len())]
-            ),
-        )
-    })?;
-    deploy(
-        trigger,
-        DeployRequest {
-            component: component.to_string(),
-            bytes,
-            route: None,
-            action: Action::Rollback,
-            probe_is_fatal: true,
-            record: true,
-        },
-    )
-    .await
-}
+    /// Deploys the version that the current one replaced.
+    pub async fn rollback(&self, component: &str) -> Result<DeployReport, DeployError> {
+        let (_, bytes) = self.previous_version(component)?;
+        self.deploy(DeployRequest::rollback(component, bytes)).await
+    }
 
-fn spec_for_deploy(trigger: &HttpTrigger, name: &str, route: Option<&str>) -> Result<ComponentSpec, DeployError> {
-    let app = trigger.app();
-    let existing = app
-        .spec_for(name)
-        .map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
-    let route = route
-        .map(|route| RoutePattern::parse(route).map_err(|reason| DeployError::at(name, Step::Receive, reason)))
-        .transpose()?;
-    match (existing, route) {
-        (Some(spec), None) => Ok(spec),
-        (Some(spec), Some(route)) => {
-            if spec.route == Some(HttpRoute::Public(route.clone())) {
-                Ok(spec)
-            } else {
-                Err(DeployError::at(
-                    name,
-                    Step::Receive,
-                    format!("`{name}` already exists with another route; a deploy replaces its code, not its route (drop --route {route})"),
-                ))
+    /// Step 1: the grants of the component (its manifest entry, or none for one added with
+    /// `--route`), and its route.
+    fn spec_for(&self, name: &str, route: Option<&str>) -> Result<ComponentSpec, DeployError> {
+        let app = &self.app;
+        let existing = app
+            .spec_for(name)
+            .map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
+        let route = route
+            .map(|route| RoutePattern::parse(route).map_err(|reason| DeployError::at(name, Step::Receive, reason)))
+            .transpose()?;
+        match (existing, route) {
+            (Some(spec), None) => Ok(spec),
+            (Some(spec), Some(route)) => {
+                if spec.route == Some(HttpRoute::Public(route.clone())) {
+                    Ok(spec)
+                } else {
+                    Err(DeployError::at(
+                        name,
+                        Step::Receive,
+                        format!("`{name}` already exists with another route; a deploy replaces its code, not its route (drop --route {route})"),
+                    ))
+                }
             }
-        }
-        (None, Some(route)) => {
-            crate::app::manifest::check_component_name(name)
-                .map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
-            if let Some((_, owner)) = app.router().routes().find(|(pattern, _)| **pattern == route) {
-                return Err(DeployError::at(
-                    name,
-                    Step::Receive,
-                    format!("the route {route} is already served by `{owner}`"),
-                ));
+            (None, Some(route)) => {
+                crate::app::manifest::check_component_name(name)
+                    .map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
+                if let Some((_, owner)) = app.router().routes().find(|(pattern, _)| **pattern == route) {
+                    return Err(DeployError::at(
+                        name,
+                        Step::Receive,
+                        format!("the route {route} is already served by `{owner}`"),
+                    ));
+                }
+                Ok(ComponentSpec::ungranted(name, route))
             }
-            Ok(ComponentSpec::ungranted(name, route))
+            (None, None) => Err(DeployError::NotFound {
+                component: name.to_string(),
+                reason:
+                    "no such component in the manifest or the host; to add a new one, give its route with --route /path/..."
+                        .into(),
+            }),
         }
-        (None, None) => Err(DeployError::NotFound {
-            component: name.to_string(),
-            reason:
-                "no such component in the manifest or the host; to add a new one, give its route with --route /path/..."
-                    .into(),
-        }),
     }
 }
 

@@ -16,19 +16,19 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::app::{count, ComponentSpec, Deployment};
-use crate::capability::http_outbound::ChainedRequests;
 use crate::capability::messaging::{now_unix_ms, Delivery, SubscriptionSpec};
-use crate::instance::{new_store, DeadlineExceeded};
+use crate::instance::DeadlineExceeded;
 use crate::observe::{MessageEvent, TraceContext};
 use crate::settings::DeliveryPolicy;
-use crate::trigger::http::{stopped, HttpTrigger};
+use crate::stop::stopped;
+use crate::trigger::Dispatcher;
 
 /// Longest wait between two attempts to reach a broker that is down.
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
 
 /// Starts one runner per subscription of the manifest. Each stops taking deliveries when
 /// `stop` turns true and lets the ones it started finish (up to the drain deadline).
-pub fn start(trigger: &HttpTrigger, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+pub fn start(trigger: &Dispatcher, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let app = trigger.app();
     app.manifest
         .subscriptions()
@@ -41,21 +41,22 @@ pub fn start(trigger: &HttpTrigger, stop: watch::Receiver<bool>) -> Vec<JoinHand
 }
 
 async fn run_subscription(
-    trigger: HttpTrigger,
+    trigger: Dispatcher,
     subscription: SubscriptionSpec,
     policy: DeliveryPolicy,
     mut stop: watch::Receiver<bool>,
 ) {
     let app = trigger.app().clone();
+    let broker = app.capabilities().messaging.broker.clone();
     let subscriber = subscription.subscriber.clone();
     let permits = Arc::new(Semaphore::new(policy.concurrency as usize));
     let mut reconnect_wait = Duration::from_millis(100);
-    tracing::info!(component = %subscriber, channels = ?subscription.patterns, broker = app.broker.kind(), concurrency = policy.concurrency, "subscribed");
+    tracing::info!(component = %subscriber, channels = ?subscription.patterns, broker = broker.kind(), concurrency = policy.concurrency, "subscribed");
     'consume: while !*stop.borrow() {
-        let mut consumer = match app.broker.consume(&subscription, policy.concurrency).await {
+        let mut consumer = match broker.consume(&subscription, policy.concurrency).await {
             Ok(consumer) => consumer,
             Err(err) => {
-                app.metrics.record_backend_error("messaging", app.broker.kind());
+                app.metrics.record_backend_error("messaging", broker.kind());
                 tracing::warn!(component = %subscriber, error = %err, retry_in = ?reconnect_wait, "cannot consume the subscription; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(reconnect_wait) => {}
@@ -94,7 +95,7 @@ async fn run_subscription(
                     );
                 }
                 Err(err) => {
-                    app.metrics.record_backend_error("messaging", app.broker.kind());
+                    app.metrics.record_backend_error("messaging", broker.kind());
                     tracing::warn!(component = %subscriber, error = %err, "the subscription's consumer broke; consuming again");
                     continue 'consume;
                 }
@@ -111,7 +112,7 @@ async fn run_subscription(
 
 /// Delivers one message until it is handled or dead-lettered.
 async fn handle(
-    trigger: &HttpTrigger,
+    trigger: &Dispatcher,
     subscriber: &str,
     policy: DeliveryPolicy,
     delivery: Delivery,
@@ -171,7 +172,7 @@ async fn handle(
 /// One attempt: a fresh instance of the live version handles the payload. Returns the version
 /// that handled it, or why it failed.
 async fn deliver_once(
-    trigger: &HttpTrigger,
+    trigger: &Dispatcher,
     subscriber: &str,
     payload: &[u8],
     trace: &TraceContext,
@@ -196,7 +197,7 @@ async fn deliver_once(
 }
 
 async fn call_handler(
-    trigger: &HttpTrigger,
+    trigger: &Dispatcher,
     spec: &ComponentSpec,
     deployment: Arc<Deployment>,
     payload: &[u8],
@@ -210,8 +211,10 @@ async fn call_handler(
         ));
     };
     let _in_flight = deployment.enter();
-    let chained: Arc<dyn ChainedRequests> = Arc::new(trigger.clone());
-    let mut store = new_store(trigger.app(), spec, chained, 0, timeout)
+    let mut store = trigger
+        .app()
+        .instances
+        .new_store(spec, trigger.chained(), 0, timeout)
         .map_err(|err| format!("component `{name}` could not be instantiated: {err:#}"))?;
     // The handler's outbound calls and publishes carry on the publisher's trace.
     store.data_mut().set_trace(Some(trace.clone()));
@@ -245,13 +248,20 @@ fn describe_trap(name: &str, err: wasmtime::Error, timeout: Duration) -> String 
 }
 
 /// The deploy probe of a subscriber without an HTTP export: one instance must start.
-pub async fn probe(trigger: &HttpTrigger, spec: &ComponentSpec, deployment: Arc<Deployment>) -> Result<(), String> {
+pub async fn probe_subscriber(
+    trigger: &Dispatcher,
+    spec: &ComponentSpec,
+    deployment: Arc<Deployment>,
+) -> Result<(), String> {
     let Some(pre) = deployment.subscriber.clone() else {
         return Ok(());
     };
     let timeout = trigger.app().settings.limits.probe_timeout();
-    let chained: Arc<dyn ChainedRequests> = Arc::new(trigger.clone());
-    let mut store = new_store(trigger.app(), spec, chained, 0, timeout).map_err(|err| format!("{err:#}"))?;
+    let mut store = trigger
+        .app()
+        .instances
+        .new_store(spec, trigger.chained(), 0, timeout)
+        .map_err(|err| format!("{err:#}"))?;
     match tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => Err(format!("the new version does not start: {err:#}")),

@@ -173,3 +173,6 @@ impl WasiHttpHooks for OutboundHttp {
         })
     }
 }
+
+/// Outbound destinations are checked per request by their breakers, not for readiness.
+impl super::Capability for OutboundPolicies {}

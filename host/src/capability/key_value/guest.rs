@@ -3,9 +3,8 @@
 
 use wasmtime::component::Resource;
 
-use super::{check_key, check_value, CasHandle, KvError, OpenStore};
-use crate::bindings::{spin_key_value as spin, wasi_atomics, wasi_batch, wasi_store};
-use crate::instance::InstanceState;
+use super::{check_key, check_value, CasHandle, KeyValueView, KvError, OpenStore};
+use crate::capability::bindings::{spin_key_value as spin, wasi_atomics, wasi_batch, wasi_store};
 
 /// The most keys one `list-keys` page returns.
 const KEYS_PAGE: usize = 1000;
@@ -18,7 +17,7 @@ fn to_wasi(err: KvError) -> wasi_store::Error {
     wasi_store::Error::Other(err.to_string())
 }
 
-impl InstanceState {
+impl KeyValueView<'_> {
     /// Opens `label` if this component is granted it.
     async fn open_store(&mut self, label: &str) -> Result<OpenStore, OpenError> {
         let access = self.key_value().clone();
@@ -46,9 +45,9 @@ enum OpenError {
     Backend(KvError),
 }
 
-impl spin::Host for InstanceState {}
+impl spin::Host for KeyValueView<'_> {}
 
-impl spin::HostStore for InstanceState {
+impl spin::HostStore for KeyValueView<'_> {
     async fn open(&mut self, label: String) -> Result<Resource<OpenStore>, spin::Error> {
         let open = match self.open_store(&label).await {
             Ok(open) => open,
@@ -90,7 +89,7 @@ impl spin::HostStore for InstanceState {
     }
 }
 
-impl wasi_store::Host for InstanceState {
+impl wasi_store::Host for KeyValueView<'_> {
     async fn open(&mut self, identifier: String) -> Result<Resource<OpenStore>, wasi_store::Error> {
         let open = match self.open_store(&identifier).await {
             Ok(open) => open,
@@ -103,7 +102,7 @@ impl wasi_store::Host for InstanceState {
     }
 }
 
-impl wasi_store::HostBucket for InstanceState {
+impl wasi_store::HostBucket for KeyValueView<'_> {
     async fn get(&mut self, bucket: Resource<OpenStore>, key: String) -> Result<Option<Vec<u8>>, wasi_store::Error> {
         let store = self.store_of(&bucket).map_err(to_wasi)?;
         store.get(&key).await.map_err(to_wasi)
@@ -148,7 +147,7 @@ impl wasi_store::HostBucket for InstanceState {
     }
 }
 
-impl wasi_atomics::Host for InstanceState {
+impl wasi_atomics::Host for KeyValueView<'_> {
     async fn increment(
         &mut self,
         bucket: Resource<OpenStore>,
@@ -193,7 +192,7 @@ impl wasi_atomics::Host for InstanceState {
     }
 }
 
-impl wasi_atomics::HostCas for InstanceState {
+impl wasi_atomics::HostCas for KeyValueView<'_> {
     async fn new(
         &mut self,
         bucket: Resource<OpenStore>,
@@ -220,7 +219,7 @@ impl wasi_atomics::HostCas for InstanceState {
     }
 }
 
-impl wasi_batch::Host for InstanceState {
+impl wasi_batch::Host for KeyValueView<'_> {
     async fn get_many(
         &mut self,
         bucket: Resource<OpenStore>,

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use crate::app::runtime_config::KeyValueStoreConfig;
 use crate::observe::Metrics;
 
 /// Longest key a guest may use, in bytes.
@@ -79,6 +78,18 @@ pub fn check_value(value: &[u8]) -> Result<(), KvError> {
         )));
     }
     Ok(())
+}
+
+/// Where one store lives, as the runtime config's `[key_value_store.LABEL]` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyValueStoreConfig {
+    /// Embedded SQLite; `None` puts the file in the state directory.
+    Embedded {
+        path: Option<PathBuf>,
+    },
+    Redis {
+        url: String,
+    },
 }
 
 /// Every store of the application, opened on first use.
@@ -221,4 +232,44 @@ pub struct CasHandle {
     pub store: Arc<dyn KeyValueStore>,
     pub key: String,
     pub seen: Option<Vec<u8>>,
+}
+
+#[async_trait::async_trait]
+impl super::Capability for KeyValueStores {
+    async fn readiness(&self) -> Vec<super::Check> {
+        super::server_checks("key_value", self.check_servers(), |err| err.to_string()).await
+    }
+}
+
+super::guest_view!(
+    /// The guest's view of key-value: its instance's access and resource table.
+    KeyValueView,
+    KeyValueImports,
+    KeyValueAccess,
+    key_value,
+    key_value_view
+);
+
+impl super::GuestCapability for KeyValueStores {
+    type Instance = KeyValueAccess;
+
+    fn instance(self: &Arc<Self>, component: &super::grants::ComponentSpec) -> KeyValueAccess {
+        KeyValueAccess {
+            component: Arc::from(component.name.as_str()),
+            granted: component.key_value_stores.clone(),
+            stores: self.clone(),
+        }
+    }
+
+    fn add_to_linker<T: super::HasInstance<KeyValueAccess> + Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+    ) -> anyhow::Result<()> {
+        use crate::capability::bindings::{spin_key_value, wasi_atomics, wasi_batch, wasi_store};
+        // fermyon:spin/key-value@2.0.0 and wasi:keyvalue (store, atomics, batch)
+        spin_key_value::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;
+        wasi_store::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;
+        wasi_atomics::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;
+        wasi_batch::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;
+        Ok(())
+    }
 }

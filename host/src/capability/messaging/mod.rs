@@ -16,7 +16,6 @@ pub mod rabbitmq;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -234,9 +233,72 @@ impl From<TopicError> for BrokerError {
     }
 }
 
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
+pub use crate::clock::now_unix_ms;
+
+/// The messaging capability, app-wide: the broker every publish and subscription goes
+/// through (chosen by `[messaging] broker`), the publish cap and the subscribing components.
+/// Guests publish through `fermyon:spin/redis` (see `redis_client`), with a [`Publisher`].
+pub struct Messaging {
+    pub broker: SharedBroker,
+    max_message_bytes: u64,
+    metrics: Arc<crate::observe::Metrics>,
+    subscribers: Vec<String>,
+}
+
+impl Messaging {
+    pub fn new(
+        broker: SharedBroker,
+        max_message_bytes: u64,
+        metrics: Arc<crate::observe::Metrics>,
+        subscriptions: &[SubscriptionSpec],
+    ) -> Messaging {
+        Messaging {
+            broker,
+            max_message_bytes,
+            metrics,
+            subscribers: subscriptions.iter().map(|s| s.subscriber.clone()).collect(),
+        }
+    }
+
+    /// The handle an instance publishes through.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            broker: self.broker.clone(),
+            max_message_bytes: self.max_message_bytes,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Guests publish through `fermyon:spin/redis` (the Redis client's interface): messaging links
+/// nothing of its own, and an instance holds no state of it.
+impl super::GuestCapability for Messaging {
+    type Instance = ();
+
+    fn instance(self: &Arc<Self>, _component: &super::grants::ComponentSpec) {}
+
+    fn add_to_linker<T: super::HasInstance<()> + Send + 'static>(
+        _linker: &mut wasmtime::component::Linker<T>,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// How long `/metrics` waits for the broker to count one subscriber's pending messages.
+const PENDING_SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[async_trait::async_trait]
+impl super::Capability for Messaging {
+    async fn readiness(&self) -> Vec<super::Check> {
+        vec![super::bounded_check(format!("broker {}", self.broker.kind()), self.broker.check()).await]
+    }
+
+    async fn scrape(&self, into: &mut super::Scrape) {
+        for subscriber in &self.subscribers {
+            let waiting = self.broker.pending(subscriber);
+            if let Ok(Ok(waiting)) = tokio::time::timeout(PENDING_SCRAPE_TIMEOUT, waiting).await {
+                into.pending.push((subscriber.clone(), waiting));
+            }
+        }
+    }
 }

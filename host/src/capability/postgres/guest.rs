@@ -4,20 +4,22 @@
 use wasmtime::component::Resource;
 
 use super::values::{Bound, PgType, PgValue, RangeEnds};
+use super::PostgresView;
 use super::{endpoints, PgConnection, PgError, PgRowSet};
-use crate::bindings::{spin_postgres as v2, spin_postgres3 as v3, spin_postgres4 as v4, spin_rdbms_types as rdbms};
-use crate::instance::InstanceState;
+use crate::capability::bindings::{
+    spin_postgres as v2, spin_postgres3 as v3, spin_postgres4 as v4, spin_rdbms_types as rdbms,
+};
 
-impl InstanceState {
+impl PostgresView<'_> {
     async fn pg_open(&mut self, address: &str) -> Result<PgConnection, PgError> {
         for (host, port) in endpoints(address)? {
-            if !self.outbound_allowed("postgres", &host, Some(port)) {
+            if !self.postgres().allowed.allows("postgres", &host, Some(port)) {
                 return Err(PgError::ConnectionFailed(format!(
                     "postgres://{host}:{port} is not in this component's allowed_outbound_hosts"
                 )));
             }
         }
-        self.pg_pools().connect(address).await
+        self.postgres().pools.connect(address).await
     }
 
     fn pg_connection(&self, handle: &Resource<PgConnection>) -> Result<&PgConnection, PgError> {
@@ -48,6 +50,9 @@ impl InstanceState {
 }
 
 // ---- v2: fermyon:spin/postgres@2.0.0 over rdbms-types ----
+
+/// `rdbms-types` holds only types; MySQL's v2 interface shares them.
+impl rdbms::Host for PostgresView<'_> {}
 
 fn from_v2(value: rdbms::ParameterValue) -> Result<PgValue, PgError> {
     use rdbms::ParameterValue as P;
@@ -115,9 +120,9 @@ fn error_v2(err: PgError) -> rdbms::Error {
     }
 }
 
-impl v2::Host for InstanceState {}
+impl v2::Host for PostgresView<'_> {}
 
-impl v2::HostConnection for InstanceState {
+impl v2::HostConnection for PostgresView<'_> {
     async fn open(&mut self, address: String) -> Result<Resource<PgConnection>, rdbms::Error> {
         let connection = self.pg_open(&address).await.map_err(error_v2)?;
         self.table_mut()
@@ -358,9 +363,9 @@ fn error_v4(err: PgError) -> v4::Error {
 
 macro_rules! spin_postgres_connection {
     ($module:ident, $from:ident, $to:ident, $ty:ident, $error:ident) => {
-        impl $module::Host for InstanceState {}
+        impl $module::Host for PostgresView<'_> {}
 
-        impl $module::HostConnection for InstanceState {
+        impl $module::HostConnection for PostgresView<'_> {
             async fn open(&mut self, address: String) -> Result<Resource<PgConnection>, $module::Error> {
                 let connection = self.pg_open(&address).await.map_err($error)?;
                 self.table_mut()

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use deadpool_postgres::{Object, Pool};
+use std::sync::Arc;
+
 use tokio::sync::Mutex;
 
 pub use values::{PgType, PgValue};
@@ -241,7 +243,7 @@ impl PgConnection {
                 self.client
                     .execute(
                         "INSERT INTO _mosaic_migrations (version, name, checksum, applied_at_unix_ms) VALUES ($1, $2, $3, $4)",
-                        &[&migration.version, &migration.name, &migration.checksum, &(crate::deploy::journal::now_unix_ms() as i64)],
+                        &[&migration.version, &migration.name, &migration.checksum, &(crate::clock::now_unix_ms() as i64)],
                     )
                     .await
                     .map_err(fail)?;
@@ -281,5 +283,51 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@db/app"), "postgres://u@db/app");
         assert_eq!(redact("host=h password=secret user=u"), "host=h password=*** user=u");
         assert!(endpoints("postgres://[bad").is_err());
+    }
+}
+
+/// What one instance may reach: the shared pools, through its `allowed_outbound_hosts`.
+#[derive(Clone)]
+pub struct PostgresAccess {
+    pub pools: Arc<PgPools>,
+    pub allowed: Arc<mosaic_manifest::allowed_hosts::AllowedHosts>,
+}
+
+#[async_trait::async_trait]
+impl super::Capability for PgPools {
+    async fn readiness(&self) -> Vec<super::Check> {
+        super::server_checks("postgres", self.check_servers(), |err| err.message()).await
+    }
+}
+
+super::guest_view!(
+    /// The guest's view of PostgreSQL: its instance's access and resource table.
+    PostgresView,
+    PostgresImports,
+    PostgresAccess,
+    postgres,
+    postgres_view
+);
+
+impl super::GuestCapability for PgPools {
+    type Instance = PostgresAccess;
+
+    fn instance(self: &Arc<Self>, component: &super::grants::ComponentSpec) -> PostgresAccess {
+        PostgresAccess {
+            pools: self.clone(),
+            allowed: component.allowed_hosts.clone(),
+        }
+    }
+
+    fn add_to_linker<T: super::HasInstance<PostgresAccess> + Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+    ) -> anyhow::Result<()> {
+        use crate::capability::bindings::{spin_postgres, spin_postgres3, spin_postgres4, spin_rdbms_types};
+        // fermyon:spin/postgres@2.0.0 (with rdbms-types) and spin:postgres/postgres 3 and 4
+        spin_rdbms_types::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
+        spin_postgres::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
+        spin_postgres3::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
+        spin_postgres4::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
+        Ok(())
     }
 }

@@ -2,16 +2,16 @@
 
 use wasmtime::component::Resource;
 
+use super::SqliteView;
 use super::{OpenDatabase, SqlError, SqlResult, SqlValue};
-use crate::bindings::{spin_sqlite as v2, spin_sqlite3 as v3};
-use crate::instance::InstanceState;
+use crate::capability::bindings::{spin_sqlite as v2, spin_sqlite3 as v3};
 
 enum OpenError {
     Denied,
     Failed(SqlError),
 }
 
-impl InstanceState {
+impl SqliteView<'_> {
     async fn open_database(&mut self, label: &str) -> Result<OpenDatabase, OpenError> {
         let access = self.sqlite().clone();
         if !access.granted.iter().any(|granted| granted == label) {
@@ -94,7 +94,7 @@ macro_rules! convert_values {
             }
         }
 
-        impl $module::Host for InstanceState {}
+        impl $module::Host for SqliteView<'_> {}
     };
 }
 
@@ -135,11 +135,11 @@ macro_rules! connection_methods {
     };
 }
 
-impl v2::HostConnection for InstanceState {
+impl v2::HostConnection for SqliteView<'_> {
     connection_methods!(v2);
 }
 
-impl v3::HostConnection for InstanceState {
+impl v3::HostConnection for SqliteView<'_> {
     connection_methods!(v3);
 
     async fn last_insert_rowid(&mut self, connection: Resource<OpenDatabase>) -> i64 {

@@ -107,7 +107,7 @@ impl Database {
             .bind(migration.version)
             .bind(&migration.name)
             .bind(&migration.checksum)
-            .bind(crate::deploy::journal::now_unix_ms() as i64)
+            .bind(crate::clock::now_unix_ms() as i64)
             .execute(&mut *transaction)
             .await
             .map_err(fail)?;

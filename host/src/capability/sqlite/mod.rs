@@ -219,3 +219,37 @@ pub struct OpenDatabase {
     pub last_insert_rowid: i64,
     pub changes: u64,
 }
+
+/// Embedded databases are files: nothing to check for readiness.
+impl super::Capability for Databases {}
+
+super::guest_view!(
+    /// The guest's view of SQLite: its instance's access and resource table.
+    SqliteView,
+    SqliteImports,
+    SqliteAccess,
+    sqlite,
+    sqlite_view
+);
+
+impl super::GuestCapability for Databases {
+    type Instance = SqliteAccess;
+
+    fn instance(self: &Arc<Self>, component: &super::grants::ComponentSpec) -> SqliteAccess {
+        SqliteAccess {
+            component: Arc::from(component.name.as_str()),
+            granted: component.sqlite_databases.clone(),
+            databases: self.clone(),
+        }
+    }
+
+    fn add_to_linker<T: super::HasInstance<SqliteAccess> + Send + 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+    ) -> anyhow::Result<()> {
+        use crate::capability::bindings::{spin_sqlite, spin_sqlite3};
+        // fermyon:spin/sqlite@2.0.0 and spin:sqlite/sqlite@3.0.0
+        spin_sqlite::add_to_linker::<T, SqliteImports>(linker, sqlite_view::<T>)?;
+        spin_sqlite3::add_to_linker::<T, SqliteImports>(linker, sqlite_view::<T>)?;
+        Ok(())
+    }
+}

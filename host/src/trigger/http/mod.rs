@@ -1,0 +1,335 @@
+//! The HTTP trigger: routes an incoming request to a component, adds the `spin-*` headers
+//! ([`headers`]), admits it under the component's cap ([`admission`]), runs it in a fresh
+//! instance of the version live when it arrived, and turns failures into 5xx answers with a
+//! log line ([`errors`]). In-process chained requests ([`chained`]) and deploy probes
+//! ([`probe`]) take the same path; [`serve`] is the accept loop.
+
+pub mod admission;
+pub mod chained;
+pub mod errors;
+pub mod headers;
+pub mod probe;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tracing::Instrument;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
+
+use crate::app::{count, ComponentSpec, Deployment};
+use crate::observe::{TraceContext, TRACEPARENT};
+use crate::trigger::body::{full, json_error, payload_too_large, request_too_large, response_too_large, CappedBody};
+use crate::trigger::Dispatcher;
+use errors::{classify, ServeError};
+use headers::{with_spin_headers, RouteInfo};
+
+pub type HttpResponse = hyper::Response<HyperOutgoingBody>;
+
+/// The largest request head (request line and headers) a client may send: 431 beyond.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// The address chained requests report as `spin-client-addr`.
+const IN_PROCESS_CLIENT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+impl Dispatcher {
+    /// Serves one request from a client.
+    pub async fn handle<B>(&self, request: hyper::Request<B>, client: SocketAddr) -> HttpResponse
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let limit = self.app.settings.limits.max_request_body_bytes;
+        if declared_length(request.headers()).is_some_and(|length| length > limit) {
+            return payload_too_large(limit);
+        }
+        let router = self.app.router();
+        let path = request.uri().path().to_string();
+        let Some((pattern, component, matched)) = router.route(&path) else {
+            return json_error(StatusCode::NOT_FOUND, "not found", format!("no route matches {path}"));
+        };
+        let route = RouteInfo {
+            pattern: Some(pattern.clone()),
+            matched,
+        };
+        let component = component.to_string();
+        self.serve_live(&component, request, route, client, 0).await
+    }
+
+    /// Serves a request on the live version of `component`, counting it in the slot's stats.
+    async fn serve_live<B>(
+        &self,
+        component: &str,
+        request: hyper::Request<B>,
+        route: RouteInfo,
+        client: SocketAddr,
+        depth: u32,
+    ) -> HttpResponse
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let Some(slot) = self.app.slot(component) else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "not found",
+                format!("no component `{component}` is deployed"),
+            );
+        };
+        count(&slot.stats.requests);
+        let deployment = slot.live.load_full();
+        let mut request = request;
+        let trace = TraceContext::continue_or_start(request.headers());
+        if let Ok(value) = HeaderValue::from_str(&trace.header_value()) {
+            request.headers_mut().insert(TRACEPARENT, value);
+        }
+        let span = tracing::info_span!("request", component = %component, version = %deployment.short_digest(), method = %request.method(), path = %request.uri().path(), trace_id = %trace.trace_id);
+        let started = std::time::Instant::now();
+        let version = deployment.short_digest().to_string();
+        let outcome = match self.admission.try_enter(component) {
+            Some(permit) => {
+                self.serve_version(
+                    &slot.spec,
+                    deployment,
+                    request,
+                    route,
+                    client,
+                    depth,
+                    self.app.settings.limits.request_timeout(),
+                    Some(permit),
+                )
+                .instrument(span.clone())
+                .await
+            }
+            None => Err(ServeError::Busy {
+                component: component.to_string(),
+                limit: self.admission.limit,
+            }),
+        };
+        let failed = outcome
+            .as_ref()
+            .map_or(true, |response| response.status().is_server_error());
+        self.app
+            .metrics
+            .record_request(component, &version, started.elapsed(), failed);
+        if failed {
+            count(&slot.stats.errors);
+        }
+        match outcome {
+            Ok(response) => response,
+            Err(err @ ServeError::Busy { .. }) => {
+                self.admission.log_refusal(component);
+                err.into_response()
+            }
+            Err(err) => {
+                span.in_scope(|| tracing::error!(error = %err, "request failed"));
+                err.into_response()
+            }
+        }
+    }
+
+    /// Runs one request in a fresh instance of `deployment`; `permit` (the component's
+    /// admission) is held as long as the instance runs.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_version<B>(
+        &self,
+        spec: &ComponentSpec,
+        deployment: Arc<Deployment>,
+        request: hyper::Request<B>,
+        route: RouteInfo,
+        client: SocketAddr,
+        depth: u32,
+        timeout: Duration,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<HttpResponse, ServeError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let component = spec.name.clone();
+        let limits = &self.app.settings.limits;
+        let in_flight = deployment.enter();
+        let chained = self.chained();
+        let instantiate_error = |detail: String| ServeError::Instantiate {
+            component: component.clone(),
+            detail,
+        };
+        let mut store = self
+            .app
+            .instances
+            .new_store(spec, chained, depth, timeout)
+            .map_err(|err| instantiate_error(format!("{err:#}")))?;
+        store
+            .data_mut()
+            .set_trace(TraceContext::from_headers(request.headers()));
+
+        let request = with_spin_headers(request, &route, client);
+        // A body that crosses the cap without having declared its length (chunked) reaches the
+        // guest as a body error; whatever the guest answers then, the client gets a 413.
+        let body_over_cap = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| {
+            CappedBody::new(body, limits.max_request_body_bytes, request_too_large).reporting_to(body_over_cap.clone())
+        });
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|err| instantiate_error(format!("{err:#}")))?;
+        let outparam = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|err| instantiate_error(format!("{err:#}")))?;
+
+        let Some(pre) = deployment.http.clone() else {
+            return Err(instantiate_error(
+                "it does not serve HTTP: it exports no wasi:http/incoming-handler (it is a [[trigger.redis]] subscriber)"
+                    .into(),
+            ));
+        };
+        let task_component = component.clone();
+        let guest = tokio::spawn(
+            async move {
+                // The in-flight guard lives as long as the guest runs, body streaming included.
+                let _in_flight = in_flight;
+                let _permit = permit;
+                let run = async {
+                    let proxy = pre.instantiate_async(&mut store).await.map_err(|err| (true, err))?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, outparam)
+                        .await
+                        .map_err(|err| (false, err))
+                };
+                match tokio::time::timeout(timeout, run).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err((instantiating, err))) => Err(classify(&task_component, instantiating, err, timeout)),
+                    Err(_) => Err(ServeError::Deadline {
+                        component: task_component,
+                        timeout,
+                    }),
+                }
+            }
+            .in_current_span(),
+        );
+
+        let outcome = match receiver.await {
+            Ok(Ok(response)) => {
+                // The guest may still be writing the body: a failure from here on can only cut
+                // the response short, but it must still be logged.
+                tokio::spawn(
+                    async move {
+                        if let Ok(Err(err)) = guest.await {
+                            tracing::error!(error = %err, "the component failed after sending its response headers");
+                        }
+                    }
+                    .in_current_span(),
+                );
+                Ok(cap_response(response, limits.max_response_body_bytes))
+            }
+            Ok(Err(code)) => Err(ServeError::Guest { component, code }),
+            Err(_) => match guest.await {
+                Ok(Ok(())) => Err(ServeError::NoResponse { component }),
+                Ok(Err(err)) => Err(err),
+                Err(join) => Err(ServeError::Trap {
+                    component,
+                    trap: None,
+                    detail: format!("the instance task failed: {join}"),
+                }),
+            },
+        };
+        if body_over_cap.load(Ordering::SeqCst) {
+            tracing::info!(
+                limit = limits.max_request_body_bytes,
+                "the request body went over the limit: answered 413"
+            );
+            return Ok(payload_too_large(limits.max_request_body_bytes));
+        }
+        outcome
+    }
+}
+
+/// The `content-length` a message declares, if it declares a valid one.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn cap_response(response: HttpResponse, limit: u64) -> HttpResponse {
+    if declared_length(response.headers()).is_some_and(|length| length > limit) {
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "response body too large",
+            format!("the component's response is over the limit of {limit} bytes (limits.max_response_body_bytes)"),
+        );
+    }
+    response.map(|body| CappedBody::new(body, limit, response_too_large).boxed_unsync())
+}
+
+/// Accepts connections until `shutdown` turns true, then stops accepting and waits for the
+/// connections in progress to finish, up to `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    dispatcher: Dispatcher,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let header_read_timeout = dispatcher.app.settings.http.header_read_timeout();
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::stop::stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let dispatcher = dispatcher.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let dispatcher = dispatcher.clone();
+            async move { Ok::<_, std::convert::Infallible>(dispatcher.handle(request, client).await) }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(MAX_HEAD_BYTES);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, %client, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            ?drain,
+            "shutdown: connections still open at the drain deadline were cut"
+        );
+    }
+}
+
+/// A plain-text answer, used by the admin API.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = hyper::Response::new(full(body));
+    *response.status_mut() = status;
+    response
+}

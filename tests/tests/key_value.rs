@@ -408,3 +408,55 @@ source = "{probe}"
     assert!(denied.body.contains("allowed_outbound_hosts"), "{}", denied.body);
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_redis_never_stalls_opening_another_store() {
+    use mosaic::app::runtime_config::KeyValueStoreConfig;
+    use mosaic::capability::key_value::KeyValueStores;
+    use std::time::{Duration, Instant};
+
+    if !service_available("Redis", REDIS) {
+        return;
+    }
+    // A Redis that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging = format!("redis://{}/1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let configs = std::collections::BTreeMap::from([
+        ("hangs".to_string(), KeyValueStoreConfig::Redis { url: hanging }),
+        (
+            "real".to_string(),
+            KeyValueStoreConfig::Redis {
+                url: "redis://127.0.0.1:6379/9".into(),
+            },
+        ),
+    ]);
+    let dir = std::env::temp_dir().join(unique("mosaic-kv-hang"));
+    let stores = std::sync::Arc::new(KeyValueStores::new(configs, dir, Default::default()));
+    let stalled = tokio::spawn({
+        let stores = stores.clone();
+        async move { stores.open("hangs").await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!stalled.is_finished(), "the hanging server holds its open");
+
+    let started = Instant::now();
+    let real = stores.open("real").await.expect("the real Redis opens");
+    let key = unique("hang");
+    real.set(&key, b"v").await.unwrap();
+    assert_eq!(real.get(&key).await.unwrap().as_deref(), Some(&b"v"[..]));
+    real.delete(&key).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the real Redis store waited {:?} for the hanging one",
+        started.elapsed()
+    );
+    // The hanging store's open ends in an error within the Redis timeout, and is not cached.
+    let outcome = tokio::time::timeout(Duration::from_secs(10), stalled).await;
+    assert!(matches!(outcome, Ok(Ok(Err(_)))), "the hanging open ends in an error");
+}

@@ -460,3 +460,75 @@ async fn a_hanging_redis_never_stalls_opening_another_store() {
     let outcome = tokio::time::timeout(Duration::from_secs(10), stalled).await;
     assert!(matches!(outcome, Ok(Ok(Err(_)))), "the hanging open ends in an error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_list_keys_scans_one_page_not_the_keyspace() {
+    use mosaic::capability::key_value::{redis::RedisStore, KeyValueStore};
+
+    const KEYS: usize = 100_000;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A server of this test's own: its command statistics count only this test's commands.
+    let Some(_redis) = PrivateRedis::start(port) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for batch in 0..KEYS / 1000 {
+        let mut mset = redis::cmd("MSET");
+        for i in batch * 1000..(batch + 1) * 1000 {
+            mset.arg(format!("key-{i:06}")).arg("v");
+        }
+        let () = mset.query_async(&mut admin).await.unwrap();
+    }
+    let store = RedisStore::open(&url).await.unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let first = store.keys_page(None, 1000).await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let scans = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(scans <= 3, "one page of keys ran {scans} SCANs: it walked the keyspace");
+    assert!(
+        !first.keys.is_empty() && first.keys.len() <= 2000,
+        "{}",
+        first.keys.len()
+    );
+    assert!(first.cursor.is_some(), "more pages follow");
+
+    // Paging on from that cursor reaches every key, and the last page says it is the last.
+    let mut seen: std::collections::BTreeSet<String> = first.keys.into_iter().collect();
+    let mut cursor = first.cursor;
+    let mut pages = 1;
+    while let Some(at) = cursor {
+        let page = store.keys_page(Some(&at), 1000).await.unwrap();
+        assert!(page.keys.len() <= 2000, "a page of {} keys", page.keys.len());
+        seen.extend(page.keys);
+        cursor = page.cursor;
+        pages += 1;
+        assert!(pages <= 1000, "paging does not end");
+    }
+    assert_eq!(seen.len(), KEYS);
+    // Spin's get-keys still answers every key, sorted.
+    let all = store.keys().await.unwrap();
+    assert_eq!(all.len(), KEYS);
+    assert!(all.windows(2).all(|pair| pair[0] < pair[1]));
+}

@@ -37,12 +37,35 @@ pub trait KeyValueStore: Send + Sync {
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError>;
     async fn delete(&self, key: &str) -> Result<(), KvError>;
     async fn exists(&self, key: &str) -> Result<bool, KvError>;
+    /// Every key, sorted (Spin's `get-keys`).
     async fn keys(&self) -> Result<Vec<String>, KvError>;
+    /// One page of keys (`wasi:keyvalue` `list-keys`): about `limit` keys from where `cursor`
+    /// left off (`None`: from the start), and the cursor of the next page (`None`: no more).
+    /// A cursor is only meaningful to the store that returned it.
+    async fn keys_page(&self, cursor: Option<&str>, limit: usize) -> Result<KeysPage, KvError> {
+        let all = self.keys().await?;
+        let start = match cursor {
+            Some(after) => all.partition_point(|key| key.as_str() <= after),
+            None => 0,
+        };
+        let keys: Vec<String> = all[start..].iter().take(limit).cloned().collect();
+        let more = all.len() > start + keys.len();
+        let cursor = if more { keys.last().cloned() } else { None };
+        Ok(KeysPage { keys, cursor })
+    }
     /// Adds `delta` to the integer at `key` (0 when absent) and returns the new value.
     /// Integers are stored as decimal text, the same on every backend.
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError>;
     /// Writes `new` only if the value is still `expected` (`None`: still absent).
     async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, KvError>;
+}
+
+/// One page of a store's keys and the cursor of the next one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysPage {
+    pub keys: Vec<String>,
+    /// Where the next page starts; `None` on the last page.
+    pub cursor: Option<String>,
 }
 
 /// Parses a stored counter.
@@ -185,6 +208,9 @@ impl KeyValueStore for Metered {
     }
     async fn keys(&self) -> Result<Vec<String>, KvError> {
         self.counted(self.store.keys().await)
+    }
+    async fn keys_page(&self, cursor: Option<&str>, limit: usize) -> Result<KeysPage, KvError> {
+        self.counted(self.store.keys_page(cursor, limit).await)
     }
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         self.counted(self.store.increment(key, delta).await)

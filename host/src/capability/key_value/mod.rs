@@ -41,18 +41,11 @@ pub trait KeyValueStore: Send + Sync {
     async fn keys(&self) -> Result<Vec<String>, KvError>;
     /// One page of keys (`wasi:keyvalue` `list-keys`): about `limit` keys from where `cursor`
     /// left off (`None`: from the start), and the cursor of the next page (`None`: no more).
-    /// A cursor is only meaningful to the store that returned it.
-    async fn keys_page(&self, cursor: Option<&str>, limit: usize) -> Result<KeysPage, KvError> {
-        let all = self.keys().await?;
-        let start = match cursor {
-            Some(after) => all.partition_point(|key| key.as_str() <= after),
-            None => 0,
-        };
-        let keys: Vec<String> = all[start..].iter().take(limit).cloned().collect();
-        let more = all.len() > start + keys.len();
-        let cursor = if more { keys.last().cloned() } else { None };
-        Ok(KeysPage { keys, cursor })
-    }
+    /// A cursor is only meaningful to the store that returned it. A page reads about `limit`
+    /// keys from the backend, never the whole keyspace: the embedded store pages in key
+    /// order, Redis in its SCAN order (a key present throughout the listing is on some page;
+    /// if the server resizes its table meanwhile, a key may appear on two pages).
+    async fn keys_page(&self, cursor: Option<&str>, limit: usize) -> Result<KeysPage, KvError>;
     /// Adds `delta` to the integer at `key` (0 when absent) and returns the new value.
     /// Integers are stored as decimal text, the same on every backend.
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError>;

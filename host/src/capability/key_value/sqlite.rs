@@ -7,7 +7,7 @@ use std::path::Path;
 use sqlx::sqlite::SqlitePool;
 use tokio::sync::Mutex;
 
-use super::{parse_counter, KeyValueStore, KvError};
+use super::{parse_counter, KeyValueStore, KeysPage, KvError};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -83,6 +83,27 @@ impl KeyValueStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(|err| backend(&self.path, err))
+    }
+
+    async fn keys_page(&self, cursor: Option<&str>, limit: usize) -> Result<KeysPage, KvError> {
+        let limit = limit.max(1);
+        // One row past the page tells whether another page follows.
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        // The primary key's index serves both as a range read from the cursor on.
+        let query = match cursor {
+            Some(after) => sqlx::query_scalar::<_, String>("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT ?2")
+                .bind(after.to_string())
+                .bind(fetch),
+            None => sqlx::query_scalar::<_, String>("SELECT key FROM kv ORDER BY key LIMIT ?1").bind(fetch),
+        };
+        let mut keys = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| backend(&self.path, err))?;
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let cursor = if more { keys.last().cloned() } else { None };
+        Ok(KeysPage { keys, cursor })
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {

@@ -3,10 +3,14 @@
 //! store, the Redis client) and a PostgreSQL server (the guests' pools, the cluster store).
 //! The capabilities stay apart; the connection settings live here once.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
@@ -116,6 +120,71 @@ pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}{}", &url[..scheme + 3], &url[at + 1..]),
         _ => url.to_string(),
+    }
+}
+
+/// Values (connections, stores) opened on first use, one per key, shared by every caller.
+/// The opening runs outside any lock: callers of the same key await one shared attempt,
+/// callers of other keys never wait for it (a dead server stalls only those who asked for
+/// it), and a failed attempt is forgotten so that the next caller tries again.
+pub struct OpenedByKey<T, E> {
+    entries: std::sync::Mutex<HashMap<String, Attempt<T, E>>>,
+    attempts: AtomicU64,
+}
+
+struct Attempt<T, E> {
+    /// Tells this attempt from a later one under the same key, so that a caller finishing a
+    /// failed attempt never forgets a newer one.
+    id: u64,
+    opening: Shared<BoxFuture<'static, Result<T, E>>>,
+}
+
+impl<T, E> Default for OpenedByKey<T, E> {
+    fn default() -> Self {
+        Self {
+            entries: std::sync::Mutex::new(HashMap::new()),
+            attempts: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<T, E> OpenedByKey<T, E>
+where
+    T: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + 'static,
+{
+    /// The value under `key`, opened with `open` if no attempt has succeeded or is under way.
+    pub async fn get_or_open<F, Fut>(&self, key: &str, open: F) -> Result<T, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let (id, opening) = {
+            let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match entries.get(key) {
+                Some(attempt) => (attempt.id, attempt.opening.clone()),
+                None => {
+                    let id = self.attempts.fetch_add(1, Ordering::Relaxed);
+                    let opening = open().boxed().shared();
+                    entries.insert(
+                        key.to_string(),
+                        Attempt {
+                            id,
+                            opening: opening.clone(),
+                        },
+                    );
+                    (id, opening)
+                }
+            }
+        };
+        let outcome = opening.await;
+        if outcome.is_err() {
+            let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if entries.get(key).is_some_and(|attempt| attempt.id == id) {
+                entries.remove(key);
+            }
+        }
+        outcome
     }
 }
 

@@ -18,7 +18,7 @@ use crate::capability::http_outbound::OutboundPolicies;
 use crate::capability::key_value::KeyValueStores;
 use crate::capability::messaging::Messaging;
 use crate::capability::postgres::PgPools;
-use crate::capability::redis_client::RedisClients;
+use crate::capability::redis_client::{Redis, RedisClients};
 use crate::capability::sqlite::Databases;
 use crate::capability::unsupported::NoBackend;
 use crate::capability::variables::ApplicationVariables;
@@ -357,7 +357,7 @@ async fn build_capabilities(
         &subscriptions,
     );
     Ok(Capabilities {
-        redis: Arc::new(RedisClients::new(metrics.clone(), messaging.publisher())),
+        redis: Arc::new(Redis::new(RedisClients::new(metrics.clone()), messaging.publisher())),
         messaging: Arc::new(messaging),
         variables: Arc::new(variables),
         key_value: Arc::new(KeyValueStores::new(

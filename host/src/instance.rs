@@ -74,7 +74,7 @@ capabilities! {
     key_value: crate::capability::key_value::KeyValueStores,
     sqlite: crate::capability::sqlite::Databases,
     postgres: crate::capability::postgres::PgPools,
-    redis: crate::capability::redis_client::RedisClients,
+    redis: crate::capability::redis_client::Redis,
     unsupported: crate::capability::unsupported::NoBackend,
 }
 

@@ -409,3 +409,127 @@ source = "{probe}"
     assert!(denied.body.contains("allowed_outbound_hosts"), "{}", denied.body);
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_redis_never_stalls_opening_another_store() {
+    use mosaic::app::runtime_config::KeyValueStoreConfig;
+    use mosaic::capability::key_value::KeyValueStores;
+    use std::time::{Duration, Instant};
+
+    if !service_available("Redis", REDIS) {
+        return;
+    }
+    // A Redis that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging = format!("redis://{}/1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let configs = std::collections::BTreeMap::from([
+        ("hangs".to_string(), KeyValueStoreConfig::Redis { url: hanging }),
+        (
+            "real".to_string(),
+            KeyValueStoreConfig::Redis {
+                url: "redis://127.0.0.1:6379/9".into(),
+            },
+        ),
+    ]);
+    let dir = std::env::temp_dir().join(unique("mosaic-kv-hang"));
+    let stores = std::sync::Arc::new(KeyValueStores::new(configs, dir, Default::default()));
+    let stalled = tokio::spawn({
+        let stores = stores.clone();
+        async move { stores.open("hangs").await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!stalled.is_finished(), "the hanging server holds its open");
+
+    let started = Instant::now();
+    let real = stores.open("real").await.expect("the real Redis opens");
+    let key = unique("hang");
+    real.set(&key, b"v").await.unwrap();
+    assert_eq!(real.get(&key).await.unwrap().as_deref(), Some(&b"v"[..]));
+    real.delete(&key).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the real Redis store waited {:?} for the hanging one",
+        started.elapsed()
+    );
+    // The hanging store's open ends in an error within the Redis timeout, and is not cached.
+    let outcome = tokio::time::timeout(Duration::from_secs(10), stalled).await;
+    assert!(matches!(outcome, Ok(Ok(Err(_)))), "the hanging open ends in an error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_list_keys_scans_one_page_not_the_keyspace() {
+    use mosaic::capability::key_value::{redis::RedisStore, KeyValueStore};
+
+    const KEYS: usize = 100_000;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A server of this test's own: its command statistics count only this test's commands.
+    let Some(_redis) = PrivateRedis::start(port) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for batch in 0..KEYS / 1000 {
+        let mut mset = redis::cmd("MSET");
+        for i in batch * 1000..(batch + 1) * 1000 {
+            mset.arg(format!("key-{i:06}")).arg("v");
+        }
+        let () = mset.query_async(&mut admin).await.unwrap();
+    }
+    let store = RedisStore::open(&url).await.unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let first = store.keys_page(None, 1000).await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let scans = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(scans <= 3, "one page of keys ran {scans} SCANs: it walked the keyspace");
+    assert!(
+        !first.keys.is_empty() && first.keys.len() <= 2000,
+        "{}",
+        first.keys.len()
+    );
+    assert!(first.cursor.is_some(), "more pages follow");
+
+    // Paging on from that cursor reaches every key, and the last page says it is the last.
+    let mut seen: std::collections::BTreeSet<String> = first.keys.into_iter().collect();
+    let mut cursor = first.cursor;
+    let mut pages = 1;
+    while let Some(at) = cursor {
+        let page = store.keys_page(Some(&at), 1000).await.unwrap();
+        assert!(page.keys.len() <= 2000, "a page of {} keys", page.keys.len());
+        seen.extend(page.keys);
+        cursor = page.cursor;
+        pages += 1;
+        assert!(pages <= 1000, "paging does not end");
+    }
+    assert_eq!(seen.len(), KEYS);
+    // Spin's get-keys still answers every key, sorted.
+    let all = store.keys().await.unwrap();
+    assert_eq!(all.len(), KEYS);
+    assert!(all.windows(2).all(|pair| pair[0] < pair[1]));
+}

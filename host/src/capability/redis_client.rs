@@ -7,46 +7,39 @@
 //! `publish` goes to the host's message broker (the messaging capability), not to Redis: the
 //! `[[trigger.redis]]` subscribers of this application receive it durably, at least once.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use tokio::sync::Mutex;
 use wasmtime::component::Resource;
 
 use crate::capability::bindings::spin_redis as wit;
 
-/// Connections by address, opened on first use.
+/// Connections by address, opened on first use; a connect to one address never waits for
+/// another address's connect.
 pub struct RedisClients {
-    open: Mutex<BTreeMap<String, ConnectionManager>>,
+    open: crate::backends::OpenedByKey<ConnectionManager, String>,
     metrics: Arc<crate::observe::Metrics>,
-    /// Where a guest's `publish` goes: the messaging capability's broker.
-    publisher: crate::capability::messaging::Publisher,
 }
 
 impl RedisClients {
-    pub fn new(
-        metrics: Arc<crate::observe::Metrics>,
-        publisher: crate::capability::messaging::Publisher,
-    ) -> RedisClients {
+    pub fn new(metrics: Arc<crate::observe::Metrics>) -> RedisClients {
         RedisClients {
-            open: Mutex::default(),
+            open: Default::default(),
             metrics,
-            publisher,
         }
     }
 
     async fn connect(&self, address: &str) -> Result<ConnectionManager, String> {
-        let mut open = self.open.lock().await;
-        if let Some(connection) = open.get(address) {
-            return Ok(connection.clone());
-        }
-        let connection = crate::backends::redis_connection(address)
+        let metrics = self.metrics.clone();
+        let target = address.to_string();
+        self.open
+            .get_or_open(address, move || async move {
+                crate::backends::redis_connection(&target)
+                    .await
+                    .inspect_err(|_| metrics.record_backend_error("redis", "redis"))
+            })
             .await
-            .inspect_err(|_| self.metrics.record_backend_error("redis", "redis"))?;
-        open.insert(address.to_string(), connection.clone());
-        Ok(connection)
     }
 }
 
@@ -74,8 +67,24 @@ pub struct RedisAccess {
     pub traceparent: Option<String>,
 }
 
+/// The Redis capability, app-wide: the shared connections, and where a guest's `publish` goes
+/// (the messaging capability's broker, through its [`Publisher`](crate::capability::messaging::Publisher)).
+pub struct Redis {
+    clients: Arc<RedisClients>,
+    publisher: crate::capability::messaging::Publisher,
+}
+
+impl Redis {
+    pub fn new(clients: RedisClients, publisher: crate::capability::messaging::Publisher) -> Redis {
+        Redis {
+            clients: Arc::new(clients),
+            publisher,
+        }
+    }
+}
+
 /// Redis servers are checked by the key-value stores that live on them, not per guest address.
-impl super::Capability for RedisClients {}
+impl super::Capability for Redis {}
 
 super::guest_view!(
     /// The guest's view of the Redis client: its instance's access and resource table.
@@ -86,12 +95,12 @@ super::guest_view!(
     redis_view
 );
 
-impl super::GuestCapability for RedisClients {
+impl super::GuestCapability for Redis {
     type Instance = RedisAccess;
 
     fn instance(self: &Arc<Self>, component: &super::grants::ComponentSpec) -> RedisAccess {
         RedisAccess {
-            clients: self.clone(),
+            clients: self.clients.clone(),
             allowed: component.allowed_hosts.clone(),
             publisher: self.publisher.clone(),
             traceparent: None,
@@ -251,5 +260,97 @@ impl wit::HostConnection for RedisView<'_> {
     async fn drop(&mut self, c: Resource<RedisConnection>) -> wasmtime::Result<()> {
         self.table_mut().delete(c)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::RedisClients;
+
+    /// A "Redis" that accepts connections and never answers, holding each one open.
+    async fn hanging_redis() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("redis://{}/1", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        address
+    }
+
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn a_hanging_address_does_not_stall_connects_to_another() {
+        let clients = std::sync::Arc::new(RedisClients::new(Default::default()));
+        let hanging = hanging_redis().await;
+        let stalled = tokio::spawn({
+            let clients = clients.clone();
+            async move { clients.connect(&hanging).await.map(|_| ()) }
+        });
+        // Let the first connect reach the hanging server.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!stalled.is_finished(), "the hanging server should hold its connect");
+
+        let started = Instant::now();
+        let other = clients.connect(&format!("redis://127.0.0.1:{}/0", closed_port())).await;
+        assert!(other.is_err(), "nothing listens there");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a connect to another address waited {:?} for the hanging one",
+            started.elapsed()
+        );
+        stalled.abort();
+    }
+
+    #[tokio::test]
+    async fn callers_of_one_address_share_one_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("redis://{}/1", listener.local_addr().unwrap());
+        let clients = std::sync::Arc::new(RedisClients::new(Default::default()));
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let clients = clients.clone();
+                let address = address.clone();
+                tokio::spawn(async move { clients.connect(&address).await.map(|_| ()) })
+            })
+            .collect();
+        let (_first, _) = tokio::time::timeout(Duration::from_secs(2), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let another = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(
+            another.is_err(),
+            "four callers of one address opened more than one connection"
+        );
+        for caller in callers {
+            caller.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_is_tried_again() {
+        let clients = RedisClients::new(Default::default());
+        let port = closed_port();
+        let address = format!("redis://127.0.0.1:{port}/1");
+        assert!(clients.connect(&address).await.is_err(), "nothing listens yet");
+
+        // Now something listens there: the next connect must reach it, not replay the error.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let second = tokio::spawn(async move { clients.connect(&address).await.map(|_| ()) });
+        let accepted = tokio::time::timeout(Duration::from_secs(2), listener.accept()).await;
+        assert!(accepted.is_ok(), "the second connect did not try the server again");
+        second.abort();
     }
 }

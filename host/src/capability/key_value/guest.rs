@@ -130,15 +130,11 @@ impl wasi_store::HostBucket for KeyValueView<'_> {
         cursor: Option<String>,
     ) -> Result<wasi_store::KeyResponse, wasi_store::Error> {
         let store = self.store_of(&bucket).map_err(to_wasi)?;
-        let all = store.keys().await.map_err(to_wasi)?;
-        let start = match &cursor {
-            Some(after) => all.partition_point(|key| key <= after),
-            None => 0,
-        };
-        let page: Vec<String> = all[start..].iter().take(KEYS_PAGE).cloned().collect();
-        let more = all.len() > start + page.len();
-        let cursor = if more { page.last().cloned() } else { None };
-        Ok(wasi_store::KeyResponse { keys: page, cursor })
+        let page = store.keys_page(cursor.as_deref(), KEYS_PAGE).await.map_err(to_wasi)?;
+        Ok(wasi_store::KeyResponse {
+            keys: page.keys,
+            cursor: page.cursor,
+        })
     }
 
     async fn drop(&mut self, bucket: Resource<OpenStore>) -> wasmtime::Result<()> {

@@ -13,8 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
-
+use crate::backends::OpenedByKey;
 use crate::observe::Metrics;
 
 /// Longest key a guest may use, in bytes.
@@ -37,12 +36,28 @@ pub trait KeyValueStore: Send + Sync {
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError>;
     async fn delete(&self, key: &str) -> Result<(), KvError>;
     async fn exists(&self, key: &str) -> Result<bool, KvError>;
+    /// Every key, sorted (Spin's `get-keys`).
     async fn keys(&self) -> Result<Vec<String>, KvError>;
+    /// One page of keys (`wasi:keyvalue` `list-keys`): about `limit` keys from where `cursor`
+    /// left off (`None`: from the start), and the cursor of the next page (`None`: no more).
+    /// A cursor is only meaningful to the store that returned it. A page reads about `limit`
+    /// keys from the backend, never the whole keyspace: the embedded store pages in key
+    /// order, Redis in its SCAN order (a key present throughout the listing is on some page;
+    /// if the server resizes its table meanwhile, a key may appear on two pages).
+    async fn keys_page(&self, cursor: Option<&str>, limit: usize) -> Result<KeysPage, KvError>;
     /// Adds `delta` to the integer at `key` (0 when absent) and returns the new value.
     /// Integers are stored as decimal text, the same on every backend.
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError>;
     /// Writes `new` only if the value is still `expected` (`None`: still absent).
     async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, KvError>;
+}
+
+/// One page of a store's keys and the cursor of the next one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysPage {
+    pub keys: Vec<String>,
+    /// Where the next page starts; `None` on the last page.
+    pub cursor: Option<String>,
 }
 
 /// Parses a stored counter.
@@ -92,11 +107,12 @@ pub enum KeyValueStoreConfig {
     },
 }
 
-/// Every store of the application, opened on first use.
+/// Every store of the application, opened on first use. Opening one store never waits for
+/// another store's server.
 pub struct KeyValueStores {
     configs: BTreeMap<String, KeyValueStoreConfig>,
     default_dir: PathBuf,
-    open: Mutex<BTreeMap<String, Arc<dyn KeyValueStore>>>,
+    open: OpenedByKey<Arc<dyn KeyValueStore>, KvError>,
     metrics: Arc<Metrics>,
 }
 
@@ -105,7 +121,7 @@ impl KeyValueStores {
         Self {
             configs,
             default_dir,
-            open: Mutex::new(BTreeMap::new()),
+            open: OpenedByKey::default(),
             metrics,
         }
     }
@@ -128,34 +144,32 @@ impl KeyValueStores {
 
     /// The store behind `label`. A label with no runtime config gets an embedded store.
     pub async fn open(&self, label: &str) -> Result<Arc<dyn KeyValueStore>, KvError> {
-        let mut open = self.open.lock().await;
-        if let Some(store) = open.get(label) {
-            return Ok(store.clone());
-        }
         let config = self
             .configs
             .get(label)
             .cloned()
             .unwrap_or(KeyValueStoreConfig::Embedded { path: None });
+        let default_path = self.default_dir.join(format!("{label}.sqlite"));
         let backend = self.backend_name(label);
-        let opened: Result<Arc<dyn KeyValueStore>, KvError> = match config {
-            KeyValueStoreConfig::Embedded { path } => {
-                let path = path.unwrap_or_else(|| self.default_dir.join(format!("{label}.sqlite")));
-                sqlite::SqliteStore::open(&path)
-                    .await
-                    .map(|store| Arc::new(store) as Arc<dyn KeyValueStore>)
-            }
-            KeyValueStoreConfig::Redis { url } => redis::RedisStore::open(&url)
-                .await
-                .map(|store| Arc::new(store) as Arc<dyn KeyValueStore>),
-        };
-        let store: Arc<dyn KeyValueStore> = Arc::new(Metered {
-            store: opened.inspect_err(|_| self.metrics.record_backend_error("key_value", backend))?,
-            backend,
-            metrics: self.metrics.clone(),
-        });
-        open.insert(label.to_string(), store.clone());
-        Ok(store)
+        let metrics = self.metrics.clone();
+        self.open
+            .get_or_open(label, move || async move {
+                let opened: Result<Arc<dyn KeyValueStore>, KvError> = match config {
+                    KeyValueStoreConfig::Embedded { path } => sqlite::SqliteStore::open(&path.unwrap_or(default_path))
+                        .await
+                        .map(|store| Arc::new(store) as Arc<dyn KeyValueStore>),
+                    KeyValueStoreConfig::Redis { url } => redis::RedisStore::open(&url)
+                        .await
+                        .map(|store| Arc::new(store) as Arc<dyn KeyValueStore>),
+                };
+                let store = opened.inspect_err(|_| metrics.record_backend_error("key_value", backend))?;
+                Ok(Arc::new(Metered {
+                    store,
+                    backend,
+                    metrics,
+                }) as Arc<dyn KeyValueStore>)
+            })
+            .await
     }
 
     pub fn backend_name(&self, label: &str) -> &'static str {
@@ -198,6 +212,9 @@ impl KeyValueStore for Metered {
     }
     async fn keys(&self) -> Result<Vec<String>, KvError> {
         self.counted(self.store.keys().await)
+    }
+    async fn keys_page(&self, cursor: Option<&str>, limit: usize) -> Result<KeysPage, KvError> {
+        self.counted(self.store.keys_page(cursor, limit).await)
     }
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         self.counted(self.store.increment(key, delta).await)
@@ -271,5 +288,48 @@ impl super::GuestCapability for KeyValueStores {
         wasi_atomics::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;
         wasi_batch::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::KeyValueStoreConfig;
+    use super::KeyValueStores;
+
+    #[tokio::test]
+    async fn a_hanging_redis_store_does_not_stall_opening_another_store() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hanging = format!("redis://{}/1", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("mosaic-kv-open-{}", std::process::id()));
+        let configs = BTreeMap::from([("hangs".to_string(), KeyValueStoreConfig::Redis { url: hanging })]);
+        let stores = Arc::new(KeyValueStores::new(configs, dir.clone(), Default::default()));
+
+        let stalled = tokio::spawn({
+            let stores = stores.clone();
+            async move { stores.open("hangs").await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!stalled.is_finished(), "the hanging server should hold its open");
+
+        let started = Instant::now();
+        let other = stores.open("other").await;
+        assert!(other.is_ok(), "the embedded store opens");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "opening another store waited {:?} for the hanging one",
+            started.elapsed()
+        );
+        stalled.abort();
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -5,7 +5,7 @@
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
-use super::{KeyValueStore, KvError};
+use super::{KeyValueStore, KeysPage, KvError};
 
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -82,6 +82,41 @@ impl KeyValueStore for RedisStore {
         keys.sort();
         keys.dedup();
         Ok(keys)
+    }
+
+    async fn keys_page(&self, cursor: Option<&str>, limit: usize) -> Result<KeysPage, KvError> {
+        // The cursor handed to the guest is SCAN's own, so a page costs a round or two
+        // whatever the size of the database.
+        let mut scan: u64 = match cursor {
+            None => 0,
+            Some(text) => text.parse().map_err(|_| {
+                KvError::Invalid(format!(
+                    "`{text}` is not a list-keys cursor of this store: pass the cursor the previous page returned, or none to start over"
+                ))
+            })?,
+        };
+        let mut connection = self.connection.clone();
+        let mut keys: Vec<String> = Vec::new();
+        // COUNT bounds the work of one round, not its answer: a round may return no key
+        // while more follow, so go on until the page has keys or the scan has ended.
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(scan)
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| self.fail(err))?;
+            keys.extend(batch);
+            scan = next;
+            if scan == 0 || !keys.is_empty() {
+                break;
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let cursor = (scan != 0).then(|| scan.to_string());
+        Ok(KeysPage { keys, cursor })
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {

@@ -1,0 +1,113 @@
+//! W3C trace context: the `traceparent` header a request or message carries, continued or started
+//! by this host and passed on to the guest and its outbound calls.
+
+/// A W3C trace context (`traceparent: 00-TRACEID-PARENTID-FLAGS`): the trace a request belongs
+/// to and the span of this host's work on it. A request that arrives with a valid
+/// `traceparent` continues that trace; any other starts one. The guest sees the header with
+/// this span as parent, and the host adds it to the guest's outbound calls (in-process ones
+/// included) unless the guest set one itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: String,
+    pub span_id: String,
+    pub flags: String,
+}
+
+pub const TRACEPARENT: &str = "traceparent";
+
+impl TraceContext {
+    /// The context a `traceparent` header carries, if it is valid.
+    pub fn parse(value: &str) -> Option<TraceContext> {
+        let parts: Vec<&str> = value.trim().split('-').collect();
+        let [version, trace_id, parent_id, flags, ..] = parts.as_slice() else {
+            return None;
+        };
+        let hex = |text: &str, len: usize| {
+            text.len() == len && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let all_zero = |text: &str| text.bytes().all(|b| b == b'0');
+        // Version ff is invalid; version 00 has exactly four fields; later versions may add some.
+        let valid = hex(version, 2)
+            && *version != "ff"
+            && (*version != "00" || parts.len() == 4)
+            && hex(trace_id, 32)
+            && !all_zero(trace_id)
+            && hex(parent_id, 16)
+            && !all_zero(parent_id)
+            && hex(flags, 2);
+        valid.then(|| TraceContext {
+            trace_id: trace_id.to_string(),
+            span_id: parent_id.to_string(),
+            flags: flags.to_string(),
+        })
+    }
+
+    /// This hop's context: the incoming trace (or a new one, sampled) with a new span id.
+    pub fn continue_or_start(headers: &http::HeaderMap) -> TraceContext {
+        TraceContext::continue_or_start_from(headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()))
+    }
+
+    /// This hop's context after a `traceparent` value (of a message, say), or a new trace.
+    pub fn continue_or_start_from(traceparent: Option<&str>) -> TraceContext {
+        let incoming = traceparent.and_then(TraceContext::parse);
+        let (trace_id, flags) = match incoming {
+            Some(parent) => (parent.trace_id, parent.flags),
+            None => (random_hex(16), "01".to_string()),
+        };
+        TraceContext {
+            trace_id,
+            span_id: random_hex(8),
+            flags,
+        }
+    }
+
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<TraceContext> {
+        TraceContext::parse(headers.get(TRACEPARENT)?.to_str().ok()?)
+    }
+
+    /// The `traceparent` value naming this span as the parent.
+    pub fn header_value(&self) -> String {
+        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    loop {
+        let value: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+        // All zeros is the one invalid id.
+        if value.iter().any(|b| *b != 0) {
+            return hex::encode(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_parsed_continued_and_started() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = TraceContext::parse(incoming).unwrap();
+        assert_eq!(parsed.header_value(), incoming);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(TraceContext::parse(bad).is_none(), "{bad:?}");
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACEPARENT, incoming.parse().unwrap());
+        let continued = TraceContext::continue_or_start(&headers);
+        assert_eq!(continued.trace_id, parsed.trace_id);
+        assert_ne!(continued.span_id, parsed.span_id);
+        let started = TraceContext::continue_or_start(&http::HeaderMap::new());
+        assert_eq!((started.trace_id.len(), started.span_id.len()), (32, 16));
+        assert!(TraceContext::parse(&started.header_value()).is_some());
+    }
+}

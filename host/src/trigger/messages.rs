@@ -17,10 +17,10 @@ use tracing::Instrument;
 
 use crate::app::{count, ComponentSpec, Deployment};
 use crate::capability::http_outbound::ChainedRequests;
+use crate::capability::messaging::settings::DeliveryPolicy;
 use crate::capability::messaging::{now_unix_ms, Delivery, SubscriptionSpec};
 use crate::instance::{new_store, DeadlineExceeded};
 use crate::observe::{MessageEvent, TraceContext};
-use crate::settings::DeliveryPolicy;
 use crate::trigger::http::{stopped, HttpTrigger};
 
 /// Longest wait between two attempts to reach a broker that is down.

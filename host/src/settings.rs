@@ -1,11 +1,19 @@
 //! `mosaic.toml`: Mosaic-only host settings (listeners, limits, admin). Spin's manifest never
 //! carries these keys, so the same `spin.toml` stays valid for `spin up`.
+//!
+//! The host-level sections live here; a capability's own section lives in its folder
+//! (`capability::messaging::settings`, `capability::http_outbound::settings`) and is composed
+//! into [`Settings`] here, so that the capabilities never depend on this module.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+// Re-exported because the tests crate names these sections as `mosaic::settings::*`.
+pub use crate::capability::http_outbound::settings::OutboundSettings;
+pub use crate::capability::messaging::settings::{BrokerKind, MessagingSettings};
 
 /// Everything `mosaic.toml` can set. Every field has a documented default (README "Limits").
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -75,309 +83,6 @@ impl ClusterSettings {
     pub fn reconcile_interval(&self) -> Duration {
         Duration::from_millis(self.reconcile_interval_ms)
     }
-}
-
-/// Which broker carries the messages of `fermyon:spin/redis` publish and `[[trigger.redis]]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BrokerKind {
-    /// A durable log in the state directory (SQLite); no external service.
-    #[default]
-    Embedded,
-    RabbitMQ,
-    Nats,
-}
-
-/// `[messaging]`: the broker and the delivery policy of every subscription.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MessagingSettings {
-    pub broker: BrokerKind,
-    /// The broker's address: `amqp://user:password@host:5672/%2f` or `nats://host:4222`.
-    pub url: Option<String>,
-    /// Keeps the exchanges, queues and streams of one application apart from another's on a
-    /// shared broker. Defaults to the application's name.
-    pub namespace: Option<String>,
-    /// Attempts at one message before it goes to the dead-letter store.
-    pub max_deliver: u32,
-    /// Wait before the first retry; doubled on each further retry up to `retry_max_ms`.
-    pub retry_initial_ms: u64,
-    pub retry_max_ms: u64,
-    /// Deliveries handled at once per subscription; 1 keeps the publish order.
-    pub concurrency: u32,
-    /// Largest payload a guest may publish.
-    pub max_message_bytes: u64,
-    /// Per subscribing component: `[messaging.subscriptions.NAME] concurrency = 4`.
-    pub subscriptions: std::collections::BTreeMap<String, SubscriptionPolicy>,
-}
-
-impl Default for MessagingSettings {
-    fn default() -> Self {
-        Self {
-            broker: BrokerKind::Embedded,
-            url: None,
-            namespace: None,
-            max_deliver: 5,
-            retry_initial_ms: 200,
-            retry_max_ms: 30_000,
-            concurrency: 1,
-            max_message_bytes: 512 * 1024,
-            subscriptions: Default::default(),
-        }
-    }
-}
-
-/// What a subscription may set for itself; unset values come from `[messaging]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubscriptionPolicy {
-    pub concurrency: Option<u32>,
-    pub max_deliver: Option<u32>,
-    pub retry_initial_ms: Option<u64>,
-    pub retry_max_ms: Option<u64>,
-}
-
-/// The delivery policy of one subscription, resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeliveryPolicy {
-    pub concurrency: u32,
-    pub max_deliver: u32,
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
-}
-
-impl DeliveryPolicy {
-    /// The wait before retry number `retry` (1 for the first retry): exponential, capped.
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.saturating_sub(1).min(30));
-        self.retry_initial.saturating_mul(factor).min(self.retry_max)
-    }
-}
-
-impl MessagingSettings {
-    pub fn policy_of(&self, component: &str) -> DeliveryPolicy {
-        let own = self.subscriptions.get(component).cloned().unwrap_or_default();
-        DeliveryPolicy {
-            concurrency: own.concurrency.unwrap_or(self.concurrency),
-            max_deliver: own.max_deliver.unwrap_or(self.max_deliver),
-            retry_initial: Duration::from_millis(own.retry_initial_ms.unwrap_or(self.retry_initial_ms)),
-            retry_max: Duration::from_millis(own.retry_max_ms.unwrap_or(self.retry_max_ms)),
-        }
-    }
-
-    fn check(&self) -> Result<(), String> {
-        let mut counts = vec![
-            ("messaging.max_deliver".to_string(), self.max_deliver),
-            ("messaging.concurrency".to_string(), self.concurrency),
-        ];
-        for (name, policy) in &self.subscriptions {
-            counts.push((
-                format!("messaging.subscriptions.{name}.max_deliver"),
-                policy.max_deliver.unwrap_or(1),
-            ));
-            counts.push((
-                format!("messaging.subscriptions.{name}.concurrency"),
-                policy.concurrency.unwrap_or(1),
-            ));
-        }
-        if let Some((key, _)) = counts.iter().find(|(_, value)| *value == 0) {
-            return Err(format!("`{key}` must be at least 1"));
-        }
-        if self.max_message_bytes == 0 {
-            return Err("`messaging.max_message_bytes` must be greater than 0".into());
-        }
-        match (self.broker, &self.url) {
-            (BrokerKind::Embedded, Some(_)) => Err(
-                "`messaging.url` is set but `messaging.broker` is \"embedded\" (the default); set broker = \"rabbitmq\" or \"nats\", or drop url".into(),
-            ),
-            (BrokerKind::RabbitMQ | BrokerKind::Nats, None) => Err(format!(
-                "`messaging.broker` = \"{}\" needs `messaging.url`, e.g. {}",
-                if self.broker == BrokerKind::Nats { "nats" } else { "rabbitmq" },
-                if self.broker == BrokerKind::Nats { "\"nats://127.0.0.1:4222\"" } else { "\"amqp://guest:guest@127.0.0.1:5672/%2f\"" }
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// `[outbound]`: how the host sends a guest's outbound HTTP requests, to another component
-/// (`http://NAME.spin.internal`, `http://self`) or over the network. Every key can be set again
-/// for one destination in `[outbound.destinations."HOST"]` or `[outbound.destinations."HOST:PORT"]`
-/// (`HOST:PORT` wins over `HOST`, which wins over `[outbound]`). See docs/outbound.md.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutboundSettings {
-    /// Wait for the TCP connection (and TLS handshake) to a network destination.
-    pub connect_timeout_ms: u64,
-    /// Wait for the response head (first byte), per attempt; also the longest pause between
-    /// two chunks of the response body of a network destination.
-    pub request_timeout_ms: u64,
-    /// Retries after a failed attempt, for GET, HEAD, OPTIONS, PUT and DELETE with a body of at
-    /// most 64 KiB; never for POST or PATCH.
-    pub retries: u32,
-    /// Backoff ceiling before the first retry; doubled on each further retry up to
-    /// `retry_max_ms`. The wait itself is drawn at random below the ceiling (full jitter).
-    pub retry_initial_ms: u64,
-    pub retry_max_ms: u64,
-    /// Failures in a row (within `breaker_window_ms`) that open the circuit; 0 turns the
-    /// breaker off.
-    pub breaker_failures: u32,
-    pub breaker_window_ms: u64,
-    /// How long an open circuit refuses requests at once before it lets one trial through.
-    pub breaker_open_ms: u64,
-    /// Overrides per destination: `"users.spin.internal"`, `"api.example.com"`,
-    /// `"api.example.com:8443"`.
-    pub destinations: std::collections::BTreeMap<String, DestinationPolicy>,
-}
-
-impl Default for OutboundSettings {
-    fn default() -> Self {
-        Self {
-            connect_timeout_ms: 5_000,
-            request_timeout_ms: 30_000,
-            retries: 2,
-            retry_initial_ms: 50,
-            retry_max_ms: 1_000,
-            breaker_failures: 5,
-            breaker_window_ms: 10_000,
-            breaker_open_ms: 5_000,
-            destinations: Default::default(),
-        }
-    }
-}
-
-/// What `[outbound.destinations."HOST"]` may set; unset keys come from `[outbound]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationPolicy {
-    pub connect_timeout_ms: Option<u64>,
-    pub request_timeout_ms: Option<u64>,
-    pub retries: Option<u32>,
-    pub retry_initial_ms: Option<u64>,
-    pub retry_max_ms: Option<u64>,
-    pub breaker_failures: Option<u32>,
-    pub breaker_window_ms: Option<u64>,
-    pub breaker_open_ms: Option<u64>,
-}
-
-/// Most retries one request may get.
-pub const MAX_OUTBOUND_RETRIES: u32 = 10;
-/// Highest `breaker_failures` (the breaker keeps one instant per failure counted).
-pub const MAX_BREAKER_FAILURES: u32 = 10_000;
-
-impl OutboundSettings {
-    /// The keys of `[outbound]` as a destination override with every key set.
-    pub fn as_override(&self) -> DestinationPolicy {
-        DestinationPolicy {
-            connect_timeout_ms: Some(self.connect_timeout_ms),
-            request_timeout_ms: Some(self.request_timeout_ms),
-            retries: Some(self.retries),
-            retry_initial_ms: Some(self.retry_initial_ms),
-            retry_max_ms: Some(self.retry_max_ms),
-            breaker_failures: Some(self.breaker_failures),
-            breaker_window_ms: Some(self.breaker_window_ms),
-            breaker_open_ms: Some(self.breaker_open_ms),
-        }
-    }
-
-    fn check(&self) -> Result<(), String> {
-        self.as_override().check("outbound")?;
-        let mut seen = std::collections::BTreeMap::new();
-        for (destination, policy) in &self.destinations {
-            let prefix = format!("outbound.destinations.\"{destination}\"");
-            check_destination(destination).map_err(|why| format!("`{prefix}`: {why}"))?;
-            if let Some(other) = seen.insert(destination.to_ascii_lowercase(), destination) {
-                return Err(format!(
-                    "`{prefix}` and `outbound.destinations.\"{other}\"` name the same destination (host names ignore case); keep one"
-                ));
-            }
-            policy.check(&prefix)?;
-            let initial = policy.retry_initial_ms.unwrap_or(self.retry_initial_ms);
-            let max = policy.retry_max_ms.unwrap_or(self.retry_max_ms);
-            if max < initial {
-                return Err(format!(
-                    "`{prefix}`: retry_max_ms ({max}) must be at least retry_initial_ms ({initial})"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl DestinationPolicy {
-    /// Refuses the values set here that cannot work, naming `prefix.KEY`.
-    fn check(&self, prefix: &str) -> Result<(), String> {
-        let positive = [
-            ("connect_timeout_ms", self.connect_timeout_ms),
-            ("request_timeout_ms", self.request_timeout_ms),
-            ("retry_initial_ms", self.retry_initial_ms),
-            ("retry_max_ms", self.retry_max_ms),
-            ("breaker_window_ms", self.breaker_window_ms),
-            ("breaker_open_ms", self.breaker_open_ms),
-        ];
-        for (key, value) in positive {
-            if value == Some(0) {
-                return Err(format!("`{prefix}.{key}` must be greater than 0"));
-            }
-        }
-        if let Some(retries) = self.retries.filter(|retries| *retries > MAX_OUTBOUND_RETRIES) {
-            return Err(format!(
-                "`{prefix}.retries` is {retries}, at most {MAX_OUTBOUND_RETRIES} (each retry adds load to a destination that is failing)"
-            ));
-        }
-        if let Some(failures) = self
-            .breaker_failures
-            .filter(|failures| *failures > MAX_BREAKER_FAILURES)
-        {
-            return Err(format!(
-                "`{prefix}.breaker_failures` is {failures}, at most {MAX_BREAKER_FAILURES} (0 turns the breaker off)"
-            ));
-        }
-        if let (Some(initial), Some(max)) = (self.retry_initial_ms, self.retry_max_ms) {
-            if max < initial {
-                return Err(format!(
-                    "`{prefix}.retry_max_ms` ({max}) must be at least `{prefix}.retry_initial_ms` ({initial})"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A destination key is `HOST` or `HOST:PORT` (IPv6 in brackets), without scheme or path.
-fn check_destination(key: &str) -> Result<(), String> {
-    const EXAMPLES: &str =
-        "write a host or host:port, e.g. \"api.example.com\", \"api.example.com:8443\" or \"users.spin.internal\"";
-    if key.is_empty() || key.contains("://") || key.contains(['/', '?', '#', '@', '*', ' ']) {
-        return Err(format!(
-            "not a destination: {EXAMPLES}, without scheme, path or wildcard"
-        ));
-    }
-    let (host, port) = if let Some(rest) = key.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((ip, after)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => (ip, after.strip_prefix(':')),
-            _ => return Err(format!("not a bracketed IPv6 address: {EXAMPLES}")),
-        }
-    } else {
-        match key.split_once(':') {
-            Some((_, port)) if port.contains(':') => {
-                return Err(format!(
-                    "an IPv6 address goes in brackets, e.g. \"[::1]:8080\"; {EXAMPLES}"
-                ))
-            }
-            Some((host, port)) => (host, Some(port)),
-            None => (key, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("the host is empty: {EXAMPLES}"));
-    }
-    if let Some(port) = port {
-        if port.parse::<u16>().map_or(true, |port| port == 0) {
-            return Err(format!("`{port}` is not a port (1 to 65535)"));
-        }
-    }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -596,87 +301,25 @@ mod tests {
     }
 
     #[test]
-    fn messaging_settings_are_checked_and_resolved() {
+    fn capability_sections_are_read_and_checked_with_the_rest() {
         let settings: Settings = toml::from_str(
-            "[messaging]\nbroker = \"rabbitmq\"\nurl = \"amqp://127.0.0.1\"\nmax_deliver = 3\n\
-             [messaging.subscriptions.orders]\nconcurrency = 4\n",
+            "[messaging]\nbroker = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n\
+             [outbound.destinations.\"users.spin.internal\"]\nretries = 1\n",
         )
         .unwrap();
         settings.check().unwrap();
-        let policy = settings.messaging.policy_of("orders");
-        assert_eq!((policy.concurrency, policy.max_deliver), (4, 3));
-        assert_eq!(settings.messaging.policy_of("other").concurrency, 1);
-        assert_eq!(policy.backoff(1), Duration::from_millis(200));
-        assert_eq!(policy.backoff(3), Duration::from_millis(800));
-        assert_eq!(policy.backoff(40), Duration::from_secs(30));
-        let missing_url: Settings = toml::from_str("[messaging]\nbroker = \"nats\"\n").unwrap();
-        assert!(missing_url.check().unwrap_err().contains("messaging.url"));
-        let zero: Settings = toml::from_str("[messaging.subscriptions.x]\nmax_deliver = 0\n").unwrap();
-        assert!(zero
-            .check()
-            .unwrap_err()
-            .contains("messaging.subscriptions.x.max_deliver"));
-    }
-
-    #[test]
-    fn outbound_settings_have_defaults_and_overrides() {
-        let settings: Settings = toml::from_str(
-            "[outbound]\nretries = 1\n\
-             [outbound.destinations.\"users.spin.internal\"]\nbreaker_failures = 0\n\
-             [outbound.destinations.\"api.example.com:8443\"]\nrequest_timeout_ms = 200\n",
-        )
-        .unwrap();
-        settings.check().unwrap();
-        assert_eq!(settings.outbound.connect_timeout_ms, 5_000);
-        assert_eq!(settings.outbound.retries, 1);
-        assert_eq!(
-            settings.outbound.destinations["api.example.com:8443"].request_timeout_ms,
-            Some(200)
-        );
-        Settings::default().check().unwrap();
-    }
-
-    #[test]
-    fn outbound_settings_errors_name_the_key() {
-        let refused = |text: &str| {
-            let settings: Settings = toml::from_str(text).unwrap_or_else(|err| panic!("{text}: {err}"));
-            settings.check().expect_err(text)
-        };
-        let err = refused("[outbound]\nrequest_timeout_ms = 0\n");
-        assert!(
-            err.contains("`outbound.request_timeout_ms` must be greater than 0"),
-            "{err}"
-        );
-        let err = refused("[outbound]\nretries = 50\n");
-        assert!(err.contains("`outbound.retries`"), "{err}");
-        let err = refused("[outbound]\nretry_initial_ms = 500\nretry_max_ms = 100\n");
-        assert!(err.contains("`outbound.retry_max_ms` (100)"), "{err}");
-        let err = refused("[outbound.destinations.\"api.example.com\"]\nbreaker_open_ms = 0\n");
-        assert!(
-            err.contains("`outbound.destinations.\"api.example.com\".breaker_open_ms` must be greater than 0"),
-            "{err}"
-        );
-        let err = refused("[outbound.destinations.\"api.example.com\"]\nretry_max_ms = 10\n");
-        assert!(
-            err.contains("`outbound.destinations.\"api.example.com\"`: retry_max_ms (10)"),
-            "{err}"
-        );
-        let err = refused("[outbound.destinations.\"https://api.example.com/v1\"]\nretries = 1\n");
-        assert!(
-            err.contains("`outbound.destinations.\"https://api.example.com/v1\"`"),
-            "{err}"
-        );
-        let err = refused("[outbound.destinations.\"api.example.com:http\"]\n");
-        assert!(err.contains("is not a port"), "{err}");
-        let err = refused("[outbound.destinations.\"API.example.com\"]\n[outbound.destinations.\"api.example.com\"]\n");
-        assert!(err.contains("name the same destination"), "{err}");
-        for good in ["[::1]:8080", "[::1]", "10.0.0.1:80", "self", "users.spin.internal"] {
-            assert_eq!(check_destination(good), Ok(()), "{good}");
+        assert_eq!(settings.messaging.broker, BrokerKind::Nats);
+        assert_eq!(settings.outbound.destinations["users.spin.internal"].retries, Some(1));
+        for (text, key) in [
+            ("[messaging]\nbroker = \"nats\"\n", "messaging.url"),
+            ("[outbound]\nretries = 50\n", "outbound.retries"),
+        ] {
+            let settings: Settings = toml::from_str(text).unwrap();
+            let err = settings.check().unwrap_err();
+            assert!(err.contains(key), "{err}");
         }
-        assert!(check_destination("::1").is_err());
-        // A key the policy does not have is named by serde.
-        let err = toml::from_str::<Settings>("[outbound.destinations.\"x\"]\ntimeout = 1\n").unwrap_err();
-        assert!(err.to_string().contains("timeout"), "{err}");
+        let err = toml::from_str::<Settings>("[messaging]\nbrokers = \"nats\"\n").unwrap_err();
+        assert!(err.to_string().contains("brokers"), "{err}");
     }
 
     #[test]

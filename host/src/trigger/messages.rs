@@ -16,10 +16,10 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::app::{count, ComponentSpec, Deployment};
+use crate::capability::messaging::settings::DeliveryPolicy;
 use crate::capability::messaging::{now_unix_ms, Delivery, SubscriptionSpec};
 use crate::instance::DeadlineExceeded;
 use crate::observe::{MessageEvent, TraceContext};
-use crate::settings::DeliveryPolicy;
 use crate::stop::stopped;
 use crate::trigger::Dispatcher;
 

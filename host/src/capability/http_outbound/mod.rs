@@ -8,6 +8,7 @@
 
 pub mod breaker;
 pub mod policy;
+pub mod settings;
 
 use std::future::Future;
 use std::pin::Pin;

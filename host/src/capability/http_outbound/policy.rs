@@ -21,9 +21,9 @@ use hyper::body::{Body, Frame, SizeHint};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
 use super::breaker::{Breaker, BreakerConfig, Permit, Rejection, Transition, Verdict};
+use super::settings::{DestinationPolicy, OutboundSettings};
 use super::BoxFuture;
 use crate::observe::{BreakerGauge, Metrics, OutboundOutcome};
-use crate::settings::{DestinationPolicy, OutboundSettings};
 
 /// The largest request body kept in memory so that the request can be sent again. A larger
 /// (or streamed past this size) body is sent once, without retries.
@@ -532,18 +532,18 @@ mod tests {
     use super::*;
 
     fn settings(text: &str) -> OutboundSettings {
-        let settings: crate::settings::Settings = toml::from_str(text).expect("valid settings");
+        let settings: OutboundSettings = toml::from_str(text).expect("valid settings");
         settings.check().expect("checked");
-        OutboundPolicies::new(&settings.outbound, Arc::default()).settings
+        OutboundPolicies::new(&settings, Arc::default()).settings
     }
 
     #[test]
     fn destinations_resolve_host_port_over_host_over_defaults() {
         let settings = settings(
-            "[outbound]\nretries = 1\n\
-             [outbound.destinations.\"API.example.com\"]\nrequest_timeout_ms = 700\nretries = 3\n\
-             [outbound.destinations.\"api.example.com:8443\"]\nrequest_timeout_ms = 200\n\
-             [outbound.destinations.\"users.spin.internal\"]\nbreaker_failures = 0\n",
+            "retries = 1\n\
+             [destinations.\"API.example.com\"]\nrequest_timeout_ms = 700\nretries = 3\n\
+             [destinations.\"api.example.com:8443\"]\nrequest_timeout_ms = 200\n\
+             [destinations.\"users.spin.internal\"]\nbreaker_failures = 0\n",
         );
         let on_443 = Policy::resolve(&settings, &Destination::network("api.example.com", 443));
         assert_eq!(on_443.request_timeout, Duration::from_millis(700));

@@ -13,13 +13,14 @@
 pub mod embedded;
 pub mod nats;
 pub mod rabbitmq;
+pub mod settings;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::settings::{BrokerKind, MessagingSettings};
+use self::settings::{BrokerKind, MessagingSettings};
 
 /// What failed in the broker, said so that an operator knows what to do.
 #[derive(Debug, Clone, thiserror::Error)]

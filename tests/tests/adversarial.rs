@@ -489,9 +489,18 @@ files = [{ source = "assets", destination = "/" }]
 "#,
     );
     std::fs::create_dir_all(dir.path.join("assets")).unwrap();
+    std::fs::write(dir.path.join("assets/real.txt"), "granted asset").unwrap();
     std::fs::write(dir.path.join("secret.txt"), "TOP-SECRET-BESIDE-SPIN-TOML").unwrap();
     std::os::unix::fs::symlink(dir.path.join("secret.txt"), dir.path.join("assets/link.txt")).unwrap();
     let host = dir.start(Settings::default()).await;
+    // A real file of the grant is served first: the refusal below is then about the link, not a
+    // grant that serves nothing at all.
+    let real = get(&client(), &format!("http://{}/file?path=/real.txt", host.http_addr())).await;
+    assert_eq!(
+        (real.status, real.body.as_str()),
+        (200, "granted asset"),
+        "the granted directory is served"
+    );
     let reply = get(&client(), &format!("http://{}/file?path=/link.txt", host.http_addr())).await;
     assert!(!reply.body.contains("TOP-SECRET"), "{}", reply.body);
     host.shutdown().await;

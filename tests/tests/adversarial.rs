@@ -67,9 +67,12 @@ async fn neighbours_answer(client: &HttpClient, base: &str) {
 // ---------------------------------------------------------------------------------------------
 // 1. Hostile guests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deep_recursion_traps_alone() {
-    let logs = LogCapture::install();
+#[test]
+fn deep_recursion_traps_alone() {
+    LogCapture::run(deep_recursion_traps_alone_with_logs);
+}
+
+async fn deep_recursion_traps_alone_with_logs(logs: LogCapture) {
     let dir = AppDir::new(TWO_COMPONENTS);
     let host = dir.start(Settings::default()).await;
     let base = format!("http://{}", host.http_addr());
@@ -206,8 +209,12 @@ async fn slow_storm(host: &mosaic::Host, count: usize, ms: u64, busy: u64) -> BT
     outcomes
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_slow_requests_at_once() {
+#[test]
+fn a_thousand_slow_requests_at_once() {
+    LogCapture::run(a_thousand_slow_requests_at_once_with_logs);
+}
+
+async fn a_thousand_slow_requests_at_once_with_logs(logs: LogCapture) {
     // With the documented defaults (a pool of 1,000 instances): every request is answered, by
     // the guest or with a 503, and a sleeping guest holds no thread.
     let dir = AppDir::new(TWO_COMPONENTS);
@@ -219,7 +226,6 @@ async fn a_thousand_slow_requests_at_once() {
 
     // With a pool of 100, the flood is larger than the pool. One component may take only 3/4
     // of it (http.max_in_flight_per_component), so the neighbour still finds an instance.
-    let logs = LogCapture::install();
     let refusals_logged_before = logs.text().matches("requests refused with 503").count();
     let mut settings = Settings::default();
     settings.limits.max_concurrent_instances = 100;

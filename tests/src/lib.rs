@@ -297,18 +297,23 @@ impl std::io::Write for LogCapture {
     }
 }
 
-/// Whether a real backend answers at `addr`. Where `MOSAIC_REQUIRE_SERVICES=1` (CI) an
-/// unreachable service fails the test; otherwise the test says it is skipped.
-pub fn service_available(name: &str, addr: &str) -> bool {
-    let socket: SocketAddr = addr.parse().expect("a socket address");
-    if std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(1)).is_ok() {
-        return true;
+/// Fails the test unless a real backend answers at `addr` (a TCP connect within 1 s).
+///
+/// A test that needs a service is `#[ignore = "needs NAME on ADDR"]` and sits in a module
+/// `needs_<service>` (nested for several), so that where the service is missing it shows as
+/// ignored, never as passed. It runs where asked for with `--include-ignored`: `cargo xtask
+/// test` asks for the tests of every service that answers (CI, with MOSAIC_REQUIRE_SERVICES=1,
+/// for all of them), so an unreachable service reaching this check is a failure.
+pub fn require_service(name: &str, addr: &str) {
+    let socket: SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|err| panic!("{name}: `{addr}` is not a socket address: {err}"));
+    if let Err(err) = std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(1)) {
+        panic!(
+            "{name} is not reachable at {addr} ({err}): start it (README, \"Services\"), or leave out the \
+             ignored tests that need it (run without --include-ignored, or with `cargo xtask test`)"
+        );
     }
-    if std::env::var("MOSAIC_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("{name} is not reachable at {addr}, and MOSAIC_REQUIRE_SERVICES=1 requires it");
-    }
-    eprintln!("SKIPPED: {name} is not reachable at {addr} (set MOSAIC_REQUIRE_SERVICES=1 to make this a failure)");
-    false
 }
 
 /// Checks `check` every 10 ms until it holds or `limit` has passed; returns whether it held.

@@ -3,7 +3,7 @@
 //! the real Redis at 127.0.0.1:6379. Grants, isolation, durability, concurrency, a dead backend.
 
 use mosaic::settings::Settings;
-use mosaic_tests::{client, get, service_available, unique, AppDir};
+use mosaic_tests::{client, get, require_service, unique, AppDir};
 
 const REDIS: &str = "127.0.0.1:6379";
 
@@ -169,25 +169,6 @@ async fn stores_are_private_to_their_grants() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_store_works() {
-    if !service_available("Redis", REDIS) {
-        return;
-    }
-    let dir = AppDir::new(&manifest());
-    let config = "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/9\"\n";
-    let host = dir.start_with(Settings::default(), Some(config)).await;
-    assert_eq!(host.app().key_value.backend_name("default"), "redis");
-    let base = format!("http://{}", host.http_addr());
-    spin_kv_round_trip(&base).await;
-    concurrent_atomics_lose_nothing(&base).await;
-    assert!(
-        !dir.state_dir().join("kv/default.sqlite").exists(),
-        "the default store lives in Redis"
-    );
-    host.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_backend_is_an_error_not_a_hang() {
     let dir = AppDir::new(&manifest());
     // Nothing listens on this port: the guest gets an error value quickly.
@@ -225,7 +206,8 @@ struct PrivateRedis {
 }
 
 impl PrivateRedis {
-    fn start(port: u16) -> Option<PrivateRedis> {
+    /// Fails the test where `redis-server` cannot be started.
+    fn start(port: u16) -> PrivateRedis {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--bind",
@@ -239,17 +221,12 @@ impl PrivateRedis {
             ])
             .stdout(std::process::Stdio::null())
             .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(err) => {
-                assert!(
-                    std::env::var("MOSAIC_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                    "redis-server cannot be started ({err}) and MOSAIC_REQUIRE_SERVICES=1 requires it"
-                );
-                eprintln!("SKIPPED: redis-server cannot be started: {err}");
-                return None;
-            }
-        };
+        let child = child.unwrap_or_else(|err| {
+            panic!(
+                "redis-server cannot be started ({err}): install it (README, \"Services\"), or leave out the \
+                 ignored tests that need it"
+            )
+        });
         let started = std::time::Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -258,7 +235,7 @@ impl PrivateRedis {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Some(PrivateRedis { child, port })
+        PrivateRedis { child, port }
     }
 
     fn kill(&mut self) {
@@ -273,138 +250,164 @@ impl Drop for PrivateRedis {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_stopped_and_restarted_gives_errors_then_service() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let Some(mut redis) = PrivateRedis::start(port) else {
-        return;
-    };
-    let dir = AppDir::new(&manifest());
-    let config = format!(
-        "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\n",
-        redis.port
-    );
-    let host = dir.start_with(Settings::default(), Some(&config)).await;
-    let base = format!("http://{}/a/kv", host.http_addr());
-    let readyz = format!("http://{}/readyz", host.admin_addr());
-    let client = client();
-    assert_eq!(get(&client, &format!("{base}?op=set&key=k&value=1")).await.body, "ok");
-    let ready = get(&client, &readyz).await;
-    assert_eq!(ready.status, 200, "{}", ready.body);
-    assert!(
-        ready.body.contains("key_value default"),
-        "the Redis store is checked: {}",
-        ready.body
-    );
+mod needs_redis {
+    use super::*;
 
-    redis.kill();
-    // Not ready while the store's server is down, and the answer names it.
-    let not_ready = get(&client, &readyz).await;
-    assert_eq!(not_ready.status, 503, "{}", not_ready.body);
-    assert!(
-        not_ready.json()["failing"]["key_value default"].is_string(),
-        "{}",
-        not_ready.body
-    );
-    let started = std::time::Instant::now();
-    let down = get(&client, &format!("{base}?op=get&key=k")).await;
-    assert!(
-        down.status >= 500,
-        "a dead backend is an error, not a success: {} {}",
-        down.status,
-        down.body
-    );
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(15),
-        "the error came within the deadline"
-    );
-
-    let _redis = PrivateRedis::start(port).expect("redis restarts");
-    let started = std::time::Instant::now();
-    loop {
-        let reply = get(&client, &format!("{base}?op=set&key=k&value=2")).await;
-        if reply.body == "ok" {
-            break;
-        }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis on 127.0.0.1:6379"]
+    async fn redis_store_works() {
+        require_service("Redis", REDIS);
+        let dir = AppDir::new(&manifest());
+        let config = "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/9\"\n";
+        let host = dir.start_with(Settings::default(), Some(config)).await;
+        assert_eq!(host.app().key_value.backend_name("default"), "redis");
+        let base = format!("http://{}", host.http_addr());
+        spin_kv_round_trip(&base).await;
+        concurrent_atomics_lose_nothing(&base).await;
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(20),
-            "service did not resume: {}",
-            reply.body
+            !dir.state_dir().join("kv/default.sqlite").exists(),
+            "the default store lives in Redis"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        host.shutdown().await;
     }
-    assert_eq!(get(&client, &format!("{base}?op=get&key=k")).await.body, "2");
-    assert_eq!(get(&client, &readyz).await.status, 200, "ready again");
-    let metrics = get(&client, &format!("http://{}/metrics", host.admin_addr()))
-        .await
-        .body;
-    let errors = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("mosaic_backend_errors_total{capability=\"key_value\",backend=\"redis\"} "))
-        .and_then(|count| count.parse::<u64>().ok());
-    assert!(
-        errors.is_some_and(|count| count >= 1),
-        "the outage is counted: {metrics}"
-    );
-    host.shutdown().await;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis on 127.0.0.1:6379"]
+    async fn spin_redis_client_data_operations() {
+        require_service("Redis", REDIS);
+        let dir = AppDir::new(
+            r#"
+    spin_manifest_version = 2
+    [application]
+    name = "redis-client"
+    [[trigger.http]]
+    route = "/granted/..."
+    component = "granted"
+    [[trigger.http]]
+    route = "/denied/..."
+    component = "denied"
+    [component.granted]
+    source = "{probe}"
+    allowed_outbound_hosts = ["redis://127.0.0.1:6379"]
+    [component.denied]
+    source = "{probe}"
+    "#,
+        );
+        let host = dir.start(Settings::default()).await;
+        let client = client();
+        let base = format!("http://{}", host.http_addr());
+        let key = unique("redis");
+        let call = |component: &str, query: String| {
+            let url = format!("{base}/{component}/redis?addr=redis://127.0.0.1:6379/12&{query}");
+            let client = client.clone();
+            async move { get(&client, &url).await }
+        };
+        assert_eq!(call("granted", format!("op=set&key={key}&value=abc")).await.body, "ok");
+        assert_eq!(call("granted", format!("op=get&key={key}")).await.body, "abc");
+        assert_eq!(
+            call("granted", format!("op=execute&key={key}&value=def")).await.body,
+            "6",
+            "APPEND returns the new length"
+        );
+        assert_eq!(call("granted", format!("op=get&key={key}")).await.body, "abcdef");
+        assert_eq!(call("granted", format!("op=del&key={key}")).await.body, "1");
+        assert_eq!(call("granted", format!("op=incr&key={key}")).await.body, "1");
+        let set = unique("set");
+        call("granted", format!("op=sadd&key={set}&value=b")).await;
+        call("granted", format!("op=sadd&key={set}&value=a")).await;
+        assert_eq!(call("granted", format!("op=smembers&key={set}")).await.body, "a,b");
+        call("granted", format!("op=del&key={set}")).await;
+        call("granted", format!("op=del&key={key}")).await;
+
+        // Without redis://127.0.0.1:6379 in allowed_outbound_hosts the open is refused.
+        let denied = call("denied", format!("op=get&key={key}")).await;
+        assert_eq!(denied.status, 403, "{}", denied.body);
+        assert!(denied.body.contains("allowed_outbound_hosts"), "{}", denied.body);
+        host.shutdown().await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spin_redis_client_data_operations() {
-    if !service_available("Redis", REDIS) {
-        return;
-    }
-    let dir = AppDir::new(
-        r#"
-spin_manifest_version = 2
-[application]
-name = "redis-client"
-[[trigger.http]]
-route = "/granted/..."
-component = "granted"
-[[trigger.http]]
-route = "/denied/..."
-component = "denied"
-[component.granted]
-source = "{probe}"
-allowed_outbound_hosts = ["redis://127.0.0.1:6379"]
-[component.denied]
-source = "{probe}"
-"#,
-    );
-    let host = dir.start(Settings::default()).await;
-    let client = client();
-    let base = format!("http://{}", host.http_addr());
-    let key = unique("redis");
-    let call = |component: &str, query: String| {
-        let url = format!("{base}/{component}/redis?addr=redis://127.0.0.1:6379/12&{query}");
-        let client = client.clone();
-        async move { get(&client, &url).await }
-    };
-    assert_eq!(call("granted", format!("op=set&key={key}&value=abc")).await.body, "ok");
-    assert_eq!(call("granted", format!("op=get&key={key}")).await.body, "abc");
-    assert_eq!(
-        call("granted", format!("op=execute&key={key}&value=def")).await.body,
-        "6",
-        "APPEND returns the new length"
-    );
-    assert_eq!(call("granted", format!("op=get&key={key}")).await.body, "abcdef");
-    assert_eq!(call("granted", format!("op=del&key={key}")).await.body, "1");
-    assert_eq!(call("granted", format!("op=incr&key={key}")).await.body, "1");
-    let set = unique("set");
-    call("granted", format!("op=sadd&key={set}&value=b")).await;
-    call("granted", format!("op=sadd&key={set}&value=a")).await;
-    assert_eq!(call("granted", format!("op=smembers&key={set}")).await.body, "a,b");
-    call("granted", format!("op=del&key={set}")).await;
-    call("granted", format!("op=del&key={key}")).await;
+mod needs_redis_server {
+    use super::*;
 
-    // Without redis://127.0.0.1:6379 in allowed_outbound_hosts the open is refused.
-    let denied = call("denied", format!("op=get&key={key}")).await;
-    assert_eq!(denied.status, 403, "{}", denied.body);
-    assert!(denied.body.contains("allowed_outbound_hosts"), "{}", denied.body);
-    host.shutdown().await;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the redis-server binary on PATH"]
+    async fn redis_stopped_and_restarted_gives_errors_then_service() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = PrivateRedis::start(port);
+        let dir = AppDir::new(&manifest());
+        let config = format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\n",
+            redis.port
+        );
+        let host = dir.start_with(Settings::default(), Some(&config)).await;
+        let base = format!("http://{}/a/kv", host.http_addr());
+        let readyz = format!("http://{}/readyz", host.admin_addr());
+        let client = client();
+        assert_eq!(get(&client, &format!("{base}?op=set&key=k&value=1")).await.body, "ok");
+        let ready = get(&client, &readyz).await;
+        assert_eq!(ready.status, 200, "{}", ready.body);
+        assert!(
+            ready.body.contains("key_value default"),
+            "the Redis store is checked: {}",
+            ready.body
+        );
+
+        redis.kill();
+        // Not ready while the store's server is down, and the answer names it.
+        let not_ready = get(&client, &readyz).await;
+        assert_eq!(not_ready.status, 503, "{}", not_ready.body);
+        assert!(
+            not_ready.json()["failing"]["key_value default"].is_string(),
+            "{}",
+            not_ready.body
+        );
+        let started = std::time::Instant::now();
+        let down = get(&client, &format!("{base}?op=get&key=k")).await;
+        assert!(
+            down.status >= 500,
+            "a dead backend is an error, not a success: {} {}",
+            down.status,
+            down.body
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "the error came within the deadline"
+        );
+
+        let _redis = PrivateRedis::start(port);
+        let started = std::time::Instant::now();
+        loop {
+            let reply = get(&client, &format!("{base}?op=set&key=k&value=2")).await;
+            if reply.body == "ok" {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "service did not resume: {}",
+                reply.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert_eq!(get(&client, &format!("{base}?op=get&key=k")).await.body, "2");
+        assert_eq!(get(&client, &readyz).await.status, 200, "ready again");
+        let metrics = get(&client, &format!("http://{}/metrics", host.admin_addr()))
+            .await
+            .body;
+        let errors = metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("mosaic_backend_errors_total{capability=\"key_value\",backend=\"redis\"} ")
+            })
+            .and_then(|count| count.parse::<u64>().ok());
+        assert!(
+            errors.is_some_and(|count| count >= 1),
+            "the outage is counted: {metrics}"
+        );
+        host.shutdown().await;
+    }
 }

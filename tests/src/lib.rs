@@ -6,7 +6,7 @@ pub mod sink;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -231,26 +231,55 @@ pub async fn get(client: &HttpClient, url: &str) -> Reply {
         .unwrap_or_else(|err| panic!("GET {url}: {err}"))
 }
 
-/// Captures log lines so that tests can check that a failure was logged.
+/// The log lines of one test's hosts, so that the test can check that a failure was logged.
+///
+/// Tests of one binary run in parallel in one process, so a global subscriber would show each
+/// test the lines of every other test's host too. A capture instead sees what is logged on the
+/// threads of the runtime that [`LogCapture::run`] builds for its test (the test's own thread,
+/// the workers and the blocking pool): the test's host runs on that runtime and nowhere else.
 #[derive(Clone, Default)]
 pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
+thread_local! {
+    /// This thread's subscription to the capture of the runtime it belongs to.
+    static CAPTURING: std::cell::RefCell<Option<tracing::dispatcher::DefaultGuard>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 impl LogCapture {
-    /// Installs the capture as the global subscriber once per test binary.
-    pub fn install() -> LogCapture {
-        static CAPTURE: OnceLock<LogCapture> = OnceLock::new();
-        CAPTURE
-            .get_or_init(|| {
-                let capture = LogCapture::default();
-                let writer = capture.clone();
-                let _ = tracing_subscriber::fmt()
-                    .with_env_filter(tracing_subscriber::EnvFilter::new("mosaic=info"))
-                    .with_ansi(false)
-                    .with_writer(move || writer.clone())
-                    .try_init();
-                capture
+    /// Runs `test` on a multi-threaded runtime of its own (two workers, as the other tests have)
+    /// and hands it the capture of everything logged there.
+    pub fn run<F, Fut>(test: F)
+    where
+        F: FnOnce(LogCapture) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let capture = LogCapture::default();
+        let dispatch = capture.dispatch();
+        let for_threads = dispatch.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(move || {
+                let guard = tracing::dispatcher::set_default(&for_threads);
+                CAPTURING.with(|slot| *slot.borrow_mut() = Some(guard));
             })
-            .clone()
+            .on_thread_stop(|| CAPTURING.with(|slot| drop(slot.borrow_mut().take())))
+            .build()
+            .unwrap_or_else(|err| panic!("cannot build the test's runtime: {err}"));
+        let _on_this_thread = tracing::dispatcher::set_default(&dispatch);
+        runtime.block_on(test(capture));
+    }
+
+    fn dispatch(&self) -> tracing::Dispatch {
+        let writer = self.clone();
+        tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("mosaic=info"))
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        )
     }
 
     pub fn text(&self) -> String {
@@ -268,18 +297,23 @@ impl std::io::Write for LogCapture {
     }
 }
 
-/// Whether a real backend answers at `addr`. Where `MOSAIC_REQUIRE_SERVICES=1` (CI) an
-/// unreachable service fails the test; otherwise the test says it is skipped.
-pub fn service_available(name: &str, addr: &str) -> bool {
-    let socket: SocketAddr = addr.parse().expect("a socket address");
-    if std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(1)).is_ok() {
-        return true;
+/// Fails the test unless a real backend answers at `addr` (a TCP connect within 1 s).
+///
+/// A test that needs a service is `#[ignore = "needs NAME on ADDR"]` and sits in a module
+/// `needs_<service>` (nested for several), so that where the service is missing it shows as
+/// ignored, never as passed. It runs where asked for with `--include-ignored`: `cargo xtask
+/// test` asks for the tests of every service that answers (CI, with MOSAIC_REQUIRE_SERVICES=1,
+/// for all of them), so an unreachable service reaching this check is a failure.
+pub fn require_service(name: &str, addr: &str) {
+    let socket: SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|err| panic!("{name}: `{addr}` is not a socket address: {err}"));
+    if let Err(err) = std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(1)) {
+        panic!(
+            "{name} is not reachable at {addr} ({err}): start it (README, \"Services\"), or leave out the \
+             ignored tests that need it (run without --include-ignored, or with `cargo xtask test`)"
+        );
     }
-    if std::env::var("MOSAIC_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("{name} is not reachable at {addr}, and MOSAIC_REQUIRE_SERVICES=1 requires it");
-    }
-    eprintln!("SKIPPED: {name} is not reachable at {addr} (set MOSAIC_REQUIRE_SERVICES=1 to make this a failure)");
-    false
 }
 
 /// Checks `check` every 10 ms until it holds or `limit` has passed; returns whether it held.

@@ -11,15 +11,16 @@ use std::time::{Duration, Instant};
 use mosaic::settings::{ClusterSettings, Settings};
 use mosaic_tests::sink::Sink;
 use mosaic_tests::{
-    admin, client, fixture, get, mosaic_bin, send, service_available, unique, wait_until, workspace_root, AppDir,
+    admin, client, fixture, get, mosaic_bin, require_service, send, unique, wait_until, workspace_root, AppDir,
     HttpClient, MosaicProcess, TWO_COMPONENTS,
 };
 
 const POSTGRES: &str = "host=127.0.0.1 user=postgres dbname=test";
 const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-fn postgres_available() -> bool {
-    service_available("PostgreSQL", "127.0.0.1:5432")
+/// The cluster store; the test fails where it is not running.
+fn require_postgres() {
+    require_service("PostgreSQL", "127.0.0.1:5432");
 }
 
 /// Settings of one cluster: the store, a namespace of its own, a quick reconcile.
@@ -95,114 +96,6 @@ async fn until_serving(base: &str, version: &str, limit: Duration) -> Option<Dur
     seen.then(|| started.elapsed())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deploy_through_one_host_is_served_by_the_others_and_rolled_back_everywhere() {
-    if !postgres_available() {
-        return;
-    }
-    let dir = AppDir::new(TWO_COMPONENTS);
-    let settings = cluster_settings(&unique("cluster"));
-    let a = dir.start_in(settings.clone(), None, "state-a").await;
-    let b = dir.start_in(settings.clone(), None, "state-b").await;
-    let (base_a, base_b) = (format!("http://{}", a.http_addr()), format!("http://{}", b.http_addr()));
-    assert!(hello(&client(), &base_b).await.expect("b answers").contains("v1"));
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let loops: Vec<LoadLoop> = [&base_a, &base_a, &base_b, &base_b]
-        .into_iter()
-        .map(|base| LoadLoop::start(base.clone(), stop.clone()))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    // Deploy v2 through host A's admin API, as `mosaic deploy` does.
-    let v2 = std::fs::read(fixture("probe-v2")).expect("probe-v2 fixture");
-    let deployed = admin(&a, "POST", "/v1/components/probe/deploy", v2).await;
-    assert_eq!(deployed.status, 200, "{}", deployed.body);
-    let v2_digest = deployed.json()["digest"].as_str().expect("digest").to_string();
-    let on_b = until_serving(&base_b, "v2", Duration::from_secs(20)).await;
-    assert!(on_b.is_some(), "host B serves the version deployed through host A");
-    eprintln!("deploy through A served by B after {on_b:?}");
-
-    // Both hosts report v2; the status through B shows the rollout's end.
-    let status_shows_v2 = wait_until(Duration::from_secs(10), || async {
-        let status = admin(&b, "GET", "/v1/cluster", Vec::new()).await;
-        let status = status.json();
-        let hosts = status["hosts"].as_array().cloned().unwrap_or_default();
-        status["desired"]["probe"] == v2_digest.as_str()
-            && hosts.len() == 2
-            && hosts
-                .iter()
-                .all(|host| host["versions"]["probe"] == v2_digest.as_str() && host["alive"] == true)
-    })
-    .await;
-    assert!(
-        status_shows_v2,
-        "{}",
-        admin(&b, "GET", "/v1/cluster", Vec::new()).await.body
-    );
-
-    // A host that joins now (a fresh state directory: it has only the manifest's v1) serves
-    // the desired v2 from its very first answer.
-    let c = dir.start_in(settings.clone(), None, "state-c").await;
-    let first = hello(&client(), &format!("http://{}", c.http_addr()))
-        .await
-        .expect("c answers");
-    assert!(
-        first.contains("v2"),
-        "a new host comes up on the desired version: {first}"
-    );
-    c.shutdown().await;
-
-    // A rollback through host B takes both hosts back.
-    let rolled_back = admin(&b, "POST", "/v1/components/probe/rollback", Vec::new()).await;
-    assert_eq!(rolled_back.status, 200, "{}", rolled_back.body);
-    assert!(until_serving(&base_b, "v1", Duration::from_secs(20)).await.is_some());
-    assert!(
-        until_serving(&base_a, "v1", Duration::from_secs(20)).await.is_some(),
-        "host A rolled back too"
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    stop.store(true, Ordering::SeqCst);
-    for (n, load) in loops.into_iter().enumerate() {
-        let (answered, failures) = load.finish().await;
-        assert!(answered > 0, "loop {n} made requests");
-        assert!(
-            failures.is_empty(),
-            "loop {n}: {} failed, first: {:?}",
-            failures.len(),
-            failures.first()
-        );
-    }
-    a.shutdown().await;
-    b.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_version_is_refused_by_the_deploying_host_and_reaches_no_other() {
-    if !postgres_available() {
-        return;
-    }
-    let dir = AppDir::new(TWO_COMPONENTS);
-    let settings = cluster_settings(&unique("cluster"));
-    let a = dir.start_in(settings.clone(), None, "state-a").await;
-    let b = dir.start_in(settings.clone(), None, "state-b").await;
-    let unhealthy = std::fs::read(fixture("probe-unhealthy")).expect("fixture");
-    let refused = admin(&a, "POST", "/v1/components/probe/deploy", unhealthy).await;
-    assert_eq!(refused.status, 422, "{}", refused.body);
-    assert_eq!(refused.json()["step"], "probe");
-    let status = admin(&a, "GET", "/v1/cluster", Vec::new()).await.json();
-    assert!(
-        status["desired"].get("probe").is_none(),
-        "nothing became desired: {status}"
-    );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let base_b = format!("http://{}", b.http_addr());
-    assert!(hello(&client(), &base_b).await.expect("b answers").contains("v1"));
-    a.shutdown().await;
-    b.shutdown().await;
-}
-
 /// `mosaic up` of `dir`'s manifest as a process in a cluster, with its own state directory.
 fn cluster_process(dir: &AppDir, config: &std::path::Path, state: &str) -> MosaicProcess {
     let state = dir.path.join(state);
@@ -226,184 +119,6 @@ fn mosaic_cli(dir: &AppDir, state: &str, args: &[&str]) -> std::process::Output 
         .args(args)
         .output()
         .expect("mosaic runs")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_killed_and_restarted_under_load_loses_no_request_to_the_others_and_no_message() {
-    if !postgres_available() || !service_available("RabbitMQ", "127.0.0.1:5672") {
-        return;
-    }
-    const MESSAGES: usize = 600;
-    let sink = Sink::start().await;
-    sink.delay_ms(5);
-    let dir = AppDir::new(&sink.manifest("jobs"));
-    let namespace = unique("cluster");
-    let config = dir.path.join("cluster.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[cluster]\npostgres = \"{POSTGRES}\"\nnamespace = \"{namespace}\"\nreconcile_interval_ms = 500\nhost_timeout_ms = 3000\n\
-             [messaging]\nbroker = \"rabbitmq\"\nurl = \"{RABBITMQ_URL}\"\nnamespace = \"{namespace}\"\nconcurrency = 4\n"
-        ),
-    )
-    .expect("config");
-    let a = cluster_process(&dir, &config, "state-a");
-    let b = cluster_process(&dir, &config, "state-b");
-    let mut c = cluster_process(&dir, &config, "state-c");
-
-    // A new version first, through host A: every host converges on it.
-    let deployed = mosaic_cli(
-        &dir,
-        "state-a",
-        &["deploy", "probe", &fixture("probe-v2").to_string_lossy()],
-    );
-    assert!(
-        deployed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&deployed.stderr)
-    );
-    for base in [&a.base, &b.base, &c.base] {
-        assert!(
-            until_serving(base, "v2", Duration::from_secs(20)).await.is_some(),
-            "{base} on v2"
-        );
-    }
-
-    // Requests to A and B, and messages published through them, while C is killed mid-stream.
-    let stop = Arc::new(AtomicBool::new(false));
-    let loops: Vec<LoadLoop> = [&a.base, &b.base]
-        .into_iter()
-        .map(|base| LoadLoop::start(base.clone(), stop.clone()))
-        .collect();
-    let publishers: Vec<_> = [a.base.clone(), b.base.clone()]
-        .into_iter()
-        .enumerate()
-        .map(|(first, base)| {
-            tokio::spawn(async move {
-                let http = client();
-                for n in (first..MESSAGES).step_by(2) {
-                    let reply = send(
-                        &http,
-                        "POST",
-                        &format!("{base}/probe/publish?channel=jobs"),
-                        format!("job-{n}"),
-                    )
-                    .await
-                    .unwrap_or_else(|err| panic!("publish job-{n}: {err}"));
-                    assert_eq!(reply.status, 200, "publish job-{n}: {}", reply.body);
-                }
-            })
-        })
-        .collect();
-    assert!(
-        sink.wait_for(Duration::from_secs(30), |s| s.handled_count() >= 100)
-            .await
-    );
-    c.kill_hard();
-    for publisher in publishers {
-        publisher.await.expect("publisher");
-    }
-    // C comes back with the same state directory, on the desired version from its first answer.
-    let c = cluster_process(&dir, &config, "state-c");
-    let first = hello(&client(), &c.base).await.expect("the restarted host answers");
-    assert!(
-        first.contains("v2"),
-        "the restarted host serves the desired version at once: {first}"
-    );
-
-    assert!(
-        sink.wait_for(Duration::from_secs(60), |s| s.handled_count() == MESSAGES)
-            .await,
-        "{} of {MESSAGES} messages handled",
-        sink.handled_count()
-    );
-    stop.store(true, Ordering::SeqCst);
-    for (n, load) in loops.into_iter().enumerate() {
-        let (answered, failures) = load.finish().await;
-        assert!(answered > 0, "loop {n} made requests");
-        assert!(
-            failures.is_empty(),
-            "loop {n}: {} failed, first: {:?}",
-            failures.len(),
-            failures.first()
-        );
-    }
-
-    // `mosaic status` through any host shows all three on v2.
-    let status = mosaic_cli(&dir, "state-b", &["status"]);
-    let text = String::from_utf8_lossy(&status.stdout).to_string();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    assert!(text.contains("CLUSTER") && text.matches("yes").count() >= 3, "{text}");
-    drop((a, b, c));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limit_holds_across_hosts() {
-    if !postgres_available() || !service_available("Redis", "127.0.0.1:6379") {
-        return;
-    }
-    const LIMIT: usize = 10;
-    // The reference shop on two hosts: the gateway's rate limit store on one Redis database of
-    // this test's own, so that the count is shared by both hosts and by nobody else.
-    let redis_db = 13;
-    let flush = || {
-        let flushed = std::process::Command::new("redis-cli")
-            .args(["-n", &redis_db.to_string(), "FLUSHDB"])
-            .output();
-        assert!(flushed.is_ok_and(|out| out.status.success()), "redis-cli FLUSHDB");
-    };
-    let dir = std::env::temp_dir().join(unique("mosaic-cluster-shop"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let runtime_config = dir.join("runtime-config.toml");
-    std::fs::write(
-        &runtime_config,
-        format!("[key_value_store.ratelimit]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/{redis_db}\"\n"),
-    )
-    .expect("runtime config");
-    let manifest = workspace_root().join("spin.toml");
-    let start = |state: &str| {
-        let state = dir.join(state);
-        MosaicProcess::start_with_env(
-            &workspace_root(),
-            &[
-                "-f",
-                &manifest.to_string_lossy(),
-                "up",
-                "--state-dir",
-                &state.to_string_lossy(),
-                "--runtime-config-file",
-                &runtime_config.to_string_lossy(),
-                "--cluster",
-                POSTGRES,
-            ],
-            &[("SPIN_VARIABLE_RATE_LIMIT_PER_MINUTE", "10")],
-        )
-    };
-    let hosts = [start("state-a"), start("state-b")];
-    let http = client();
-    // Each host's deploy probe (GET /health at start) went through the gateway too: count
-    // from zero.
-    flush();
-    // The window is a clock minute: if it turns during the burst, try again in the next one.
-    for _ in 0..2 {
-        let minute = mosaic::capability::messaging::now_unix_ms() / 60_000;
-        let mut admitted = 0;
-        for n in 0..3 * LIMIT {
-            let base = &hosts[n % 2].base;
-            let reply = get(&http, &format!("{base}/health")).await;
-            match reply.status {
-                429 => {}
-                _ => admitted += 1,
-            }
-        }
-        if minute == mosaic::capability::messaging::now_unix_ms() / 60_000 {
-            assert_eq!(admitted, LIMIT, "the limit of {LIMIT} a minute holds across two hosts");
-            let _ = std::fs::remove_dir_all(&dir);
-            return;
-        }
-        flush();
-    }
-    panic!("the minute turned during both bursts");
 }
 
 /// The text of `key: |` block scalar in a Kubernetes file (its lines indented under the key).
@@ -454,113 +169,424 @@ fn the_kubernetes_files_configure_a_valid_cluster() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_store_that_is_down_fails_the_deploy_and_leaves_the_host_on_its_version() {
-    if !postgres_available() {
-        return;
+/// Two hosts of one cluster subscribe to the same channel on a shared broker (`broker` at `url`,
+/// the server `name` at `server`): each message is handled by one of them, not once per host.
+async fn competing_consumers(broker: mosaic::settings::BrokerKind, url: &str, name: &str, server: &str) {
+    require_postgres();
+    require_service(name, server);
+    const COUNT: usize = 200;
+    let sink = Sink::start().await;
+    let dir = AppDir::new(&sink.manifest("jobs"));
+    let namespace = unique("cluster");
+    let mut settings = cluster_settings(&namespace);
+    settings.messaging = mosaic::settings::MessagingSettings {
+        broker,
+        url: Some(url.to_string()),
+        namespace: Some(namespace.clone()),
+        concurrency: 4,
+        ..mosaic::settings::MessagingSettings::default()
+    };
+    let a = dir.start_in(settings.clone(), None, "state-a").await;
+    let b = dir.start_in(settings, None, "state-b").await;
+    let http = client();
+    for n in 0..COUNT {
+        let base = if n % 2 == 0 { a.http_addr() } else { b.http_addr() };
+        let reply = send(
+            &http,
+            "POST",
+            &format!("http://{base}/probe/publish?channel=jobs"),
+            format!("job-{n}"),
+        )
+        .await
+        .expect("publish");
+        assert_eq!(reply.status, 200, "{broker:?}: {}", reply.body);
     }
-    let relay = mosaic_tests::TcpRelay::start("127.0.0.1:5432".parse().expect("address")).await;
-    let mut settings = cluster_settings(&unique("cluster"));
-    settings.cluster.postgres = Some(format!("host=127.0.0.1 port={} user=postgres dbname=test", relay.port));
-    let dir = AppDir::new(TWO_COMPONENTS);
-    let a = dir.start_in(settings, None, "state-a").await;
-    let base = format!("http://{}", a.http_addr());
-    let readyz = format!("http://{}/readyz", a.admin_addr());
-    assert_eq!(get(&client(), &readyz).await.status, 200);
-
-    relay.cut();
-    let v2 = std::fs::read(fixture("probe-v2")).expect("fixture");
-    let refused = admin(&a, "POST", "/v1/components/probe/deploy", v2.clone()).await;
-    assert_eq!(refused.status, 422, "{}", refused.body);
-    assert_eq!(refused.json()["step"], "cluster", "{}", refused.body);
-    assert!(refused.body.contains("cluster store"), "{}", refused.body);
     assert!(
-        hello(&client(), &base).await.expect("a answers").contains("v1"),
-        "the host went back to the version it replaced"
+        sink.wait_for(Duration::from_secs(30), |s| s.handled_count() == COUNT)
+            .await,
+        "{broker:?}: {} of {COUNT} handled",
+        sink.handled_count()
     );
-    let not_ready = get(&client(), &readyz).await;
-    assert_eq!(not_ready.status, 503, "{}", not_ready.body);
-    assert!(
-        not_ready.json()["failing"]["cluster store"].is_string(),
-        "{}",
-        not_ready.body
+    // Give a second copy, if there were one, time to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.total_attempts(),
+        COUNT as u64,
+        "{broker:?}: each message handled once in all, not once per host"
     );
-
-    relay.restore();
-    let deployed = wait_until(Duration::from_secs(20), || async {
-        admin(&a, "POST", "/v1/components/probe/deploy", v2.clone())
-            .await
-            .status
-            == 200
-    })
-    .await;
-    assert!(deployed, "once the store is back, the deploy goes through");
-    assert!(hello(&client(), &base).await.expect("a answers").contains("v2"));
     a.shutdown().await;
+    b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribers_on_several_hosts_are_competing_consumers() {
-    // Two hosts of one cluster subscribe to the same channel on a shared broker: each message
-    // is handled by one of them, not once per host.
-    for (broker, url, name, server) in [
-        (
-            mosaic::settings::BrokerKind::RabbitMQ,
-            RABBITMQ_URL,
-            "RabbitMQ",
-            "127.0.0.1:5672",
-        ),
-        (
-            mosaic::settings::BrokerKind::Nats,
-            "nats://127.0.0.1:4222",
-            "NATS",
-            "127.0.0.1:4222",
-        ),
-    ] {
-        if !postgres_available() || !service_available(name, server) {
-            continue;
-        }
-        const COUNT: usize = 200;
-        let sink = Sink::start().await;
-        let dir = AppDir::new(&sink.manifest("jobs"));
-        let namespace = unique("cluster");
-        let mut settings = cluster_settings(&namespace);
-        settings.messaging = mosaic::settings::MessagingSettings {
-            broker,
-            url: Some(url.to_string()),
-            namespace: Some(namespace.clone()),
-            concurrency: 4,
-            ..mosaic::settings::MessagingSettings::default()
-        };
+mod needs_postgres {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL on 127.0.0.1:5432"]
+    async fn a_deploy_through_one_host_is_served_by_the_others_and_rolled_back_everywhere() {
+        require_postgres();
+        let dir = AppDir::new(TWO_COMPONENTS);
+        let settings = cluster_settings(&unique("cluster"));
         let a = dir.start_in(settings.clone(), None, "state-a").await;
-        let b = dir.start_in(settings, None, "state-b").await;
-        let http = client();
-        for n in 0..COUNT {
-            let base = if n % 2 == 0 { a.http_addr() } else { b.http_addr() };
-            let reply = send(
-                &http,
-                "POST",
-                &format!("http://{base}/probe/publish?channel=jobs"),
-                format!("job-{n}"),
-            )
-            .await
-            .expect("publish");
-            assert_eq!(reply.status, 200, "{broker:?}: {}", reply.body);
-        }
+        let b = dir.start_in(settings.clone(), None, "state-b").await;
+        let (base_a, base_b) = (format!("http://{}", a.http_addr()), format!("http://{}", b.http_addr()));
+        assert!(hello(&client(), &base_b).await.expect("b answers").contains("v1"));
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops: Vec<LoadLoop> = [&base_a, &base_a, &base_b, &base_b]
+            .into_iter()
+            .map(|base| LoadLoop::start(base.clone(), stop.clone()))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // Deploy v2 through host A's admin API, as `mosaic deploy` does.
+        let v2 = std::fs::read(fixture("probe-v2")).expect("probe-v2 fixture");
+        let deployed = admin(&a, "POST", "/v1/components/probe/deploy", v2).await;
+        assert_eq!(deployed.status, 200, "{}", deployed.body);
+        let v2_digest = deployed.json()["digest"].as_str().expect("digest").to_string();
+        let on_b = until_serving(&base_b, "v2", Duration::from_secs(20)).await;
+        assert!(on_b.is_some(), "host B serves the version deployed through host A");
+        eprintln!("deploy through A served by B after {on_b:?}");
+
+        // Both hosts report v2; the status through B shows the rollout's end.
+        let status_shows_v2 = wait_until(Duration::from_secs(10), || async {
+            let status = admin(&b, "GET", "/v1/cluster", Vec::new()).await;
+            let status = status.json();
+            let hosts = status["hosts"].as_array().cloned().unwrap_or_default();
+            status["desired"]["probe"] == v2_digest.as_str()
+                && hosts.len() == 2
+                && hosts
+                    .iter()
+                    .all(|host| host["versions"]["probe"] == v2_digest.as_str() && host["alive"] == true)
+        })
+        .await;
         assert!(
-            sink.wait_for(Duration::from_secs(30), |s| s.handled_count() == COUNT)
-                .await,
-            "{broker:?}: {} of {COUNT} handled",
-            sink.handled_count()
+            status_shows_v2,
+            "{}",
+            admin(&b, "GET", "/v1/cluster", Vec::new()).await.body
         );
-        // Give a second copy, if there were one, time to arrive.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(
-            sink.total_attempts(),
-            COUNT as u64,
-            "{broker:?}: each message handled once in all, not once per host"
+
+        // A host that joins now (a fresh state directory: it has only the manifest's v1) serves
+        // the desired v2 from its very first answer.
+        let c = dir.start_in(settings.clone(), None, "state-c").await;
+        let first = hello(&client(), &format!("http://{}", c.http_addr()))
+            .await
+            .expect("c answers");
+        assert!(
+            first.contains("v2"),
+            "a new host comes up on the desired version: {first}"
         );
+        c.shutdown().await;
+
+        // A rollback through host B takes both hosts back.
+        let rolled_back = admin(&b, "POST", "/v1/components/probe/rollback", Vec::new()).await;
+        assert_eq!(rolled_back.status, 200, "{}", rolled_back.body);
+        assert!(until_serving(&base_b, "v1", Duration::from_secs(20)).await.is_some());
+        assert!(
+            until_serving(&base_a, "v1", Duration::from_secs(20)).await.is_some(),
+            "host A rolled back too"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        stop.store(true, Ordering::SeqCst);
+        for (n, load) in loops.into_iter().enumerate() {
+            let (answered, failures) = load.finish().await;
+            assert!(answered > 0, "loop {n} made requests");
+            assert!(
+                failures.is_empty(),
+                "loop {n}: {} failed, first: {:?}",
+                failures.len(),
+                failures.first()
+            );
+        }
         a.shutdown().await;
         b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL on 127.0.0.1:5432"]
+    async fn a_bad_version_is_refused_by_the_deploying_host_and_reaches_no_other() {
+        require_postgres();
+        let dir = AppDir::new(TWO_COMPONENTS);
+        let settings = cluster_settings(&unique("cluster"));
+        let a = dir.start_in(settings.clone(), None, "state-a").await;
+        let b = dir.start_in(settings.clone(), None, "state-b").await;
+        let unhealthy = std::fs::read(fixture("probe-unhealthy")).expect("fixture");
+        let refused = admin(&a, "POST", "/v1/components/probe/deploy", unhealthy).await;
+        assert_eq!(refused.status, 422, "{}", refused.body);
+        assert_eq!(refused.json()["step"], "probe");
+        let status = admin(&a, "GET", "/v1/cluster", Vec::new()).await.json();
+        assert!(
+            status["desired"].get("probe").is_none(),
+            "nothing became desired: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let base_b = format!("http://{}", b.http_addr());
+        assert!(hello(&client(), &base_b).await.expect("b answers").contains("v1"));
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL on 127.0.0.1:5432"]
+    async fn a_cluster_store_that_is_down_fails_the_deploy_and_leaves_the_host_on_its_version() {
+        require_postgres();
+        let relay = mosaic_tests::TcpRelay::start("127.0.0.1:5432".parse().expect("address")).await;
+        let mut settings = cluster_settings(&unique("cluster"));
+        settings.cluster.postgres = Some(format!("host=127.0.0.1 port={} user=postgres dbname=test", relay.port));
+        let dir = AppDir::new(TWO_COMPONENTS);
+        let a = dir.start_in(settings, None, "state-a").await;
+        let base = format!("http://{}", a.http_addr());
+        let readyz = format!("http://{}/readyz", a.admin_addr());
+        assert_eq!(get(&client(), &readyz).await.status, 200);
+
+        relay.cut();
+        let v2 = std::fs::read(fixture("probe-v2")).expect("fixture");
+        let refused = admin(&a, "POST", "/v1/components/probe/deploy", v2.clone()).await;
+        assert_eq!(refused.status, 422, "{}", refused.body);
+        assert_eq!(refused.json()["step"], "cluster", "{}", refused.body);
+        assert!(refused.body.contains("cluster store"), "{}", refused.body);
+        assert!(
+            hello(&client(), &base).await.expect("a answers").contains("v1"),
+            "the host went back to the version it replaced"
+        );
+        let not_ready = get(&client(), &readyz).await;
+        assert_eq!(not_ready.status, 503, "{}", not_ready.body);
+        assert!(
+            not_ready.json()["failing"]["cluster store"].is_string(),
+            "{}",
+            not_ready.body
+        );
+
+        relay.restore();
+        let deployed = wait_until(Duration::from_secs(20), || async {
+            admin(&a, "POST", "/v1/components/probe/deploy", v2.clone())
+                .await
+                .status
+                == 200
+        })
+        .await;
+        assert!(deployed, "once the store is back, the deploy goes through");
+        assert!(hello(&client(), &base).await.expect("a answers").contains("v2"));
+        a.shutdown().await;
+    }
+
+    mod needs_rabbitmq {
+        use super::*;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "needs PostgreSQL on 127.0.0.1:5432 and RabbitMQ on 127.0.0.1:5672"]
+        async fn a_host_killed_and_restarted_under_load_loses_no_request_to_the_others_and_no_message() {
+            require_postgres();
+            require_service("RabbitMQ", "127.0.0.1:5672");
+            const MESSAGES: usize = 600;
+            let sink = Sink::start().await;
+            sink.delay_ms(5);
+            let dir = AppDir::new(&sink.manifest("jobs"));
+            let namespace = unique("cluster");
+            let config = dir.path.join("cluster.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[cluster]\npostgres = \"{POSTGRES}\"\nnamespace = \"{namespace}\"\nreconcile_interval_ms = 500\nhost_timeout_ms = 3000\n\
+                     [messaging]\nbroker = \"rabbitmq\"\nurl = \"{RABBITMQ_URL}\"\nnamespace = \"{namespace}\"\nconcurrency = 4\n"
+                ),
+            )
+            .expect("config");
+            let a = cluster_process(&dir, &config, "state-a");
+            let b = cluster_process(&dir, &config, "state-b");
+            let mut c = cluster_process(&dir, &config, "state-c");
+
+            // A new version first, through host A: every host converges on it.
+            let deployed = mosaic_cli(
+                &dir,
+                "state-a",
+                &["deploy", "probe", &fixture("probe-v2").to_string_lossy()],
+            );
+            assert!(
+                deployed.status.success(),
+                "{}",
+                String::from_utf8_lossy(&deployed.stderr)
+            );
+            for base in [&a.base, &b.base, &c.base] {
+                assert!(
+                    until_serving(base, "v2", Duration::from_secs(20)).await.is_some(),
+                    "{base} on v2"
+                );
+            }
+
+            // Requests to A and B, and messages published through them, while C is killed mid-stream.
+            let stop = Arc::new(AtomicBool::new(false));
+            let loops: Vec<LoadLoop> = [&a.base, &b.base]
+                .into_iter()
+                .map(|base| LoadLoop::start(base.clone(), stop.clone()))
+                .collect();
+            let publishers: Vec<_> = [a.base.clone(), b.base.clone()]
+                .into_iter()
+                .enumerate()
+                .map(|(first, base)| {
+                    tokio::spawn(async move {
+                        let http = client();
+                        for n in (first..MESSAGES).step_by(2) {
+                            let reply = send(
+                                &http,
+                                "POST",
+                                &format!("{base}/probe/publish?channel=jobs"),
+                                format!("job-{n}"),
+                            )
+                            .await
+                            .unwrap_or_else(|err| panic!("publish job-{n}: {err}"));
+                            assert_eq!(reply.status, 200, "publish job-{n}: {}", reply.body);
+                        }
+                    })
+                })
+                .collect();
+            assert!(
+                sink.wait_for(Duration::from_secs(30), |s| s.handled_count() >= 100)
+                    .await
+            );
+            c.kill_hard();
+            for publisher in publishers {
+                publisher.await.expect("publisher");
+            }
+            // C comes back with the same state directory, on the desired version from its first answer.
+            let c = cluster_process(&dir, &config, "state-c");
+            let first = hello(&client(), &c.base).await.expect("the restarted host answers");
+            assert!(
+                first.contains("v2"),
+                "the restarted host serves the desired version at once: {first}"
+            );
+
+            assert!(
+                sink.wait_for(Duration::from_secs(60), |s| s.handled_count() == MESSAGES)
+                    .await,
+                "{} of {MESSAGES} messages handled",
+                sink.handled_count()
+            );
+            stop.store(true, Ordering::SeqCst);
+            for (n, load) in loops.into_iter().enumerate() {
+                let (answered, failures) = load.finish().await;
+                assert!(answered > 0, "loop {n} made requests");
+                assert!(
+                    failures.is_empty(),
+                    "loop {n}: {} failed, first: {:?}",
+                    failures.len(),
+                    failures.first()
+                );
+            }
+
+            // `mosaic status` through any host shows all three on v2.
+            let status = mosaic_cli(&dir, "state-b", &["status"]);
+            let text = String::from_utf8_lossy(&status.stdout).to_string();
+            assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+            assert!(text.contains("CLUSTER") && text.matches("yes").count() >= 3, "{text}");
+            drop((a, b, c));
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "needs PostgreSQL on 127.0.0.1:5432 and RabbitMQ on 127.0.0.1:5672"]
+        async fn subscribers_on_several_hosts_are_competing_consumers() {
+            competing_consumers(
+                mosaic::settings::BrokerKind::RabbitMQ,
+                RABBITMQ_URL,
+                "RabbitMQ",
+                "127.0.0.1:5672",
+            )
+            .await;
+        }
+    }
+
+    mod needs_redis {
+        use super::*;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "needs PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379 and redis-cli"]
+        async fn a_rate_limit_holds_across_hosts() {
+            require_postgres();
+            require_service("Redis", "127.0.0.1:6379");
+            const LIMIT: usize = 10;
+            // The reference shop on two hosts: the gateway's rate limit store on one Redis database of
+            // this test's own, so that the count is shared by both hosts and by nobody else.
+            let redis_db = 13;
+            let flush = || {
+                let flushed = std::process::Command::new("redis-cli")
+                    .args(["-n", &redis_db.to_string(), "FLUSHDB"])
+                    .output();
+                assert!(flushed.is_ok_and(|out| out.status.success()), "redis-cli FLUSHDB");
+            };
+            let dir = std::env::temp_dir().join(unique("mosaic-cluster-shop"));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let runtime_config = dir.join("runtime-config.toml");
+            std::fs::write(
+                &runtime_config,
+                format!("[key_value_store.ratelimit]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/{redis_db}\"\n"),
+            )
+            .expect("runtime config");
+            let manifest = workspace_root().join("spin.toml");
+            let start = |state: &str| {
+                let state = dir.join(state);
+                MosaicProcess::start_with_env(
+                    &workspace_root(),
+                    &[
+                        "-f",
+                        &manifest.to_string_lossy(),
+                        "up",
+                        "--state-dir",
+                        &state.to_string_lossy(),
+                        "--runtime-config-file",
+                        &runtime_config.to_string_lossy(),
+                        "--cluster",
+                        POSTGRES,
+                    ],
+                    &[("SPIN_VARIABLE_RATE_LIMIT_PER_MINUTE", "10")],
+                )
+            };
+            let hosts = [start("state-a"), start("state-b")];
+            let http = client();
+            // Each host's deploy probe (GET /health at start) went through the gateway too: count
+            // from zero.
+            flush();
+            // The window is a clock minute: if it turns during the burst, try again in the next one.
+            for _ in 0..2 {
+                let minute = mosaic::capability::messaging::now_unix_ms() / 60_000;
+                let mut admitted = 0;
+                for n in 0..3 * LIMIT {
+                    let base = &hosts[n % 2].base;
+                    let reply = get(&http, &format!("{base}/health")).await;
+                    // Only a served request was admitted: an error answer must not pass for one.
+                    match reply.status {
+                        200 => admitted += 1,
+                        429 => {}
+                        status => panic!(
+                            "request {n} to {base}/health: {status}, neither served nor refused: {}",
+                            reply.body
+                        ),
+                    }
+                }
+                if minute == mosaic::capability::messaging::now_unix_ms() / 60_000 {
+                    assert_eq!(admitted, LIMIT, "the limit of {LIMIT} a minute holds across two hosts");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return;
+                }
+                flush();
+            }
+            panic!("the minute turned during both bursts");
+        }
+    }
+
+    mod needs_nats {
+        use super::*;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "needs PostgreSQL on 127.0.0.1:5432 and NATS on 127.0.0.1:4222"]
+        async fn subscribers_on_several_hosts_are_competing_consumers() {
+            competing_consumers(
+                mosaic::settings::BrokerKind::Nats,
+                "nats://127.0.0.1:4222",
+                "NATS",
+                "127.0.0.1:4222",
+            )
+            .await;
+        }
     }
 }

@@ -1,14 +1,18 @@
 //! Hostile guests: a trap, an endless loop and unbounded memory growth each end that one
 //! request with a 5xx and a log line; the host and the other components keep serving.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mosaic::settings::Settings;
 use mosaic_tests::{client, get, AppDir, LogCapture, TWO_COMPONENTS};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trap_loop_and_memory_hog_fail_alone() {
-    let logs = LogCapture::install();
+#[test]
+fn trap_loop_and_memory_hog_fail_alone() {
+    LogCapture::run(trap_loop_and_memory_hog_fail_alone_with_logs);
+}
+
+async fn trap_loop_and_memory_hog_fail_alone_with_logs(logs: LogCapture) {
     let dir = AppDir::new(TWO_COMPONENTS);
     let mut settings = Settings::default();
     settings.limits.request_timeout_ms = 1_000;
@@ -84,5 +88,54 @@ async fn oversized_response_is_cut() {
         "{err}"
     );
     assert_eq!(get(&client, &format!("{base}/probe/hello")).await.status, 200);
+    host.shutdown().await;
+}
+
+/// Tests of one binary run at once in one process: two of them, each with its own host that
+/// logs a failure, must each see their own host's lines and none of the other's.
+#[test]
+fn two_tests_logging_at_once_each_see_only_their_own_lines() {
+    let both_logged = Arc::new(tokio::sync::Barrier::new(2));
+    let own_and_other = [
+        ("4bf92f3577b34da6a3ce929d0e0e4736", "a3ce929d0e0e47364bf92f3577b34da6"),
+        ("a3ce929d0e0e47364bf92f3577b34da6", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    ];
+    let tests = own_and_other.map(|(own, other)| {
+        let both_logged = both_logged.clone();
+        std::thread::spawn(move || LogCapture::run(|logs| trap_traced(logs, own, other, both_logged)))
+    });
+    for test in tests {
+        if let Err(panic) = test.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// Starts a host, makes its probe trap in a request of trace `own`, waits until the other test
+/// has done the same, then checks what this test's capture holds.
+async fn trap_traced(logs: LogCapture, own: &str, other: &str, both_logged: Arc<tokio::sync::Barrier>) {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let host = dir.start(Settings::default()).await;
+    let request = http::Request::builder()
+        .uri(format!("http://{}/probe/trap", host.http_addr()))
+        .header("traceparent", format!("00-{own}-00f067aa0ba902b7-01"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let trap = client().request(request).await.expect("the host answers");
+    assert_eq!(trap.status(), 500);
+    tokio::time::timeout(Duration::from_secs(30), both_logged.wait())
+        .await
+        .expect("the other test's request failed within 30 s");
+
+    let text = logs.text();
+    assert!(
+        text.contains(&format!("http_addr={}", host.http_addr())),
+        "the host's start is captured: {text}"
+    );
+    assert!(
+        text.contains("request failed") && text.contains(own),
+        "the failed request, logged on a worker thread, is captured: {text}"
+    );
+    assert!(!text.contains(other), "the other test's lines leaked in: {text}");
     host.shutdown().await;
 }

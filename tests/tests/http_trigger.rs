@@ -319,11 +319,14 @@ variables = { greeting = "hello {{ region }}", secret = "{{ api_key }}" }
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interfaces_without_a_backend_link_and_answer_errors() {
+#[test]
+fn interfaces_without_a_backend_link_and_answer_errors() {
+    mosaic_tests::LogCapture::run(interfaces_without_a_backend_link_and_answer_errors_with_logs);
+}
+
+async fn interfaces_without_a_backend_link_and_answer_errors_with_logs(logs: mosaic_tests::LogCapture) {
     // The probe imports the LLM interface (spin-sdk 5.x): it deploys, and each call gets a
     // clear error value instead of a refusal or a trap.
-    let logs = mosaic_tests::LogCapture::install();
     let dir = AppDir::new(TWO_COMPONENTS);
     let host = dir.start(Settings::default()).await;
     let base = format!("http://{}", host.http_addr());

@@ -7,20 +7,25 @@ use std::time::Duration;
 
 use mosaic::settings::{BrokerKind, MessagingSettings, Settings};
 use mosaic_tests::sink::Sink;
-use mosaic_tests::{client, deploy_request, send, service_available, unique, wait_until, AppDir, HttpClient};
+use mosaic_tests::{client, deploy_request, require_service, send, unique, wait_until, AppDir, HttpClient};
 
 const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const NATS_URL: &str = "nats://127.0.0.1:4222";
 
-/// The broker settings of `kind`, or `None` (test skipped) where its server is not running.
-fn broker(kind: BrokerKind) -> Option<MessagingSettings> {
+/// The broker settings of `kind`; the test fails where its server is not running.
+fn broker(kind: BrokerKind) -> MessagingSettings {
     let url = match kind {
         BrokerKind::Embedded => None,
-        BrokerKind::RabbitMQ if service_available("RabbitMQ", "127.0.0.1:5672") => Some(RABBITMQ_URL.to_string()),
-        BrokerKind::Nats if service_available("NATS", "127.0.0.1:4222") => Some(NATS_URL.to_string()),
-        _ => return None,
+        BrokerKind::RabbitMQ => {
+            require_service("RabbitMQ", "127.0.0.1:5672");
+            Some(RABBITMQ_URL.to_string())
+        }
+        BrokerKind::Nats => {
+            require_service("NATS", "127.0.0.1:4222");
+            Some(NATS_URL.to_string())
+        }
     };
-    Some(MessagingSettings {
+    MessagingSettings {
         broker: kind,
         url,
         // Each test run gets queues of its own on the shared servers.
@@ -28,7 +33,7 @@ fn broker(kind: BrokerKind) -> Option<MessagingSettings> {
         retry_initial_ms: 5,
         retry_max_ms: 100,
         ..MessagingSettings::default()
-    })
+    }
 }
 
 fn settings(messaging: MessagingSettings) -> Settings {
@@ -73,7 +78,7 @@ async fn publish_many(base: &str, channel: &str, prefix: &str, count: usize, cli
 }
 
 async fn random_failures_lose_nothing(kind: BrokerKind) {
-    let Some(mut messaging) = broker(kind) else { return };
+    let mut messaging = broker(kind);
     const COUNT: usize = 10_000;
     // A message fails 30% of its attempts; 20 attempts make a dead letter (0.3^20) practically
     // impossible, so every message must end handled.
@@ -130,21 +135,6 @@ async fn random_failures_lose_nothing(kind: BrokerKind) {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_messages_with_random_failures_all_arrive_embedded() {
-    random_failures_lose_nothing(BrokerKind::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_messages_with_random_failures_all_arrive_rabbitmq() {
-    random_failures_lose_nothing(BrokerKind::RabbitMQ).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_messages_with_random_failures_all_arrive_nats() {
-    random_failures_lose_nothing(BrokerKind::Nats).await;
-}
-
 /// Runs the `mosaic` CLI beside the test's manifest (it finds the in-process host through the
 /// state directory) and returns its standard output; it must succeed.
 async fn mosaic_cli(dir: &AppDir, args: &[&str]) -> String {
@@ -171,186 +161,176 @@ async fn admin(host: &mosaic::Host, method: &str, path: &str) -> mosaic_tests::R
     mosaic_tests::admin(host, method, path, Vec::new()).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_message_is_dead_lettered_and_replayed_after_a_fix() {
-    for kind in [BrokerKind::Embedded, BrokerKind::RabbitMQ, BrokerKind::Nats] {
-        let Some(mut messaging) = broker(kind) else { continue };
-        messaging.max_deliver = 3;
-        let sink = Sink::start().await;
-        let dir = AppDir::new(&sink.manifest("payment.*"));
-        let host = dir.start(settings(messaging)).await;
-        let base = format!("http://{}", host.http_addr());
-        let http = client();
+async fn poison_message_is_dead_lettered_and_replayed_after_a_fix(kind: BrokerKind) {
+    let mut messaging = broker(kind);
+    messaging.max_deliver = 3;
+    let sink = Sink::start().await;
+    let dir = AppDir::new(&sink.manifest("payment.*"));
+    let host = dir.start(settings(messaging)).await;
+    let base = format!("http://{}", host.http_addr());
+    let http = client();
 
-        publish(&http, &base, "payment.failed", "poison-1")
+    publish(&http, &base, "payment.failed", "poison-1")
+        .await
+        .expect("publish");
+    publish(&http, &base, "payment.done", "fine-1").await.expect("publish");
+    assert!(
+        sink.wait_for(Duration::from_secs(20), |s| s.handled("fine-1") == 1)
+            .await,
+        "{kind:?}"
+    );
+    // v1 fails every attempt at a poison message (without reaching the sink): after
+    // max_deliver attempts it is a dead letter.
+    let listed = wait_until(Duration::from_secs(20), || async {
+        host.app()
+            .capabilities()
+            .messaging
+            .broker
+            .dead_letters(Some("subscriber"))
             .await
-            .expect("publish");
-        publish(&http, &base, "payment.done", "fine-1").await.expect("publish");
-        assert!(
-            sink.wait_for(Duration::from_secs(20), |s| s.handled("fine-1") == 1)
-                .await,
-            "{kind:?}"
-        );
-        // v1 fails every attempt at a poison message (without reaching the sink): after
-        // max_deliver attempts it is a dead letter.
-        let listed = wait_until(Duration::from_secs(20), || async {
-            host.app()
-                .capabilities()
-                .messaging
-                .broker
-                .dead_letters(Some("subscriber"))
-                .await
-                .map(|l| l.len())
-                .unwrap_or(0)
-                == 1
-        })
-        .await;
-        assert!(listed, "{kind:?}: the poison message reached the dead-letter store");
-        let letters = admin(&host, "GET", "/v1/dlq?component=subscriber").await;
-        assert_eq!(letters.status, 200, "{}", letters.body);
-        let letters = letters.json();
-        let letter = &letters["dead_letters"][0];
-        assert_eq!(letter["payload"], "poison-1", "{kind:?}: {letters}");
-        assert_eq!(letter["topic"], "payment.failed");
-        assert_eq!(letter["attempts"], 3);
-        assert!(
-            letter["error"].as_str().unwrap().contains("returned an error"),
-            "{kind:?}: {letters}"
-        );
-        assert_eq!(sink.handled("poison-1"), 0);
-        let metrics = admin_get(&host, "/metrics").await;
-        assert!(
-            metrics
-                .contains("mosaic_messages_dead_lettered_total{subscriber=\"subscriber\",topic=\"payment.failed\"} 1"),
-            "{metrics}"
-        );
+            .map(|l| l.len())
+            .unwrap_or(0)
+            == 1
+    })
+    .await;
+    assert!(listed, "{kind:?}: the poison message reached the dead-letter store");
+    let letters = admin(&host, "GET", "/v1/dlq?component=subscriber").await;
+    assert_eq!(letters.status, 200, "{}", letters.body);
+    let letters = letters.json();
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["payload"], "poison-1", "{kind:?}: {letters}");
+    assert_eq!(letter["topic"], "payment.failed");
+    assert_eq!(letter["attempts"], 3);
+    assert!(
+        letter["error"].as_str().unwrap().contains("returned an error"),
+        "{kind:?}: {letters}"
+    );
+    assert_eq!(sink.handled("poison-1"), 0);
+    let metrics = admin_get(&host, "/metrics").await;
+    assert!(
+        metrics.contains("mosaic_messages_dead_lettered_total{subscriber=\"subscriber\",topic=\"payment.failed\"} 1"),
+        "{metrics}"
+    );
 
-        // The fixed handler (v2) goes live; a replay delivers the message to it.
+    // The fixed handler (v2) goes live; a replay delivers the message to it.
+    host.pipeline()
+        .deploy(deploy_request("subscriber", "subscriber-v2"))
+        .await
+        .expect("deploy the fix");
+    // The operator's view: `mosaic dlq list`, then `mosaic dlq replay ID`.
+    let id = letter["id"].as_str().unwrap().to_string();
+    let listed = mosaic_cli(&dir, &["dlq", "list"]).await;
+    assert!(
+        listed.contains(&id) && listed.contains("poison-1") && listed.contains("payment.failed"),
+        "{listed}"
+    );
+    let replayed = mosaic_cli(&dir, &["dlq", "replay", "--component", "subscriber", &id]).await;
+    assert!(replayed.contains("1 dead letter(s) replayed"), "{replayed}");
+    assert!(
+        sink.wait_for(Duration::from_secs(20), |s| s.handled("poison-1") == 1)
+            .await,
+        "{kind:?}"
+    );
+    assert_eq!(sink.version_of("poison-1").as_deref(), Some("v2"));
+    assert!(
+        host.app()
+            .capabilities()
+            .messaging
+            .broker
+            .dead_letters(None)
+            .await
+            .expect("list")
+            .is_empty(),
+        "{kind:?}"
+    );
+    let unknown = admin(&host, "POST", "/v1/dlq/replay?ids=12345").await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    // A handler that traps fails its attempts the same way, and the host keeps delivering.
+    publish(&http, &base, "payment.failed", "trap").await.expect("publish");
+    publish(&http, &base, "payment.done", "fine-2").await.expect("publish");
+    let trapped = wait_until(Duration::from_secs(20), || async {
+        host.app()
+            .capabilities()
+            .messaging
+            .broker
+            .dead_letters(None)
+            .await
+            .ok()
+            .and_then(|letters| letters.first().cloned())
+            .is_some_and(|letter| letter.payload.as_deref() == Some("trap") && letter.error.contains("trapped"))
+    })
+    .await;
+    assert!(
+        trapped,
+        "{kind:?}: the trapping message is a dead letter naming the trap"
+    );
+    assert!(
+        sink.wait_for(Duration::from_secs(20), |s| s.handled("fine-2") == 1)
+            .await,
+        "{kind:?}"
+    );
+    host.shutdown().await;
+}
+
+async fn order_is_kept_with_concurrency_one_even_across_retries(kind: BrokerKind) {
+    let mut messaging = broker(kind);
+    messaging.max_deliver = 20;
+    messaging.concurrency = 1;
+    let sink = Sink::start().await;
+    sink.fail_percent(30);
+    let dir = AppDir::new(&sink.manifest("steps"));
+    let host = dir.start(settings(messaging)).await;
+    let base = format!("http://{}", host.http_addr());
+    let http = client();
+    let sent: Vec<String> = (0..150).map(|n| format!("step-{n}")).collect();
+    for payload in &sent {
+        publish(&http, &base, "steps", payload).await.expect("publish");
+    }
+    assert!(
+        sink.wait_for(Duration::from_secs(60), |s| s.handled_count() == sent.len())
+            .await,
+        "{kind:?}: {} handled",
+        sink.handled_count()
+    );
+    assert_eq!(sink.order(), sent, "{kind:?}: handled in publish order");
+    host.shutdown().await;
+}
+
+async fn a_subscriber_swapped_three_times_mid_stream_loses_nothing(kind: BrokerKind) {
+    let mut messaging = broker(kind);
+    messaging.concurrency = 4;
+    let sink = Sink::start().await;
+    let dir = AppDir::new(&sink.manifest("stream.*"));
+    let host = dir.start(settings(messaging)).await;
+    let base = format!("http://{}", host.http_addr());
+    const COUNT: usize = 2_000;
+    let publisher = tokio::spawn({
+        let base = base.clone();
+        async move { publish_many(&base, "stream.tick", "tick", COUNT, 4).await }
+    });
+    for fixture in ["subscriber-v2", "subscriber", "subscriber-v2"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
         host.pipeline()
-            .deploy(deploy_request("subscriber", "subscriber-v2"))
+            .deploy(deploy_request("subscriber", fixture))
             .await
-            .expect("deploy the fix");
-        // The operator's view: `mosaic dlq list`, then `mosaic dlq replay ID`.
-        let id = letter["id"].as_str().unwrap().to_string();
-        let listed = mosaic_cli(&dir, &["dlq", "list"]).await;
-        assert!(
-            listed.contains(&id) && listed.contains("poison-1") && listed.contains("payment.failed"),
-            "{listed}"
-        );
-        let replayed = mosaic_cli(&dir, &["dlq", "replay", "--component", "subscriber", &id]).await;
-        assert!(replayed.contains("1 dead letter(s) replayed"), "{replayed}");
-        assert!(
-            sink.wait_for(Duration::from_secs(20), |s| s.handled("poison-1") == 1)
-                .await,
-            "{kind:?}"
-        );
-        assert_eq!(sink.version_of("poison-1").as_deref(), Some("v2"));
-        assert!(
-            host.app()
-                .capabilities()
-                .messaging
-                .broker
-                .dead_letters(None)
-                .await
-                .expect("list")
-                .is_empty(),
-            "{kind:?}"
-        );
-        let unknown = admin(&host, "POST", "/v1/dlq/replay?ids=12345").await;
-        assert_eq!(unknown.status, 404, "{}", unknown.body);
-
-        // A handler that traps fails its attempts the same way, and the host keeps delivering.
-        publish(&http, &base, "payment.failed", "trap").await.expect("publish");
-        publish(&http, &base, "payment.done", "fine-2").await.expect("publish");
-        let trapped = wait_until(Duration::from_secs(20), || async {
-            host.app()
-                .capabilities()
-                .messaging
-                .broker
-                .dead_letters(None)
-                .await
-                .ok()
-                .and_then(|letters| letters.first().cloned())
-                .is_some_and(|letter| letter.payload.as_deref() == Some("trap") && letter.error.contains("trapped"))
-        })
-        .await;
-        assert!(
-            trapped,
-            "{kind:?}: the trapping message is a dead letter naming the trap"
-        );
-        assert!(
-            sink.wait_for(Duration::from_secs(20), |s| s.handled("fine-2") == 1)
-                .await,
-            "{kind:?}"
-        );
-        host.shutdown().await;
+            .expect("swap");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn order_is_kept_with_concurrency_one_even_across_retries() {
-    for kind in [BrokerKind::Embedded, BrokerKind::RabbitMQ, BrokerKind::Nats] {
-        let Some(mut messaging) = broker(kind) else { continue };
-        messaging.max_deliver = 20;
-        messaging.concurrency = 1;
-        let sink = Sink::start().await;
-        sink.fail_percent(30);
-        let dir = AppDir::new(&sink.manifest("steps"));
-        let host = dir.start(settings(messaging)).await;
-        let base = format!("http://{}", host.http_addr());
-        let http = client();
-        let sent: Vec<String> = (0..150).map(|n| format!("step-{n}")).collect();
-        for payload in &sent {
-            publish(&http, &base, "steps", payload).await.expect("publish");
-        }
-        assert!(
-            sink.wait_for(Duration::from_secs(60), |s| s.handled_count() == sent.len())
-                .await,
-            "{kind:?}: {} handled",
-            sink.handled_count()
-        );
-        assert_eq!(sink.order(), sent, "{kind:?}: handled in publish order");
-        host.shutdown().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_swapped_three_times_mid_stream_loses_nothing() {
-    for kind in [BrokerKind::Embedded, BrokerKind::RabbitMQ, BrokerKind::Nats] {
-        let Some(mut messaging) = broker(kind) else { continue };
-        messaging.concurrency = 4;
-        let sink = Sink::start().await;
-        let dir = AppDir::new(&sink.manifest("stream.*"));
-        let host = dir.start(settings(messaging)).await;
-        let base = format!("http://{}", host.http_addr());
-        const COUNT: usize = 2_000;
-        let publisher = tokio::spawn({
-            let base = base.clone();
-            async move { publish_many(&base, "stream.tick", "tick", COUNT, 4).await }
-        });
-        for fixture in ["subscriber-v2", "subscriber", "subscriber-v2"] {
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            host.pipeline()
-                .deploy(deploy_request("subscriber", fixture))
-                .await
-                .expect("swap");
-        }
-        publisher.await.expect("publisher");
-        assert!(
-            sink.wait_for(Duration::from_secs(90), |s| s.handled_count() == COUNT)
-                .await,
-            "{kind:?}: {} of {COUNT} handled",
-            sink.handled_count()
-        );
-        let versions: std::collections::BTreeSet<String> = (0..COUNT)
-            .filter_map(|n| sink.version_of(&format!("tick-{n}")))
-            .collect();
-        assert!(
-            versions.contains("v1") && versions.contains("v2"),
-            "{kind:?}: {versions:?}"
-        );
-        host.shutdown().await;
-    }
+    publisher.await.expect("publisher");
+    assert!(
+        sink.wait_for(Duration::from_secs(90), |s| s.handled_count() == COUNT)
+            .await,
+        "{kind:?}: {} of {COUNT} handled",
+        sink.handled_count()
+    );
+    let versions: std::collections::BTreeSet<String> = (0..COUNT)
+        .filter_map(|n| sink.version_of(&format!("tick-{n}")))
+        .collect();
+    assert!(
+        versions.contains("v1") && versions.contains("v2"),
+        "{kind:?}: {versions:?}"
+    );
+    host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,76 +399,124 @@ async fn a_broker_that_is_down_gives_the_publisher_an_error() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_published_message_carries_the_publishers_trace_to_the_subscriber() {
+async fn a_published_message_carries_the_publishers_trace_to_the_subscriber(kind: BrokerKind) {
     const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     let incoming = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
-    for kind in [BrokerKind::Embedded, BrokerKind::RabbitMQ, BrokerKind::Nats] {
-        let Some(messaging) = broker(kind) else { continue };
-        let sink = Sink::start().await;
-        let dir = AppDir::new(&sink.manifest("traced.#"));
-        let host = dir.start(settings(messaging)).await;
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{}/probe/publish?channel=traced.order",
-                host.http_addr()
-            ))
-            .header("traceparent", &incoming)
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"traced-1")))
-            .expect("request");
-        let reply = client().request(request).await.expect("publish");
-        assert_eq!(reply.status(), 200, "{kind:?}");
-        assert!(
-            sink.wait_for(Duration::from_secs(20), |s| s.handled("traced-1") == 1)
-                .await,
-            "{kind:?}: the message was handled"
-        );
-        // The subscriber's outbound call (its report to the sink) carries the trace on: same
-        // trace id, a span of this host's as the parent (neither the client's nor all zeros).
-        let seen = sink
-            .traceparent_of("traced-1")
-            .expect("the report carried a traceparent");
-        let parts: Vec<&str> = seen.split('-').collect();
-        assert_eq!(parts.len(), 4, "{kind:?}: {seen}");
-        assert_eq!(
-            parts[1], TRACE_ID,
-            "{kind:?}: the trace continues through the broker: {seen}"
-        );
-        assert_ne!(parts[2], "00f067aa0ba902b7", "{kind:?}: {seen}");
-        host.shutdown().await;
-    }
+    let messaging = broker(kind);
+    let sink = Sink::start().await;
+    let dir = AppDir::new(&sink.manifest("traced.#"));
+    let host = dir.start(settings(messaging)).await;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/probe/publish?channel=traced.order",
+            host.http_addr()
+        ))
+        .header("traceparent", &incoming)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"traced-1")))
+        .expect("request");
+    let reply = client().request(request).await.expect("publish");
+    assert_eq!(reply.status(), 200, "{kind:?}");
+    assert!(
+        sink.wait_for(Duration::from_secs(20), |s| s.handled("traced-1") == 1)
+            .await,
+        "{kind:?}: the message was handled"
+    );
+    // The subscriber's outbound call (its report to the sink) carries the trace on: same
+    // trace id, a span of this host's as the parent (neither the client's nor all zeros).
+    let seen = sink
+        .traceparent_of("traced-1")
+        .expect("the report carried a traceparent");
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts.len(), 4, "{kind:?}: {seen}");
+    assert_eq!(
+        parts[1], TRACE_ID,
+        "{kind:?}: the trace continues through the broker: {seen}"
+    );
+    assert_ne!(parts[2], "00f067aa0ba902b7", "{kind:?}: {seen}");
+    host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graceful_shutdown_mid_stream_forgets_no_message() {
+async fn a_graceful_shutdown_mid_stream_forgets_no_message(kind: BrokerKind) {
     // Slow handlers, four at a time: the shutdown finds deliveries in flight and messages
     // waiting. Whatever it cuts short is delivered again by the next host on the same broker.
-    for kind in [BrokerKind::Embedded, BrokerKind::RabbitMQ, BrokerKind::Nats] {
-        let Some(mut messaging) = broker(kind) else { continue };
-        messaging.concurrency = 4;
-        const COUNT: usize = 200;
-        let sink = Sink::start().await;
-        sink.delay_ms(20);
-        let dir = AppDir::new(&sink.manifest("jobs"));
-        let host = dir.start(settings(messaging.clone())).await;
-        let base = format!("http://{}", host.http_addr());
-        publish_many(&base, "jobs", "job", COUNT, 4).await;
-        assert!(
-            sink.wait_for(Duration::from_secs(30), |s| s.handled_count() >= 20)
-                .await
-        );
-        host.shutdown().await;
-        let handled_at_shutdown = sink.handled_count();
-        assert!(handled_at_shutdown < COUNT, "{kind:?}: the shutdown came mid-stream");
+    let mut messaging = broker(kind);
+    messaging.concurrency = 4;
+    const COUNT: usize = 200;
+    let sink = Sink::start().await;
+    sink.delay_ms(20);
+    let dir = AppDir::new(&sink.manifest("jobs"));
+    let host = dir.start(settings(messaging.clone())).await;
+    let base = format!("http://{}", host.http_addr());
+    publish_many(&base, "jobs", "job", COUNT, 4).await;
+    assert!(
+        sink.wait_for(Duration::from_secs(30), |s| s.handled_count() >= 20)
+            .await
+    );
+    host.shutdown().await;
+    let handled_at_shutdown = sink.handled_count();
+    assert!(handled_at_shutdown < COUNT, "{kind:?}: the shutdown came mid-stream");
 
-        let host = dir.start(settings(messaging)).await;
-        assert!(
-            sink.wait_for(Duration::from_secs(60), |s| s.handled_count() == COUNT)
-                .await,
-            "{kind:?}: {} of {COUNT} handled after the restart ({handled_at_shutdown} before)",
-            sink.handled_count()
-        );
-        host.shutdown().await;
-    }
+    let host = dir.start(settings(messaging)).await;
+    assert!(
+        sink.wait_for(Duration::from_secs(60), |s| s.handled_count() == COUNT)
+            .await,
+        "{kind:?}: {} of {COUNT} handled after the restart ({handled_at_shutdown} before)",
+        sink.handled_count()
+    );
+    host.shutdown().await;
+}
+
+/// Every test of this file on one broker, as `<module>::<test>`. A broker with a server of its
+/// own is tested in a module `needs_<server>` with its tests ignored unless asked for, so that
+/// `cargo xtask test` runs them where the server answers and cargo lists them as ignored
+/// elsewhere.
+macro_rules! tests_on {
+    ($kind:expr $(, #[$attr:meta])?) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])?
+        async fn ten_thousand_messages_with_random_failures_all_arrive() {
+            super::random_failures_lose_nothing($kind).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])?
+        async fn poison_message_is_dead_lettered_and_replayed_after_a_fix() {
+            super::poison_message_is_dead_lettered_and_replayed_after_a_fix($kind).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])?
+        async fn order_is_kept_with_concurrency_one_even_across_retries() {
+            super::order_is_kept_with_concurrency_one_even_across_retries($kind).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])?
+        async fn a_subscriber_swapped_three_times_mid_stream_loses_nothing() {
+            super::a_subscriber_swapped_three_times_mid_stream_loses_nothing($kind).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])?
+        async fn a_published_message_carries_the_publishers_trace_to_the_subscriber() {
+            super::a_published_message_carries_the_publishers_trace_to_the_subscriber($kind).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])?
+        async fn a_graceful_shutdown_mid_stream_forgets_no_message() {
+            super::a_graceful_shutdown_mid_stream_forgets_no_message($kind).await;
+        }
+    };
+}
+
+mod embedded {
+    use super::*;
+    tests_on!(BrokerKind::Embedded);
+}
+
+mod needs_rabbitmq {
+    use super::*;
+    tests_on!(BrokerKind::RabbitMQ, #[ignore = "needs RabbitMQ on 127.0.0.1:5672"]);
+}
+
+mod needs_nats {
+    use super::*;
+    tests_on!(BrokerKind::Nats, #[ignore = "needs NATS on 127.0.0.1:4222"]);
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mosaic_tests::sink::Sink;
-use mosaic_tests::{client, send, service_available, unique, AppDir, MosaicProcess};
+use mosaic_tests::{client, require_service, send, unique, AppDir, MosaicProcess};
 
 const COUNT: usize = 5_000;
 
@@ -90,10 +90,14 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_embedded() {
     killed_mid_stream_loses_nothing("").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_stream_then_restart_loses_nothing_rabbitmq() {
-    if !service_available("RabbitMQ", "127.0.0.1:5672") {
-        return;
+mod needs_rabbitmq {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs RabbitMQ on 127.0.0.1:5672"]
+    async fn kill_9_mid_stream_then_restart_loses_nothing_rabbitmq() {
+        require_service("RabbitMQ", "127.0.0.1:5672");
+        killed_mid_stream_loses_nothing("broker = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n")
+            .await;
     }
-    killed_mid_stream_loses_nothing("broker = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n").await;
 }

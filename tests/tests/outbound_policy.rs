@@ -216,9 +216,12 @@ async fn idempotent_requests_are_retried_with_their_body_and_posts_are_not() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_breaker_opens_fails_at_once_and_closes_after_a_good_trial() {
-    let logs = LogCapture::install();
+#[test]
+fn the_breaker_opens_fails_at_once_and_closes_after_a_good_trial() {
+    LogCapture::run(the_breaker_opens_fails_at_once_and_closes_after_a_good_trial_with_logs);
+}
+
+async fn the_breaker_opens_fails_at_once_and_closes_after_a_good_trial_with_logs(logs: LogCapture) {
     let upstream = Upstream::start().await;
     let dir = AppDir::new(APP);
     let host = dir

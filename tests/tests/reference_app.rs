@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mosaic_tests::{client, service_available, unique, workspace_root, HttpClient, MosaicProcess};
+use mosaic_tests::{client, require_service, unique, workspace_root, HttpClient, MosaicProcess};
 use serde_json::{json, Value};
 
 /// A running shop: `mosaic up` on the top-level spin.toml with a state directory of its own.
@@ -412,19 +412,27 @@ async fn over_the_rate_limit_the_gateway_answers_429() {
     panic!("no 429 in two windows");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_flow_runs_on_redis_key_value_and_rabbitmq_messaging() {
-    if !service_available("Redis", "127.0.0.1:6379") || !service_available("RabbitMQ", "127.0.0.1:5672") {
-        return;
+mod needs_redis {
+    use super::*;
+
+    mod needs_rabbitmq {
+        use super::*;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "needs Redis on 127.0.0.1:6379 and RabbitMQ on 127.0.0.1:5672"]
+        async fn the_same_flow_runs_on_redis_key_value_and_rabbitmq_messaging() {
+            require_service("Redis", "127.0.0.1:6379");
+            require_service("RabbitMQ", "127.0.0.1:5672");
+            let runtime_config = "[key_value_store.ratelimit]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/12\"\n\
+                                  [key_value_store.products-cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/12\"\n";
+            let settings = format!(
+                "[messaging]\nbroker = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\nnamespace = \"{}\"\n",
+                unique("shop")
+            );
+            let shop = Shop::start(&[("payment_success_rate", "1")], Some(runtime_config), Some(&settings));
+            successful_order_flow(&shop).await;
+        }
     }
-    let runtime_config = "[key_value_store.ratelimit]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/12\"\n\
-                          [key_value_store.products-cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/12\"\n";
-    let settings = format!(
-        "[messaging]\nbroker = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\nnamespace = \"{}\"\n",
-        unique("shop")
-    );
-    let shop = Shop::start(&[("payment_success_rate", "1")], Some(runtime_config), Some(&settings));
-    successful_order_flow(&shop).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

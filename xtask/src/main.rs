@@ -13,7 +13,9 @@ mod fuzz;
 const USAGE: &str = "usage: cargo xtask <command>
 
   build            build the reference components and the test fixtures (wasm32-wasip2)
-  test             build, then run every test of the workspace
+  test [ARGS...]   build, then run every test of the workspace (cargo test --workspace ARGS); the
+                   tests of a service that does not answer are left out and listed as ignored, unless
+                   MOSAIC_REQUIRE_SERVICES=1 (CI), where they run and fail
   up [ARGS...]     build the components, then run the reference application (mosaic up ARGS)
   bench http       benchmark HTTP serving and swap latency; writes bench/README.md
   bench kv         key-value ops/s through a guest, embedded vs Redis; adds to bench/README.md
@@ -33,10 +35,7 @@ fn main() -> Result<()> {
         Some("test") => {
             build_all(&root)?;
             run(Command::new(cargo()).current_dir(&root).args(["build", "-p", "mosaic"]))?;
-            run(Command::new(cargo())
-                .current_dir(&root)
-                .args(["test", "--workspace"])
-                .args(&args[1..]))
+            test(&root, &args[1..])
         }
         Some("up") => {
             ensure_wasm_target();
@@ -75,6 +74,135 @@ pub fn run(command: &mut Command) -> Result<()> {
         bail!("{command:?} failed with {status}");
     }
     Ok(())
+}
+
+/// A service some tests need. Its tests sit in a module `needs_<service>` (nested for a test that
+/// needs several) and are `#[ignore]`d with a reason naming the service, so that a plain `cargo
+/// test` lists them as ignored instead of passing them unrun.
+struct Service {
+    /// The module of its tests: `--skip <module>::` leaves them out.
+    module: &'static str,
+    name: &'static str,
+    check: Check,
+}
+
+enum Check {
+    /// Answers a TCP connect within a second.
+    Listens(&'static str),
+    /// A program on PATH that starts (`PROGRAM --version` succeeds).
+    Runs(&'static str),
+}
+
+const SERVICES: &[Service] = &[
+    Service {
+        module: "needs_postgres",
+        name: "PostgreSQL",
+        check: Check::Listens("127.0.0.1:5432"),
+    },
+    Service {
+        module: "needs_redis",
+        name: "Redis",
+        check: Check::Listens("127.0.0.1:6379"),
+    },
+    Service {
+        module: "needs_rabbitmq",
+        name: "RabbitMQ",
+        check: Check::Listens("127.0.0.1:5672"),
+    },
+    Service {
+        module: "needs_nats",
+        name: "NATS",
+        check: Check::Listens("127.0.0.1:4222"),
+    },
+    Service {
+        module: "needs_redis_server",
+        name: "the redis-server binary",
+        check: Check::Runs("redis-server"),
+    },
+];
+
+impl Service {
+    fn answers(&self) -> bool {
+        match self.check {
+            Check::Listens(addr) => addr.parse::<std::net::SocketAddr>().is_ok_and(|socket| {
+                std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(1)).is_ok()
+            }),
+            Check::Runs(program) => Command::new(program)
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.check {
+            Check::Listens(addr) => format!("{} on {addr}", self.name),
+            Check::Runs(_) => format!("{} on PATH", self.name),
+        }
+    }
+}
+
+/// `cargo test --workspace ARGS`, with the tests that need a service: all of them where
+/// MOSAIC_REQUIRE_SERVICES=1 (a service that does not answer fails its tests) or where every
+/// service answers; otherwise a second run takes the tests of the services that answer, and the
+/// others stay listed as ignored by the first.
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    // Cargo's own arguments come before `--`, the test harness's after it.
+    let (cargo_args, harness_args) = match args.iter().position(|arg| arg == "--") {
+        Some(split) => (&args[..split], &args[split + 1..]),
+        None => (args, &[][..]),
+    };
+    let cargo_test = |harness: &[String]| {
+        run(Command::new(cargo())
+            .current_dir(root)
+            .args(["test", "--workspace"])
+            .args(cargo_args)
+            .arg("--")
+            .args(harness))
+    };
+    // Whoever picks ignored tests by hand keeps the choice.
+    if harness_args
+        .iter()
+        .any(|arg| arg == "--ignored" || arg == "--include-ignored")
+    {
+        return cargo_test(harness_args);
+    }
+    let with = |extra: &[String]| -> Vec<String> { extra.iter().chain(harness_args).cloned().collect() };
+    if std::env::var("MOSAIC_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        return cargo_test(&with(&["--include-ignored".to_string()]));
+    }
+    let (answering, missing): (Vec<&Service>, Vec<&Service>) = SERVICES.iter().partition(|service| service.answers());
+    if missing.is_empty() {
+        return cargo_test(&with(&["--include-ignored".to_string()]));
+    }
+    let names = |services: &[&Service]| services.iter().map(|s| s.describe()).collect::<Vec<_>>().join(", ");
+    eprintln!(
+        "not answering: {}. Their tests (modules {}) are listed as ignored; start the services \
+         (README, \"Services\") to run them.",
+        names(&missing),
+        missing
+            .iter()
+            .map(|s| format!("{}::", s.module))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    cargo_test(harness_args)?;
+    if answering.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "now the ignored tests of the services that answer: {}",
+        names(&answering)
+    );
+    let mut extra = vec!["--ignored".to_string()];
+    for service in &missing {
+        extra.extend(["--skip".to_string(), format!("{}::", service.module)]);
+    }
+    let result = cargo_test(&with(&extra));
+    eprintln!("not run (not answering): {}", names(&missing));
+    result
 }
 
 /// One build of a guest crate: (package, features, output name in target/fixtures).

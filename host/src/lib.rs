@@ -14,6 +14,7 @@ pub mod engine;
 pub mod guest_log;
 pub mod host;
 pub mod instance;
+pub mod listener;
 pub mod observe;
 pub mod settings;
 pub mod state;

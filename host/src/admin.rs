@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -24,14 +23,14 @@ use crate::app::manifest::HttpRoute;
 use crate::app::App;
 use crate::capability::messaging::{BrokerError, DeadLetter};
 use crate::capability::{bounded_check, Check, Scrape};
-use crate::deploy::journal;
+use crate::deploy::journal::{self, JournalEntry};
 use crate::deploy::{self, DeployError, DeployRequest};
+use crate::listener::ConnectionLimits;
 use crate::rollout::Rollout;
-use crate::stop::stopped;
 use crate::trigger::body::{full, json_error};
 use crate::trigger::http::HttpResponse;
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ComponentStatus {
     pub name: String,
     pub route: Option<String>,
@@ -42,30 +41,47 @@ pub struct ComponentStatus {
     pub errors: u64,
 }
 
-pub async fn serve(listener: TcpListener, rollout: Rollout, token: String, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(_) => continue,
-            },
-            _ = stopped(&mut stop) => return,
-        };
+/// The answer of `GET /v1/components/NAME/history`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ComponentHistory {
+    pub component: String,
+    /// The digest serving now; none for a component this host does not have.
+    pub current: Option<crate::digest::Digest>,
+    /// Its deployments, oldest first.
+    pub history: Vec<JournalEntry>,
+}
+
+/// The answer of `GET /v1/dlq` and `POST /v1/dlq/replay`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeadLetterList {
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// The admin API serves operators and the CLI, a handful of connections; the cap only keeps a
+/// runaway script from using up the host's file descriptors.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// Serves the admin API until `stop` turns true; then answers the requests in flight (up to
+/// the drain deadline, `limits.drain_timeout_ms`) and returns.
+pub async fn serve(listener: TcpListener, rollout: Rollout, token: String, stop: watch::Receiver<bool>) {
+    let limits = ConnectionLimits {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        drain: rollout.app().settings.limits.drain_timeout(),
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    let service_for = |_client| {
         let rollout = rollout.clone();
         let token = token.clone();
-        let service = hyper::service::service_fn(move |request| {
+        hyper::service::service_fn(move |request| {
             let rollout = rollout.clone();
             let token = token.clone();
             async move { Ok::<_, std::convert::Infallible>(handle(&rollout, &token, request).await) }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        })
+    };
+    crate::listener::serve("admin", listener, builder, service_for, limits, stop).await;
 }
 
 fn authorized(token: &str, request: &hyper::Request<hyper::body::Incoming>) -> bool {
@@ -84,8 +100,22 @@ fn authorized(token: &str, request: &hyper::Request<hyper::body::Incoming>) -> b
             == 0
 }
 
+/// `value` as a JSON answer; a 500 naming the failure if it does not serialise (never a 200
+/// with an empty body, which a client would read as a success).
 fn json(status: StatusCode, value: &impl Serialize) -> HttpResponse {
-    let body = serde_json::to_vec(value).unwrap_or_default();
+    let body = match serde_json::to_vec(value) {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::error!(error = %err, "the admin API could not serialise its answer");
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "answer not serialisable",
+                format!(
+                    "the admin API could not serialise its answer: {err}; this is a bug in Mosaic, please report it"
+                ),
+            );
+        }
+    };
     let mut response = hyper::Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -145,7 +175,11 @@ async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::b
                 let current = app.slot(name).map(|slot| slot.live.load().digest.clone());
                 json(
                     StatusCode::OK,
-                    &serde_json::json!({ "component": name, "current": current, "history": history }),
+                    &ComponentHistory {
+                        component: name.to_string(),
+                        current,
+                        history,
+                    },
                 )
             }
             Err(err) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "journal unreadable", err.to_string()),
@@ -285,7 +319,7 @@ async fn readiness(rollout: &Rollout) -> HttpResponse {
 
 fn broker_answer(outcome: Result<Vec<DeadLetter>, BrokerError>) -> HttpResponse {
     match outcome {
-        Ok(letters) => json(StatusCode::OK, &serde_json::json!({ "dead_letters": letters })),
+        Ok(dead_letters) => json(StatusCode::OK, &DeadLetterList { dead_letters }),
         Err(BrokerError::Invalid(detail)) => json_error(StatusCode::NOT_FOUND, "not found", detail),
         Err(BrokerError::Unavailable(detail)) => {
             json_error(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable", detail)
@@ -350,34 +384,14 @@ fn query_value(query: &str, key: &str) -> Option<String> {
         .map(|(_, v)| percent_decode(v))
 }
 
+/// A query value percent-decoded, `+` as a space (form encoding, as browsers and curl send
+/// it); an escape that is not two hex digits stays as it is.
 fn percent_decode(text: &str) -> String {
-    fn hex(byte: u8) -> Option<u8> {
-        (byte as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = match bytes[i] {
-            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1]).zip(hex(bytes[i + 2])).map(|(hi, lo)| hi * 16 + lo),
-            _ => None,
-        };
-        match (decoded, bytes[i]) {
-            (Some(byte), _) => {
-                out.push(byte);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, byte) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).to_string()
+    // `+` becomes a space before decoding, so that an escaped plus (`%2B`) stays a plus.
+    let spaced = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -394,5 +408,36 @@ mod tests {
         assert_eq!(query_value("route=%zz%", "route").as_deref(), Some("%zz%"));
         assert_eq!(query_value("route=%", "route").as_deref(), Some("%"));
         assert_eq!(query_value("x=1", "route"), None);
+    }
+
+    #[test]
+    fn decodes_plus_as_space_and_escapes_as_bytes() {
+        assert_eq!(query_value("ids=a+b", "ids").as_deref(), Some("a b"));
+        assert_eq!(query_value("ids=a%2Bb", "ids").as_deref(), Some("a+b"));
+        assert_eq!(query_value("c=caf%C3%A9", "c").as_deref(), Some("café"));
+        assert_eq!(query_value("c=%FF", "c").as_deref(), Some("\u{FFFD}"));
+    }
+
+    /// A value whose serialisation fails, as a map with a non-string key does in JSON.
+    struct Unserialisable;
+
+    impl Serialize for Unserialisable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("the answer holds a value JSON cannot carry"))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_does_not_serialise_is_a_500_naming_why() {
+        let response = json(StatusCode::OK, &Unserialisable);
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "answer not serialisable", "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("could not serialise") && detail.contains("a value JSON cannot carry"),
+            "{detail}"
+        );
     }
 }

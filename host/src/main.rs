@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use http::Method;
+use mosaic::admin::{ComponentHistory, ComponentStatus};
+use mosaic::capability::messaging::DeadLetter;
 use mosaic::client::{AdminClient, AdminError};
+use mosaic::cluster::ClusterStatus;
+use mosaic::deploy::DeployReport;
 use mosaic::{Host, HostOptions};
 
 #[derive(Parser)]
@@ -155,39 +157,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy { component, file, route } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
-            let mut path = format!("/v1/components/{component}/deploy");
-            if let Some(route) = route {
-                path.push_str(&format!("?route={}", encode_query(&route)));
-            }
             let report = client
-                .call(Method::POST, &path, Bytes::from(bytes))
+                .deploy(&component, bytes, route.as_deref())
                 .await
                 .map_err(explain)?;
-            print_report("deployed", &report);
+            print!("{}", report_text("deployed", &report));
             Ok(())
         }
         Command::Rollback { component } => {
             let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
-            let report = client
-                .call(
-                    Method::POST,
-                    &format!("/v1/components/{component}/rollback"),
-                    Bytes::new(),
-                )
-                .await
-                .map_err(explain)?;
-            print_report("rolled back", &report);
+            let report = client.rollback(&component).await.map_err(explain)?;
+            print!("{}", report_text("rolled back", &report));
             Ok(())
         }
         Command::Status { json } => {
             let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
-            let status = client
-                .call(Method::GET, "/v1/status", Bytes::new())
-                .await
-                .map_err(explain)?;
+            let status = client.status().await.map_err(explain)?;
             // In cluster mode, every host's versions too; alone, 404.
-            let cluster = client.call(Method::GET, "/v1/cluster", Bytes::new()).await.ok();
+            let cluster = client.cluster().await.ok();
             if json {
+                // Through `Value`, whose keys print sorted, as this output always has.
+                let status = serde_json::to_value(&status)?;
                 let shown = match cluster {
                     Some(cluster) => serde_json::json!({ "components": status, "cluster": cluster }),
                     None => status,
@@ -195,27 +185,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&shown)?);
                 return Ok(());
             }
-            println!(
-                "{:<16} {:<18} {:<14} {:<20} {:>9} {:>9} {:>7}",
-                "COMPONENT", "ROUTE", "VERSION", "DEPLOYED", "IN-FLIGHT", "REQUESTS", "ERRORS"
-            );
-            for component in status.as_array().into_iter().flatten() {
-                let text = |key: &str| component.get(key).and_then(|v| v.as_str()).unwrap_or("-").to_string();
-                let number = |key: &str| component.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-                let version = text("version");
-                println!(
-                    "{:<16} {:<18} {:<14} {:<20} {:>9} {:>9} {:>7}",
-                    text("name"),
-                    text("route"),
-                    &version[..version.len().min(12)],
-                    format_unix_ms(number("deployed_at_unix_ms")),
-                    number("in_flight"),
-                    number("requests"),
-                    number("errors"),
-                );
-            }
+            print!("{}", status_text(&status));
             if let Some(cluster) = cluster {
-                print_cluster(&cluster);
+                print!("{}", cluster_text(&cluster));
             }
             Ok(())
         }
@@ -225,110 +197,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::History { component } => {
             let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
-            let history = client
-                .call(
-                    Method::GET,
-                    &format!("/v1/components/{component}/history"),
-                    Bytes::new(),
-                )
-                .await
-                .map_err(explain)?;
-            let current = history.get("current").and_then(|v| v.as_str()).unwrap_or("");
-            let entries = history
-                .get("history")
-                .and_then(|v| v.as_array())
-                .cloned()
-                .unwrap_or_default();
-            if entries.is_empty() {
-                println!("no deployments of `{component}` are recorded");
-            }
-            for entry in entries {
-                let digest = entry.get("digest").and_then(|v| v.as_str()).unwrap_or("");
-                let action = entry.get("action").and_then(|v| v.as_str()).unwrap_or("");
-                let at = entry.get("at_unix_ms").and_then(|v| v.as_u64()).unwrap_or(0);
-                let marker = if digest == current { "  <- live" } else { "" };
-                println!(
-                    "{}  {:<9} {}{marker}",
-                    format_unix_ms(at),
-                    action,
-                    &digest[..digest.len().min(12)]
-                );
-            }
+            let history = client.history(&component).await.map_err(explain)?;
+            print!("{}", history_text(&history));
             Ok(())
         }
     }
 }
 
 async fn dead_letters(client: &AdminClient, command: DlqCommand) -> anyhow::Result<()> {
-    let component_query = |component: &Option<String>| {
-        component
-            .as_ref()
-            .map(|name| format!("component={}", encode_query(name)))
-    };
     match command {
         DlqCommand::List { component, json } => {
-            let path = match component_query(&component) {
-                Some(query) => format!("/v1/dlq?{query}"),
-                None => "/v1/dlq".to_string(),
-            };
-            let answer = client.call(Method::GET, &path, Bytes::new()).await.map_err(explain)?;
-            let letters = answer.get("dead_letters").cloned().unwrap_or_default();
+            let letters = client.dead_letters(component.as_deref()).await.map_err(explain)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
+                // Through `Value`, whose keys print sorted, as this output always has.
+                println!("{}", serde_json::to_string_pretty(&serde_json::to_value(&letters)?)?);
                 return Ok(());
             }
-            let letters = letters.as_array().cloned().unwrap_or_default();
-            if letters.is_empty() {
-                println!("the dead-letter store is empty");
-                return Ok(());
-            }
-            println!(
-                "{:<12} {:<16} {:<20} {:<20} {:>8}  {:<32} ERROR",
-                "ID", "COMPONENT", "TOPIC", "DEAD SINCE", "ATTEMPTS", "PAYLOAD"
-            );
-            for letter in letters {
-                let text = |key: &str| letter.get(key).and_then(|v| v.as_str()).unwrap_or("").to_string();
-                let payload = match letter.get("payload").and_then(|v| v.as_str()) {
-                    Some(text) => text.to_string(),
-                    None => format!("hex:{}", text("payload_hex")),
-                };
-                let payload: String = payload.chars().take(32).collect();
-                println!(
-                    "{:<12} {:<16} {:<20} {:<20} {:>8}  {:<32} {}",
-                    text("id"),
-                    text("subscriber"),
-                    text("topic"),
-                    format_unix_ms(letter.get("dead_at_ms").and_then(|v| v.as_u64()).unwrap_or(0)),
-                    letter.get("attempts").and_then(|v| v.as_u64()).unwrap_or(0),
-                    payload.replace(['\n', '\r'], " "),
-                    text("error")
-                );
-            }
+            print!("{}", dead_letters_text(&letters));
             Ok(())
         }
         DlqCommand::Replay { ids, component, all } => {
             if ids.is_empty() && !all {
                 anyhow::bail!("name the dead letters to replay (ids from `mosaic dlq list`), or pass --all");
             }
-            let mut query: Vec<String> = component_query(&component).into_iter().collect();
-            if !ids.is_empty() {
-                query.push(format!("ids={}", encode_query(&ids.join(","))));
-            }
-            let path = format!("/v1/dlq/replay?{}", query.join("&"));
-            let answer = client.call(Method::POST, &path, Bytes::new()).await.map_err(explain)?;
-            let replayed = answer
-                .get("dead_letters")
-                .and_then(|v| v.as_array())
-                .cloned()
-                .unwrap_or_default();
+            let replayed = client.replay(component.as_deref(), &ids).await.map_err(explain)?;
             for letter in &replayed {
-                let text = |key: &str| letter.get(key).and_then(|v| v.as_str()).unwrap_or("").to_string();
-                println!(
-                    "replayed {} to `{}` ({})",
-                    text("id"),
-                    text("subscriber"),
-                    text("topic")
-                );
+                println!("replayed {} to `{}` ({})", letter.id, letter.subscriber, letter.topic);
             }
             println!("{} dead letter(s) replayed", replayed.len());
             Ok(())
@@ -384,52 +278,48 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
 
 /// Every host of the cluster and the version of each component on it; a version that is not
 /// the desired one is marked (a rollout in progress, or a host that cannot take it: its error).
-fn print_cluster(cluster: &serde_json::Value) {
-    let text = |value: &serde_json::Value| value.as_str().unwrap_or("-").to_string();
-    let short = |digest: &str| digest[..digest.len().min(12)].to_string();
-    println!();
-    println!(
-        "CLUSTER {} (this host: {})",
-        text(&cluster["namespace"]),
-        text(&cluster["this_host"])
-    );
-    println!(
-        "{:<24} {:<14} {:<16} {:<14} DESIRED",
+fn cluster_text(cluster: &ClusterStatus) -> String {
+    let mut out = String::new();
+    out.push('\n');
+    out.push_str(&format!(
+        "CLUSTER {} (this host: {})\n",
+        cluster.namespace, cluster.this_host
+    ));
+    out.push_str(&format!(
+        "{:<24} {:<14} {:<16} {:<14} DESIRED\n",
         "HOST", "SEEN", "COMPONENT", "VERSION"
-    );
-    let desired = &cluster["desired"];
-    for host in cluster["hosts"].as_array().into_iter().flatten() {
-        let silent = host["silent_ms"].as_i64().unwrap_or(0) as f64 / 1000.0;
-        let seen = match host["alive"].as_bool().unwrap_or(false) {
+    ));
+    for host in &cluster.hosts {
+        let silent = host.silent_ms as f64 / 1000.0;
+        let seen = match host.alive {
             true => format!("{silent:.1}s ago"),
             false => format!("gone {silent:.0}s"),
         };
-        let mut first = true;
-        for (component, version) in host["versions"].as_object().into_iter().flatten() {
-            let version = text(version);
-            let mark = match desired[component].as_str() {
+        for (index, (component, version)) in host.report.versions.iter().enumerate() {
+            let mark = match cluster.desired.get(component) {
                 None => "(not set)".to_string(),
                 Some(wanted) if wanted == version => "yes".to_string(),
-                Some(wanted) => match host["errors"][component].as_str() {
+                Some(wanted) => match host.report.errors.get(component) {
                     Some(error) => format!("no: {} wanted; {error}", short(wanted)),
                     None => format!("no: {} rolling out", short(wanted)),
                 },
             };
-            let (name, seen) = match first {
-                true => (text(&host["host"]), seen.clone()),
-                false => (String::new(), String::new()),
+            // The host's name and when it was seen only on its first line.
+            let (name, seen) = match index {
+                0 => (host.report.host.as_str(), seen.as_str()),
+                _ => ("", ""),
             };
-            first = false;
-            println!(
-                "{:<24} {:<14} {:<16} {:<14} {}",
+            out.push_str(&format!(
+                "{:<24} {:<14} {:<16} {:<14} {}\n",
                 name,
                 seen,
                 component,
-                short(&version),
+                short(version),
                 mark
-            );
+            ));
         }
     }
+    out
 }
 
 async fn shutdown_signal() {
@@ -461,65 +351,199 @@ fn explain(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
-fn print_report(verb: &str, report: &serde_json::Value) {
-    let text = |key: &str| report.get(key).and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let digest = text("digest");
-    let previous = text("previous");
-    let cached = report.get("cached").and_then(|v| v.as_bool()).unwrap_or(false);
-    println!(
-        "{verb} `{}`: version {}{} ({})",
-        text("component"),
-        &digest[..digest.len().min(12)],
-        if previous.is_empty() {
-            String::new()
-        } else {
-            format!(", replacing {}", &previous[..previous.len().min(12)])
-        },
-        if cached {
-            "compiled artifact from cache"
-        } else {
-            "compiled"
-        }
+fn report_text(verb: &str, report: &DeployReport) -> String {
+    let replacing = match &report.previous {
+        Some(previous) if !previous.as_str().is_empty() => format!(", replacing {}", short(previous)),
+        _ => String::new(),
+    };
+    let compiled = match report.cached {
+        true => "compiled artifact from cache",
+        false => "compiled",
+    };
+    let mut out = format!(
+        "{verb} `{}`: version {}{replacing} ({compiled})\n",
+        report.component,
+        short(&report.digest),
     );
-    for warning in report.get("warnings").and_then(|v| v.as_array()).into_iter().flatten() {
-        println!("warning: {}", warning.as_str().unwrap_or(""));
+    for warning in &report.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
+}
+
+fn status_text(status: &[ComponentStatus]) -> String {
+    let mut out = format!(
+        "{:<16} {:<18} {:<14} {:<20} {:>9} {:>9} {:>7}\n",
+        "COMPONENT", "ROUTE", "VERSION", "DEPLOYED", "IN-FLIGHT", "REQUESTS", "ERRORS"
+    );
+    for component in status {
+        out.push_str(&format!(
+            "{:<16} {:<18} {:<14} {:<20} {:>9} {:>9} {:>7}\n",
+            component.name,
+            component.route.as_deref().unwrap_or("-"),
+            short(&component.version),
+            format_unix_ms(component.deployed_at_unix_ms),
+            component.in_flight,
+            component.requests,
+            component.errors,
+        ));
+    }
+    out
+}
+
+/// The deployments, oldest first; the one serving now is marked. A rollback to an earlier
+/// version repeats its digest, so only the latest entry with the live digest is the live one.
+fn history_text(history: &ComponentHistory) -> String {
+    if history.history.is_empty() {
+        return format!("no deployments of `{}` are recorded\n", history.component);
+    }
+    let live = history
+        .current
+        .as_ref()
+        .and_then(|current| history.history.iter().rposition(|entry| &entry.digest == current));
+    let mut out = String::new();
+    for (index, entry) in history.history.iter().enumerate() {
+        let marker = if Some(index) == live { "  <- live" } else { "" };
+        out.push_str(&format!(
+            "{}  {:<9} {}{marker}\n",
+            format_unix_ms(entry.at_unix_ms),
+            entry.action.as_str(),
+            short(&entry.digest)
+        ));
+    }
+    out
+}
+
+fn dead_letters_text(letters: &[DeadLetter]) -> String {
+    if letters.is_empty() {
+        return "the dead-letter store is empty\n".to_string();
+    }
+    let mut out = format!(
+        "{:<12} {:<16} {:<20} {:<20} {:>8}  {:<32} ERROR\n",
+        "ID", "COMPONENT", "TOPIC", "DEAD SINCE", "ATTEMPTS", "PAYLOAD"
+    );
+    for letter in letters {
+        let payload = match &letter.payload {
+            Some(text) => text.clone(),
+            None => format!("hex:{}", letter.payload_hex.as_deref().unwrap_or("")),
+        };
+        let payload: String = payload.chars().take(32).collect();
+        out.push_str(&format!(
+            "{:<12} {:<16} {:<20} {:<20} {:>8}  {:<32} {}\n",
+            letter.id,
+            letter.subscriber,
+            letter.topic,
+            format_unix_ms(letter.dead_at_ms),
+            letter.attempts,
+            payload.replace(['\n', '\r'], " "),
+            letter.error
+        ));
+    }
+    out
+}
+
+/// The first 12 characters of a digest, as every listing shows versions.
+fn short(digest: &(impl AsRef<str> + ?Sized)) -> &str {
+    mosaic::digest::short(digest.as_ref())
+}
+
+/// A time as `YYYY-MM-DD HH:MM:SS` in UTC.
+fn format_unix_ms(ms: u64) -> String {
+    match i64::try_from(ms).ok().and_then(chrono::DateTime::from_timestamp_millis) {
+        Some(at) => at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        // Beyond chrono's range (year 262143): no date to show, say what the host sent.
+        None => format!("{ms} ms since 1970"),
     }
 }
 
-fn encode_query(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b',' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mosaic::deploy::journal::{Action, JournalEntry};
 
-fn format_unix_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+    fn entry(action: Action, digest: &str, at_unix_ms: u64) -> JournalEntry {
+        JournalEntry {
+            component: "probe".into(),
+            digest: mosaic::digest::Digest::from_hex(digest),
+            previous: None,
+            action,
+            route: None,
+            at_unix_ms,
+        }
+    }
 
-/// Days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    #[test]
+    fn dates_print_in_utc_to_the_second() {
+        assert_eq!(format_unix_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(format_unix_ms(951_782_400_999), "2000-02-29 00:00:00");
+        assert_eq!(format_unix_ms(1_700_000_000_123), "2023-11-14 22:13:20");
+        assert_eq!(format_unix_ms(4_107_542_399_000), "2100-02-28 23:59:59");
+    }
+
+    #[test]
+    fn history_marks_only_the_live_deployment_after_a_rollback() {
+        let v1 = "1111111111111111aaaa";
+        let v2 = "2222222222222222bbbb";
+        let history = ComponentHistory {
+            component: "probe".into(),
+            current: Some(mosaic::digest::Digest::from_hex(v1)),
+            history: vec![
+                entry(Action::Manifest, v1, 0),
+                entry(Action::Deploy, v2, 1_000),
+                entry(Action::Rollback, v1, 2_000),
+            ],
+        };
+        assert_eq!(
+            history_text(&history),
+            "1970-01-01 00:00:00  manifest  111111111111\n\
+             1970-01-01 00:00:01  deploy    222222222222\n\
+             1970-01-01 00:00:02  rollback  111111111111  <- live\n"
+        );
+        let empty = ComponentHistory {
+            component: "ghost".into(),
+            current: None,
+            history: Vec::new(),
+        };
+        assert_eq!(history_text(&empty), "no deployments of `ghost` are recorded\n");
+    }
+
+    #[test]
+    fn report_names_the_versions_and_the_warnings() {
+        let report: DeployReport = serde_json::from_value(serde_json::json!({
+            "component": "probe", "digest": "abcdefabcdef0123", "previous": "0123456789abcdef",
+            "action": "deploy", "cached": false, "warnings": ["no grant for key-value"],
+            "migrations": [], "timings_ms": [["validate", 1.5]], "draining": 0
+        }))
+        .unwrap();
+        assert_eq!(
+            report_text("deployed", &report),
+            "deployed `probe`: version abcdefabcdef, replacing 0123456789ab (compiled)\n\
+             warning: no grant for key-value\n"
+        );
+    }
+
+    #[test]
+    fn dead_letters_show_text_or_hex_payloads_on_one_line() {
+        let letter = |id: &str, payload: Option<&str>, payload_hex: Option<&str>| DeadLetter {
+            id: id.into(),
+            subscriber: "notifications".into(),
+            topic: "order.created".into(),
+            payload: payload.map(str::to_string),
+            payload_hex: payload_hex.map(str::to_string),
+            attempts: 5,
+            error: "handler failed".into(),
+            dead_at_ms: 1_700_000_000_123,
+        };
+        let text = dead_letters_text(&[
+            letter("1", Some("line one\nline two"), None),
+            letter("2", None, Some("ff00")),
+        ]);
+        assert_eq!(
+            text,
+            "ID           COMPONENT        TOPIC                DEAD SINCE           ATTEMPTS  PAYLOAD                          ERROR\n\
+             1            notifications    order.created        2023-11-14 22:13:20         5  line one line two                handler failed\n\
+             2            notifications    order.created        2023-11-14 22:13:20         5  hex:ff00                         handler failed\n"
+        );
+        assert_eq!(dead_letters_text(&[]), "the dead-letter store is empty\n");
+    }
 }

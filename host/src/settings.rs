@@ -104,6 +104,10 @@ pub struct HttpSettings {
     /// alike); 503 beyond. Unset: three quarters of `limits.max_concurrent_instances`, so that
     /// one component flooded with slow requests never takes every instance from the others.
     pub max_in_flight_per_component: Option<u32>,
+    /// Client connections open at once; beyond, the listener accepts no more until one closes
+    /// (new clients wait in the kernel's backlog), so a flood of idle connections cannot use up
+    /// the host's file descriptors.
+    pub max_connections: usize,
 }
 
 impl Default for HttpSettings {
@@ -112,6 +116,7 @@ impl Default for HttpSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             header_read_timeout_ms: 30_000,
             max_in_flight_per_component: None,
+            max_connections: 10_000,
         }
     }
 }
@@ -134,6 +139,9 @@ impl HttpSettings {
         }
         if self.max_in_flight_per_component == Some(0) {
             return Err("`http.max_in_flight_per_component` must be greater than 0".into());
+        }
+        if self.max_connections == 0 {
+            return Err("`http.max_connections` must be greater than 0".into());
         }
         Ok(())
     }

@@ -233,17 +233,46 @@ pub async fn get(client: &HttpClient, url: &str) -> Reply {
 
 /// The log lines of one test's hosts, so that the test can check that a failure was logged.
 ///
-/// Tests of one binary run in parallel in one process, so a global subscriber would show each
-/// test the lines of every other test's host too. A capture instead sees what is logged on the
-/// threads of the runtime that [`LogCapture::run`] builds for its test (the test's own thread,
-/// the workers and the blocking pool): the test's host runs on that runtime and nowhere else.
+/// Tests of one binary run in parallel in one process, so a capture must not show a test the
+/// lines of every other test's host. [`LogCapture::run`] runs its test on a runtime of its own
+/// and marks every thread of that runtime (the test's own thread, the workers and the blocking
+/// pool) as writing to this capture; the test's host runs on that runtime and nowhere else.
+///
+/// One subscriber serves the whole binary (installed on first use) and picks the capture by the
+/// emitting thread. Per-thread subscribers (`tracing::dispatcher::set_default`) would be simpler,
+/// but tracing caches each call site's interest across all of them, and a test starting or
+/// ending its subscriber while another logs can leave a call site disabled: lines go missing.
 #[derive(Clone, Default)]
 pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
 thread_local! {
-    /// This thread's subscription to the capture of the runtime it belongs to.
-    static CAPTURING: std::cell::RefCell<Option<tracing::dispatcher::DefaultGuard>> =
-        const { std::cell::RefCell::new(None) };
+    /// The capture this thread's log lines go to, if it belongs to a capturing test.
+    static CAPTURING: std::cell::RefCell<Option<LogCapture>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Where a log line goes: the emitting thread's capture, if any, and stderr.
+struct ThreadsCapture;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThreadsCapture {
+    type Writer = CaptureWriter;
+
+    fn make_writer(&'a self) -> CaptureWriter {
+        CaptureWriter(CAPTURING.with(|slot| slot.borrow().clone()))
+    }
+}
+
+struct CaptureWriter(Option<LogCapture>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(capture) = &self.0 {
+            capture.0.lock().expect("log lock").extend_from_slice(buf);
+        }
+        std::io::stderr().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl LogCapture {
@@ -254,46 +283,39 @@ impl LogCapture {
         F: FnOnce(LogCapture) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("mosaic=info"))
+                .with_ansi(false)
+                .with_writer(ThreadsCapture)
+                .finish();
+            // Another subscriber may already be global (a test that set one): then captures
+            // see nothing, and the test's log assertion says so.
+            let _ = tracing::subscriber::set_global_default(subscriber);
+        });
         let capture = LogCapture::default();
-        let dispatch = capture.dispatch();
-        let for_threads = dispatch.clone();
+        let for_threads = capture.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
-            .on_thread_start(move || {
-                let guard = tracing::dispatcher::set_default(&for_threads);
-                CAPTURING.with(|slot| *slot.borrow_mut() = Some(guard));
-            })
+            .on_thread_start(move || CAPTURING.with(|slot| *slot.borrow_mut() = Some(for_threads.clone())))
             .on_thread_stop(|| CAPTURING.with(|slot| drop(slot.borrow_mut().take())))
             .build()
             .unwrap_or_else(|err| panic!("cannot build the test's runtime: {err}"));
-        let _on_this_thread = tracing::dispatcher::set_default(&dispatch);
+        CAPTURING.with(|slot| *slot.borrow_mut() = Some(capture.clone()));
+        struct Unmark;
+        impl Drop for Unmark {
+            fn drop(&mut self) {
+                CAPTURING.with(|slot| drop(slot.borrow_mut().take()));
+            }
+        }
+        let _unmark = Unmark;
         runtime.block_on(test(capture));
-    }
-
-    fn dispatch(&self) -> tracing::Dispatch {
-        let writer = self.clone();
-        tracing::Dispatch::new(
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new("mosaic=info"))
-                .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .finish(),
-        )
     }
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("log lock")).to_string()
-    }
-}
-
-impl std::io::Write for LogCapture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log lock").extend_from_slice(buf);
-        std::io::stderr().write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -63,6 +63,50 @@ async fn sigterm_drains_in_flight_requests() {
     );
 }
 
+/// Admin connections drain at shutdown like HTTP ones: a deploy whose upload is still arriving
+/// at SIGTERM gets its answer before the host exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_admin_request_in_flight_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = AppDir::new(mosaic_tests::TWO_COMPONENTS);
+    let mut host = MosaicProcess::start(&dir.path, &["up"]);
+    let state = dir.state_dir();
+    let endpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("admin.json")).unwrap()).unwrap();
+    let addr: std::net::SocketAddr = endpoint["addr"].as_str().unwrap().parse().unwrap();
+    let token = std::fs::read_to_string(state.join("admin-token")).unwrap();
+    // Not a component: the deploy is refused at `validate`, quickly, once the upload is whole.
+    let upload = b"these bytes are not WebAssembly, and they arrive in two parts";
+    let head = format!(
+        "POST /v1/components/probe/deploy HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n\r\n",
+        token.trim(),
+        upload.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&upload[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.terminate();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A host that dropped the connection at SIGTERM fails here or when reading the answer.
+    let _ = stream.write_all(&upload[10..]).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "reading the answer: {read:?}; read so far: {answer}"
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 422") && answer.contains("step `validate`"),
+        "the admin request in flight at SIGTERM got its answer: {answer}"
+    );
+    let status = tokio::task::spawn_blocking(move || host.wait(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
 fn watch_manifest(dir: &Path) -> String {
     format!(
         r#"

@@ -308,3 +308,38 @@ async fn metrics_count_requests_errors_and_deploys() {
     assert!(gone, "and no longer once it ended");
     host.shutdown().await;
 }
+
+/// A rollback to the manifest's version repeats that version's digest in the journal: only the
+/// rollback, the deployment serving now, is the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_after_a_rollback_marks_only_the_live_deployment() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let host = dir.start(Settings::default()).await;
+    let path = dir.path.clone();
+    let run = |args: Vec<String>| {
+        let path = path.clone();
+        async move {
+            tokio::task::spawn_blocking(move || mosaic(&path, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+                .await
+                .unwrap()
+        }
+    };
+    let v2 = fixture("probe-v2").to_string_lossy().to_string();
+    let out = run(vec!["deploy".into(), "probe".into(), v2]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(vec!["rollback".into(), "probe".into()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_still_v1(&format!("http://{}/probe/hello", host.http_addr())).await;
+
+    let out = run(vec!["history".into(), "probe".into()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let history = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 3, "manifest, deploy, rollback: {history}");
+    assert_eq!(history.matches("<- live").count(), 1, "{history}");
+    assert!(
+        lines[2].contains("rollback") && lines[2].ends_with("<- live"),
+        "{history}"
+    );
+    host.shutdown().await;
+}

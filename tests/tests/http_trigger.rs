@@ -393,3 +393,63 @@ async fn traceparent_is_continued_into_the_guest_and_its_outbound_calls() {
     assert!(started.starts_with("00-") && !started.contains(trace_id), "{started}");
     host.shutdown().await;
 }
+
+/// Reads from `stream` until `expected` has arrived (or the connection ends); what was read.
+async fn read_until(stream: &mut tokio::net::TcpStream, expected: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(expected) {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => seen.extend_from_slice(&buffer[..read]),
+        }
+    }
+    String::from_utf8_lossy(&seen).to_string()
+}
+
+/// `[http] max_connections`: at the cap the listener accepts no more connections; the next
+/// client waits until an open connection closes, then is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_beyond_max_connections_waits_for_one_to_close() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let mut settings = Settings::default();
+    settings.http.max_connections = 2;
+    let host = dir.start(settings).await;
+    let addr = host.http_addr();
+    let request = b"GET /probe/hello HTTP/1.1\r\nhost: test\r\n\r\n";
+    let expected = "hello from probe v1";
+
+    // Two keep-alive connections, each served once and left open.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), read_until(&mut stream, expected))
+            .await
+            .expect("one of the first two connections is served");
+        assert!(answer.contains(expected), "{answer}");
+        open.push(stream);
+    }
+
+    // The kernel completes a third handshake (the backlog), but the host does not serve it.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let mut buffer = [0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(700), third.read(&mut buffer)).await;
+    assert!(
+        early.is_err(),
+        "a third connection was answered while two were open: {:?}",
+        early.map(|read| read.map(|n| String::from_utf8_lossy(&buffer[..n]).to_string()))
+    );
+
+    // One closes: the third is served.
+    drop(open.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_until(&mut third, expected))
+        .await
+        .expect("the waiting connection is served once one closed");
+    assert!(answer.contains(expected), "{answer}");
+    host.shutdown().await;
+}

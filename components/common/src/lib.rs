@@ -78,32 +78,13 @@ pub fn query_param(req: &Request, name: &str) -> Option<String> {
         .map(|(_, value)| percent_decode(value))
 }
 
+/// Form decoding: `+` is a space, `%XX` a byte; an escape that is not two hex digits stays as it is.
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let escaped = (bytes[index] == b'%')
-            .then(|| bytes.get(index + 1..index + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match (escaped, bytes[index]) {
-            (Some(byte), _) => {
-                out.push(byte);
-                index += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                index += 1;
-            }
-            (None, byte) => {
-                out.push(byte);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    // `+` becomes a space before decoding, so that an escaped plus (`%2B`) stays a plus.
+    let spaced = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The authenticated caller the gateway named, or a 401.

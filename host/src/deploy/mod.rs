@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::app::manifest::HttpRoute;
@@ -22,7 +22,7 @@ use crate::digest::Digest;
 use crate::instance::InstanceState;
 use journal::{Action, JournalEntry};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
     Receive,
@@ -84,7 +84,7 @@ impl DeployError {
 }
 
 /// What a successful deploy reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployReport {
     pub component: String,
     pub digest: Digest,

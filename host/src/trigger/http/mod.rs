@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::Instrument;
@@ -277,54 +276,28 @@ fn cap_response(response: HttpResponse, limit: u64) -> HttpResponse {
 }
 
 /// Accepts connections until `shutdown` turns true, then stops accepting and waits for the
-/// connections in progress to finish, up to `drain`.
-pub async fn serve(
-    listener: TcpListener,
-    dispatcher: Dispatcher,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let header_read_timeout = dispatcher.app.settings.http.header_read_timeout();
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = crate::stop::stopped(&mut shutdown) => break,
-        };
-        let _ = stream.set_nodelay(true);
+/// connections in progress to finish, up to `drain`. At most `http.max_connections` are open
+/// at once.
+pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, shutdown: watch::Receiver<bool>, drain: Duration) {
+    let settings = &dispatcher.app.settings.http;
+    let limits = crate::listener::ConnectionLimits {
+        max_connections: settings.max_connections,
+        drain,
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout())
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let service_for = |client: SocketAddr| {
         let dispatcher = dispatcher.clone();
-        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let dispatcher = dispatcher.clone();
             async move { Ok::<_, std::convert::Infallible>(dispatcher.handle(request, client).await) }
-        });
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
-            .max_header_size(MAX_HEAD_BYTES)
-            .max_buf_size(MAX_HEAD_BYTES);
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, %client, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(
-            ?drain,
-            "shutdown: connections still open at the drain deadline were cut"
-        );
-    }
+        })
+    };
+    crate::listener::serve("http", listener, builder, service_for, limits, shutdown).await;
 }
 
 /// A plain-text answer, used by the admin API.

@@ -8,7 +8,7 @@ use super::client::body_of;
 use super::load::measure_cell;
 use super::report::write_section;
 use super::sink::Sink;
-use super::{build_release_host, start_mosaic, WARMUP};
+use super::{build_release_host, runtime, start_mosaic, WARMUP};
 
 /// `cargo xtask bench breaker`: the probe calls a dead dependency (a listener in this process
 /// that accepts connections and never answers) with `request_timeout_ms = 200` and no retries:
@@ -20,7 +20,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     const BREAKER_MEASURE: Duration = Duration::from_secs(3);
     const TIMEOUT_MS: u64 = 200;
     build_release_host(root)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = runtime()?;
     let live = runtime.block_on(Sink::start())?;
     let dead = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let dead_addr = dead.local_addr()?;

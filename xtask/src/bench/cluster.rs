@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 
-use super::client::{admin_call, wait_for_body};
+use super::client::{admin_call, connect, exchange, wait_for_body};
 use super::cpu::{cpu_snapshot, CpuUse};
-use super::load::{load_request, Body, Stats};
-use super::report::write_section;
-use super::{admin_endpoint, build_release_host, start_mosaic, unique_namespace, MEASURE, WARMUP};
+use super::load::{load_get, Stats};
+use super::report::{cores, rate_cells, rate_progress, size_kb, write_section};
+use super::{
+    admin_endpoint, build_release_host, require_reachable, runtime, start_mosaic, unique_namespace, MEASURE, WARMUP,
+};
 
 /// `cargo xtask bench cluster`: one application on 1, 2 and 3 hosts of one cluster (PostgreSQL
 /// on loopback as the store), total requests/s with the load spread over the hosts; then, at 3
@@ -31,10 +32,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     /// Bounds a host's start-up and the rollout.
     const BOUND: Duration = Duration::from_secs(120);
     let begun = Instant::now();
-    let postgres: SocketAddr = ([127, 0, 0, 1], 5432).into();
-    if std::net::TcpStream::connect(postgres).is_err() {
-        bail!("PostgreSQL is not reachable at {postgres}; start it (see the README) and run the benchmark again");
-    }
+    require_reachable("PostgreSQL", ([127, 0, 0, 1], 5432).into())?;
     build_release_host(root)?;
     let fixtures = root.join("target/fixtures");
     let v2_file = fixtures.join("probe-v2.wasm");
@@ -50,18 +48,9 @@ pub(super) fn run(root: &Path) -> Result<()> {
         "[cluster]\nnamespace = \"{namespace}\"\nreconcile_interval_ms = {RECONCILE_INTERVAL_MS}\n\
          host_timeout_ms = {HOST_TIMEOUT_MS}\n"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = runtime()?;
     let measure = |addrs: &[SocketAddr], pids: &[u32], label: &str| -> Result<(Stats, CpuUse)> {
-        let load = |duration| {
-            runtime.block_on(load_request(
-                addrs,
-                "GET",
-                PATH.to_string(),
-                Body::Fixed(""),
-                CLUSTER_CONNECTIONS,
-                duration,
-            ))
-        };
+        let load = |duration| runtime.block_on(load_get(addrs, PATH, CLUSTER_CONNECTIONS, duration));
         load(WARMUP)?;
         let before = (Instant::now(), cpu_snapshot(pids)?);
         let stats = load(MEASURE)?;
@@ -73,21 +62,12 @@ pub(super) fn run(root: &Path) -> Result<()> {
                 stats.first_error.unwrap_or_default()
             );
         }
+        let [hosts, kernel, generator, others, idle, per_request, per_request_kernel] = cpu.figures();
         eprintln!(
-            "{label:<22} c={CLUSTER_CONNECTIONS} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  ({} requests); \
-             hosts {:.2} cores (kernel {:.2}), load generator {:.2}, others {:.2}, idle {:.0}%; host CPU {:.0} us/request \
-             (kernel {:.0})",
-            stats.rps,
-            stats.p50_us,
-            stats.p99_us,
+            "{label:<22} c={CLUSTER_CONNECTIONS} {}  ({} requests); hosts {hosts} cores (kernel {kernel}), load generator \
+             {generator}, others {others}, idle {idle}%; host CPU {per_request} us/request (kernel {per_request_kernel})",
+            rate_progress(&stats),
             stats.requests,
-            cpu.hosts_cores,
-            cpu.hosts_kernel_cores,
-            cpu.generator_cores,
-            cpu.others_cores,
-            cpu.idle * 100.0,
-            cpu.host_us_per_request,
-            cpu.host_kernel_us_per_request
         );
         Ok((stats, cpu))
     };
@@ -167,21 +147,14 @@ pub(super) fn run(root: &Path) -> Result<()> {
     );
     for (n, stats, cpu) in &rows {
         table.push_str(&format!(
-            "| {n} | {CLUSTER_CONNECTIONS} | {:.0} | {:.3} ms | {:.3} ms | {:.2}x |\n",
-            stats.rps,
-            stats.p50_us as f64 / 1000.0,
-            stats.p99_us as f64 / 1000.0,
+            "| {n} | {CLUSTER_CONNECTIONS} | {} | {:.2}x |\n",
+            rate_cells(stats, 3),
             stats.rps / one.max(1.0)
         ));
+        let [hosts, kernel, generator, others, idle, per_request, per_request_kernel] = cpu.figures();
         cpu_table.push_str(&format!(
-            "| {n} | {:.2} cores | {:.2} cores | {:.2} cores | {:.2} cores | {:.0}% | {:.0} µs | {:.0} µs |\n",
-            cpu.hosts_cores,
-            cpu.hosts_kernel_cores,
-            cpu.generator_cores,
-            cpu.others_cores,
-            cpu.idle * 100.0,
-            cpu.host_us_per_request,
-            cpu.host_kernel_us_per_request
+            "| {n} | {hosts} cores | {kernel} cores | {generator} cores | {others} cores | {idle}% | {per_request} µs \
+             | {per_request_kernel} µs |\n"
         ));
     }
     let spread = |n: usize| {
@@ -191,7 +164,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" + ")
     };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = cores();
     let (first_cpu, (last_hosts, last_stats, last_cpu)) = (&rows[0].2, rows.last().expect("three rows"));
     let ratio = last_stats.rps / one.max(1.0);
     let busiest_idle = rows.iter().map(|(_, _, cpu)| cpu.idle).fold(0.0, f64::max);
@@ -288,7 +261,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
         baseline.p50_us as f64 / 1000.0,
         baseline.p99_us as f64 / 1000.0,
         MEASURE.as_secs(),
-        std::fs::metadata(&v2_file).map(|m| m.len() / 1024).unwrap_or(0),
+        size_kb(&v2_file),
         ms(everywhere),
         per_host.join(", "),
         ms(rollout.deploy_call),
@@ -383,44 +356,21 @@ pub(super) async fn watch_version(
     let mut watched = Watched::default();
     let going = || converged.load(Ordering::Relaxed) < hosts && Instant::now() < deadline;
     'connect: while going() {
-        let connected = match tokio::net::TcpStream::connect(addr).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|err| err.to_string())
-            }
-            Err(err) => Err(err.to_string()),
-        };
-        let (mut sender, connection) = match connected {
-            Ok(handshake) => handshake,
+        let mut sender = match connect(addr).await {
+            Ok(sender) => sender,
             Err(err) => {
                 watched.unanswered += 1;
-                watched
-                    .first_error
-                    .get_or_insert_with(|| format!("connecting to {addr}: {err}"));
+                watched.first_error.get_or_insert(err);
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        tokio::spawn(connection);
         while going() {
             let request = hyper::Request::get(path)
                 .header(http::header::HOST, addr.to_string())
                 .body(Full::new(Bytes::new()))
                 .expect("static request");
-            let answer = match sender.send_request(request).await {
-                Ok(response) => {
-                    let status = response.status();
-                    response
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|body| (status, body.to_bytes()))
-                        .map_err(|err| format!("{status}, then reading the body: {err}"))
-                }
-                Err(err) => Err(err.to_string()),
-            };
+            let answer = exchange(&mut sender, request).await;
             watched.requests += 1;
             let (status, body) = match answer {
                 Ok(answer) => answer,

@@ -69,6 +69,21 @@ pub(super) struct CpuUse {
 }
 
 impl CpuUse {
+    /// The figures a row shows, formatted once for the progress line and the table alike: the
+    /// hosts' CPU and its kernel part, the load generator's and the other processes' (cores), the
+    /// machine's idle time (%), the hosts' CPU per request and its kernel part (µs).
+    pub(super) fn figures(&self) -> [String; 7] {
+        [
+            format!("{:.2}", self.hosts_cores),
+            format!("{:.2}", self.hosts_kernel_cores),
+            format!("{:.2}", self.generator_cores),
+            format!("{:.2}", self.others_cores),
+            format!("{:.0}", self.idle * 100.0),
+            format!("{:.0}", self.host_us_per_request),
+            format!("{:.0}", self.host_kernel_us_per_request),
+        ]
+    }
+
     pub(super) fn between(before: &(Instant, CpuSnapshot), after: &(Instant, CpuSnapshot), requests: u64) -> CpuUse {
         let ((start, a), (end, b)) = (before, after);
         let seconds = end.duration_since(*start).as_secs_f64().max(1e-6);

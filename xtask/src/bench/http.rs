@@ -9,8 +9,9 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 
 use super::client::{admin_call, body_of};
-use super::load::load;
-use super::{admin_endpoint, build_release_host, free_port, wait_for_port, Killed, MEASURE, WARMUP};
+use super::load::load_get;
+use super::report::{cores, rate_cells, rate_progress, size_kb, write_head};
+use super::{admin_endpoint, build_release_host, free_port, runtime, wait_for_port, Killed, MEASURE, WARMUP};
 use crate::{cargo, run as run_command};
 
 pub(super) const CONNECTIONS: [usize; 2] = [1, 32];
@@ -40,7 +41,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
         ),
     )?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = runtime()?;
     let mut rows = Vec::new();
 
     let native_port = free_port()?;
@@ -84,11 +85,13 @@ pub(super) fn run(root: &Path) -> Result<()> {
         ("native hyper (ceiling)", native_addr),
     ] {
         for connections in CONNECTIONS {
-            runtime.block_on(load(addr, connections, WARMUP))?;
-            let stats = runtime.block_on(load(addr, connections, MEASURE))?;
+            runtime.block_on(load_get(&[addr], "/", connections, WARMUP))?;
+            let stats = runtime.block_on(load_get(&[addr], "/", connections, MEASURE))?;
             eprintln!(
-                "{name:<24} c={connections:<3} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  ({} requests, {} errors)",
-                stats.rps, stats.p50_us, stats.p99_us, stats.requests, stats.errors
+                "{name:<24} c={connections:<3} {}  ({} requests, {} errors)",
+                rate_progress(&stats),
+                stats.requests,
+                stats.errors
             );
             rows.push((name, connections, stats));
         }
@@ -118,10 +121,8 @@ pub(super) fn run(root: &Path) -> Result<()> {
     table.push_str("| server | connections | requests/s | p50 | p99 | errors |\n|---|---:|---:|---:|---:|---:|\n");
     for (name, connections, stats) in &rows {
         table.push_str(&format!(
-            "| {name} | {connections} | {:.0} | {:.3} ms | {:.3} ms | {} |\n",
-            stats.rps,
-            stats.p50_us as f64 / 1000.0,
-            stats.p99_us as f64 / 1000.0,
+            "| {name} | {connections} | {} | {} |\n",
+            rate_cells(stats, 3),
             stats.errors
         ));
     }
@@ -134,40 +135,21 @@ pub(super) fn run(root: &Path) -> Result<()> {
         ));
     }
     let swap = format!(
-        "| artifact cache | samples | median | min | max |\n|---|---:|---:|---:|---:|\n| cold (compile) | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n| warm (cached) | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n",
-        cold.len(),
-        median(&cold),
-        cold.iter().cloned().fold(f64::MAX, f64::min),
-        cold.iter().cloned().fold(0.0, f64::max),
-        warm.len(),
-        median(&warm),
-        warm.iter().cloned().fold(f64::MAX, f64::min),
-        warm.iter().cloned().fold(0.0, f64::max),
+        "| artifact cache | samples | median | min | max |\n|---|---:|---:|---:|---:|\n{}{}",
+        swap_row("cold (compile)", &cold),
+        swap_row("warm (cached)", &warm),
     );
     let report = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench http` (do not edit by hand). One run, on this machine: {cpu}, {cores} cores shared by the load generator and the server.\n\n\
          ## HTTP: one hello component\n\nThe same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, and a native hyper hello as the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row.\n\n{table}\n{ratios}\n\
          ## Swap latency\n\nOn the probe fixture (`tests/fixtures/probe`, {probe_kb} KB, v1 and v2): from the start of the deploy call (`POST /v1/components/probe/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
-        probe_kb = std::fs::metadata(&probe).map(|m| m.len() / 1024).unwrap_or(0),
-        cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        probe_kb = size_kb(&probe),
+        cores = cores(),
         warm = WARMUP.as_secs(),
         measure = MEASURE.as_secs(),
     );
-    std::fs::create_dir_all(root.join("bench"))?;
-    // Keep the sections other benchmarks wrote.
-    let existing = std::fs::read_to_string(root.join("bench/README.md")).unwrap_or_default();
-    // Everything after this benchmark's last section.
-    let others = existing
-        .find("## Swap latency")
-        .and_then(|start| {
-            existing[start..]
-                .find("\n## ")
-                .map(|next| &existing[start + next + 1..])
-        })
-        .unwrap_or("");
-    std::fs::write(root.join("bench/README.md"), format!("{report}\n{others}"))?;
-    println!("{report}");
-    Ok(())
+    // The sections after it are other benchmarks'.
+    write_head(root, "## Swap latency", &report)
 }
 
 pub(super) fn wasmtime_version(root: &Path) -> Result<String> {
@@ -201,7 +183,18 @@ pub(super) fn wasmtime_cli(root: &Path) -> Result<PathBuf> {
     Ok(binary)
 }
 
-pub(super) fn median(samples: &[f64]) -> f64 {
+/// A row of the swap latency table: `| label | samples | median | min | max |`.
+fn swap_row(label: &str, samples: &[f64]) -> String {
+    format!(
+        "| {label} | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+        samples.len(),
+        median(samples),
+        samples.iter().cloned().fold(f64::MAX, f64::min),
+        samples.iter().cloned().fold(0.0, f64::max),
+    )
+}
+
+fn median(samples: &[f64]) -> f64 {
     let mut sorted = samples.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
     sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
@@ -255,7 +248,7 @@ pub(super) async fn swap_latency(work: &Path, app: SocketAddr, v1: &Path, v2: &P
 
 /// The ceiling: a native hyper server answering the same short text.
 pub(super) fn native_server(port: u16) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = runtime()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         loop {

@@ -1,22 +1,18 @@
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::load::measure_cell;
 use super::report::write_section;
-use super::{build_release_host, start_mosaic, WARMUP};
+use super::{build_release_host, require_reachable, runtime, start_mosaic, WARMUP};
 
 /// `cargo xtask bench kv`: key-value operations per second through a guest, the embedded
 /// SQLite backend against Redis, in one run; appends its table to bench/README.md.
 pub(super) fn run(root: &Path) -> Result<()> {
     const CONNECTIONS: usize = 8;
     const KV_MEASURE: Duration = Duration::from_secs(3);
-    let redis: SocketAddr = ([127, 0, 0, 1], 6379).into();
-    if std::net::TcpStream::connect(redis).is_err() {
-        bail!("Redis is not reachable at {redis}; start it (see the README) and run the benchmark again");
-    }
+    require_reachable("Redis", ([127, 0, 0, 1], 6379).into())?;
     build_release_host(root)?;
     let fixtures = root.join("target/fixtures");
     let manifest = format!(
@@ -30,7 +26,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     );
     let config = "[key_value_store.remote]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/10\"\n";
     let (_host, addr) = start_mosaic(root, "kv", &manifest, Some(config), None, &[])?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = runtime()?;
     let operations: [(&str, &'static str, &'static str); 4] = [
         ("guest without key-value (baseline)", "/probe/hello", "/probe/hello"),
         (

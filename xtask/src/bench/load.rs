@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 
+use super::client::{connect, exchange};
+
+use super::report::rate_cells;
 use super::WARMUP;
 
 pub(super) struct Stats {
@@ -81,17 +83,14 @@ impl Body {
     }
 }
 
-pub(super) async fn load(addr: SocketAddr, connections: usize, duration: Duration) -> Result<Stats> {
-    load_path(addr, "/", connections, duration).await
-}
-
-pub(super) async fn load_path(
-    addr: SocketAddr,
-    path: &'static str,
+/// Closed-loop `GET path` without a body; see [`load_request`].
+pub(super) async fn load_get(
+    addrs: &[SocketAddr],
+    path: &str,
     connections: usize,
     duration: Duration,
 ) -> Result<Stats> {
-    load_request(&[addr], "GET", path.to_string(), Body::Fixed(""), connections, duration).await
+    load_request(addrs, "GET", path.to_string(), Body::Fixed(""), connections, duration).await
 }
 
 /// Closed-loop load: `connections` clients each sending `method path` with `body` until
@@ -119,26 +118,14 @@ pub(super) async fn load_request(
             let mut errors = 0u64;
             let mut first_error = None;
             'connect: while Instant::now() < deadline {
-                let connected = match tokio::net::TcpStream::connect(addr).await {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-                    }
+                let mut sender = match connect(addr).await {
+                    Ok(sender) => sender,
                     Err(err) => {
                         errors += 1;
-                        first_error.get_or_insert_with(|| format!("cannot connect to {addr}: {err}"));
+                        first_error.get_or_insert(err);
                         continue;
                     }
                 };
-                let (mut sender, connection) = match connected {
-                    Ok(handshake) => handshake,
-                    Err(err) => {
-                        errors += 1;
-                        first_error.get_or_insert_with(|| format!("HTTP handshake with {addr}: {err}"));
-                        continue;
-                    }
-                };
-                tokio::spawn(connection);
                 while Instant::now() < deadline {
                     let Some((bytes, seq)) = body.next() else {
                         break 'connect;
@@ -151,16 +138,10 @@ pub(super) async fn load_request(
                         .expect("static request");
                     let started = Instant::now();
                     body.started(seq, started);
-                    let outcome = match sender.send_request(request).await {
-                        Ok(response) => {
-                            let status = response.status();
-                            match response.into_body().collect().await {
-                                Ok(_) if status.is_success() => Ok(()),
-                                Ok(text) => Err(format!("{status} {}", String::from_utf8_lossy(&text.to_bytes()))),
-                                Err(err) => Err(format!("{status}, then reading the body: {err}")),
-                            }
-                        }
-                        Err(err) => Err(err.to_string()),
+                    let outcome = match exchange(&mut sender, request).await {
+                        Ok((status, _)) if status.is_success() => Ok(()),
+                        Ok((status, text)) => Err(format!("{status} {}", String::from_utf8_lossy(&text))),
+                        Err(err) => Err(err),
                     };
                     if let Err(err) = outcome {
                         errors += 1;
@@ -214,22 +195,18 @@ pub(super) fn measure_cell(
     connections: usize,
     duration: Duration,
 ) -> Result<String> {
-    runtime.block_on(load_request(
-        &[addr],
-        method,
-        path.clone(),
-        Body::Fixed(body),
-        connections,
-        WARMUP,
-    ))?;
-    let stats = runtime.block_on(load_request(
-        &[addr],
-        method,
-        path.clone(),
-        Body::Fixed(body),
-        connections,
-        duration,
-    ))?;
+    let load = |duration| {
+        runtime.block_on(load_request(
+            &[addr],
+            method,
+            path.clone(),
+            Body::Fixed(body),
+            connections,
+            duration,
+        ))
+    };
+    load(WARMUP)?;
+    let stats = load(duration)?;
     if stats.errors > 0 {
         bail!(
             "{name} on {path}: {} errors, the first: {}",
@@ -241,10 +218,5 @@ pub(super) fn measure_cell(
         "{name:<36} {path:<70} {:>8.0}/s p50 {} us p99 {} us",
         stats.rps, stats.p50_us, stats.p99_us
     );
-    Ok(format!(
-        "{:.0} | {:.2} ms | {:.2} ms",
-        stats.rps,
-        stats.p50_us as f64 / 1000.0,
-        stats.p99_us as f64 / 1000.0
-    ))
+    Ok(rate_cells(&stats, 2))
 }

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::load::{load_request, percentile, Body, Numbered, Stats};
-use super::report::write_section;
+use super::report::{self, cores, write_section};
 use super::sink::Sink;
-use super::{build_release_host, start_mosaic, unique_namespace};
+use super::{build_release_host, runtime, start_mosaic, unique_namespace};
 
 /// `cargo xtask bench messaging`: publish-to-handled latency and messages/s through two guests
 /// (the probe publishes with spin-sdk's `redis::Connection::publish`, the `subscriber` fixture
@@ -40,7 +40,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
         ),
     ];
     build_release_host(root)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = runtime()?;
     let sink = runtime.block_on(Sink::start())?;
     let fixtures = root.join("target/fixtures");
     let manifest = format!(
@@ -57,7 +57,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     // Queues, exchanges and streams of this run stay apart from earlier runs' on the servers.
     let namespace = unique_namespace()?;
     let path = format!("/probe/publish?channel={CHANNEL}");
-    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
+    let ms = |us: u64| report::ms(us, 2);
     let mut table = String::from(
         "| broker | messages | publish p50 | publish p99 | e2e p50 | e2e p99 | messages | published msgs/s | handled msgs/s | e2e p50 | e2e p99 |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -152,7 +152,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
          Repeats seen by the sink (a message handled again, which at-least-once allows): {repeats}.\n",
         THROUGHPUT_TIME.as_secs(),
         servers = servers.iter().map(|s| format!(", {s}")).collect::<String>(),
-        cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cores = cores(),
         repeats = repeats.join(", "),
     );
     write_section(root, "## Messaging through guests", &section)

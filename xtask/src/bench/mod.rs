@@ -144,3 +144,19 @@ pub(super) fn unique_namespace() -> Result<String> {
             .as_nanos()
     ))
 }
+
+/// The multi-threaded runtime a benchmark drives its load (and its own servers) on.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime of the load generator")
+}
+
+/// Fails, saying what to do, unless `service` (which the benchmark needs running) listens at `addr`.
+fn require_reachable(service: &str, addr: SocketAddr) -> Result<()> {
+    if std::net::TcpStream::connect(addr).is_err() {
+        bail!("{service} is not reachable at {addr}; start it (see the README) and run the benchmark again");
+    }
+    Ok(())
+}

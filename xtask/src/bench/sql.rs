@@ -1,23 +1,19 @@
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::client::post_once;
 use super::load::measure_cell;
 use super::report::write_section;
-use super::{build_release_host, start_mosaic, WARMUP};
+use super::{build_release_host, require_reachable, runtime, start_mosaic, WARMUP};
 
 /// `cargo xtask bench sql`: SQL statements per second through a guest, embedded SQLite against
 /// PostgreSQL, in one run; writes its section of bench/README.md.
 pub(super) fn run(root: &Path) -> Result<()> {
     const CONNECTIONS: usize = 8;
     const SQL_MEASURE: Duration = Duration::from_secs(3);
-    let postgres: SocketAddr = ([127, 0, 0, 1], 5432).into();
-    if std::net::TcpStream::connect(postgres).is_err() {
-        bail!("PostgreSQL is not reachable at {postgres}; start it (see the README) and run the benchmark again");
-    }
+    require_reachable("PostgreSQL", ([127, 0, 0, 1], 5432).into())?;
     build_release_host(root)?;
     let manifest = format!(
         "spin_manifest_version = 2\n[application]\nname = \"bench-sql\"\n\
@@ -27,7 +23,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
         root.join("target/fixtures/probe.wasm").display()
     );
     let (_host, addr) = start_mosaic(root, "sql", &manifest, None, None, &[])?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = runtime()?;
     let pg = "/pg?addr=host=127.0.0.1%20user=postgres%20dbname=test";
     let setup = [
         (

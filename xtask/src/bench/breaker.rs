@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use super::client::body_of;
-use super::load::measure_cell;
+use super::load::CellLoad;
 use super::report::write_section;
 use super::sink::Sink;
 use super::{build_release_host, runtime, start_mosaic, WARMUP};
@@ -21,6 +21,11 @@ pub(super) fn run(root: &Path) -> Result<()> {
     const TIMEOUT_MS: u64 = 200;
     build_release_host(root)?;
     let runtime = runtime()?;
+    let load = CellLoad {
+        runtime: &runtime,
+        connections: CONNECTIONS,
+        duration: BREAKER_MEASURE,
+    };
     let live = runtime.block_on(Sink::start())?;
     let dead = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let dead_addr = dead.local_addr()?;
@@ -43,39 +48,12 @@ pub(super) fn run(root: &Path) -> Result<()> {
     let on = format!("[outbound]\nrequest_timeout_ms = {TIMEOUT_MS}\nretries = 0\n");
 
     let (host, addr) = start_mosaic(root, "breaker-off", &manifest, None, Some(&off), &[])?;
-    let dead_off = measure_cell(
-        &runtime,
-        addr,
-        "dead dependency, breaker off",
-        "GET",
-        call(dead_addr),
-        "",
-        CONNECTIONS,
-        BREAKER_MEASURE,
-    )?;
+    let dead_off = load.measure(addr, "dead dependency, breaker off", "GET", call(dead_addr), "")?;
     drop(host);
 
     let (_host, addr) = start_mosaic(root, "breaker-on", &manifest, None, Some(&on), &[])?;
-    let live_on = measure_cell(
-        &runtime,
-        addr,
-        "live dependency, breaker on",
-        "GET",
-        call(live.addr),
-        "",
-        CONNECTIONS,
-        BREAKER_MEASURE,
-    )?;
-    let dead_open = measure_cell(
-        &runtime,
-        addr,
-        "dead dependency, breaker open",
-        "GET",
-        call(dead_addr),
-        "",
-        CONNECTIONS,
-        BREAKER_MEASURE,
-    )?;
+    let live_on = load.measure(addr, "live dependency, breaker on", "GET", call(live.addr), "")?;
+    let dead_open = load.measure(addr, "dead dependency, breaker open", "GET", call(dead_addr), "")?;
     let answer = runtime.block_on(body_of(addr, &call(dead_addr)))?;
     if !answer.contains("circuit open") {
         bail!("the breaker did not open for the dead dependency; the probe answered: {answer}");

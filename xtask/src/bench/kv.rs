@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::load::measure_cell;
+use super::load::CellLoad;
 use super::report::write_section;
 use super::{build_release_host, require_reachable, runtime, start_mosaic, WARMUP};
 
@@ -27,6 +27,11 @@ pub(super) fn run(root: &Path) -> Result<()> {
     let config = "[key_value_store.remote]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/10\"\n";
     let (_host, addr) = start_mosaic(root, "kv", &manifest, Some(config), None, &[])?;
     let runtime = runtime()?;
+    let load = CellLoad {
+        runtime: &runtime,
+        connections: CONNECTIONS,
+        duration: KV_MEASURE,
+    };
     let operations: [(&str, &'static str, &'static str); 4] = [
         ("guest without key-value (baseline)", "/probe/hello", "/probe/hello"),
         (
@@ -51,16 +56,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     for (name, embedded, remote) in operations {
         let mut cells = Vec::new();
         for path in [embedded, remote] {
-            cells.push(measure_cell(
-                &runtime,
-                addr,
-                name,
-                "GET",
-                path.to_string(),
-                "",
-                CONNECTIONS,
-                KV_MEASURE,
-            )?);
+            cells.push(load.measure(addr, name, "GET", path.to_string(), "")?);
         }
         table.push_str(&format!("| {name} | {} | {} |\n", cells[0], cells[1]));
     }

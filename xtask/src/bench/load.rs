@@ -183,40 +183,51 @@ pub(super) fn percentile(sorted: &[u64], q: f64) -> u64 {
         .unwrap_or(0)
 }
 
-/// Warms up, then measures one request shape; returns the table cell "rate | p50 | p99".
-#[allow(clippy::too_many_arguments)]
-pub(super) fn measure_cell(
-    runtime: &tokio::runtime::Runtime,
-    addr: SocketAddr,
-    name: &str,
-    method: &'static str,
-    path: String,
-    body: &'static str,
-    connections: usize,
-    duration: Duration,
-) -> Result<String> {
-    let load = |duration| {
-        runtime.block_on(load_request(
-            &[addr],
-            method,
-            path.clone(),
-            Body::Fixed(body),
+/// How the kv, sql and breaker benchmarks measure each cell of their tables.
+pub(super) struct CellLoad<'a> {
+    pub(super) runtime: &'a tokio::runtime::Runtime,
+    pub(super) connections: usize,
+    pub(super) duration: Duration,
+}
+
+impl CellLoad<'_> {
+    /// Warms up, then measures one request shape; returns the table cells "rate | p50 | p99".
+    pub(super) fn measure(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        method: &'static str,
+        path: String,
+        body: &'static str,
+    ) -> Result<String> {
+        let CellLoad {
+            runtime,
             connections,
             duration,
-        ))
-    };
-    load(WARMUP)?;
-    let stats = load(duration)?;
-    if stats.errors > 0 {
-        bail!(
-            "{name} on {path}: {} errors, the first: {}",
-            stats.errors,
-            stats.first_error.unwrap_or_default()
+        } = *self;
+        let load = |duration| {
+            runtime.block_on(load_request(
+                &[addr],
+                method,
+                path.clone(),
+                Body::Fixed(body),
+                connections,
+                duration,
+            ))
+        };
+        load(WARMUP)?;
+        let stats = load(duration)?;
+        if stats.errors > 0 {
+            bail!(
+                "{name} on {path}: {} errors, the first: {}",
+                stats.errors,
+                stats.first_error.unwrap_or_default()
+            );
+        }
+        eprintln!(
+            "{name:<36} {path:<70} {:>8.0}/s p50 {} us p99 {} us",
+            stats.rps, stats.p50_us, stats.p99_us
         );
+        Ok(rate_cells(&stats, 2))
     }
-    eprintln!(
-        "{name:<36} {path:<70} {:>8.0}/s p50 {} us p99 {} us",
-        stats.rps, stats.p50_us, stats.p99_us
-    );
-    Ok(rate_cells(&stats, 2))
 }

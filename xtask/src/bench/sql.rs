@@ -4,7 +4,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::client::post_once;
-use super::load::measure_cell;
+use super::load::CellLoad;
 use super::report::write_section;
 use super::{build_release_host, require_reachable, runtime, start_mosaic, WARMUP};
 
@@ -24,6 +24,11 @@ pub(super) fn run(root: &Path) -> Result<()> {
     );
     let (_host, addr) = start_mosaic(root, "sql", &manifest, None, None, &[])?;
     let runtime = runtime()?;
+    let load = CellLoad {
+        runtime: &runtime,
+        connections: CONNECTIONS,
+        duration: SQL_MEASURE,
+    };
     let pg = "/pg?addr=host=127.0.0.1%20user=postgres%20dbname=test";
     let setup = [
         (
@@ -62,16 +67,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     for (name, sqlite_path, pg_path, sqlite_sql, pg_sql) in operations {
         let mut cells = Vec::new();
         for (path, statement) in [(sqlite_path, sqlite_sql), (pg_path, pg_sql)] {
-            cells.push(measure_cell(
-                &runtime,
-                addr,
-                name,
-                "POST",
-                path,
-                statement,
-                CONNECTIONS,
-                SQL_MEASURE,
-            )?);
+            cells.push(load.measure(addr, name, "POST", path, statement)?);
         }
         table.push_str(&format!("| {name} | {} | {} |\n", cells[0], cells[1]));
     }

@@ -1,0 +1,269 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+
+use super::client::{admin_call, body_of};
+use super::load::load_get;
+use super::report::{cores, rate_cells, rate_progress, size_kb, write_head};
+use super::{admin_endpoint, build_release_host, free_port, runtime, wait_for_port, Killed, MEASURE, WARMUP};
+use crate::{cargo, run as run_command};
+
+pub(super) const CONNECTIONS: [usize; 2] = [1, 32];
+
+pub(super) const SWAP_SAMPLES: usize = 5;
+
+pub(super) fn run(root: &Path) -> Result<()> {
+    build_release_host(root)?;
+    let wasmtime = wasmtime_cli(root)?;
+    let mosaic = root.join("target/release/mosaic");
+    // Throughput: the reference app's hello (imports only WASI and wasi:http, so `wasmtime
+    // serve` runs it too). Swaps: the probe fixture, which has a v1 and a v2.
+    let hello = root.join("components/target/wasm32-wasip2/release/hello.wasm");
+    let probe = root.join("target/fixtures/probe.wasm");
+    let probe_v2 = root.join("target/fixtures/probe-v2.wasm");
+    let work = root.join("target/bench/http");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    std::fs::write(
+        work.join("spin.toml"),
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"bench\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"hello\"\n\
+             [component.hello]\nsource = \"{}\"\n[[trigger.http]]\nroute = \"/probe/...\"\ncomponent = \"probe\"\n\
+             [component.probe]\nsource = \"{}\"\n",
+            hello.display(),
+            probe.display()
+        ),
+    )?;
+
+    let runtime = runtime()?;
+    let mut rows = Vec::new();
+
+    let native_port = free_port()?;
+    let native_addr: SocketAddr = ([127, 0, 0, 1], native_port).into();
+    let native = Killed(
+        Command::new(std::env::current_exe()?)
+            .args(["bench", "native-server", &native_port.to_string()])
+            .spawn()?,
+    );
+    wait_for_port(native_addr, "the native hyper server")?;
+
+    let wasmtime_port = free_port()?;
+    let wasmtime_addr: SocketAddr = ([127, 0, 0, 1], wasmtime_port).into();
+    let serve = Killed(
+        Command::new(&wasmtime)
+            .args(["serve", "-S", "cli=y", "--addr", &wasmtime_addr.to_string()])
+            .arg(&hello)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start wasmtime serve")?,
+    );
+    wait_for_port(wasmtime_addr, "wasmtime serve")?;
+
+    let mosaic_port = free_port()?;
+    let mosaic_addr: SocketAddr = ([127, 0, 0, 1], mosaic_port).into();
+    let host = Killed(
+        Command::new(&mosaic)
+            .current_dir(&work)
+            .env("MOSAIC_LOG", "warn")
+            .args(["up", "--listen", &mosaic_addr.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start mosaic")?,
+    );
+    wait_for_port(mosaic_addr, "mosaic")?;
+
+    for (name, addr) in [
+        ("Mosaic", mosaic_addr),
+        ("wasmtime serve", wasmtime_addr),
+        ("native hyper (ceiling)", native_addr),
+    ] {
+        for connections in CONNECTIONS {
+            runtime.block_on(load_get(&[addr], "/", connections, WARMUP))?;
+            let stats = runtime.block_on(load_get(&[addr], "/", connections, MEASURE))?;
+            eprintln!(
+                "{name:<24} c={connections:<3} {}  ({} requests, {} errors)",
+                rate_progress(&stats),
+                stats.requests,
+                stats.errors
+            );
+            rows.push((name, connections, stats));
+        }
+    }
+    drop(serve);
+    drop(native);
+
+    let (cold, warm) = runtime.block_on(swap_latency(&work, mosaic_addr, &probe, &probe_v2))?;
+    drop(host);
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let version = wasmtime_version(root)?;
+    let throughput = |name: &str, c: usize| {
+        rows.iter()
+            .find(|(n, conns, _)| *n == name && *conns == c)
+            .map(|(_, _, s)| s.rps)
+            .unwrap_or(0.0)
+    };
+    let mut table = String::new();
+    table.push_str("| server | connections | requests/s | p50 | p99 | errors |\n|---|---:|---:|---:|---:|---:|\n");
+    for (name, connections, stats) in &rows {
+        table.push_str(&format!(
+            "| {name} | {connections} | {} | {} |\n",
+            rate_cells(stats, 3),
+            stats.errors
+        ));
+    }
+    let mut ratios = String::new();
+    for c in CONNECTIONS {
+        ratios.push_str(&format!(
+            "- {c} connection(s): Mosaic / wasmtime serve = {:.2}x, Mosaic / native = {:.2}x\n",
+            throughput("Mosaic", c) / throughput("wasmtime serve", c).max(1.0),
+            throughput("Mosaic", c) / throughput("native hyper (ceiling)", c).max(1.0),
+        ));
+    }
+    let swap = format!(
+        "| artifact cache | samples | median | min | max |\n|---|---:|---:|---:|---:|\n{}{}",
+        swap_row("cold (compile)", &cold),
+        swap_row("warm (cached)", &warm),
+    );
+    let report = format!(
+        "# Benchmarks\n\nWritten by `cargo xtask bench http` (do not edit by hand). One run, on this machine: {cpu}, {cores} cores shared by the load generator and the server.\n\n\
+         ## HTTP: one hello component\n\nThe same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, and a native hyper hello as the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row.\n\n{table}\n{ratios}\n\
+         ## Swap latency\n\nOn the probe fixture (`tests/fixtures/probe`, {probe_kb} KB, v1 and v2): from the start of the deploy call (`POST /v1/components/probe/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
+        probe_kb = size_kb(&probe),
+        cores = cores(),
+        warm = WARMUP.as_secs(),
+        measure = MEASURE.as_secs(),
+    );
+    // The sections after it are other benchmarks'.
+    write_head(root, "## Swap latency", &report)
+}
+
+pub(super) fn wasmtime_version(root: &Path) -> Result<String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock"))?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == "name = \"wasmtime\"" {
+            if let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = \"")) {
+                return Ok(version.trim_end_matches('"').to_string());
+            }
+        }
+    }
+    bail!("wasmtime is not in Cargo.lock")
+}
+
+/// `wasmtime` of the same version as Mosaic's, installed from the wasmtime-cli crate once.
+pub(super) fn wasmtime_cli(root: &Path) -> Result<PathBuf> {
+    let version = wasmtime_version(root)?;
+    let tools = root.join("target/bench-tools").join(format!("wasmtime-{version}"));
+    let binary = tools.join("bin/wasmtime");
+    if !binary.exists() {
+        eprintln!("installing wasmtime-cli {version} (once; this compiles wasmtime)");
+        run_command(
+            Command::new(cargo())
+                .args(["install", "wasmtime-cli", "--locked", "--version"])
+                .arg(format!("={version}"))
+                .arg("--root")
+                .arg(&tools),
+        )?;
+    }
+    Ok(binary)
+}
+
+/// A row of the swap latency table: `| label | samples | median | min | max |`.
+fn swap_row(label: &str, samples: &[f64]) -> String {
+    format!(
+        "| {label} | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+        samples.len(),
+        median(samples),
+        samples.iter().cloned().fold(f64::MAX, f64::min),
+        samples.iter().cloned().fold(0.0, f64::max),
+    )
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Deploys alternately v2 (artifact removed first: cold) and v1 (cached since start-up:
+/// warm), timing each from the deploy call until the new version answers.
+pub(super) async fn swap_latency(work: &Path, app: SocketAddr, v1: &Path, v2: &Path) -> Result<(Vec<f64>, Vec<f64>)> {
+    let state = work.join(".mosaic");
+    let (admin, token) = admin_endpoint(&state)?;
+    let (v1_bytes, v2_bytes) = (Bytes::from(std::fs::read(v1)?), Bytes::from(std::fs::read(v2)?));
+    let cached_at_start: Vec<std::ffi::OsString> = std::fs::read_dir(state.join("artifacts"))?
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..SWAP_SAMPLES {
+        for (bytes, expected, is_cold) in [
+            (&v2_bytes, "hello from probe v2", true),
+            (&v1_bytes, "hello from probe v1", false),
+        ] {
+            if is_cold {
+                // Only v2's artifact goes: the ones compiled at start-up (v1, hello) stay cached.
+                for entry in std::fs::read_dir(state.join("artifacts"))?.flatten() {
+                    if !cached_at_start.contains(&entry.file_name()) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+            let started = Instant::now();
+            admin_call(admin, &token, "/v1/components/probe/deploy", bytes.clone()).await?;
+            loop {
+                let body = body_of(app, "/probe/hello").await?;
+                if body == expected {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    bail!("the new version never answered: expected {expected:?}, the probe answers {body:?}");
+                }
+            }
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if is_cold {
+                cold.push(ms)
+            } else {
+                warm.push(ms)
+            }
+        }
+    }
+    Ok((cold, warm))
+}
+
+/// The ceiling: a native hyper server answering the same short text.
+pub(super) fn native_server(port: u16) -> Result<()> {
+    let runtime = runtime()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                        b"hello from native",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}

@@ -109,9 +109,14 @@ impl NatsBroker {
                 .filter(|(_, letter)| wanted.contains(letter.id.as_str()))
                 .collect()
         };
+        // Every payload is decoded before anything moves, so that one unreadable letter replays none.
+        let payloads = chosen
+            .iter()
+            .map(|(_, letter)| letter.payload_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
         let dead_stream = self.shared.stream(&self.names().dead_stream).await?;
         let mut replayed = Vec::with_capacity(chosen.len());
-        for (sequence, letter) in chosen {
+        for ((sequence, letter), payload) in chosen.into_iter().zip(payloads) {
             check_topic(&letter.topic)?;
             let mut headers = HeaderMap::new();
             headers.insert(PUBLISHED_MS_HEADER, now_unix_ms().to_string());
@@ -119,7 +124,7 @@ impl NatsBroker {
             self.publish_to_stream(
                 self.names().topic_subject(&letter.topic),
                 headers,
-                &letter.payload_bytes(),
+                &payload,
                 &format!("did not accept the replay of dead letter {}", letter.id),
             )
             .await?;

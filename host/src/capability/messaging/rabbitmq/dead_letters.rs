@@ -156,6 +156,26 @@ impl Shared {
             )));
         }
 
+        // Every payload is decoded before anything moves, so that one unreadable letter replays none.
+        let mut payloads = Vec::new();
+        for (_, _, letters) in &taken {
+            for (letter, _) in letters {
+                if !wanted.is_empty() && !wanted.contains(letter.id.as_str()) {
+                    continue;
+                }
+                match letter.payload_bytes() {
+                    Ok(payload) => payloads.push(payload),
+                    Err(err) => {
+                        for (_, channel, _) in &taken {
+                            close_channel(channel).await;
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        let mut payloads = payloads.into_iter();
+
         let mut replayed = Vec::new();
         let mut failure = None;
         'subscribers: for (subscriber, _, letters) in &taken {
@@ -164,6 +184,8 @@ impl Shared {
                 if !wanted.is_empty() && !wanted.contains(letter.id.as_str()) {
                     continue;
                 }
+                // Decoded above for exactly these letters, in this order.
+                let payload = payloads.next().unwrap_or_default();
                 let mut headers = FieldTable::default();
                 headers.insert(ShortString::from(TOPIC_HEADER), text_value(&letter.topic));
                 let properties = BasicProperties::default()
@@ -172,9 +194,7 @@ impl Shared {
                     .with_headers(headers);
                 // Straight to the subscriber's own queue through the default exchange: the other
                 // subscribers of the topic handled the message already.
-                let sent = shared
-                    .publish_confirmed("", &queue, &letter.payload_bytes(), properties, true)
-                    .await;
+                let sent = shared.publish_confirmed("", &queue, &payload, properties, true).await;
                 let acked = match sent {
                     Ok(()) => within(OPERATION_TIMEOUT, acker.ack(BasicAckOptions::default())).await,
                     Err(err) => {

@@ -520,3 +520,57 @@ mod needs_nats {
     use super::*;
     tests_on!(BrokerKind::Nats, #[ignore = "needs NATS on 127.0.0.1:4222"]);
 }
+
+/// A delivery count that a broker reports at the top of its range (a broker's own counter,
+/// or a store written by another version) is a count to saturate, not one to overflow: the
+/// message is still delivered, and still settled, instead of the delivery task panicking and
+/// leaving the message unsettled and never handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_count_at_its_maximum_still_delivers_the_message() {
+    use mosaic::capability::messaging::embedded::EmbeddedBroker;
+    use mosaic::capability::messaging::{Broker, SubscriptionSpec};
+
+    let messaging = broker(BrokerKind::Embedded);
+    let sink = Sink::start().await;
+    let dir = AppDir::new(&sink.manifest("payment.*"));
+    // Before the host starts: a message in the subscriber's queue whose recorded count is
+    // u32::MAX, written through the broker's own interface.
+    std::fs::create_dir_all(dir.state_dir()).expect("state dir");
+    {
+        let broker = EmbeddedBroker::open(&dir.state_dir().join("messages.db"))
+            .await
+            .expect("open the embedded broker");
+        let subscription = SubscriptionSpec {
+            subscriber: "subscriber".to_string(),
+            patterns: vec!["payment.*".to_string()],
+        };
+        broker
+            .declare(std::slice::from_ref(&subscription))
+            .await
+            .expect("declare");
+        broker.publish("payment.done", b"maxed-1", None).await.expect("publish");
+        let mut consumer = broker.consume(&subscription, 1).await.expect("consume");
+        let delivery = consumer.next().await.expect("the message");
+        delivery.failed_attempt(u32::MAX).await.expect("record the count");
+        // Dropped unsettled: it stays in the queue with that count.
+    }
+    let host = dir.start(settings(messaging)).await;
+    assert!(
+        sink.wait_for(Duration::from_secs(20), |s| s.handled("maxed-1") == 1)
+            .await,
+        "the message with a saturated count was handled"
+    );
+    let settled = wait_until(Duration::from_secs(10), || async {
+        host.app()
+            .capabilities()
+            .messaging
+            .broker
+            .pending("subscriber")
+            .await
+            .ok()
+            == Some(0)
+    })
+    .await;
+    assert!(settled, "the handled message was acked");
+    host.shutdown().await;
+}

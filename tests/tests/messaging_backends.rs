@@ -251,7 +251,11 @@ async fn dead_letters_are_listed_and_replayed_to_their_subscriber_only((broker, 
         .iter()
         .find(|l| l.topic == "payment.binary")
         .expect("binary listed");
-    assert_eq!(binary.payload_bytes(), vec![0xff, 0x00, 0x10], "{kind}");
+    assert_eq!(
+        binary.payload_bytes().expect("hex payload"),
+        vec![0xff, 0x00, 0x10],
+        "{kind}"
+    );
     assert!(
         broker.dead_letters(Some("bystander")).await.expect("list").is_empty(),
         "{kind}"

@@ -127,7 +127,8 @@ async fn handle(
         metrics.record_delivery_lag(subscriber, &topic, now_unix_ms().saturating_sub(published));
     }
     loop {
-        attempts += 1;
+        // The count comes from the broker and may stand at its maximum already.
+        attempts = attempts.saturating_add(1);
         metrics.record_message(subscriber, &topic, MessageEvent::Delivered);
         if attempts > 1 {
             metrics.record_message(subscriber, &topic, MessageEvent::Redelivered);

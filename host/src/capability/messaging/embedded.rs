@@ -341,13 +341,18 @@ impl Broker for EmbeddedBroker {
             }
             all.into_iter().filter(|letter| ids.contains(&letter.id)).collect()
         };
+        // Every payload is decoded before anything moves, so that one unreadable letter replays none.
+        let payloads = chosen
+            .iter()
+            .map(DeadLetter::payload_bytes)
+            .collect::<Result<Vec<_>, _>>()?;
         let failed = |err| self.inner.failed(err);
         let mut tx = self.inner.pool.begin().await.map_err(failed)?;
-        for letter in &chosen {
+        for (letter, payload) in chosen.iter().zip(payloads) {
             sqlx::query("INSERT INTO queue (subscriber, topic, payload, published_at_ms) VALUES (?, ?, ?, ?)")
                 .bind(&letter.subscriber)
                 .bind(&letter.topic)
-                .bind(letter.payload_bytes())
+                .bind(payload)
                 .bind(now_unix_ms() as i64)
                 .execute(&mut *tx)
                 .await

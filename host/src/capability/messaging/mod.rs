@@ -114,11 +114,18 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn payload_bytes(&self) -> Vec<u8> {
+    /// The payload as it was published. A `payload_hex` that is not hex is an error naming the
+    /// letter, never an empty payload: replaying it would deliver a message nobody sent.
+    pub fn payload_bytes(&self) -> Result<Vec<u8>, BrokerError> {
         match (&self.payload, &self.payload_hex) {
-            (Some(text), _) => text.as_bytes().to_vec(),
-            (None, Some(hex)) => hex::decode(hex).unwrap_or_default(),
-            (None, None) => Vec::new(),
+            (Some(text), _) => Ok(text.as_bytes().to_vec()),
+            (None, Some(hex)) => hex::decode(hex).map_err(|err| {
+                BrokerError::Invalid(format!(
+                    "the payload of dead letter {} is not valid hex ({err}); it was not replayed (see `mosaic dlq list`)",
+                    self.id
+                ))
+            }),
+            (None, None) => Ok(Vec::new()),
         }
     }
 
@@ -137,6 +144,41 @@ impl DeadLetter {
             error: letter.error.clone(),
             dead_at_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod dead_letter_tests {
+    use super::*;
+
+    fn letter(payload: Option<&str>, payload_hex: Option<&str>) -> DeadLetter {
+        DeadLetter {
+            id: "42".to_string(),
+            subscriber: "billing".to_string(),
+            topic: "payment.failed".to_string(),
+            payload: payload.map(str::to_string),
+            payload_hex: payload_hex.map(str::to_string),
+            attempts: 3,
+            error: "handler returned an error".to_string(),
+            dead_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_payload_that_is_not_hex_is_an_error_naming_the_letter() {
+        let err = letter(None, Some("zz-not-hex"))
+            .payload_bytes()
+            .expect_err("not hex must not replay as an empty payload");
+        assert!(
+            matches!(&err, BrokerError::Invalid(text) if text.contains("dead letter 42")),
+            "{err}"
+        );
+        assert_eq!(
+            letter(None, Some("ff0010")).payload_bytes().ok(),
+            Some(vec![0xff, 0x00, 0x10])
+        );
+        assert_eq!(letter(Some("text"), None).payload_bytes().ok(), Some(b"text".to_vec()));
+        assert_eq!(letter(None, None).payload_bytes().ok(), Some(Vec::new()));
     }
 }
 

@@ -368,6 +368,7 @@ async fn build_capabilities(
         sqlite: Arc::new(Databases::new(
             runtime_config.sqlite_databases,
             state.root().join("sqlite"),
+            metrics.clone(),
         )),
         postgres: Arc::new(PgPools::new(metrics.clone())),
         unsupported: Arc::new(NoBackend),

@@ -150,14 +150,18 @@ pub struct Databases {
     paths: BTreeMap<String, PathBuf>,
     default_dir: PathBuf,
     open: Mutex<BTreeMap<String, Arc<Database>>>,
+    /// A database that cannot be opened counts in `mosaic_backend_errors_total`; a failed
+    /// statement does not (SQLite cannot tell a bad statement from a bad file there).
+    metrics: Arc<crate::observe::Metrics>,
 }
 
 impl Databases {
-    pub fn new(paths: BTreeMap<String, PathBuf>, default_dir: PathBuf) -> Self {
+    pub fn new(paths: BTreeMap<String, PathBuf>, default_dir: PathBuf, metrics: Arc<crate::observe::Metrics>) -> Self {
         Self {
             paths,
             default_dir,
             open: Mutex::new(BTreeMap::new()),
+            metrics,
         }
     }
 
@@ -173,7 +177,10 @@ impl Databases {
         if let Some(database) = open.get(label) {
             return Ok(database.clone());
         }
-        let database = Arc::new(Database::open(label, &self.path_of(label)).await?);
+        let database = Database::open(label, &self.path_of(label))
+            .await
+            .inspect_err(|_| self.metrics.record_backend_error("sqlite", "embedded"))?;
+        let database = Arc::new(database);
         open.insert(label.to_string(), database.clone());
         Ok(database)
     }
@@ -251,5 +258,25 @@ impl super::GuestCapability for Databases {
         spin_sqlite::add_to_linker::<T, SqliteImports>(linker, sqlite_view::<T>)?;
         spin_sqlite3::add_to_linker::<T, SqliteImports>(linker, sqlite_view::<T>)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_that_cannot_be_opened_is_a_counted_backend_error() {
+        let metrics: Arc<crate::observe::Metrics> = Arc::default();
+        // A file cannot be a directory: nothing can be created under /dev/null.
+        let paths = BTreeMap::from([("broken".to_string(), PathBuf::from("/dev/null/broken.db"))]);
+        let databases = Databases::new(paths, std::env::temp_dir(), metrics.clone());
+        let err = databases.open("broken").await.err().expect("the open fails");
+        assert!(err.0.contains("broken"), "{}", err.0);
+        let rendered = metrics.render(&[], &[]);
+        assert!(
+            rendered.contains("mosaic_backend_errors_total{capability=\"sqlite\",backend=\"embedded\"} 1"),
+            "{rendered}"
+        );
     }
 }

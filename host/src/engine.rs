@@ -16,6 +16,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub fn build_engine(limits: &Limits) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    // WASI 0.3 components (spin-sdk 7, Spin's Python SDK 5) use component-model async:
+    // `stream`, `future` and async functions.
+    config.wasm_component_model_async(true);
     config.epoch_interruption(true);
 
     let instances = limits.max_concurrent_instances;

@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod journal;
+pub mod snapshots;
 
 use std::fmt;
 use std::sync::Arc;

@@ -214,6 +214,8 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("counter", "", "counter"),
     ("subscriber", "", "subscriber"),
     ("subscriber", "v2", "subscriber-v2"),
+    ("spin7", "", "spin7"),
+    ("spin7", "v2", "spin7-v2"),
 ];
 
 fn build_all(root: &Path) -> Result<()> {

@@ -1,6 +1,6 @@
-//! `cargo xtask build|test|up|bench|fuzz`: builds the guest components (they target
-//! wasm32-wasip2 and live in their own workspaces), runs the test suite, the benchmarks and the
-//! fuzz targets.
+//! `cargo xtask build|test|up|bench|fuzz|component-imports`: builds the guest components (they
+//! target wasm32-wasip2 and live in their own workspaces), runs the test suite, the benchmarks
+//! and the fuzz targets, and lists a component's imports and exports.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,6 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod component;
 mod fuzz;
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -25,7 +26,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench breaker    latency of calls to a dead dependency, outbound breaker off vs open; adds to bench/README.md
   bench cluster    requests/s on 1, 2 and 3 hosts of a cluster (PostgreSQL on 127.0.0.1:5432), and the time a
                    deploy takes to reach every host; adds to bench/README.md
-  fuzz [SECONDS]   run each fuzz target of fuzz/ for SECONDS (default 30); installs cargo-fuzz if missing";
+  fuzz [SECONDS]   run each fuzz target of fuzz/ for SECONDS (default 30); installs cargo-fuzz if missing
+  component-imports FILE
+                   print the top-level imports and exports of the component FILE (interface names such
+                   as wasi:http/handler@0.3.0, and their kinds)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,6 +54,10 @@ fn main() -> Result<()> {
             bench::run(&root, &args[1..])
         }
         Some("fuzz") => fuzz::run_all(&root, &args[1..]),
+        Some("component-imports") => match &args[1..] {
+            [file] => component::print(Path::new(file)),
+            _ => bail!("usage: cargo xtask component-imports FILE"),
+        },
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown or missing command")

@@ -1,6 +1,6 @@
 //! `cargo xtask build|test|up|bench|fuzz|component-imports`: builds the guest components (they
-//! target wasm32-wasip2 and live in their own workspaces), runs the test suite, the benchmarks
-//! and the fuzz targets, and lists a component's imports and exports.
+//! target wasm32-wasip2 and live in their own workspaces) and the Python fixture, runs the test
+//! suite, the benchmarks and the fuzz targets, and lists a component's imports and exports.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,10 +10,15 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod component;
 mod fuzz;
+mod python;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
-  build            build the reference components and the test fixtures (wasm32-wasip2)
+  build            build the reference components and the test fixtures (wasm32-wasip2), and the
+                   Python fixture (tests/fixtures/python -> target/fixtures/python.wasm; needs python3
+                   and PyPI the first time, for a venv with spin-sdk and componentize-py in
+                   $CARGO_TARGET_DIR/python-sdk, else target/python-sdk)
+  build python     build only the Python fixture
   test [ARGS...]   build, then run every test of the workspace (cargo test --workspace ARGS); the
                    tests of a service that does not answer are left out and listed as ignored, unless
                    MOSAIC_REQUIRE_SERVICES=1 (CI), where they run and fail
@@ -35,7 +40,11 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
     match args.first().map(String::as_str) {
-        Some("build") => build_all(&root),
+        Some("build") => match &args[1..] {
+            [] => build_all(&root),
+            [only] if only == "python" => python::build(&root),
+            _ => bail!("usage: cargo xtask build [python]"),
+        },
         Some("test") => {
             build_all(&root)?;
             run(Command::new(cargo()).current_dir(&root).args(["build", "-p", "mosaic"]))?;
@@ -227,6 +236,7 @@ const FIXTURES: &[(&str, &str, &str)] = &[
 fn build_all(root: &Path) -> Result<()> {
     ensure_wasm_target();
     build_fixtures(root)?;
+    python::build(root)?;
     build_components(root)
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mosaic::app::Wasi;
 use mosaic::settings::{InstanceReuse, Settings};
-use mosaic_tests::{client, deploy_request, eventually, get, send, AppDir, LogCapture};
+use mosaic_tests::{admin, client, deploy_request, eventually, get, send, AppDir, LogCapture};
 
 /// spin-sdk 7's component at `/new/...`, spin-sdk 5's probe at `/probe/...`.
 const MIXED: &str = r#"
@@ -69,6 +69,20 @@ async fn a_wasi_0_3_component_is_served_like_a_wasi_0_2_one() {
     let probe = host.app().slot("probe").unwrap().live.load_full();
     assert_eq!(probe.world.wasi, Wasi::V0_2);
     assert!(probe.world.entry_points[0].starts_with("wasi:http/incoming-handler@0.2"));
+
+    // `mosaic status` (the admin API) tells them apart, with the reused instances.
+    let status = admin(&host, "GET", "/v1/status", vec![]).await.json();
+    let of = |name: &str| {
+        status
+            .as_array()
+            .and_then(|components| components.iter().find(|c| c["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    assert_eq!(of("new")["world"], "WASI 0.3 (wasi:http/handler@0.3.0)");
+    assert!(of("new")["instances"].as_u64().unwrap() >= 1, "{status}");
+    assert!(of("probe")["world"].as_str().unwrap().starts_with("WASI 0.2 (wasi:http/incoming-handler@0.2"));
+    assert_eq!(of("probe")["instances"], 0, "WASI 0.2: a fresh instance per request");
     host.shutdown().await;
 }
 
@@ -232,10 +246,12 @@ async fn swap_under_load_with_reuse_loses_no_request_and_retires_the_old_instanc
         tokio::spawn(async move { get(&client, &url).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    host.pipeline()
+    let report = host
+        .pipeline()
         .deploy(deploy_request("new", "spin7-v2"))
         .await
         .expect("deploy of v2");
+    assert_eq!(report.world, "WASI 0.3 (wasi:http/handler@0.3.0)");
     // ... every request after the flip reaches v2 ...
     let check = client();
     for _ in 0..20 {

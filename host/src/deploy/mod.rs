@@ -100,6 +100,9 @@ pub struct DeployReport {
     pub timings_ms: Vec<(Step, f64)>,
     /// Requests still running on the replaced version at the flip; they finish on it.
     pub draining: u64,
+    /// What the new version targets, e.g. `WASI 0.3 (wasi:http/handler@0.3.0)`.
+    #[serde(default)]
+    pub world: String,
 }
 
 pub struct DeployRequest {
@@ -278,6 +281,7 @@ impl Pipeline {
             migrations,
             timings_ms: clock.timings,
             draining,
+            world: version.deployment.world.to_string(),
         })
     }
 

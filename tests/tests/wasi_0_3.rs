@@ -81,7 +81,10 @@ async fn a_wasi_0_3_component_is_served_like_a_wasi_0_2_one() {
     };
     assert_eq!(of("new")["world"], "WASI 0.3 (wasi:http/handler@0.3.0)");
     assert!(of("new")["instances"].as_u64().unwrap() >= 1, "{status}");
-    assert!(of("probe")["world"].as_str().unwrap().starts_with("WASI 0.2 (wasi:http/incoming-handler@0.2"));
+    assert!(of("probe")["world"]
+        .as_str()
+        .unwrap()
+        .starts_with("WASI 0.2 (wasi:http/incoming-handler@0.2"));
     assert_eq!(of("probe")["instances"], 0, "WASI 0.2: a fresh instance per request");
     host.shutdown().await;
 }

@@ -89,6 +89,60 @@ async fn a_wasi_0_3_component_is_served_like_a_wasi_0_2_one() {
     host.shutdown().await;
 }
 
+/// Both components may call each other in-process, and call out under the allow-list.
+const CHAINED: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "chained"
+[[trigger.http]]
+route = "/new/..."
+component = "new"
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[component.new]
+source = "{spin7}"
+allowed_outbound_hosts = ["http://*.spin.internal", "http://self"]
+[component.probe]
+source = "{probe}"
+allowed_outbound_hosts = ["http://*.spin.internal"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_0_3_and_wasi_0_2_components_chain_both_ways_under_the_allow_list() {
+    let dir = AppDir::new(CHAINED);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    // WASI 0.3 → WASI 0.2, in-process.
+    let p3_to_p2 = get(
+        &client,
+        &format!("{base}/new/call?url=http://probe.spin.internal/hello"),
+    )
+    .await;
+    assert_eq!(p3_to_p2.status, 200, "{}", p3_to_p2.body);
+    assert!(p3_to_p2.body.starts_with("200 "), "{}", p3_to_p2.body);
+    // WASI 0.2 → WASI 0.3, in-process.
+    let p2_to_p3 = get(
+        &client,
+        &format!("{base}/probe/outbound?url=http://new.spin.internal/hello"),
+    )
+    .await;
+    assert_eq!(p2_to_p3.body, "200 hello from spin-sdk 7");
+    // WASI 0.3 → itself, through `self`.
+    let to_self = get(&client, &format!("{base}/new/call?url=http://self/new/version")).await;
+    assert_eq!(to_self.body, "200 v1");
+    // A host the component is not granted is refused by the same policy as WASI 0.2's.
+    let denied = get(&client, &format!("{base}/new/call?url=http://127.0.0.1:9/")).await;
+    assert_eq!(denied.status, 502, "{}", denied.body);
+    assert!(
+        denied.body.contains("denied") || denied.body.contains("Denied"),
+        "{}",
+        denied.body
+    );
+    host.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasi_0_3_instances_are_reused_but_never_after_a_trap() {
     let dir = AppDir::new(MIXED);

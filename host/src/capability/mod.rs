@@ -16,6 +16,7 @@ pub mod grants;
 pub mod http_outbound;
 pub mod key_value;
 pub mod messaging;
+pub mod otel;
 pub mod postgres;
 pub mod redis_client;
 pub mod sqlite;
@@ -79,6 +80,55 @@ pub trait GuestCapability: Capability + 'static {
     fn add_to_linker<T: HasInstance<Self::Instance> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()>;
+}
+
+/// The guest's view of a capability inside a concurrent host call (a WIT `async func` of the
+/// Spin 4 interfaces, component-model async): `f` runs on it at once, and what it returns must
+/// not borrow the store; awaiting happens outside, on what it cloned.
+pub fn with_view<T, D, R>(accessor: &wasmtime::component::Accessor<T, D>, f: impl FnOnce(D::Data<'_>) -> R) -> R
+where
+    T: 'static,
+    D: wasmtime::component::HasData + ?Sized,
+{
+    accessor.with(|mut access| f(access.get()))
+}
+
+/// A listing as the Spin 4 interfaces hand it out: a stream of items and the future that says
+/// whether it ended well.
+pub type Listing<I, E> = (
+    wasmtime::component::StreamReader<I>,
+    wasmtime::component::FutureReader<Result<(), E>>,
+);
+
+/// A stream of `items` for the guest and the future that ends it with `end` (rows, keys). The
+/// items are read before the stream starts.
+pub fn stream_then<T, D, I, E>(
+    accessor: &wasmtime::component::Accessor<T, D>,
+    items: Vec<I>,
+    end: Result<(), E>,
+) -> wasmtime::Result<Listing<I, E>>
+where
+    T: 'static,
+    D: wasmtime::component::HasData + ?Sized,
+    I: wasmtime::component::ComponentType
+        + wasmtime::component::Lift
+        + wasmtime::component::Lower
+        + Send
+        + Sync
+        + Unpin
+        + 'static,
+    E: wasmtime::component::ComponentType
+        + wasmtime::component::Lift
+        + wasmtime::component::Lower
+        + Send
+        + Sync
+        + 'static,
+{
+    accessor.with(|mut access| {
+        let stream = wasmtime::component::StreamReader::new(&mut access, items)?;
+        let end = wasmtime::component::FutureReader::new(&mut access, async move { Ok::<_, wasmtime::Error>(end) })?;
+        Ok((stream, end))
+    })
 }
 
 /// Runs one readiness check, bounded by [`READINESS_CHECK_TIMEOUT`].

@@ -1,10 +1,12 @@
-//! PostgreSQL: `fermyon:spin/postgres@2.0.0`, `spin:postgres/postgres@3.0.0` and `@4.0.0` on a
+//! PostgreSQL: `fermyon:spin/postgres@2.0.0`, `spin:postgres/postgres@3.0.0`, `@4.0.0` and
+//! Spin 4's `@4.2.0` (async functions, rows as a stream, a connection builder) on a
 //! real server through pools (tokio-postgres + deadpool). A guest opens an address (a URL
 //! `postgres://user@host:port/db` or `host=... user=... dbname=...`) checked against its
 //! `allowed_outbound_hosts` (`postgres://HOST:PORT`), as in Spin; the connection is the
 //! guest's alone until it drops it, so transactions work. Parameters are always bound.
 
 mod guest;
+mod spin4;
 pub mod values;
 
 use std::collections::BTreeMap;
@@ -106,6 +108,12 @@ pub fn endpoints(address: &str) -> Result<Vec<(String, u16)>, PgError> {
 
 use crate::backends::redact_postgres as redact;
 
+/// A `connection-builder` of `spin:postgres/postgres@4.2.0` in a guest's resource table: the
+/// address it will open (`build` runs the same checks as `open`).
+pub struct PgConnectionBuilder {
+    pub address: String,
+}
+
 pub struct PgPools {
     pools: Mutex<BTreeMap<String, Pool>>,
     metrics: std::sync::Arc<crate::observe::Metrics>,
@@ -159,13 +167,18 @@ impl PgPools {
             self.metrics.record_backend_error("postgres", "postgres");
             PgError::ConnectionFailed(format!("cannot connect to PostgreSQL at {}: {err}", redact(address)))
         })?;
-        Ok(PgConnection { client })
+        Ok(PgConnection {
+            client: Arc::new(client),
+        })
     }
 }
 
-/// An open connection in a guest's resource table.
+/// An open connection in a guest's resource table. A clone shares the one pooled connection
+/// (a Spin 4 call takes one out of the table for its await); it goes back to the pool when the
+/// last clone drops.
+#[derive(Clone)]
 pub struct PgConnection {
-    client: Object,
+    client: Arc<Object>,
 }
 
 impl PgConnection {
@@ -293,6 +306,22 @@ pub struct PostgresAccess {
     pub allowed: Arc<mosaic_manifest::allowed_hosts::AllowedHosts>,
 }
 
+impl PostgresAccess {
+    /// A connection to `address` if every host it names is in the component's
+    /// `allowed_outbound_hosts` (`postgres://HOST:PORT`): every PostgreSQL interface opens
+    /// through here.
+    pub async fn open(&self, address: &str) -> Result<PgConnection, PgError> {
+        for (host, port) in endpoints(address)? {
+            if !self.allowed.allows("postgres", &host, Some(port)) {
+                return Err(PgError::ConnectionFailed(format!(
+                    "postgres://{host}:{port} is not in this component's allowed_outbound_hosts"
+                )));
+            }
+        }
+        self.pools.connect(address).await
+    }
+}
+
 #[async_trait::async_trait]
 impl super::Capability for PgPools {
     async fn readiness(&self) -> Vec<super::Check> {
@@ -322,12 +351,15 @@ impl super::GuestCapability for PgPools {
     fn add_to_linker<T: super::HasInstance<PostgresAccess> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
-        use crate::capability::bindings::{spin_postgres, spin_postgres3, spin_postgres4, spin_rdbms_types};
-        // fermyon:spin/postgres@2.0.0 (with rdbms-types) and spin:postgres/postgres 3 and 4
+        use crate::capability::bindings::{
+            spin_postgres, spin_postgres3, spin_postgres4, spin_postgres4_2, spin_rdbms_types,
+        };
+        // fermyon:spin/postgres@2.0.0 (with rdbms-types) and spin:postgres/postgres 3, 4 and 4.2
         spin_rdbms_types::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
         spin_postgres::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
         spin_postgres3::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
         spin_postgres4::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
+        spin_postgres4_2::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
         Ok(())
     }
 }

@@ -1,10 +1,12 @@
-//! SQLite: `fermyon:spin/sqlite@2.0.0` and `spin:sqlite/sqlite@3.0.0` on embedded SQLite
+//! SQLite: `fermyon:spin/sqlite@2.0.0`, `spin:sqlite/sqlite@3.0.0` and Spin 4's `@3.1.0` (rows
+//! as a stream) on embedded SQLite
 //! files, one per database label (`.mosaic/sqlite/LABEL.db` unless the runtime config names a
 //! path), through sqlx. A component opens only the labels its manifest entry lists in
 //! `sqlite_databases`: database per service. Parameters are always bound, never spliced.
 
 mod guest;
 pub mod migrations;
+mod spin4;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -218,13 +220,62 @@ impl Drop for HeldConnection {
     }
 }
 
-/// An open connection in a guest's resource table (v2 and v3 alike).
+/// An open connection in a guest's resource table (every interface version alike).
 pub struct OpenDatabase {
     pub database: Arc<Database>,
-    /// Taken from the pool at the handle's first statement, kept until the handle is dropped.
-    pub held: Option<HeldConnection>,
+    /// Taken from the pool at the handle's first statement, kept until the handle is dropped;
+    /// one statement at a time runs on it (a Spin 4 guest may start several at once).
+    pub held: Arc<Mutex<Option<HeldConnection>>>,
     pub last_insert_rowid: i64,
     pub changes: u64,
+}
+
+impl OpenDatabase {
+    pub fn new(database: Arc<Database>) -> OpenDatabase {
+        OpenDatabase {
+            database,
+            held: Arc::default(),
+            last_insert_rowid: 0,
+            changes: 0,
+        }
+    }
+
+    /// What a statement on this handle needs, cloned out of the resource table before the
+    /// await.
+    pub fn statement_target(&self) -> StatementTarget {
+        StatementTarget {
+            database: self.database.clone(),
+            held: self.held.clone(),
+        }
+    }
+
+    /// Keeps what `last-insert-rowid` and `changes` answer after a statement succeeded.
+    pub fn record(&mut self, result: &SqlResult) {
+        self.last_insert_rowid = result.last_insert_rowid;
+        self.changes = result.changes;
+    }
+}
+
+/// The database and held connection of one guest handle, for one statement.
+pub struct StatementTarget {
+    database: Arc<Database>,
+    held: Arc<Mutex<Option<HeldConnection>>>,
+}
+
+impl StatementTarget {
+    /// Runs one statement on the handle's connection (taken from the pool on first use).
+    pub async fn run(&self, statement: &str, parameters: Vec<SqlValue>) -> Result<SqlResult, SqlError> {
+        let mut slot = self.held.lock().await;
+        // Taken out for the await: if the call is cut short, dropping it rolls back whatever
+        // it left open.
+        let mut held = match slot.take() {
+            Some(held) => held,
+            None => self.database.acquire().await?,
+        };
+        let outcome = self.database.execute_on(&mut held, statement, parameters).await;
+        *slot = Some(held);
+        outcome
+    }
 }
 
 /// Embedded databases are files: nothing to check for readiness.
@@ -253,10 +304,11 @@ impl super::GuestCapability for Databases {
     fn add_to_linker<T: super::HasInstance<SqliteAccess> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
-        use crate::capability::bindings::{spin_sqlite, spin_sqlite3};
-        // fermyon:spin/sqlite@2.0.0 and spin:sqlite/sqlite@3.0.0
+        use crate::capability::bindings::{spin_sqlite, spin_sqlite3, spin_sqlite3_1};
+        // fermyon:spin/sqlite@2.0.0 and spin:sqlite/sqlite@3.0.0 and @3.1.0
         spin_sqlite::add_to_linker::<T, SqliteImports>(linker, sqlite_view::<T>)?;
         spin_sqlite3::add_to_linker::<T, SqliteImports>(linker, sqlite_view::<T>)?;
+        spin_sqlite3_1::add_to_linker::<T, SqliteImports>(linker, sqlite_view::<T>)?;
         Ok(())
     }
 }

@@ -73,6 +73,7 @@ impl AppDir {
             "counter",
             "subscriber-v2",
             "subscriber",
+            "spin7-caps",
         ] {
             text = text.replace(&format!("{{{name}}}"), &fixture(name).to_string_lossy());
         }

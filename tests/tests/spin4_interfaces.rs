@@ -123,7 +123,7 @@ async fn key_value_3_shares_the_stores_and_grants_of_2_0() {
     assert_eq!(ok(&client, &base, "kv/get?key=c", "").await, "from-v2");
 
     // A store the component is not granted is an error value, not a trap.
-    assert_eq!(ok(&client, &base, "kv/denied", "").await, "AccessDenied");
+    assert_eq!(ok(&client, &base, "kv/denied", "").await, "Error::AccessDenied");
     host.shutdown().await;
 }
 
@@ -163,7 +163,7 @@ async fn sqlite_3_1_streams_rows_and_keeps_the_grants() {
         bad.body
     );
 
-    assert_eq!(ok(&client, &base, "sqlite/denied", "").await, "AccessDenied");
+    assert_eq!(ok(&client, &base, "sqlite/denied", "").await, "Error::AccessDenied");
     host.shutdown().await;
 }
 
@@ -178,11 +178,11 @@ async fn variables_3_reads_the_component_variables() {
     );
     let undefined = ok(&client, &base, "variables/nope", "").await;
     assert!(
-        undefined.starts_with("Undefined(") && undefined.contains("nope"),
+        undefined.starts_with("Error::Undefined(") && undefined.contains("nope"),
         "{undefined}"
     );
     let invalid = ok(&client, &base, "variables/Not-A-Name", "").await;
-    assert!(invalid.starts_with("InvalidName("), "{invalid}");
+    assert!(invalid.starts_with("Error::InvalidName("), "{invalid}");
     host.shutdown().await;
 }
 
@@ -193,12 +193,12 @@ async fn mqtt_3_and_mysql_3_answer_error_values() {
     let (client, base) = (client(), format!("http://{}", host.http_addr()));
     let mqtt = ok(&client, &base, "mqtt", "").await;
     assert!(
-        mqtt.starts_with("ConnectionFailed(") && mqtt.contains("no MQTT backend"),
+        mqtt.starts_with("Error::ConnectionFailed(") && mqtt.contains("no MQTT backend"),
         "{mqtt}"
     );
     let mysql = ok(&client, &base, "mysql", "").await;
     assert!(
-        mysql.starts_with("ConnectionFailed(") && mysql.contains("no MySQL backend"),
+        mysql.contains("Error::ConnectionFailed(") && mysql.contains("no MySQL backend"),
         "{mysql}"
     );
     host.shutdown().await;
@@ -332,7 +332,7 @@ mod needs_postgres {
         .await;
         assert_eq!(
             selected,
-            "columns=id:Int32,name:Str\nrow=int32:1|str:ada\nrow=int32:2|null"
+            "columns=id:DbDataType::Int32,name:DbDataType::Str\nrow=int32:1|str:ada\nrow=int32:2|null"
         );
 
         let failed = call(&client, &base, &pg("pg"), "SELECT * FROM no_such_table_anywhere").await;

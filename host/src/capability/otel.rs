@@ -156,7 +156,7 @@ impl tracing_wit::Host for OtelInstance {
             trace_id = %span.span_context.trace_id,
             span_id = %span.span_context.span_id,
             parent_span_id = %span.parent_span_id,
-            span_kind = kind_name(span.span_kind),
+            span_kind = %kind_name(span.span_kind),
             status = %status,
             duration_ms = millis_between(&span.start_time, &span.end_time),
             attributes = %attributes_text(&span.attributes),

@@ -317,6 +317,39 @@ impl super::GuestCapability for Databases {
 mod tests {
     use super::*;
 
+    /// A Spin 4 guest may run statements on one handle at once: they take turns on the
+    /// handle's one connection, so a transaction holds them all.
+    #[tokio::test]
+    async fn concurrent_statements_of_one_handle_share_its_transaction() {
+        let dir = std::env::temp_dir().join(format!("mosaic-sqlite-concurrent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let databases = Databases::new(BTreeMap::new(), dir.clone(), Arc::default());
+        let database = databases.open("default").await.expect("opens");
+        let open = OpenDatabase::new(database.clone());
+        let run = |statement: &'static str| {
+            let target = open.statement_target();
+            async move { target.run(statement, Vec::new()).await.expect(statement) }
+        };
+        run("CREATE TABLE t (v INTEGER)").await;
+        run("BEGIN").await;
+        let inserts: Vec<_> = (0..4).map(|_| tokio::spawn(run("INSERT INTO t VALUES (1)"))).collect();
+        for insert in inserts {
+            assert_eq!(insert.await.expect("the insert task").changes, 1);
+        }
+        run("ROLLBACK").await;
+        let counted = database
+            .execute("SELECT COUNT(*) FROM t", Vec::new())
+            .await
+            .expect("counts");
+        assert_eq!(
+            counted.rows,
+            vec![vec![SqlValue::Integer(0)]],
+            "an insert ran outside the handle's transaction"
+        );
+        drop(open);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test]
     async fn a_database_that_cannot_be_opened_is_a_counted_backend_error() {
         let metrics: Arc<crate::observe::Metrics> = Arc::default();

@@ -98,6 +98,14 @@ impl InstanceState {
         self.outbound.trace = trace;
     }
 
+    /// A reused instance starts serving another request: its outbound calls carry that
+    /// request's trace and stop at its deadline. (When several requests share an instance at
+    /// once, the last one to start sets both.)
+    pub fn begin_request(&mut self, trace: Option<TraceContext>, deadline: Instant) {
+        self.set_trace(trace);
+        self.outbound.deadline = deadline;
+    }
+
     pub fn table(&self) -> &ResourceTable {
         &self.table
     }
@@ -126,6 +134,15 @@ impl WasiHttpView for InstanceState {
     }
 }
 
+/// What a store does when the epoch ticks past the deadline.
+#[derive(Clone, Copy)]
+enum StoreDeadline {
+    /// One request per instance: the guest traps past this budget.
+    Trap(Duration),
+    /// Reused: the guest yields; the pool enforces each request's budget.
+    Yield(Duration),
+}
+
 /// The error a store raises when a request outlives its deadline.
 #[derive(Debug, thiserror::Error)]
 #[error("the request exceeded its deadline of {0:?}")]
@@ -144,6 +161,7 @@ pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
 
 /// How an instance is made: the engine, the limits every instance runs under and the
 /// capabilities it is given. Held by the application; one call per request, delivery or probe.
+#[derive(Clone)]
 pub struct InstanceFactory {
     pub engine: Engine,
     pub limits: Limits,
@@ -152,7 +170,8 @@ pub struct InstanceFactory {
 }
 
 impl InstanceFactory {
-    /// A fresh store for one request (or one delivery or probe) of `spec`'s component.
+    /// A fresh store for one request (or one delivery or probe) of `spec`'s component; the
+    /// guest traps when it computes past `timeout`.
     pub fn new_store(
         &self,
         spec: &ComponentSpec,
@@ -160,6 +179,32 @@ impl InstanceFactory {
         depth: u32,
         timeout: Duration,
     ) -> anyhow::Result<Store<InstanceState>> {
+        self.store(spec, chained, depth, StoreDeadline::Trap(timeout))
+    }
+
+    /// A store for an instance that serves several requests (`crate::instance_pool`): the
+    /// guest only yields at each epoch tick; the pool ends a request at its deadline, and the
+    /// instance with it.
+    pub fn new_reusable_store(
+        &self,
+        spec: &ComponentSpec,
+        chained: Arc<dyn ChainedRequests>,
+        depth: u32,
+        request_timeout: Duration,
+    ) -> anyhow::Result<Store<InstanceState>> {
+        self.store(spec, chained, depth, StoreDeadline::Yield(request_timeout))
+    }
+
+    fn store(
+        &self,
+        spec: &ComponentSpec,
+        chained: Arc<dyn ChainedRequests>,
+        depth: u32,
+        deadline_kind: StoreDeadline,
+    ) -> anyhow::Result<Store<InstanceState>> {
+        let timeout = match deadline_kind {
+            StoreDeadline::Trap(timeout) | StoreDeadline::Yield(timeout) => timeout,
+        };
         let mut wasi = WasiCtx::builder();
         let component: Arc<str> = Arc::from(spec.name.as_str());
         wasi.stdout(GuestOutput::new(component.clone(), GuestStream::Stdout))
@@ -195,8 +240,9 @@ impl InstanceFactory {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
+        let traps = matches!(deadline_kind, StoreDeadline::Trap(_));
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+            if traps && Instant::now() >= deadline {
                 Err(wasmtime::Error::new(DeadlineExceeded(timeout)))
             } else {
                 // Yield so that a guest computing without pause never holds an executor thread.

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod guest_log;
 pub mod host;
 pub mod instance;
+pub mod instance_pool;
 pub mod listener;
 pub mod observe;
 pub mod rollout;

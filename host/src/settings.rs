@@ -30,6 +30,74 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     /// Several hosts serving one application, coordinated through PostgreSQL.
     pub cluster: ClusterSettings,
+    /// Per component, instance reuse other than `[limits]`' (WASI 0.3) or at all (WASI 0.2,
+    /// where a fresh instance per request is the default): `[instance_reuse.hello]
+    /// max_instance_reuse_count = 128`.
+    pub instance_reuse: std::collections::BTreeMap<String, InstanceReuse>,
+}
+
+/// `[instance_reuse.NAME]`: the reuse of one component's instances. Unset keys take
+/// `[limits]`' values.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceReuse {
+    pub max_instance_reuse_count: Option<u32>,
+    /// A WASI 0.2 handler serves one request at a time whatever this says.
+    pub max_instance_concurrent_reuse_count: Option<u32>,
+    pub idle_instance_timeout_ms: Option<u64>,
+}
+
+/// How one component's instances are reused, resolved from `[limits]` and
+/// `[instance_reuse.NAME]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReusePolicy {
+    pub max_requests: u32,
+    pub max_concurrent: u32,
+    pub idle: Duration,
+}
+
+impl ReusePolicy {
+    /// An instance for one request.
+    pub const SINGLE_USE: ReusePolicy = ReusePolicy {
+        max_requests: 1,
+        max_concurrent: 1,
+        idle: Duration::ZERO,
+    };
+}
+
+impl Settings {
+    /// The reuse of `component`'s instances, or `None` for a fresh instance per request.
+    /// `wasi_0_3`: whether it is a WASI 0.3 component (reused unless told otherwise).
+    pub fn reuse_policy(&self, component: &str, wasi_0_3: bool) -> Option<ReusePolicy> {
+        let limits = &self.limits;
+        let chosen = self.instance_reuse.get(component);
+        if chosen.is_none() && !wasi_0_3 {
+            return None;
+        }
+        let chosen = chosen.cloned().unwrap_or_default();
+        let max_requests = chosen
+            .max_instance_reuse_count
+            .unwrap_or(limits.max_instance_reuse_count);
+        let max_concurrent = if wasi_0_3 {
+            chosen
+                .max_instance_concurrent_reuse_count
+                .unwrap_or(limits.max_instance_concurrent_reuse_count)
+        } else {
+            1
+        };
+        if max_requests <= 1 && max_concurrent <= 1 {
+            return None;
+        }
+        Some(ReusePolicy {
+            max_requests,
+            max_concurrent,
+            idle: Duration::from_millis(
+                chosen
+                    .idle_instance_timeout_ms
+                    .unwrap_or(limits.idle_instance_timeout_ms),
+            ),
+        })
+    }
 }
 
 /// `[cluster]`: the desired version of every component lives in PostgreSQL; every host
@@ -187,6 +255,13 @@ pub struct Limits {
     /// rewriting only the pages it dirtied instead of returning them to the kernel (whose
     /// page-table flushes across cores cost more than the request itself). 0: return it all.
     pub instance_keep_resident_kb: u64,
+    /// Instance reuse of WASI 0.3 components (as Spin 4 and `wasmtime serve`): the most
+    /// requests one instance serves in all before it retires; 1 turns reuse off.
+    pub max_instance_reuse_count: u32,
+    /// The most requests one WASI 0.3 instance serves at once.
+    pub max_instance_concurrent_reuse_count: u32,
+    /// How long an idle reusable instance waits for another request before it retires.
+    pub idle_instance_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -201,6 +276,10 @@ impl Default for Limits {
             drain_timeout_ms: 30_000,
             probe_timeout_ms: 10_000,
             instance_keep_resident_kb: 1024,
+            // Spin 4's defaults.
+            max_instance_reuse_count: 128,
+            max_instance_concurrent_reuse_count: 16,
+            idle_instance_timeout_ms: 1000,
         }
     }
 }
@@ -214,6 +293,9 @@ impl Limits {
     }
     pub fn probe_timeout(&self) -> Duration {
         Duration::from_millis(self.probe_timeout_ms)
+    }
+    pub fn idle_instance_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_instance_timeout_ms)
     }
     pub fn instance_memory_bytes(&self) -> u64 {
         self.instance_memory_mb * 1024 * 1024
@@ -268,6 +350,18 @@ impl Settings {
         self.limits.check()?;
         self.messaging.check()?;
         self.cluster.check()?;
+        for (component, reuse) in &self.instance_reuse {
+            let zero = [
+                ("max_instance_reuse_count", reuse.max_instance_reuse_count),
+                (
+                    "max_instance_concurrent_reuse_count",
+                    reuse.max_instance_concurrent_reuse_count,
+                ),
+            ];
+            if let Some((key, _)) = zero.iter().find(|(_, value)| *value == Some(0)) {
+                return Err(format!("`instance_reuse.{component}.{key}` must be greater than 0"));
+            }
+        }
         self.outbound.check()
     }
 }
@@ -285,6 +379,14 @@ impl Limits {
                 u64::from(self.max_concurrent_instances),
             ),
             ("limits.probe_timeout_ms", self.probe_timeout_ms),
+            (
+                "limits.max_instance_reuse_count",
+                u64::from(self.max_instance_reuse_count),
+            ),
+            (
+                "limits.max_instance_concurrent_reuse_count",
+                u64::from(self.max_instance_concurrent_reuse_count),
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -301,6 +403,43 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wasi_0_3_components_are_reused_and_wasi_0_2_ones_only_when_asked() {
+        let settings: Settings = toml::from_str(
+            "[limits]\nidle_instance_timeout_ms = 500\n\
+             [instance_reuse.legacy]\nmax_instance_reuse_count = 64\nmax_instance_concurrent_reuse_count = 8\n\
+             [instance_reuse.single]\nmax_instance_reuse_count = 1\nmax_instance_concurrent_reuse_count = 1\n",
+        )
+        .unwrap();
+        settings.check().unwrap();
+        let spin4 = ReusePolicy {
+            max_requests: 128,
+            max_concurrent: 16,
+            idle: Duration::from_millis(500),
+        };
+        assert_eq!(settings.reuse_policy("new", true), Some(spin4));
+        assert_eq!(
+            settings.reuse_policy("new", false),
+            None,
+            "WASI 0.2: a fresh instance per request"
+        );
+        assert_eq!(
+            settings.reuse_policy("legacy", false),
+            Some(ReusePolicy {
+                max_requests: 64,
+                max_concurrent: 1,
+                idle: Duration::from_millis(500)
+            }),
+            "a WASI 0.2 handler serves one request at a time"
+        );
+        assert_eq!(settings.reuse_policy("single", true), None, "reuse turned off");
+        let zero: Settings = toml::from_str("[instance_reuse.x]\nmax_instance_reuse_count = 0\n").unwrap();
+        assert!(zero
+            .check()
+            .unwrap_err()
+            .contains("instance_reuse.x.max_instance_reuse_count"));
+    }
 
     #[test]
     fn unknown_key_is_named() {

@@ -23,7 +23,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A guest fixture built by `cargo xtask build` (probe, probe-v2, probe-unhealthy, plain,
-/// counter, subscriber, subscriber-v2).
+/// counter, subscriber, subscriber-v2, spin7, spin7-v2, and python from tests/fixtures/python).
 pub fn fixture(name: &str) -> PathBuf {
     let path = workspace_root().join("target/fixtures").join(format!("{name}.wasm"));
     assert!(
@@ -66,6 +66,9 @@ impl AppDir {
         std::fs::create_dir_all(&path).expect("temp dir");
         let mut text = manifest.to_string();
         for name in [
+            "python",
+            "spin7-v2",
+            "spin7",
             "probe-v2",
             "probe-unhealthy",
             "probe",

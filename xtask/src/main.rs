@@ -1,6 +1,6 @@
-//! `cargo xtask build|test|up|bench|fuzz`: builds the guest components (they target
-//! wasm32-wasip2 and live in their own workspaces), runs the test suite, the benchmarks and the
-//! fuzz targets.
+//! `cargo xtask build|test|up|bench|fuzz|component-imports`: builds the guest components (they
+//! target wasm32-wasip2 and live in their own workspaces) and the Python fixture, runs the test
+//! suite, the benchmarks and the fuzz targets, and lists a component's imports and exports.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,11 +8,17 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod component;
 mod fuzz;
+mod python;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
-  build            build the reference components and the test fixtures (wasm32-wasip2)
+  build            build the reference components and the test fixtures (wasm32-wasip2), and the
+                   Python fixture (tests/fixtures/python -> target/fixtures/python.wasm; needs python3
+                   and PyPI the first time, for a venv with spin-sdk and componentize-py in
+                   $CARGO_TARGET_DIR/python-sdk, else target/python-sdk)
+  build python     build only the Python fixture
   test [ARGS...]   build, then run every test of the workspace (cargo test --workspace ARGS); the
                    tests of a service that does not answer are left out and listed as ignored, unless
                    MOSAIC_REQUIRE_SERVICES=1 (CI), where they run and fail
@@ -25,13 +31,20 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench breaker    latency of calls to a dead dependency, outbound breaker off vs open; adds to bench/README.md
   bench cluster    requests/s on 1, 2 and 3 hosts of a cluster (PostgreSQL on 127.0.0.1:5432), and the time a
                    deploy takes to reach every host; adds to bench/README.md
-  fuzz [SECONDS]   run each fuzz target of fuzz/ for SECONDS (default 30); installs cargo-fuzz if missing";
+  fuzz [SECONDS]   run each fuzz target of fuzz/ for SECONDS (default 30); installs cargo-fuzz if missing
+  component-imports FILE
+                   print the top-level imports and exports of the component FILE (interface names such
+                   as wasi:http/handler@0.3.0, and their kinds)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
     match args.first().map(String::as_str) {
-        Some("build") => build_all(&root),
+        Some("build") => match &args[1..] {
+            [] => build_all(&root),
+            [only] if only == "python" => python::build(&root),
+            _ => bail!("usage: cargo xtask build [python]"),
+        },
         Some("test") => {
             build_all(&root)?;
             run(Command::new(cargo()).current_dir(&root).args(["build", "-p", "mosaic"]))?;
@@ -50,6 +63,10 @@ fn main() -> Result<()> {
             bench::run(&root, &args[1..])
         }
         Some("fuzz") => fuzz::run_all(&root, &args[1..]),
+        Some("component-imports") => match &args[1..] {
+            [file] => component::print(Path::new(file)),
+            _ => bail!("usage: cargo xtask component-imports FILE"),
+        },
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown or missing command")
@@ -214,12 +231,15 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("counter", "", "counter"),
     ("subscriber", "", "subscriber"),
     ("subscriber", "v2", "subscriber-v2"),
+    ("spin7", "", "spin7"),
+    ("spin7", "v2", "spin7-v2"),
     ("spin7-caps", "", "spin7-caps"),
 ];
 
 fn build_all(root: &Path) -> Result<()> {
     ensure_wasm_target();
     build_fixtures(root)?;
+    python::build(root)?;
     build_components(root)
 }
 

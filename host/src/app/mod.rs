@@ -8,33 +8,75 @@ pub mod runtime_config;
 pub use mosaic_manifest::{manifest, routes};
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 use wasmtime::Engine;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::handler::ProxyPre;
 
 use crate::capability::bindings::subscriber::RedisSubscriberPre;
 pub use crate::capability::grants::ComponentSpec;
 use crate::capability::http_outbound::AllowedHosts;
 use crate::digest::Digest;
 use crate::instance::{Capabilities, InstanceFactory, InstanceState};
+use crate::instance_pool::InstancePool;
 use crate::settings::Settings;
 use crate::state::StateDir;
 use manifest::{HttpRoute, Manifest};
 use routes::{RoutePattern, Router};
 
+/// The WASI release a component targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wasi {
+    /// WASI 0.2 (spin-sdk 5.x, `wasi:http/incoming-handler@0.2`).
+    V0_2,
+    /// WASI 0.3, component-model async (spin-sdk 7, Spin's Python SDK 5, `wasi:http/handler@0.3`).
+    V0_3,
+}
+
+/// What a component targets, as `validate` found it: shown by `mosaic status` and in a
+/// deploy's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct World {
+    pub wasi: Wasi,
+    /// The exports its triggers call, e.g. `wasi:http/handler@0.3.0`.
+    pub entry_points: Vec<String>,
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let release = match self.wasi {
+            Wasi::V0_2 => "WASI 0.2",
+            Wasi::V0_3 => "WASI 0.3",
+        };
+        if self.entry_points.is_empty() {
+            write!(f, "{release}")
+        } else {
+            write!(f, "{release} ({})", self.entry_points.join(", "))
+        }
+    }
+}
+
 /// One compiled, linked version of a component, with the exports its triggers call.
 pub struct Deployment {
     pub digest: Digest,
     pub deployed_at: SystemTime,
-    /// `wasi:http/incoming-handler`, when the component serves HTTP.
+    /// `wasi:http/incoming-handler@0.2` or `wasi:http/handler@0.3`, when the component serves
+    /// HTTP.
     pub http: Option<ProxyPre<InstanceState>>,
     /// `fermyon:spin/inbound-redis`, when the component has a message subscription.
     pub subscriber: Option<RedisSubscriberPre<InstanceState>>,
+    pub world: World,
+    /// The reused instances that serve this version's requests (when it reuses instances),
+    /// made on the first request; taken away when the version stops being live.
+    pool: ArcSwapOption<InstancePool>,
+    pool_creation: Mutex<()>,
+    /// This version's instances in pools (reused ones, and those made for one probe or one
+    /// chained request), alive now.
+    pooled_instances: Arc<AtomicUsize>,
     in_flight: AtomicU64,
     drained: Notify,
 }
@@ -44,14 +86,55 @@ impl Deployment {
         digest: Digest,
         http: Option<ProxyPre<InstanceState>>,
         subscriber: Option<RedisSubscriberPre<InstanceState>>,
+        world: World,
     ) -> Self {
         Self {
             digest,
             deployed_at: SystemTime::now(),
             http,
             subscriber,
+            world,
+            pool: ArcSwapOption::empty(),
+            pool_creation: Mutex::new(()),
+            pooled_instances: Arc::new(AtomicUsize::new(0)),
             in_flight: AtomicU64::new(0),
             drained: Notify::new(),
+        }
+    }
+
+    /// The pool of reused instances, made by `make` if there is none.
+    pub fn pool(&self, make: impl FnOnce() -> InstancePool) -> Arc<InstancePool> {
+        if let Some(pool) = self.pool.load_full() {
+            return pool;
+        }
+        let _creating = self
+            .pool_creation
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(pool) = self.pool.load_full() {
+            return pool;
+        }
+        let pool = Arc::new(make());
+        self.pool.store(Some(pool.clone()));
+        pool
+    }
+
+    /// How many of this version's pooled instances are alive, serving or idle (0 when it
+    /// makes a fresh instance per request).
+    pub fn pooled_instances(&self) -> usize {
+        self.pooled_instances.load(Ordering::SeqCst)
+    }
+
+    /// The counter a new pool of this version counts its instances in.
+    pub fn pooled_instance_counter(&self) -> Arc<AtomicUsize> {
+        self.pooled_instances.clone()
+    }
+
+    /// This version is no longer live: its reused instances end once their requests have.
+    /// (If it becomes live again, by a rollback, its next request makes a new pool.)
+    pub fn retire_instances(&self) {
+        if let Some(pool) = self.pool.swap(None) {
+            pool.retire();
         }
     }
 
@@ -215,7 +298,9 @@ impl App {
     pub fn install(&self, spec: &ComponentSpec, deployment: Arc<Deployment>) -> Option<Arc<Deployment>> {
         let existing = self.slot(&spec.name);
         if let Some(slot) = existing {
-            return Some(slot.live.swap(deployment));
+            let previous = slot.live.swap(deployment);
+            previous.retire_instances();
+            return Some(previous);
         }
         let slot = Arc::new(ComponentSlot::new(spec.clone(), deployment));
         if let Ok(mut slots) = self.slots.write() {

@@ -41,7 +41,8 @@ pub fn load_or_compile(engine: &Engine, artifact: &Path, bytes: &[u8]) -> Result
             ),
         }
     }
-    let component = Component::new(engine, bytes).map_err(|err| format!("{err:#}"))?;
+    let mapped = super::snapshots::map_snapshot_names(bytes)?;
+    let component = Component::new(engine, mapped.as_deref().unwrap_or(bytes)).map_err(|err| format!("{err:#}"))?;
     match component.serialize() {
         Ok(serialized) => {
             if let Err(err) = crate::state::write_private(artifact, &serialized) {

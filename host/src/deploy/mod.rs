@@ -6,13 +6,14 @@
 
 pub mod artifacts;
 pub mod journal;
+pub mod snapshots;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::handler::ProxyPre;
 
 use crate::app::manifest::HttpRoute;
 use crate::app::routes::RoutePattern;
@@ -310,6 +311,7 @@ impl Pipeline {
         clock.done(Step::Compile);
 
         let (http, subscriber) = self.link(&spec, &component)?;
+        let world = world_of(&component, app.engine(), http.as_ref(), subscriber.is_some());
         let warnings = grant_warnings(&component, app.engine(), &spec);
         for warning in &warnings {
             tracing::warn!(component = %name, "{warning}");
@@ -322,7 +324,7 @@ impl Pipeline {
             ));
         }
         clock.done(Step::Validate);
-        let deployment = Arc::new(Deployment::new(digest.clone(), http, subscriber));
+        let deployment = Arc::new(Deployment::new(digest.clone(), http, subscriber, world));
         Ok(Validated {
             spec,
             digest,
@@ -361,17 +363,24 @@ impl Pipeline {
             )
         })?;
         let http = if spec.serves_http() {
-            Some(ProxyPre::new(instance_pre.clone()).map_err(|err| {
-                DeployError::at(
-                    name,
-                    Step::Validate,
-                    format!(
-                        "it does not export `wasi:http/incoming-handler@0.2.x`, so the HTTP trigger cannot call it \
-                         (build it with spin-sdk's #[http_component] or export the handler): {}",
-                        anyhow::Error::from(err)
-                    ),
-                )
-            })?)
+            let wasi_0_3 = wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre.clone());
+            match wasi_0_3 {
+                Ok(pre) => Some(ProxyPre::P3(pre)),
+                Err(_) => Some(ProxyPre::P2(
+                    wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre.clone()).map_err(|err| {
+                        DeployError::at(
+                            name,
+                            Step::Validate,
+                            format!(
+                                "it exports neither `wasi:http/handler@0.3.x` (WASI 0.3: spin-sdk 7's #[http_service], \
+                                 Spin's Python SDK 5) nor `wasi:http/incoming-handler@0.2.x` (WASI 0.2: spin-sdk 5's \
+                                 #[http_component]), so the HTTP trigger cannot call it: {}",
+                                anyhow::Error::from(err)
+                            ),
+                        )
+                    })?,
+                )),
+            }
         } else {
             None
         };
@@ -598,4 +607,44 @@ fn grant_warnings(
         }
     }
     warnings
+}
+
+/// The WASI release and the entry points of a linked component: WASI 0.3 when it exports the
+/// 0.3 HTTP handler or imports any WASI 0.3 interface.
+fn world_of(
+    component: &wasmtime::component::Component,
+    engine: &wasmtime::Engine,
+    http: Option<&ProxyPre<InstanceState>>,
+    subscriber: bool,
+) -> crate::app::World {
+    let ty = component.component_type();
+    let imports_0_3 = ty
+        .imports(engine)
+        .any(|(name, _)| name.starts_with("wasi:") && name.contains("@0.3."));
+    let mut entry_points = Vec::new();
+    let export_named = |prefix: &str| {
+        ty.exports(engine)
+            .map(|(name, _)| name.to_string())
+            .find(|name| name.starts_with(prefix))
+    };
+    let wasi = match http {
+        Some(ProxyPre::P3(_)) => {
+            entry_points.extend(export_named("wasi:http/handler@"));
+            crate::app::Wasi::V0_3
+        }
+        Some(ProxyPre::P2(_)) => {
+            entry_points.extend(export_named("wasi:http/incoming-handler@"));
+            if imports_0_3 {
+                crate::app::Wasi::V0_3
+            } else {
+                crate::app::Wasi::V0_2
+            }
+        }
+        None if imports_0_3 => crate::app::Wasi::V0_3,
+        None => crate::app::Wasi::V0_2,
+    };
+    if subscriber {
+        entry_points.extend(export_named("fermyon:spin/inbound-redis"));
+    }
+    crate::app::World { wasi, entry_points }
 }

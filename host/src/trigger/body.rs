@@ -84,6 +84,56 @@ where
     }
 }
 
+/// The body of a response from a pooled instance: it keeps `guard` (the request's in-flight
+/// count and admission) alive until it has been read to its end or dropped, and it ends in an
+/// error, not a clean end, when the instance failed before the guest finished the body.
+pub struct PooledBody<B, G> {
+    inner: B,
+    guard: Option<G>,
+    instance_failed: Arc<AtomicBool>,
+}
+
+impl<B, G> PooledBody<B, G> {
+    pub fn new(inner: B, guard: G, instance_failed: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+            instance_failed,
+        }
+    }
+}
+
+impl<B, G> Body for PooledBody<B, G>
+where
+    B: Body<Error = HttpError> + Unpin,
+    G: Unpin,
+{
+    type Data = B::Data;
+    type Error = HttpError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, HttpError>>> {
+        let this = &mut *self;
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) && this.instance_failed.load(Ordering::SeqCst) {
+            polled = Poll::Ready(Some(Err(HttpError::InternalError(Some(
+                "the instance ended before its response body did".into(),
+            )))));
+        }
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }

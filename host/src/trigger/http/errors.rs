@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 
 use super::HttpResponse;
 use crate::instance::DeadlineExceeded;
@@ -25,8 +24,9 @@ pub enum ServeError {
     Deadline { component: String, timeout: Duration },
     #[error("component `{component}` could not be instantiated: {detail}")]
     Instantiate { component: String, detail: String },
-    #[error("component `{component}` returned the error code {code:?} instead of a response")]
-    Guest { component: String, code: ErrorCode },
+    /// `code`: the `wasi:http` error code the guest returned, as WIT names it.
+    #[error("component `{component}` returned the error code {code} instead of a response")]
+    Guest { component: String, code: String },
     #[error("component `{component}` finished without sending a response")]
     NoResponse { component: String },
     #[error(

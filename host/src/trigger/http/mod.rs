@@ -22,13 +22,19 @@ use hyper::body::Body;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::Instrument;
+use wasmtime_wasi_http::handler::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
-use crate::app::{count, ComponentSpec, Deployment};
+use crate::app::{count, ComponentSpec, Deployment, Wasi};
+use crate::instance::InstanceState;
+use crate::instance_pool::{InstancePool, PoolError, RequestContext};
 use crate::observe::{TraceContext, TRACEPARENT};
-use crate::trigger::body::{full, json_error, payload_too_large, request_too_large, response_too_large, CappedBody};
+use crate::settings::ReusePolicy;
+use crate::trigger::body::{
+    full, json_error, payload_too_large, request_too_large, response_too_large, CappedBody, PooledBody,
+};
 use crate::trigger::Dispatcher;
 use errors::{classify, ServeError};
 use headers::{with_spin_headers, RouteInfo};
@@ -137,10 +143,126 @@ impl Dispatcher {
         }
     }
 
-    /// Runs one request in a fresh instance of `deployment`; `permit` (the component's
-    /// admission) is held as long as the instance runs.
+    /// Runs one request on `deployment`: on one of its reused instances when it reuses them
+    /// (WASI 0.3 by default, WASI 0.2 when `[instance_reuse.NAME]` asks), else on a fresh
+    /// instance. `permit` (the component's admission) is held until the response has streamed.
     #[allow(clippy::too_many_arguments)]
     async fn serve_version<B>(
+        &self,
+        spec: &ComponentSpec,
+        deployment: Arc<Deployment>,
+        request: hyper::Request<B>,
+        route: RouteInfo,
+        client: SocketAddr,
+        depth: u32,
+        timeout: Duration,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<HttpResponse, ServeError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let wasi_0_3 = deployment.world.wasi == Wasi::V0_3;
+        let reuse = self.app.settings.reuse_policy(&spec.name, wasi_0_3);
+        match (&deployment.http, reuse) {
+            (Some(ProxyPre::P2(_)), None) => {
+                self.serve_fresh(spec, deployment, request, route, client, depth, timeout, permit)
+                    .await
+            }
+            (Some(_), reuse) => {
+                self.serve_pooled(spec, deployment, request, route, client, depth, timeout, permit, reuse)
+                    .await
+            }
+            (None, _) => Err(ServeError::Instantiate {
+                component: spec.name.clone(),
+                detail:
+                    "it does not serve HTTP: it exports no wasi:http handler (it is a [[trigger.redis]] subscriber)"
+                        .into(),
+            }),
+        }
+    }
+
+    /// Runs one request on an instance of the version's pool: a reused one when `reuse` is
+    /// set and the request comes from the listener, else one made for it alone (a chained
+    /// request carries its hop count in its instance, a probe its own timeout).
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_pooled<B>(
+        &self,
+        spec: &ComponentSpec,
+        deployment: Arc<Deployment>,
+        request: hyper::Request<B>,
+        route: RouteInfo,
+        client: SocketAddr,
+        depth: u32,
+        timeout: Duration,
+        permit: Option<OwnedSemaphorePermit>,
+        reuse: Option<ReusePolicy>,
+    ) -> Result<HttpResponse, ServeError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let component = spec.name.clone();
+        let limits = &self.app.settings.limits;
+        let in_flight = deployment.enter();
+        let Some(pre) = deployment.http.as_ref().map(clone_pre) else {
+            return Err(ServeError::NoResponse { component });
+        };
+        let make = |policy: ReusePolicy| {
+            InstancePool::new(
+                pre,
+                self.app.instances.clone(),
+                spec.clone(),
+                self.chained(),
+                depth,
+                policy,
+                timeout,
+                deployment.pooled_instance_counter(),
+            )
+        };
+        // The shared pool serves the listener's requests (admitted, at depth 0) under the
+        // request timeout; a probe (not admitted, its own timeout) or a chained request gets
+        // an instance of its own.
+        let from_listener = depth == 0 && permit.is_some();
+        let pool = match reuse {
+            Some(policy) if from_listener => deployment.pool(|| make(policy)),
+            _ => Arc::new(make(ReusePolicy::SINGLE_USE)),
+        };
+        let instance_failed = Arc::new(AtomicBool::new(false));
+        let context = RequestContext {
+            trace: TraceContext::from_headers(request.headers()),
+            instance_failed: instance_failed.clone(),
+        };
+        let request = with_spin_headers(request, &route, client);
+        let body_over_cap = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| {
+            CappedBody::new(body, limits.max_request_body_bytes, request_too_large)
+                .reporting_to(body_over_cap.clone())
+                .boxed_unsync()
+        });
+        let started = std::time::Instant::now();
+        let outcome = pool.handle(context, request).await;
+        if body_over_cap.load(Ordering::SeqCst) {
+            tracing::info!(
+                limit = limits.max_request_body_bytes,
+                "the request body went over the limit: answered 413"
+            );
+            return Ok(payload_too_large(limits.max_request_body_bytes));
+        }
+        match outcome {
+            Ok(response) => {
+                let response = response
+                    .map(|body| PooledBody::new(body, (in_flight, permit, pool), instance_failed).boxed_unsync());
+                Ok(cap_response(response, limits.max_response_body_bytes))
+            }
+            Err(err) => Err(pool_error(&component, &err, timeout, started.elapsed() >= timeout)),
+        }
+    }
+
+    /// Runs one request in a fresh instance of `deployment` (a WASI 0.2 handler); `permit`
+    /// (the component's admission) is held as long as the instance runs.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_fresh<B>(
         &self,
         spec: &ComponentSpec,
         deployment: Arc<Deployment>,
@@ -191,12 +313,12 @@ impl Dispatcher {
             .new_response_outparam(sender)
             .map_err(|err| instantiate_error(format!("{err:#}")))?;
 
-        let Some(pre) = deployment.http.clone() else {
+        let Some(ProxyPre::P2(pre)) = deployment.http.as_ref() else {
             return Err(instantiate_error(
-                "it does not serve HTTP: it exports no wasi:http/incoming-handler (it is a [[trigger.redis]] subscriber)"
-                    .into(),
+                "it does not export wasi:http/incoming-handler@0.2".into(),
             ));
         };
+        let pre = pre.clone();
         let task_component = component.clone();
         let guest = tokio::spawn(
             async move {
@@ -237,7 +359,10 @@ impl Dispatcher {
                 );
                 Ok(cap_response(response, limits.max_response_body_bytes))
             }
-            Ok(Err(code)) => Err(ServeError::Guest { component, code }),
+            Ok(Err(code)) => Err(ServeError::Guest {
+                component,
+                code: format!("{code:?}"),
+            }),
             Err(_) => match guest.await {
                 Ok(Ok(())) => Err(ServeError::NoResponse { component }),
                 Ok(Err(err)) => Err(err),
@@ -256,6 +381,37 @@ impl Dispatcher {
             return Ok(payload_too_large(limits.max_request_body_bytes));
         }
         outcome
+    }
+}
+
+/// A copy of the pre-instance (each pool holds its own).
+fn clone_pre(pre: &ProxyPre<InstanceState>) -> ProxyPre<InstanceState> {
+    match pre {
+        ProxyPre::P2(pre) => ProxyPre::P2(pre.clone()),
+        ProxyPre::P3(pre) => ProxyPre::P3(pre.clone()),
+    }
+}
+
+/// The [`ServeError`] of a request an instance pool did not answer.
+fn pool_error(component: &str, err: &wasmtime::Error, timeout: Duration, overdue: bool) -> ServeError {
+    let component = component.to_string();
+    if let Some(code) = err.downcast_ref::<wasmtime_wasi_http::p3::bindings::http::types::ErrorCode>() {
+        return ServeError::Guest {
+            component,
+            code: format!("{code:?}"),
+        };
+    }
+    match PoolError::of(err, overdue) {
+        PoolError::Instantiate(detail) => ServeError::Instantiate { component, detail },
+        PoolError::Deadline => ServeError::Deadline { component, timeout },
+        PoolError::Trap(detail) => {
+            let trap = err.downcast_ref::<wasmtime::Trap>().map(|trap| trap.to_string());
+            ServeError::Trap {
+                component,
+                trap,
+                detail,
+            }
+        }
     }
 }
 

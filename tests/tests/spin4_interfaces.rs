@@ -127,6 +127,19 @@ async fn key_value_3_shares_the_stores_and_grants_of_2_0() {
     host.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_keys_streams_a_store_larger_than_a_page() {
+    let dir = AppDir::new(MANIFEST);
+    let host = dir.start(Settings::default()).await;
+    let (client, base) = (client(), format!("http://{}", host.http_addr()));
+    // More keys than the host reads per page (256) and holds ahead of the guest.
+    assert_eq!(ok(&client, &base, "kv/fill?n=700", "").await, "set 700");
+    let keys = ok(&client, &base, "kv/keys", "").await;
+    let expected: Vec<String> = (0..700).map(|n| format!("key-{n:04}")).collect();
+    assert_eq!(keys.lines().collect::<Vec<_>>(), expected, "every key once");
+    host.shutdown().await;
+}
+
 /// Spin's Python SDK 5 imports the whole of `spin:up/platform@4.1.0`: the component deploys,
 /// and its key-value store is the one the Rust components see.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,6 +376,26 @@ mod needs_postgres {
         assert_eq!(
             selected,
             "columns=id:DbDataType::Int32,name:DbDataType::Str\nrow=int32:1|str:ada\nrow=int32:2|null"
+        );
+
+        // More rows than the host reads ahead: all of them, in order, through the stream.
+        let many = ok(&client, &base, &pg("pg"), "SELECT g FROM generate_series(1, 1000) g").await;
+        let lines: Vec<&str> = many.lines().collect();
+        assert_eq!(lines.len(), 1001, "the columns and 1000 rows");
+        assert_eq!((lines[1], lines[1000]), ("row=int32:1", "row=int32:1000"));
+        // A query that fails part-way ends its stream with the server's error.
+        let midway = call(
+            &client,
+            &base,
+            &pg("pg"),
+            "SELECT 1 / (500 - g) FROM generate_series(1, 1000) g",
+        )
+        .await;
+        assert_eq!(midway.status, 500);
+        assert!(
+            midway.body.contains("22012"),
+            "division_by_zero from the end future: {}",
+            midway.body
         );
 
         let failed = call(&client, &base, &pg("pg"), "SELECT * FROM no_such_table_anywhere").await;

@@ -100,12 +100,60 @@ pub type Listing<I, E> = (
     wasmtime::component::FutureReader<Result<(), E>>,
 );
 
-/// A stream of `items` for the guest and the future that ends it with `end` (rows, keys). The
-/// items are read before the stream starts.
-pub fn stream_then<T, D, I, E>(
+/// The guest's end of a stream whose items a host task sends as they come (a PostgreSQL query's
+/// rows): each read hands over what has arrived, up to what the guest asked for, and waits when
+/// nothing has. The stream ends when the sender goes; dropping it (the guest closed the stream)
+/// makes the sender's next send fail, which stops the task.
+pub struct ChannelStream<T>(pub tokio::sync::mpsc::Receiver<T>);
+
+impl<T, D> wasmtime::component::StreamProducer<D> for ChannelStream<T>
+where
+    T: Send + Sync + 'static,
+{
+    type Item = T;
+    type Buffer = wasmtime::component::VecBuffer<T>;
+
+    fn poll_produce<'a>(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        store: wasmtime::StoreContextMut<'a, D>,
+        mut destination: wasmtime::component::Destination<'a, T, Self::Buffer>,
+        finish: bool,
+    ) -> std::task::Poll<wasmtime::Result<wasmtime::component::StreamResult>> {
+        use std::task::Poll;
+        use wasmtime::component::StreamResult;
+        let receiver = &mut self.get_mut().0;
+        let wanted = match destination.remaining(store) {
+            // A zero-length read asks whether items are ready: say yes without taking any, so
+            // that none is buffered for a read that may never come.
+            Some(0) => return Poll::Ready(Ok(StreamResult::Completed)),
+            Some(wanted) => wanted,
+            None => usize::MAX,
+        };
+        let first = match receiver.poll_recv(cx) {
+            Poll::Ready(Some(item)) => item,
+            Poll::Ready(None) => return Poll::Ready(Ok(StreamResult::Dropped)),
+            Poll::Pending if finish => return Poll::Ready(Ok(StreamResult::Cancelled)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let mut items = vec![first];
+        while items.len() < wanted {
+            match receiver.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+        destination.set_buffer(items.into());
+        Poll::Ready(Ok(StreamResult::Completed))
+    }
+}
+
+/// A listing for the guest (rows, keys): the items `producer` gives (a `Vec` read in full, or
+/// a [`ChannelStream`] fed by a host task), then the outcome `end` resolves to.
+pub fn listing<T, D, I, E>(
     accessor: &wasmtime::component::Accessor<T, D>,
-    items: Vec<I>,
-    end: Result<(), E>,
+    producer: impl wasmtime::component::StreamProducer<T, Item = I>,
+    end: impl Future<Output = Result<(), E>> + Send + 'static,
 ) -> wasmtime::Result<Listing<I, E>>
 where
     T: 'static,
@@ -115,7 +163,6 @@ where
         + wasmtime::component::Lower
         + Send
         + Sync
-        + Unpin
         + 'static,
     E: wasmtime::component::ComponentType
         + wasmtime::component::Lift
@@ -125,8 +172,9 @@ where
         + 'static,
 {
     accessor.with(|mut access| {
-        let stream = wasmtime::component::StreamReader::new(&mut access, items)?;
-        let end = wasmtime::component::FutureReader::new(&mut access, async move { Ok::<_, wasmtime::Error>(end) })?;
+        let stream = wasmtime::component::StreamReader::new(&mut access, producer)?;
+        let end =
+            wasmtime::component::FutureReader::new(&mut access, async move { Ok::<_, wasmtime::Error>(end.await) })?;
         Ok((stream, end))
     })
 }

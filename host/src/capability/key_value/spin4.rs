@@ -1,13 +1,17 @@
 //! `spin:key-value/key-value@3.0.0` (Spin 4, component-model async) over the same stores and
 //! grants as `fermyon:spin/key-value@2.0.0`: a label the component is not granted is
-//! `error::access-denied`, an error value. `get-keys` reads the store's keys, then streams them.
+//! `error::access-denied`, an error value. `get-keys` streams the keys as it pages through the
+//! store (`wasi:keyvalue`'s pages), never the whole keyspace at once.
 
 use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
 use super::guest::OpenError;
 use super::{check_key, check_value, KeyValueImports, KvError, OpenStore};
 use crate::capability::bindings::spin_key_value3 as v3;
-use crate::capability::{stream_then, with_view};
+use crate::capability::{listing, with_view, ChannelStream};
+
+/// Keys read from the store per page, and at most this many ahead of the guest.
+const KEYS_PAGE: usize = 256;
 
 fn to_v3(err: KvError) -> v3::Error {
     v3::Error::Other(err.to_string())
@@ -74,13 +78,37 @@ impl<T> v3::HostStoreWithStore<T> for KeyValueImports {
         accessor: &Accessor<T, Self>,
         store: Resource<OpenStore>,
     ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), v3::Error>>)> {
-        let keys = match store_of(accessor, &store) {
-            Ok(store) => store.keys().await.map_err(to_v3),
-            Err(err) => Err(err),
+        let store = match store_of(accessor, &store) {
+            Ok(store) => store,
+            Err(err) => return listing(accessor, Vec::new(), async move { Err(err) }),
         };
-        match keys {
-            Ok(keys) => stream_then(accessor, keys, Ok(())),
-            Err(err) => stream_then(accessor, Vec::new(), Err(err)),
-        }
+        // A task pages through the store, a page ahead of the guest at most.
+        let (sender, keys) = tokio::sync::mpsc::channel(KEYS_PAGE);
+        let (end_sender, end) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut cursor: Option<String> = None;
+            let outcome = loop {
+                let page = match store.keys_page(cursor.as_deref(), KEYS_PAGE).await {
+                    Ok(page) => page,
+                    Err(err) => break Err(to_v3(err)),
+                };
+                for key in page.keys {
+                    if sender.send(key).await.is_err() {
+                        // The guest closed the stream: nobody wants the rest.
+                        return;
+                    }
+                }
+                match page.cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break Ok(()),
+                }
+            };
+            let _ = end_sender.send(outcome);
+        });
+        listing(
+            accessor,
+            ChannelStream(keys),
+            async move { end.await.unwrap_or(Ok(())) },
+        )
     }
 }

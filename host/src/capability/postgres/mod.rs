@@ -78,6 +78,37 @@ fn source_chain(err: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// Rows a query may read ahead of a guest that reads them as a stream.
+pub const ROWS_AHEAD: usize = 64;
+
+/// The rows of a query as they arrive ([`PgConnection::query_rows`]), and how it ended: a
+/// query that fails part-way has sent the rows before the failure.
+pub struct PgRows<R> {
+    pub columns: Vec<(String, PgType)>,
+    pub rows: tokio::sync::mpsc::Receiver<R>,
+    pub end: tokio::sync::oneshot::Receiver<Result<(), PgError>>,
+}
+
+fn columns_of(prepared: &tokio_postgres::Statement) -> Vec<(String, PgType)> {
+    prepared
+        .columns()
+        .iter()
+        .map(|column| (column.name().to_string(), values::type_of(column.type_())))
+        .collect()
+}
+
+fn row_values(row: &tokio_postgres::Row) -> Result<Vec<PgValue>, PgError> {
+    let mut values = Vec::with_capacity(row.len());
+    for index in 0..row.len() {
+        values.push(
+            values::value_at(row, index).map_err(|err| {
+                PgError::ValueConversionFailed(format!("column {index}: {err}: {}", source_chain(&err)))
+            })?,
+        );
+    }
+    Ok(values)
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PgRowSet {
     pub columns: Vec<(String, PgType)>,
@@ -198,22 +229,63 @@ impl PgConnection {
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
         let prepared = self.client.prepare(statement).await.map_err(PgError::from_query)?;
         let rows = self.client.query(&prepared, &refs).await.map_err(PgError::from_query)?;
-        let columns = prepared
-            .columns()
-            .iter()
-            .map(|column| (column.name().to_string(), values::type_of(column.type_())))
-            .collect();
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let mut values = Vec::with_capacity(row.len());
-            for index in 0..row.len() {
-                values.push(values::value_at(row, index).map_err(|err| {
-                    PgError::ValueConversionFailed(format!("column {index}: {err}: {}", source_chain(&err)))
-                })?);
-            }
-            out.push(values);
+            out.push(row_values(row)?);
         }
-        Ok(PgRowSet { columns, rows: out })
+        Ok(PgRowSet {
+            columns: columns_of(&prepared),
+            rows: out,
+        })
+    }
+
+    /// Runs a query whose rows reach the caller as the server sends them: a task reads them,
+    /// converts each with `convert` and sends it on, at most [`ROWS_AHEAD`] ahead of the
+    /// reader; it stops when the reader goes. `end` says how the query ended. The task holds
+    /// the connection (a clone), so it stays out of the pool until the rows are read.
+    pub async fn query_rows<R: Send + 'static>(
+        &self,
+        statement: &str,
+        params: &[PgValue],
+        convert: impl Fn(Vec<PgValue>) -> R + Send + 'static,
+    ) -> Result<PgRows<R>, PgError> {
+        let bound = Self::bind(params)?;
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
+        let prepared = self.client.prepare(statement).await.map_err(PgError::from_query)?;
+        let stream = self
+            .client
+            .query_raw(&prepared, refs)
+            .await
+            .map_err(PgError::from_query)?;
+        let (sender, rows) = tokio::sync::mpsc::channel(ROWS_AHEAD);
+        let (end_sender, end) = tokio::sync::oneshot::channel();
+        let connection = self.clone();
+        tokio::spawn(async move {
+            let _connection = connection;
+            let mut stream = std::pin::pin!(stream);
+            let outcome = loop {
+                let row = match futures_util::TryStreamExt::try_next(&mut stream).await {
+                    Ok(Some(row)) => row,
+                    Ok(None) => break Ok(()),
+                    Err(err) => break Err(PgError::from_query(err)),
+                };
+                match row_values(&row) {
+                    Ok(values) => {
+                        if sender.send(convert(values)).await.is_err() {
+                            // The reader went: nobody wants the rest.
+                            break Ok(());
+                        }
+                    }
+                    Err(err) => break Err(err),
+                }
+            };
+            let _ = end_sender.send(outcome);
+        });
+        Ok(PgRows {
+            columns: columns_of(&prepared),
+            rows,
+            end,
+        })
     }
 
     /// Applies the migrations not applied yet, each in a transaction with its record in

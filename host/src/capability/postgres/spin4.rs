@@ -1,13 +1,14 @@
 //! What `spin:postgres/postgres@4.2.0` adds to v4 (Spin 4, component-model async): the
-//! `connection-builder`, and async `open`, `query` (rows as a stream) and `execute` over the
-//! same pools and `allowed_outbound_hosts` checks as every other version.
+//! `connection-builder`, and async `open`, `query` and `execute` over the same pools and
+//! `allowed_outbound_hosts` checks as every other version. `query-async` streams the rows as
+//! the server sends them (a few dozen read ahead), not the whole result at once.
 
 use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
 use super::guest::v4_2_values::{error_v4 as error, from_v4 as from, to_v4 as to, type_v4 as ty};
-use super::{PgConnection, PgConnectionBuilder, PgError, PgValue, PostgresImports, PostgresView};
+use super::{PgConnection, PgConnectionBuilder, PgError, PgRows, PgValue, PostgresImports, PostgresView};
 use crate::capability::bindings::spin_postgres4_2 as v4_2;
-use crate::capability::{stream_then, with_view};
+use crate::capability::{listing, with_view, ChannelStream};
 
 /// Mosaic connects to PostgreSQL without TLS (`NoTls`), so a CA root has nothing to verify.
 const NO_TLS: &str = "Mosaic connects to PostgreSQL without TLS, so a CA root cannot be set; \
@@ -103,29 +104,26 @@ impl<T> v4_2::HostConnectionWithStore<T> for PostgresImports {
     ) -> wasmtime::Result<Result<Rows, v4_2::Error>> {
         let outcome = async {
             let parameters = params(parameters)?;
+            let convert = |row: Vec<PgValue>| -> v4_2::Row { row.into_iter().map(to).collect() };
             connection_of(accessor, &connection)?
-                .query(&statement, &parameters)
+                .query_rows(&statement, &parameters, convert)
                 .await
         }
         .await;
-        let set = match outcome {
-            Ok(set) => set,
+        let PgRows { columns, rows, end } = match outcome {
+            Ok(rows) => rows,
             Err(err) => return Ok(Err(error(err))),
         };
-        let columns = set
-            .columns
+        let columns = columns
             .into_iter()
             .map(|(name, data_type)| v4_2::Column {
                 name,
                 data_type: ty(data_type),
             })
             .collect();
-        let rows = set
-            .rows
-            .into_iter()
-            .map(|row| row.into_iter().map(to).collect())
-            .collect();
-        let (rows, end) = stream_then(accessor, rows, Ok(()))?;
+        // A query whose task vanished without a word ended with its last row.
+        let end = async move { end.await.unwrap_or(Ok(())).map_err(error) };
+        let (rows, end) = listing(accessor, ChannelStream(rows), end)?;
         Ok(Ok((columns, rows, end)))
     }
 

@@ -7,7 +7,7 @@ use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 use super::guest::OpenError;
 use super::{OpenDatabase, SqlValue, SqliteImports};
 use crate::capability::bindings::spin_sqlite3_1 as v31;
-use crate::capability::{stream_then, with_view};
+use crate::capability::{listing, with_view};
 
 fn open_error(err: OpenError) -> v31::Error {
     match err {
@@ -46,7 +46,7 @@ impl<T> v31::HostConnectionWithStore<T> for SqliteImports {
             Err(err) => return Ok(Err(v31::Error::Io(err.0))),
         };
         let v31::QueryResult { columns, rows } = result.into();
-        let (rows, end) = stream_then(accessor, rows, Ok(()))?;
+        let (rows, end) = listing(accessor, rows, async { Ok(()) })?;
         Ok(Ok((columns, rows, end)))
     }
 

@@ -39,6 +39,12 @@ pub struct ComponentStatus {
     pub in_flight: u64,
     pub requests: u64,
     pub errors: u64,
+    /// What the live version targets, e.g. `WASI 0.3 (wasi:http/handler@0.3.0)`.
+    #[serde(default)]
+    pub world: String,
+    /// Its reused instances alive now, serving or idle (0: a fresh instance per request).
+    #[serde(default)]
+    pub instances: usize,
 }
 
 /// The answer of `GET /v1/components/NAME/history`.
@@ -371,6 +377,8 @@ pub fn status(app: &App) -> Vec<ComponentStatus> {
                 in_flight: live.in_flight(),
                 requests: slot.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
                 errors: slot.stats.errors.load(std::sync::atomic::Ordering::Relaxed),
+                world: live.world.to_string(),
+                instances: live.pooled_instances(),
             }
         })
         .collect()

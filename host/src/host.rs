@@ -223,6 +223,11 @@ impl Host {
         for task in self.tasks {
             let _ = task.await;
         }
+        // The listeners have drained: the reused instances end now rather than at their idle
+        // timeout.
+        for slot in self.app.slots() {
+            slot.live.load().retire_instances();
+        }
         self.app.state.clear_endpoint();
         tracing::info!("stopped");
     }

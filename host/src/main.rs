@@ -360,8 +360,12 @@ fn report_text(verb: &str, report: &DeployReport) -> String {
         true => "compiled artifact from cache",
         false => "compiled",
     };
+    let world = match report.world.as_str() {
+        "" => String::new(),
+        world => format!(", {world}"),
+    };
     let mut out = format!(
-        "{verb} `{}`: version {}{replacing} ({compiled})\n",
+        "{verb} `{}`: version {}{replacing} ({compiled}{world})\n",
         report.component,
         short(&report.digest),
     );
@@ -373,12 +377,12 @@ fn report_text(verb: &str, report: &DeployReport) -> String {
 
 fn status_text(status: &[ComponentStatus]) -> String {
     let mut out = format!(
-        "{:<16} {:<18} {:<14} {:<20} {:>9} {:>9} {:>7}\n",
-        "COMPONENT", "ROUTE", "VERSION", "DEPLOYED", "IN-FLIGHT", "REQUESTS", "ERRORS"
+        "{:<16} {:<18} {:<14} {:<20} {:>9} {:>9} {:>7} {:>9}  {}\n",
+        "COMPONENT", "ROUTE", "VERSION", "DEPLOYED", "IN-FLIGHT", "REQUESTS", "ERRORS", "INSTANCES", "WORLD"
     );
     for component in status {
         out.push_str(&format!(
-            "{:<16} {:<18} {:<14} {:<20} {:>9} {:>9} {:>7}\n",
+            "{:<16} {:<18} {:<14} {:<20} {:>9} {:>9} {:>7} {:>9}  {}\n",
             component.name,
             component.route.as_deref().unwrap_or("-"),
             short(&component.version),
@@ -386,6 +390,8 @@ fn status_text(status: &[ComponentStatus]) -> String {
             component.in_flight,
             component.requests,
             component.errors,
+            component.instances,
+            component.world,
         ));
     }
     out
@@ -512,12 +518,13 @@ mod tests {
         let report: DeployReport = serde_json::from_value(serde_json::json!({
             "component": "probe", "digest": "abcdefabcdef0123", "previous": "0123456789abcdef",
             "action": "deploy", "cached": false, "warnings": ["no grant for key-value"],
-            "migrations": [], "timings_ms": [["validate", 1.5]], "draining": 0
+            "migrations": [], "timings_ms": [["validate", 1.5]], "draining": 0,
+            "world": "WASI 0.3 (wasi:http/handler@0.3.0)"
         }))
         .unwrap();
         assert_eq!(
             report_text("deployed", &report),
-            "deployed `probe`: version abcdefabcdef, replacing 0123456789ab (compiled)\n\
+            "deployed `probe`: version abcdefabcdef, replacing 0123456789ab (compiled, WASI 0.3 (wasi:http/handler@0.3.0))\n\
              warning: no grant for key-value\n"
         );
     }

@@ -23,7 +23,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A guest fixture built by `cargo xtask build` (probe, probe-v2, probe-unhealthy, plain,
-/// counter, subscriber, subscriber-v2, spin7, spin7-v2, and python from tests/fixtures/python).
+/// counter, subscriber, subscriber-v2, subscriber7, spin7, spin7-v2, and python from tests/fixtures/python).
 pub fn fixture(name: &str) -> PathBuf {
     let path = workspace_root().join("target/fixtures").join(format!("{name}.wasm"));
     assert!(
@@ -75,6 +75,7 @@ impl AppDir {
             "plain",
             "counter",
             "subscriber-v2",
+            "subscriber7",
             "subscriber",
             "spin7-caps",
         ] {

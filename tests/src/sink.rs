@@ -150,6 +150,12 @@ impl Sink {
     /// An application whose probe publishes at `/probe/publish?channel=C` and whose
     /// `subscriber` receives `channel` (a pattern) and reports each message here.
     pub fn manifest(&self, channel: &str) -> String {
+        self.manifest_with(channel, "subscriber")
+    }
+
+    /// [`Sink::manifest`] with the subscriber built from fixture `subscriber_fixture` (e.g.
+    /// `subscriber7`, the spin-sdk 7 one).
+    pub fn manifest_with(&self, channel: &str, subscriber_fixture: &str) -> String {
         format!(
             r#"
 spin_manifest_version = 2
@@ -165,7 +171,7 @@ component = "subscriber"
 source = "{{probe}}"
 allowed_outbound_hosts = ["redis://127.0.0.1:6379"]
 [component.subscriber]
-source = "{{subscriber}}"
+source = "{{{subscriber_fixture}}}"
 allowed_outbound_hosts = ["{allowed}"]
 [component.subscriber.variables]
 sink = "{url}"

@@ -18,9 +18,9 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-async fn killed_mid_stream_loses_nothing(broker_settings: &str) {
+async fn killed_mid_stream_loses_nothing(broker_settings: &str, subscriber_fixture: &str) {
     let sink = Sink::start().await;
-    let dir = AppDir::new(&sink.manifest("jobs"));
+    let dir = AppDir::new(&sink.manifest_with("jobs", subscriber_fixture));
     std::fs::write(
         dir.path.join("mosaic.toml"),
         format!(
@@ -87,7 +87,13 @@ async fn killed_mid_stream_loses_nothing(broker_settings: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_loses_nothing_embedded() {
-    killed_mid_stream_loses_nothing("").await;
+    killed_mid_stream_loses_nothing("", "subscriber").await;
+}
+
+/// The same with a spin-sdk 7 subscriber (`spin:redis/inbound-redis@3.0.0`, WASI 0.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_loses_nothing_with_a_wasi_0_3_subscriber() {
+    killed_mid_stream_loses_nothing("", "subscriber7").await;
 }
 
 mod needs_rabbitmq {
@@ -97,7 +103,10 @@ mod needs_rabbitmq {
     #[ignore = "needs RabbitMQ on 127.0.0.1:5672"]
     async fn kill_9_mid_stream_then_restart_loses_nothing_rabbitmq() {
         require_service("RabbitMQ", "127.0.0.1:5672");
-        killed_mid_stream_loses_nothing("broker = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n")
-            .await;
+        killed_mid_stream_loses_nothing(
+            "broker = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n",
+            "subscriber",
+        )
+        .await;
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mosaic::app::Wasi;
 use mosaic::settings::{InstanceReuse, Settings};
-use mosaic_tests::{client, deploy_request, eventually, get, send, AppDir, LogCapture};
+use mosaic_tests::{admin, client, deploy_request, eventually, get, send, AppDir, LogCapture};
 
 /// spin-sdk 7's component at `/new/...`, spin-sdk 5's probe at `/probe/...`.
 const MIXED: &str = r#"
@@ -69,6 +69,77 @@ async fn a_wasi_0_3_component_is_served_like_a_wasi_0_2_one() {
     let probe = host.app().slot("probe").unwrap().live.load_full();
     assert_eq!(probe.world.wasi, Wasi::V0_2);
     assert!(probe.world.entry_points[0].starts_with("wasi:http/incoming-handler@0.2"));
+
+    // `mosaic status` (the admin API) tells them apart, with the reused instances.
+    let status = admin(&host, "GET", "/v1/status", vec![]).await.json();
+    let of = |name: &str| {
+        status
+            .as_array()
+            .and_then(|components| components.iter().find(|c| c["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    assert_eq!(of("new")["world"], "WASI 0.3 (wasi:http/handler@0.3.0)");
+    assert!(of("new")["instances"].as_u64().unwrap() >= 1, "{status}");
+    assert!(of("probe")["world"]
+        .as_str()
+        .unwrap()
+        .starts_with("WASI 0.2 (wasi:http/incoming-handler@0.2"));
+    assert_eq!(of("probe")["instances"], 0, "WASI 0.2: a fresh instance per request");
+    host.shutdown().await;
+}
+
+/// Both components may call each other in-process, and call out under the allow-list.
+const CHAINED: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "chained"
+[[trigger.http]]
+route = "/new/..."
+component = "new"
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[component.new]
+source = "{spin7}"
+allowed_outbound_hosts = ["http://*.spin.internal", "http://self"]
+[component.probe]
+source = "{probe}"
+allowed_outbound_hosts = ["http://*.spin.internal"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_0_3_and_wasi_0_2_components_chain_both_ways_under_the_allow_list() {
+    let dir = AppDir::new(CHAINED);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    // WASI 0.3 → WASI 0.2, in-process.
+    let p3_to_p2 = get(
+        &client,
+        &format!("{base}/new/call?url=http://probe.spin.internal/hello"),
+    )
+    .await;
+    assert_eq!(p3_to_p2.status, 200, "{}", p3_to_p2.body);
+    assert!(p3_to_p2.body.starts_with("200 "), "{}", p3_to_p2.body);
+    // WASI 0.2 → WASI 0.3, in-process.
+    let p2_to_p3 = get(
+        &client,
+        &format!("{base}/probe/outbound?url=http://new.spin.internal/hello"),
+    )
+    .await;
+    assert_eq!(p2_to_p3.body, "200 hello from spin-sdk 7");
+    // WASI 0.3 → itself, through `self`.
+    let to_self = get(&client, &format!("{base}/new/call?url=http://self/new/version")).await;
+    assert_eq!(to_self.body, "200 v1");
+    // A host the component is not granted is refused by the same policy as WASI 0.2's.
+    let denied = get(&client, &format!("{base}/new/call?url=http://127.0.0.1:9/")).await;
+    assert_eq!(denied.status, 502, "{}", denied.body);
+    assert!(
+        denied.body.contains("denied") || denied.body.contains("Denied"),
+        "{}",
+        denied.body
+    );
     host.shutdown().await;
 }
 
@@ -232,10 +303,12 @@ async fn swap_under_load_with_reuse_loses_no_request_and_retires_the_old_instanc
         tokio::spawn(async move { get(&client, &url).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    host.pipeline()
+    let report = host
+        .pipeline()
         .deploy(deploy_request("new", "spin7-v2"))
         .await
         .expect("deploy of v2");
+    assert_eq!(report.world, "WASI 0.3 (wasi:http/handler@0.3.0)");
     // ... every request after the flip reaches v2 ...
     let check = client();
     for _ in 0..20 {

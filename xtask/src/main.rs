@@ -231,6 +231,7 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("counter", "", "counter"),
     ("subscriber", "", "subscriber"),
     ("subscriber", "v2", "subscriber-v2"),
+    ("subscriber7", "", "subscriber7"),
     ("spin7", "", "spin7"),
     ("spin7", "v2", "spin7-v2"),
     ("spin7-caps", "", "spin7-caps"),

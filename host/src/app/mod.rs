@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use wasmtime::Engine;
 use wasmtime_wasi_http::handler::ProxyPre;
 
-use crate::capability::bindings::subscriber::RedisSubscriberPre;
+use crate::capability::bindings::subscriber::SubscriberPre;
 pub use crate::capability::grants::ComponentSpec;
 use crate::capability::http_outbound::AllowedHosts;
 use crate::digest::Digest;
@@ -68,7 +68,7 @@ pub struct Deployment {
     /// HTTP.
     pub http: Option<ProxyPre<InstanceState>>,
     /// `fermyon:spin/inbound-redis`, when the component has a message subscription.
-    pub subscriber: Option<RedisSubscriberPre<InstanceState>>,
+    pub subscriber: Option<SubscriberPre<InstanceState>>,
     pub world: World,
     /// The reused instances that serve this version's requests (when it reuses instances),
     /// made on the first request; taken away when the version stops being live.
@@ -85,7 +85,7 @@ impl Deployment {
     pub fn new(
         digest: Digest,
         http: Option<ProxyPre<InstanceState>>,
-        subscriber: Option<RedisSubscriberPre<InstanceState>>,
+        subscriber: Option<SubscriberPre<InstanceState>>,
         world: World,
     ) -> Self {
         Self {

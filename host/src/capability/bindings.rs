@@ -68,4 +68,79 @@ pub mod subscriber {
         world: "mosaic:host/redis-subscriber",
         exports: { default: async },
     });
+
+    /// The export of a spin-sdk 7 subscriber (`spin:redis/inbound-redis@3.0.0`, WASI 0.3): an
+    /// async function, called inside the store's event loop.
+    pub mod v3 {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "mosaic:host/redis-subscriber-v3",
+            exports: { default: async | store },
+        });
+    }
+
+    /// Either message handler a subscriber may export.
+    pub enum SubscriberPre<T: 'static> {
+        /// `fermyon:spin/inbound-redis` (spin-sdk 5, WASI 0.2).
+        V2(RedisSubscriberPre<T>),
+        /// `spin:redis/inbound-redis@3.0.0` (spin-sdk 7, WASI 0.3).
+        V3(v3::RedisSubscriberV3Pre<T>),
+    }
+
+    impl<T: 'static> Clone for SubscriberPre<T> {
+        fn clone(&self) -> Self {
+            match self {
+                SubscriberPre::V2(pre) => SubscriberPre::V2(pre.clone()),
+                SubscriberPre::V3(pre) => SubscriberPre::V3(pre.clone()),
+            }
+        }
+    }
+
+    impl<T: Send + 'static> SubscriberPre<T> {
+        /// The handler the component exports: the Spin 4 one, else the Spin 2 one.
+        pub fn new(instance_pre: wasmtime::component::InstancePre<T>) -> wasmtime::Result<Self> {
+            match v3::RedisSubscriberV3Pre::new(instance_pre.clone()) {
+                Ok(pre) => Ok(SubscriberPre::V3(pre)),
+                Err(_) => RedisSubscriberPre::new(instance_pre).map(SubscriberPre::V2),
+            }
+        }
+
+        pub async fn instantiate_async(&self, store: &mut wasmtime::Store<T>) -> wasmtime::Result<()> {
+            match self {
+                SubscriberPre::V2(pre) => pre.instantiate_async(store).await.map(drop),
+                SubscriberPre::V3(pre) => pre.instantiate_async(store).await.map(drop),
+            }
+        }
+
+        /// Instantiates in `store` and hands `payload` to the handler; the outer error is a trap,
+        /// the inner one the error value the handler returned.
+        pub async fn deliver(
+            &self,
+            store: &mut wasmtime::Store<T>,
+            payload: Vec<u8>,
+        ) -> wasmtime::Result<Result<(), String>> {
+            match self {
+                SubscriberPre::V2(pre) => {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    let handled = instance
+                        .fermyon_spin_inbound_redis()
+                        .call_handle_message(&mut *store, &payload)
+                        .await?;
+                    Ok(handled.map_err(|error| format!("{error:?}")))
+                }
+                SubscriberPre::V3(pre) => {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    let handled = store
+                        .run_concurrent(async move |accessor| {
+                            instance
+                                .spin_redis_inbound_redis()
+                                .call_handle_message(accessor, payload)
+                                .await
+                        })
+                        .await??;
+                    Ok(handled.map_err(|error| format!("{error:?}")))
+                }
+            }
+        }
+    }
 }

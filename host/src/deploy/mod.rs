@@ -18,7 +18,7 @@ use wasmtime_wasi_http::handler::ProxyPre;
 use crate::app::manifest::HttpRoute;
 use crate::app::routes::RoutePattern;
 use crate::app::{App, ComponentSpec, Deployment};
-use crate::capability::bindings::subscriber::RedisSubscriberPre;
+use crate::capability::bindings::subscriber::SubscriberPre;
 use crate::digest::Digest;
 use crate::instance::InstanceState;
 use journal::{Action, JournalEntry};
@@ -100,6 +100,9 @@ pub struct DeployReport {
     pub timings_ms: Vec<(Step, f64)>,
     /// Requests still running on the replaced version at the flip; they finish on it.
     pub draining: u64,
+    /// What the new version targets, e.g. `WASI 0.3 (wasi:http/handler@0.3.0)`.
+    #[serde(default)]
+    pub world: String,
 }
 
 pub struct DeployRequest {
@@ -278,6 +281,7 @@ impl Pipeline {
             migrations,
             timings_ms: clock.timings,
             draining,
+            world: version.deployment.world.to_string(),
         })
     }
 
@@ -341,13 +345,7 @@ impl Pipeline {
         &self,
         spec: &ComponentSpec,
         component: &wasmtime::component::Component,
-    ) -> Result<
-        (
-            Option<ProxyPre<InstanceState>>,
-            Option<RedisSubscriberPre<InstanceState>>,
-        ),
-        DeployError,
-    > {
+    ) -> Result<(Option<ProxyPre<InstanceState>>, Option<SubscriberPre<InstanceState>>), DeployError> {
         let name = &spec.name;
         let instance_pre = self.app.linker.instantiate_pre(component).map_err(|err| {
             DeployError::at(
@@ -385,13 +383,14 @@ impl Pipeline {
             None
         };
         let subscriber = match &spec.subscription {
-            Some(subscription) => Some(RedisSubscriberPre::new(instance_pre).map_err(|err| {
+            Some(subscription) => Some(SubscriberPre::new(instance_pre).map_err(|err| {
                 DeployError::at(
                     name,
                     Step::Validate,
                     format!(
-                        "it has a [[trigger.redis]] subscription ({}) but does not export `fermyon:spin/inbound-redis` \
-                         (build it with spin-sdk's #[redis_component]): {}",
+                        "it has a [[trigger.redis]] subscription ({}) but exports neither `spin:redis/inbound-redis@3.0.0` \
+                         (spin-sdk 7's #[redis_subscriber]) nor `fermyon:spin/inbound-redis` (spin-sdk 5's \
+                         #[redis_component]): {}",
                         subscription.patterns.join(", "),
                         anyhow::Error::from(err)
                     ),
@@ -643,8 +642,15 @@ fn world_of(
         None if imports_0_3 => crate::app::Wasi::V0_3,
         None => crate::app::Wasi::V0_2,
     };
+    let mut wasi = wasi;
     if subscriber {
-        entry_points.extend(export_named("fermyon:spin/inbound-redis"));
+        match export_named("spin:redis/inbound-redis@") {
+            Some(v3) => {
+                entry_points.push(v3);
+                wasi = crate::app::Wasi::V0_3;
+            }
+            None => entry_points.extend(export_named("fermyon:spin/inbound-redis")),
+        }
     }
     crate::app::World { wasi, entry_points }
 }

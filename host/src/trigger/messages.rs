@@ -208,7 +208,7 @@ async fn call_handler(
     let name = &spec.name;
     let Some(pre) = deployment.subscriber.clone() else {
         return Err(format!(
-            "component `{name}` does not export fermyon:spin/inbound-redis (deploy a #[redis_component] build)"
+            "component `{name}` exports no message handler (deploy a spin-sdk #[redis_subscriber] or #[redis_component] build)"
         ));
     };
     let _in_flight = deployment.enter();
@@ -219,21 +219,11 @@ async fn call_handler(
         .map_err(|err| format!("component `{name}` could not be instantiated: {err:#}"))?;
     // The handler's outbound calls and publishes carry on the publisher's trace.
     store.data_mut().set_trace(Some(trace.clone()));
-    let run = async {
-        let instance = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|err| format!("component `{name}` could not be instantiated: {err:#}"))?;
-        instance
-            .fermyon_spin_inbound_redis()
-            .call_handle_message(&mut store, &payload.to_vec())
-            .await
-            .map_err(|err| describe_trap(name, err, timeout))
-    };
+    let run = pre.deliver(&mut store, payload.to_vec());
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(error))) => Err(format!("component `{name}` returned an error ({error:?})")),
-        Ok(Err(reason)) => Err(reason),
+        Ok(Ok(Err(error))) => Err(format!("component `{name}` returned an error ({error})")),
+        Ok(Err(err)) => Err(describe_trap(name, err, timeout)),
         Err(_) => Err(format!("component `{name}` exceeded its deadline of {timeout:?}")),
     }
 }

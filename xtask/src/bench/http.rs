@@ -18,13 +18,30 @@ pub(super) const CONNECTIONS: [usize; 2] = [1, 32];
 
 pub(super) const SWAP_SAMPLES: usize = 5;
 
+/// One server under load: its name in the table, its address and the path it is asked for.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    path: &'static str,
+}
+
+const MOSAIC_P2: &str = "Mosaic, WASI 0.2 (fresh instance per request)";
+const WASMTIME_P2: &str = "wasmtime serve, WASI 0.2 (fresh instance per request)";
+const MOSAIC_P2_REUSE: &str = "Mosaic, WASI 0.2, [instance_reuse] 128";
+const WASMTIME_P2_REUSE: &str = "wasmtime serve, WASI 0.2, --max-instance-reuse-count 128";
+const MOSAIC_P3: &str = "Mosaic, WASI 0.3 (reuse: 128, 16 at once)";
+const WASMTIME_P3: &str = "wasmtime serve, WASI 0.3 (reuse: 128, 16 at once)";
+const NATIVE: &str = "native hyper (ceiling)";
+
 pub(super) fn run(root: &Path) -> Result<()> {
     build_release_host(root)?;
     let wasmtime = wasmtime_cli(root)?;
     let mosaic = root.join("target/release/mosaic");
-    // Throughput: the reference app's hello (imports only WASI and wasi:http, so `wasmtime
-    // serve` runs it too). Swaps: the probe fixture, which has a v1 and a v2.
+    // Throughput: the reference app's hello (spin-sdk 5.2, WASI 0.2) and the spin-sdk 7 fixture
+    // (WASI 0.3); both import only WASI and wasi:http, so `wasmtime serve` runs them too. Swaps:
+    // the probe fixture, which has a v1 and a v2.
     let hello = root.join("components/target/wasm32-wasip2/release/hello.wasm");
+    let hello_p3 = root.join("target/fixtures/spin7.wasm");
     let probe = root.join("target/fixtures/probe.wasm");
     let probe_v2 = root.join("target/fixtures/probe-v2.wasm");
     let work = root.join("target/bench/http");
@@ -33,12 +50,20 @@ pub(super) fn run(root: &Path) -> Result<()> {
     std::fs::write(
         work.join("spin.toml"),
         format!(
-            "spin_manifest_version = 2\n[application]\nname = \"bench\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"hello\"\n\
-             [component.hello]\nsource = \"{}\"\n[[trigger.http]]\nroute = \"/probe/...\"\ncomponent = \"probe\"\n\
-             [component.probe]\nsource = \"{}\"\n",
-            hello.display(),
-            probe.display()
+            "spin_manifest_version = 2\n[application]\nname = \"bench\"\n\
+             [[trigger.http]]\nroute = \"/...\"\ncomponent = \"hello\"\n[component.hello]\nsource = \"{hello}\"\n\
+             [[trigger.http]]\nroute = \"/reused/...\"\ncomponent = \"hello-reused\"\n[component.hello-reused]\nsource = \"{hello}\"\n\
+             [[trigger.http]]\nroute = \"/p3/...\"\ncomponent = \"hello-p3\"\n[component.hello-p3]\nsource = \"{hello_p3}\"\n\
+             [[trigger.http]]\nroute = \"/probe/...\"\ncomponent = \"probe\"\n[component.probe]\nsource = \"{probe}\"\n",
+            hello = hello.display(),
+            hello_p3 = hello_p3.display(),
+            probe = probe.display()
         ),
+    )?;
+    // The WASI 0.2 component opted into reuse, as `wasmtime serve --max-instance-reuse-count`.
+    std::fs::write(
+        work.join("mosaic.toml"),
+        "[instance_reuse.hello-reused]\nmax_instance_reuse_count = 128\n",
     )?;
 
     let runtime = runtime()?;
@@ -53,18 +78,27 @@ pub(super) fn run(root: &Path) -> Result<()> {
     );
     wait_for_port(native_addr, "the native hyper server")?;
 
-    let wasmtime_port = free_port()?;
-    let wasmtime_addr: SocketAddr = ([127, 0, 0, 1], wasmtime_port).into();
-    let serve = Killed(
-        Command::new(&wasmtime)
-            .args(["serve", "-S", "cli=y", "--addr", &wasmtime_addr.to_string()])
-            .arg(&hello)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start wasmtime serve")?,
-    );
-    wait_for_port(wasmtime_addr, "wasmtime serve")?;
+    let serve = |component: &Path, extra: &[&str]| -> Result<(Killed, SocketAddr)> {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let process = Killed(
+            Command::new(&wasmtime)
+                .args(["serve", "-S", "cli=y"])
+                .args(extra)
+                .args(["--addr", &addr.to_string()])
+                .arg(component)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start wasmtime serve")?,
+        );
+        wait_for_port(addr, "wasmtime serve")?;
+        Ok((process, addr))
+    };
+    let (serve_p2, serve_p2_addr) = serve(&hello, &[])?;
+    let (serve_p2_reuse, serve_p2_reuse_addr) = serve(&hello, &["--max-instance-reuse-count", "128"])?;
+    // WASI 0.3 in wasmtime 48's CLI: component-model async and the p3 interfaces; its reuse
+    // defaults for WASI 0.3 (128 in all, 16 at once) are Spin 4's and Mosaic's.
+    let (serve_p3, serve_p3_addr) = serve(&hello_p3, &["-W", "component-model-async=y", "-S", "p3=y"])?;
 
     let mosaic_port = free_port()?;
     let mosaic_addr: SocketAddr = ([127, 0, 0, 1], mosaic_port).into();
@@ -79,24 +113,58 @@ pub(super) fn run(root: &Path) -> Result<()> {
     );
     wait_for_port(mosaic_addr, "mosaic")?;
 
-    for (name, addr) in [
-        ("Mosaic", mosaic_addr),
-        ("wasmtime serve", wasmtime_addr),
-        ("native hyper (ceiling)", native_addr),
-    ] {
+    let targets = [
+        Target {
+            name: MOSAIC_P2,
+            addr: mosaic_addr,
+            path: "/",
+        },
+        Target {
+            name: WASMTIME_P2,
+            addr: serve_p2_addr,
+            path: "/",
+        },
+        Target {
+            name: MOSAIC_P2_REUSE,
+            addr: mosaic_addr,
+            path: "/reused/",
+        },
+        Target {
+            name: WASMTIME_P2_REUSE,
+            addr: serve_p2_reuse_addr,
+            path: "/",
+        },
+        Target {
+            name: MOSAIC_P3,
+            addr: mosaic_addr,
+            path: "/p3/hello",
+        },
+        Target {
+            name: WASMTIME_P3,
+            addr: serve_p3_addr,
+            path: "/hello",
+        },
+        Target {
+            name: NATIVE,
+            addr: native_addr,
+            path: "/",
+        },
+    ];
+    for target in &targets {
         for connections in CONNECTIONS {
-            runtime.block_on(load_get(&[addr], "/", connections, WARMUP))?;
-            let stats = runtime.block_on(load_get(&[addr], "/", connections, MEASURE))?;
+            runtime.block_on(load_get(&[target.addr], target.path, connections, WARMUP))?;
+            let stats = runtime.block_on(load_get(&[target.addr], target.path, connections, MEASURE))?;
             eprintln!(
-                "{name:<24} c={connections:<3} {}  ({} requests, {} errors)",
+                "{:<58} c={connections:<3} {}  ({} requests, {} errors)",
+                target.name,
                 rate_progress(&stats),
                 stats.requests,
                 stats.errors
             );
-            rows.push((name, connections, stats));
+            rows.push((target.name, connections, stats));
         }
     }
-    drop(serve);
+    drop((serve_p2, serve_p2_reuse, serve_p3));
     drop(native);
 
     let (cold, warm) = runtime.block_on(swap_latency(&work, mosaic_addr, &probe, &probe_v2))?;
@@ -126,12 +194,18 @@ pub(super) fn run(root: &Path) -> Result<()> {
             stats.errors
         ));
     }
+    let ratio = |a: &str, b: &str, c: usize| throughput(a, c) / throughput(b, c).max(1.0);
     let mut ratios = String::new();
     for c in CONNECTIONS {
         ratios.push_str(&format!(
-            "- {c} connection(s): Mosaic / wasmtime serve = {:.2}x, Mosaic / native = {:.2}x\n",
-            throughput("Mosaic", c) / throughput("wasmtime serve", c).max(1.0),
-            throughput("Mosaic", c) / throughput("native hyper (ceiling)", c).max(1.0),
+            "- {c} connection(s): WASI 0.2 Mosaic / wasmtime serve = {:.2}x; with reuse {:.2}x; \
+             WASI 0.3 Mosaic / wasmtime serve = {:.2}x; Mosaic WASI 0.3 / Mosaic WASI 0.2 fresh = {:.2}x; \
+             Mosaic WASI 0.2 / native = {:.2}x\n",
+            ratio(MOSAIC_P2, WASMTIME_P2, c),
+            ratio(MOSAIC_P2_REUSE, WASMTIME_P2_REUSE, c),
+            ratio(MOSAIC_P3, WASMTIME_P3, c),
+            ratio(MOSAIC_P3, MOSAIC_P2, c),
+            ratio(MOSAIC_P2, NATIVE, c),
         ));
     }
     let swap = format!(
@@ -141,7 +215,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     );
     let report = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench http` (do not edit by hand). One run, on this machine: {cpu}, {cores} cores shared by the load generator and the server.\n\n\
-         ## HTTP: one hello component\n\nThe same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, and a native hyper hello as the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row.\n\n{table}\n{ratios}\n\
+         ## HTTP: one hello component\n\nWASI 0.2: the same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, with a fresh instance per request (both servers' default) and with instance reuse (Mosaic: `[instance_reuse.NAME] max_instance_reuse_count = 128`; wasmtime: `--max-instance-reuse-count 128`). WASI 0.3: the spin-sdk 7 fixture (`tests/fixtures/spin7`, `GET /hello`) under both, with their default reuse (128 requests per instance, 16 at once). A native hyper hello is the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row.\n\n{table}\n{ratios}\n\
          ## Swap latency\n\nOn the probe fixture (`tests/fixtures/probe`, {probe_kb} KB, v1 and v2): from the start of the deploy call (`POST /v1/components/probe/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
         probe_kb = size_kb(&probe),
         cores = cores(),

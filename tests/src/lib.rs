@@ -79,6 +79,7 @@ impl AppDir {
             "subscriber-v2",
             "subscriber7",
             "subscriber",
+            "spin7-caps",
         ] {
             // Only the fixtures the manifest names need to be built.
             let placeholder = format!("{{{name}}}");

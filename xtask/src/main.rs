@@ -241,6 +241,7 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("subscriber7", "", "subscriber7"),
     ("spin7", "", "spin7"),
     ("spin7", "v2", "spin7-v2"),
+    ("spin7-caps", "", "spin7-caps"),
 ];
 
 fn build_all(root: &Path) -> Result<()> {
@@ -281,7 +282,9 @@ fn build_fixtures(root: &Path) -> Result<()> {
             command.args(["--features", features]);
         }
         run(&mut command)?;
-        let built = workspace.join(format!("target/wasm32-wasip2/release/{package}.wasm"));
+        // A cdylib's file name has `_` where its package name has `-`.
+        let file = package.replace('-', "_");
+        let built = workspace.join(format!("target/wasm32-wasip2/release/{file}.wasm"));
         std::fs::copy(&built, out.join(format!("{name}.wasm")))
             .with_context(|| format!("cannot copy {}", built.display()))?;
     }

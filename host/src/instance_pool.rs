@@ -204,8 +204,16 @@ impl WorkerState for Worker {
 
     fn drop(&self, store: Store<InstanceState>, result: wasmtime::Result<()>) {
         if let Err(err) = result {
-            // The request it was serving failed with a 5xx of its own; this says why.
-            tracing::warn!(component = %self.component, error = %format!("{err:#}"), "an instance ended on an error and is not reused");
+            let error = format!("{err:#}");
+            if error == "worker panicked" {
+                // wasmtime-wasi-http's word for a worker task dropped before it finished: the
+                // runtime is going away with the host. (A real panic is reported by the
+                // runtime itself.)
+                tracing::debug!(component = %self.component, "an instance was dropped with its worker task");
+            } else {
+                // The request it was serving failed with a 5xx of its own; this says why.
+                tracing::warn!(component = %self.component, %error, "an instance ended on an error and is not reused");
+            }
             // Before the store goes (and with it the streams of bodies still being sent).
             if let Ok(requests) = self.requests.lock() {
                 for flag in requests.iter().filter_map(Weak::upgrade) {

@@ -352,10 +352,13 @@ impl Pipeline {
                 name,
                 Step::Validate,
                 format!(
-                    "it imports something outside Mosaic's supported world ({}). Mosaic links WASI 0.2 \
-                     (cli, io, clocks, random, filesystem, sockets, http) and the Spin platform world of spin-sdk 5.x: \
-                     fermyon:spin/*@2.0.0, spin:sqlite@3.0.0, spin:postgres@3.0.0 and @4.0.0, wasi:keyvalue@0.2.0-draft2, \
-                     wasi:config/store",
+                    "it imports something outside Mosaic's supported world ({}). Mosaic links WASI 0.2 and 0.3 \
+                     (cli, io, clocks, random, filesystem, sockets, http, and the 0.3.0-rc-2026-03-15 snapshot), \
+                     the Spin platform world of spin-sdk 5.x (fermyon:spin/*@2.0.0, spin:sqlite@3.0.0, \
+                     spin:postgres@3.0.0 and @4.0.0, wasi:keyvalue@0.2.0-draft2, wasi:config/store) and Spin 4's \
+                     spin:up/platform@4.1.0 of spin-sdk 7 and the Python SDK 5 (spin:key-value@3.0.0, \
+                     spin:sqlite@3.1.0, spin:postgres@4.2.0, spin:variables@3.0.0, spin:redis@3.0.0, \
+                     spin:mqtt@3.0.0, spin:mysql@3.0.0, wasi:otel@0.2.0-rc.2)",
                     anyhow::Error::from(err)
                 ),
             )
@@ -568,12 +571,17 @@ fn grant_warnings(
     // (import prefixes, whether the manifest grants something for them, what is missing)
     let grants: [(&[&str], bool, &str); 4] = [
         (
-            &["wasi:http/outgoing-handler", "fermyon:spin/redis@"],
+            &[
+                "wasi:http/outgoing-handler",
+                "wasi:http/client@",
+                "fermyon:spin/redis@",
+                "spin:redis/",
+            ],
             !spec.allowed_hosts.is_empty(),
             "allowed_outbound_hosts is empty: every outbound connection will be denied",
         ),
         (
-            &["fermyon:spin/key-value", "wasi:keyvalue/"],
+            &["fermyon:spin/key-value", "spin:key-value/", "wasi:keyvalue/"],
             !spec.key_value_stores.is_empty(),
             "key_value_stores is empty: every open will be access-denied",
         ),
@@ -583,7 +591,7 @@ fn grant_warnings(
             "sqlite_databases is empty: every open will be access-denied",
         ),
         (
-            &["fermyon:spin/variables", "wasi:config/store"],
+            &["fermyon:spin/variables", "spin:variables/", "wasi:config/store"],
             !spec.variables.is_empty(),
             "component variables are empty: every read will be `undefined`",
         ),

@@ -17,6 +17,7 @@ use crate::app::{App, ComponentSpec, Deployment};
 use crate::capability::http_outbound::OutboundPolicies;
 use crate::capability::key_value::KeyValueStores;
 use crate::capability::messaging::Messaging;
+use crate::capability::otel::Otel;
 use crate::capability::postgres::PgPools;
 use crate::capability::redis_client::{Redis, RedisClients};
 use crate::capability::sqlite::Databases;
@@ -377,6 +378,7 @@ async fn build_capabilities(
         )),
         postgres: Arc::new(PgPools::new(metrics.clone())),
         unsupported: Arc::new(NoBackend),
+        otel: Arc::new(Otel::default()),
         outbound: Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone())),
     })
 }

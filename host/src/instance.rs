@@ -76,6 +76,7 @@ capabilities! {
     postgres: crate::capability::postgres::PgPools,
     redis: crate::capability::redis_client::Redis,
     unsupported: crate::capability::unsupported::NoBackend,
+    otel: crate::capability::otel::Otel,
 }
 
 pub struct InstanceState {
@@ -93,6 +94,7 @@ impl InstanceState {
     /// it on.
     pub fn set_trace(&mut self, trace: Option<TraceContext>) {
         self.capabilities.redis.traceparent = trace.as_ref().map(TraceContext::header_value);
+        self.capabilities.otel.trace = trace.clone();
         self.outbound.trace = trace;
     }
 

@@ -23,7 +23,8 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A guest fixture built by `cargo xtask build` (probe, probe-v2, probe-unhealthy, plain,
-/// counter, subscriber, subscriber-v2, subscriber7, spin7, spin7-v2, and python from tests/fixtures/python).
+/// counter, subscriber, subscriber-v2, subscriber7, spin7, spin7-v2, python from tests/fixtures/python,
+/// and javascript from tests/fixtures/javascript).
 pub fn fixture(name: &str) -> PathBuf {
     let path = workspace_root().join("target/fixtures").join(format!("{name}.wasm"));
     assert!(
@@ -66,6 +67,7 @@ impl AppDir {
         std::fs::create_dir_all(&path).expect("temp dir");
         let mut text = manifest.to_string();
         for name in [
+            "javascript",
             "python",
             "spin7-v2",
             "spin7",
@@ -77,8 +79,13 @@ impl AppDir {
             "subscriber-v2",
             "subscriber7",
             "subscriber",
+            "spin7-caps",
         ] {
-            text = text.replace(&format!("{{{name}}}"), &fixture(name).to_string_lossy());
+            // Only the fixtures the manifest names need to be built.
+            let placeholder = format!("{{{name}}}");
+            if text.contains(&placeholder) {
+                text = text.replace(&placeholder, &fixture(name).to_string_lossy());
+            }
         }
         std::fs::write(path.join("spin.toml"), text).expect("write spin.toml");
         Self { path }

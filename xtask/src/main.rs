@@ -1,6 +1,7 @@
 //! `cargo xtask build|test|up|bench|fuzz|component-imports`: builds the guest components (they
-//! target wasm32-wasip2 and live in their own workspaces) and the Python fixture, runs the test
-//! suite, the benchmarks and the fuzz targets, and lists a component's imports and exports.
+//! target wasm32-wasip2 and live in their own workspaces) and the Python and JavaScript
+//! fixtures, runs the test suite, the benchmarks and the fuzz targets, and lists a component's
+//! imports and exports.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +11,7 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod component;
 mod fuzz;
+mod javascript;
 mod python;
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -17,8 +19,12 @@ const USAGE: &str = "usage: cargo xtask <command>
   build            build the reference components and the test fixtures (wasm32-wasip2), and the
                    Python fixture (tests/fixtures/python -> target/fixtures/python.wasm; needs python3
                    and PyPI the first time, for a venv with spin-sdk and componentize-py in
-                   $CARGO_TARGET_DIR/python-sdk, else target/python-sdk)
+                   $CARGO_TARGET_DIR/python-sdk, else target/python-sdk), and the JavaScript fixture
+                   (tests/fixtures/javascript -> target/fixtures/javascript.wasm; needs Node.js 20+ and
+                   npm, and the npm registry the first time, for `npm ci` of its package-lock.json into
+                   $CARGO_TARGET_DIR/js-sdk, else target/js-sdk)
   build python     build only the Python fixture
+  build javascript build only the JavaScript fixture
   test [ARGS...]   build, then run every test of the workspace (cargo test --workspace ARGS); the
                    tests of a service that does not answer are left out and listed as ignored, unless
                    MOSAIC_REQUIRE_SERVICES=1 (CI), where they run and fail
@@ -43,7 +49,8 @@ fn main() -> Result<()> {
         Some("build") => match &args[1..] {
             [] => build_all(&root),
             [only] if only == "python" => python::build(&root),
-            _ => bail!("usage: cargo xtask build [python]"),
+            [only] if only == "javascript" => javascript::build(&root),
+            _ => bail!("usage: cargo xtask build [python|javascript]"),
         },
         Some("test") => {
             build_all(&root)?;
@@ -234,12 +241,14 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("subscriber7", "", "subscriber7"),
     ("spin7", "", "spin7"),
     ("spin7", "v2", "spin7-v2"),
+    ("spin7-caps", "", "spin7-caps"),
 ];
 
 fn build_all(root: &Path) -> Result<()> {
     ensure_wasm_target();
     build_fixtures(root)?;
     python::build(root)?;
+    javascript::build(root)?;
     build_components(root)
 }
 
@@ -273,7 +282,9 @@ fn build_fixtures(root: &Path) -> Result<()> {
             command.args(["--features", features]);
         }
         run(&mut command)?;
-        let built = workspace.join(format!("target/wasm32-wasip2/release/{package}.wasm"));
+        // A cdylib's file name has `_` where its package name has `-`.
+        let file = package.replace('-', "_");
+        let built = workspace.join(format!("target/wasm32-wasip2/release/{file}.wasm"));
         std::fs::copy(&built, out.join(format!("{name}.wasm")))
             .with_context(|| format!("cannot copy {}", built.display()))?;
     }

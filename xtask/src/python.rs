@@ -51,7 +51,7 @@ pub fn build(root: &Path) -> Result<()> {
 
 /// `CARGO_TARGET_DIR` (relative to the current directory, as cargo reads it) or the
 /// workspace's target/.
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
         Some(dir) => std::env::current_dir()
             .map(|cwd| cwd.join(&dir))
@@ -214,7 +214,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|meta| meta.modified()).ok()
 }
 
-fn is_newer_than_all(out: &Path, inputs: &[PathBuf]) -> Result<bool> {
+pub(crate) fn is_newer_than_all(out: &Path, inputs: &[PathBuf]) -> Result<bool> {
     let Some(built) = modified(out) else {
         return Ok(false);
     };

@@ -5,19 +5,38 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "mosaic:host/capabilities",
-    imports: { default: async },
+    imports: {
+        // The Spin 4 functions that hand out a stream: a stream the store cannot make is a trap.
+        "spin:key-value/key-value@3.0.0.[method]store.get-keys": trappable,
+        "spin:sqlite/sqlite@3.1.0.[method]connection.execute-async": trappable,
+        "spin:postgres/postgres@4.2.0.[method]connection.query-async": trappable,
+        // A builder the resource table cannot hold is a trap too (the constructor has no error).
+        "spin:postgres/postgres@4.2.0.[constructor]connection-builder": async | trappable,
+        default: async,
+    },
     with: {
         "fermyon:spin/key-value.store": crate::capability::key_value::OpenStore,
         "wasi:keyvalue/store.bucket": crate::capability::key_value::OpenStore,
         "wasi:keyvalue/atomics.cas": crate::capability::key_value::CasHandle,
         "fermyon:spin/sqlite.connection": crate::capability::sqlite::OpenDatabase,
-        "spin:sqlite/sqlite.connection": crate::capability::sqlite::OpenDatabase,
+        "spin:sqlite/sqlite@3.0.0.connection": crate::capability::sqlite::OpenDatabase,
         "fermyon:spin/mqtt.connection": crate::capability::unsupported::NoConnection,
         "fermyon:spin/mysql.connection": crate::capability::unsupported::NoConnection,
         "fermyon:spin/postgres.connection": crate::capability::postgres::PgConnection,
         "fermyon:spin/redis.connection": crate::capability::redis_client::RedisConnection,
         "spin:postgres/postgres@3.0.0.connection": crate::capability::postgres::PgConnection,
         "spin:postgres/postgres@4.0.0.connection": crate::capability::postgres::PgConnection,
+        // Spin 4: the same resources as the 2.0 and 3.x interfaces.
+        "spin:key-value/key-value@3.0.0.store": crate::capability::key_value::OpenStore,
+        "spin:sqlite/sqlite@3.1.0.connection": crate::capability::sqlite::OpenDatabase,
+        "spin:postgres/postgres@4.2.0.connection": crate::capability::postgres::PgConnection,
+        "spin:postgres/postgres@4.2.0.connection-builder": crate::capability::postgres::PgConnectionBuilder,
+        "spin:redis/redis@3.0.0.connection": crate::capability::redis_client::RedisConnection,
+        "spin:mqtt/mqtt@3.0.0.connection": crate::capability::unsupported::NoConnection,
+        "spin:mysql/mysql@3.0.0.connection": crate::capability::unsupported::NoConnection,
+        // wasi:otel uses wasi:clocks@0.2.0's datetime: wasmtime-wasi's, not a copy.
+        "wasi:clocks/wall-clock": wasmtime_wasi::p2::bindings::clocks::wall_clock,
+        "wasi:clocks/monotonic-clock": wasmtime_wasi::p2::bindings::clocks::monotonic_clock,
     },
 });
 
@@ -28,11 +47,19 @@ pub use fermyon::spin2_0_0::{
     llm as spin_llm, mqtt as spin_mqtt, mysql as spin_mysql, postgres as spin_postgres,
     rdbms_types as spin_rdbms_types, redis as spin_redis,
 };
+pub use spin::key_value::key_value as spin_key_value3;
+pub use spin::mqtt::mqtt as spin_mqtt3;
+pub use spin::mysql::mysql as spin_mysql3;
 pub use spin::postgres3_0_0::postgres as spin_postgres3;
 pub use spin::postgres4_0_0::postgres as spin_postgres4;
-pub use spin::sqlite::sqlite as spin_sqlite3;
+pub use spin::postgres4_2_0::postgres as spin_postgres4_2;
+pub use spin::redis::redis as spin_redis3;
+pub use spin::sqlite3_0_0::sqlite as spin_sqlite3;
+pub use spin::sqlite3_1_0::sqlite as spin_sqlite3_1;
+pub use spin::variables::variables as spin_variables3;
 pub use wasi::config::store as config_store;
 pub use wasi::keyvalue::{atomics as wasi_atomics, batch as wasi_batch, store as wasi_store};
+pub use wasi::otel::{logs as otel_logs, metrics as otel_metrics, tracing as otel_tracing, types as otel_types};
 
 /// The export of a `[[trigger.redis]]` component (`fermyon:spin/inbound-redis`).
 pub mod subscriber {

@@ -16,6 +16,7 @@ pub mod grants;
 pub mod http_outbound;
 pub mod key_value;
 pub mod messaging;
+pub mod otel;
 pub mod postgres;
 pub mod redis_client;
 pub mod sqlite;
@@ -79,6 +80,103 @@ pub trait GuestCapability: Capability + 'static {
     fn add_to_linker<T: HasInstance<Self::Instance> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()>;
+}
+
+/// The guest's view of a capability inside a concurrent host call (a WIT `async func` of the
+/// Spin 4 interfaces, component-model async): `f` runs on it at once, and what it returns must
+/// not borrow the store; awaiting happens outside, on what it cloned.
+pub fn with_view<T, D, R>(accessor: &wasmtime::component::Accessor<T, D>, f: impl FnOnce(D::Data<'_>) -> R) -> R
+where
+    T: 'static,
+    D: wasmtime::component::HasData + ?Sized,
+{
+    accessor.with(|mut access| f(access.get()))
+}
+
+/// A listing as the Spin 4 interfaces hand it out: a stream of items and the future that says
+/// whether it ended well.
+pub type Listing<I, E> = (
+    wasmtime::component::StreamReader<I>,
+    wasmtime::component::FutureReader<Result<(), E>>,
+);
+
+/// The guest's end of a stream whose items a host task sends as they come (a PostgreSQL query's
+/// rows): each read hands over what has arrived, up to what the guest asked for, and waits when
+/// nothing has. The stream ends when the sender goes; dropping it (the guest closed the stream)
+/// makes the sender's next send fail, which stops the task.
+pub struct ChannelStream<T>(pub tokio::sync::mpsc::Receiver<T>);
+
+impl<T, D> wasmtime::component::StreamProducer<D> for ChannelStream<T>
+where
+    T: Send + Sync + 'static,
+{
+    type Item = T;
+    type Buffer = wasmtime::component::VecBuffer<T>;
+
+    fn poll_produce<'a>(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        store: wasmtime::StoreContextMut<'a, D>,
+        mut destination: wasmtime::component::Destination<'a, T, Self::Buffer>,
+        finish: bool,
+    ) -> std::task::Poll<wasmtime::Result<wasmtime::component::StreamResult>> {
+        use std::task::Poll;
+        use wasmtime::component::StreamResult;
+        let receiver = &mut self.get_mut().0;
+        let wanted = match destination.remaining(store) {
+            // A zero-length read asks whether items are ready: say yes without taking any, so
+            // that none is buffered for a read that may never come.
+            Some(0) => return Poll::Ready(Ok(StreamResult::Completed)),
+            Some(wanted) => wanted,
+            None => usize::MAX,
+        };
+        let first = match receiver.poll_recv(cx) {
+            Poll::Ready(Some(item)) => item,
+            Poll::Ready(None) => return Poll::Ready(Ok(StreamResult::Dropped)),
+            Poll::Pending if finish => return Poll::Ready(Ok(StreamResult::Cancelled)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let mut items = vec![first];
+        while items.len() < wanted {
+            match receiver.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+        destination.set_buffer(items.into());
+        Poll::Ready(Ok(StreamResult::Completed))
+    }
+}
+
+/// A listing for the guest (rows, keys): the items `producer` gives (a `Vec` read in full, or
+/// a [`ChannelStream`] fed by a host task), then the outcome `end` resolves to.
+pub fn listing<T, D, I, E>(
+    accessor: &wasmtime::component::Accessor<T, D>,
+    producer: impl wasmtime::component::StreamProducer<T, Item = I>,
+    end: impl Future<Output = Result<(), E>> + Send + 'static,
+) -> wasmtime::Result<Listing<I, E>>
+where
+    T: 'static,
+    D: wasmtime::component::HasData + ?Sized,
+    I: wasmtime::component::ComponentType
+        + wasmtime::component::Lift
+        + wasmtime::component::Lower
+        + Send
+        + Sync
+        + 'static,
+    E: wasmtime::component::ComponentType
+        + wasmtime::component::Lift
+        + wasmtime::component::Lower
+        + Send
+        + Sync
+        + 'static,
+{
+    accessor.with(|mut access| {
+        let stream = wasmtime::component::StreamReader::new(&mut access, producer)?;
+        let end =
+            wasmtime::component::FutureReader::new(&mut access, async move { Ok::<_, wasmtime::Error>(end.await) })?;
+        Ok((stream, end))
+    })
 }
 
 /// Runs one readiness check, bounded by [`READINESS_CHECK_TIMEOUT`].

@@ -1,5 +1,6 @@
 //! The interfaces of the Spin platform world that Mosaic has no backend for yet: LLM, MQTT and
-//! MySQL. They are linked, so that a
+//! MySQL (`fermyon:spin/*@2.0.0`, and Spin 4's `spin:mqtt/mqtt@3.0.0` and
+//! `spin:mysql/mysql@3.0.0`). They are linked, so that a
 //! component importing them deploys and runs like under Spin (some SDKs import the whole world
 //! whatever the code uses), and every call returns an error value naming what is missing. A
 //! deploy of a component that imports one of them gets a warning.
@@ -8,7 +9,11 @@
 
 use wasmtime::component::Resource;
 
-use crate::capability::bindings::{spin_llm as llm, spin_mqtt as mqtt, spin_mysql as mysql};
+use wasmtime::component::Accessor;
+
+use crate::capability::bindings::{
+    spin_llm as llm, spin_mqtt as mqtt, spin_mqtt3 as mqtt3, spin_mysql as mysql, spin_mysql3 as mysql3,
+};
 
 /// The per-instance state of the interfaces without a backend: there is none.
 #[derive(Debug, Default)]
@@ -21,6 +26,14 @@ fn no_backend_view<T: super::HasInstance<NoBackend>>(data: &mut T) -> &mut NoBac
     data.instance_parts().state
 }
 
+/// The `HasData` marker of the Spin 4 interfaces without a backend (their functions are
+/// concurrent calls, implemented on the marker).
+pub struct NoBackendImports;
+
+impl wasmtime::component::HasData for NoBackendImports {
+    type Data<'a> = &'a mut NoBackend;
+}
+
 impl super::GuestCapability for NoBackend {
     type Instance = NoBackend;
 
@@ -28,7 +41,8 @@ impl super::GuestCapability for NoBackend {
         NoBackend
     }
 
-    /// Links the LLM, MQTT and MySQL interfaces (`rdbms-types` comes with PostgreSQL).
+    /// Links the LLM, MQTT and MySQL interfaces, 2.0 and Spin 4's (`rdbms-types` comes with
+    /// PostgreSQL).
     fn add_to_linker<T: super::HasInstance<NoBackend> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
@@ -36,6 +50,8 @@ impl super::GuestCapability for NoBackend {
         llm::add_to_linker::<T, HasSelf<NoBackend>>(linker, no_backend_view::<T>)?;
         mqtt::add_to_linker::<T, HasSelf<NoBackend>>(linker, no_backend_view::<T>)?;
         mysql::add_to_linker::<T, HasSelf<NoBackend>>(linker, no_backend_view::<T>)?;
+        mqtt3::add_to_linker::<T, NoBackendImports>(linker, no_backend_view::<T>)?;
+        mysql3::add_to_linker::<T, NoBackendImports>(linker, no_backend_view::<T>)?;
         Ok(())
     }
 }
@@ -48,6 +64,8 @@ pub const WITHOUT_BACKEND: &[(&str, &str)] = &[
     ("fermyon:spin/llm", "LLM inferencing"),
     ("fermyon:spin/mqtt", "MQTT"),
     ("fermyon:spin/mysql", "MySQL"),
+    ("spin:mqtt/mqtt", "MQTT"),
+    ("spin:mysql/mysql", "MySQL"),
 ];
 
 fn missing(what: &str) -> String {
@@ -136,3 +154,71 @@ macro_rules! no_rdbms_connection {
 }
 
 no_rdbms_connection!(mysql, "MySQL", ());
+
+impl mqtt3::Host for NoBackend {}
+
+impl mqtt3::HostConnection for NoBackend {
+    async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl<T> mqtt3::HostConnectionWithStore<T> for NoBackendImports {
+    async fn open(
+        _accessor: &Accessor<T, Self>,
+        _address: String,
+        _username: String,
+        _password: String,
+        _keep_alive_interval_in_secs: u64,
+    ) -> Result<Resource<NoConnection>, mqtt3::Error> {
+        Err(mqtt3::Error::ConnectionFailed(missing("MQTT")))
+    }
+
+    async fn publish(
+        _accessor: &Accessor<T, Self>,
+        _c: Resource<NoConnection>,
+        _topic: String,
+        _payload: Vec<u8>,
+        _qos: mqtt3::Qos,
+    ) -> Result<(), mqtt3::Error> {
+        Err(mqtt3::Error::Other(missing("MQTT")))
+    }
+}
+
+impl mysql3::Host for NoBackend {}
+
+impl mysql3::HostConnection for NoBackend {
+    async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+type MysqlRows = (
+    Vec<mysql3::Column>,
+    wasmtime::component::StreamReader<mysql3::Row>,
+    wasmtime::component::FutureReader<Result<(), mysql3::Error>>,
+);
+
+impl<T> mysql3::HostConnectionWithStore<T> for NoBackendImports {
+    async fn open(_accessor: &Accessor<T, Self>, _address: String) -> Result<Resource<NoConnection>, mysql3::Error> {
+        Err(mysql3::Error::ConnectionFailed(missing("MySQL")))
+    }
+
+    async fn query(
+        _accessor: &Accessor<T, Self>,
+        _c: Resource<NoConnection>,
+        _statement: String,
+        _params: Vec<mysql3::ParameterValue>,
+    ) -> Result<MysqlRows, mysql3::Error> {
+        Err(mysql3::Error::Other(missing("MySQL")))
+    }
+
+    async fn execute(
+        _accessor: &Accessor<T, Self>,
+        _c: Resource<NoConnection>,
+        _statement: String,
+        _params: Vec<mysql3::ParameterValue>,
+    ) -> Result<(), mysql3::Error> {
+        Err(mysql3::Error::Other(missing("MySQL")))
+    }
+}

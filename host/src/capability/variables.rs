@@ -1,14 +1,15 @@
 //! Variables: application variables (`[variables]` with `default`, `required`, `secret`),
 //! resolved from the environment (`SPIN_VARIABLE_NAME`) or the manifest, and component
 //! variables (`[component.NAME.variables]`, `{{ name }}` templates over them). Guests read
-//! their component's variables through `fermyon:spin/variables` and `wasi:config/store`.
+//! their component's variables through `fermyon:spin/variables@2.0.0`, Spin 4's
+//! `spin:variables/variables@3.0.0` and `wasi:config/store`.
 //!
 //! A secret's value never appears in a log line or an error message.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::capability::bindings::{config_store, variables};
+use crate::capability::bindings::{config_store, spin_variables3 as variables3, variables};
 use mosaic_manifest::manifest::Manifest;
 
 /// The rendered variables one component may read. `Debug` shows names only.
@@ -113,19 +114,46 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-impl variables::Host for ComponentVariables {
-    async fn get(&mut self, name: String) -> Result<String, variables::Error> {
-        if !valid_name(&name) {
-            return Err(variables::Error::InvalidName(format!(
+impl ComponentVariables {
+    /// A guest's read of variable `name` (Spin 2.0 and 3.0 alike): its value, or the error
+    /// `invalid` (not a variable name) or `undefined` (not one of this component's) makes of
+    /// the reason.
+    fn lookup<E>(&self, name: &str, invalid: fn(String) -> E, undefined: fn(String) -> E) -> Result<String, E> {
+        if !valid_name(name) {
+            return Err(invalid(format!(
                 "`{name}` is not a variable name (lowercase letters, digits and `_`)"
             )));
         }
-        match ComponentVariables::get(self, &name) {
+        match self.get(name) {
             Some(value) => Ok(value.to_string()),
-            None => Err(variables::Error::Undefined(format!(
+            None => Err(undefined(format!(
                 "no variable `{name}` in this component's [component.NAME.variables]"
             ))),
         }
+    }
+}
+
+impl variables::Host for ComponentVariables {
+    async fn get(&mut self, name: String) -> Result<String, variables::Error> {
+        self.lookup(&name, variables::Error::InvalidName, variables::Error::Undefined)
+    }
+}
+
+/// The `HasData` marker of `spin:variables/variables@3.0.0`, whose `get` is a concurrent
+/// (component-model async) call: the view is the component's variables.
+pub struct VariablesImports;
+
+impl wasmtime::component::HasData for VariablesImports {
+    type Data<'a> = &'a mut ComponentVariables;
+}
+
+impl variables3::Host for ComponentVariables {}
+
+impl<T> variables3::HostWithStore<T> for VariablesImports {
+    async fn get(accessor: &wasmtime::component::Accessor<T, Self>, name: String) -> Result<String, variables3::Error> {
+        super::with_view(accessor, |variables| {
+            variables.lookup(&name, variables3::Error::InvalidName, variables3::Error::Undefined)
+        })
     }
 }
 
@@ -174,8 +202,9 @@ impl super::GuestCapability for ApplicationVariables {
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
         use wasmtime::component::HasSelf;
-        // fermyon:spin/variables@2.0.0 and wasi:config/store
+        // fermyon:spin/variables@2.0.0, spin:variables/variables@3.0.0 and wasi:config/store
         variables::add_to_linker::<T, HasSelf<ComponentVariables>>(linker, variables_view::<T>)?;
+        variables3::add_to_linker::<T, VariablesImports>(linker, variables_view::<T>)?;
         config_store::add_to_linker::<T, HasSelf<ComponentVariables>>(linker, variables_view::<T>)?;
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use wasmtime::component::Resource;
 
-use super::{check_key, check_value, CasHandle, KeyValueView, KvError, OpenStore};
+use super::{check_key, check_value, CasHandle, KeyValueAccess, KeyValueView, KvError, OpenStore};
 use crate::capability::bindings::{spin_key_value as spin, wasi_atomics, wasi_batch, wasi_store};
 
 /// The most keys one `list-keys` page returns.
@@ -17,22 +17,32 @@ fn to_wasi(err: KvError) -> wasi_store::Error {
     wasi_store::Error::Other(err.to_string())
 }
 
-impl KeyValueView<'_> {
-    /// Opens `label` if this component is granted it.
-    async fn open_store(&mut self, label: &str) -> Result<OpenStore, OpenError> {
-        let access = self.key_value().clone();
-        if !access.allows(label) {
-            tracing::warn!(component = %access.component, store = %label, "key-value store not granted: add it to the component's key_value_stores");
+impl KeyValueAccess {
+    /// Opens `label` if this component is granted it: every key-value interface (Spin 2.0 and
+    /// 3.0, wasi:keyvalue) opens through here.
+    pub(super) async fn open_granted(&self, label: &str) -> Result<OpenStore, OpenError> {
+        if !self.allows(label) {
+            tracing::warn!(component = %self.component, store = %label, "key-value store not granted: add it to the component's key_value_stores");
             return Err(OpenError::Denied);
         }
-        let store = access.stores.open(label).await.map_err(OpenError::Backend)?;
+        let store = self.stores.open(label).await.map_err(OpenError::Backend)?;
         Ok(OpenStore {
             label: label.to_string(),
             store,
         })
     }
+}
 
-    fn store_of(&self, handle: &Resource<OpenStore>) -> Result<std::sync::Arc<dyn super::KeyValueStore>, KvError> {
+impl KeyValueView<'_> {
+    async fn open_store(&mut self, label: &str) -> Result<OpenStore, OpenError> {
+        let access = self.key_value().clone();
+        access.open_granted(label).await
+    }
+
+    pub(super) fn store_of(
+        &self,
+        handle: &Resource<OpenStore>,
+    ) -> Result<std::sync::Arc<dyn super::KeyValueStore>, KvError> {
         self.table()
             .get(handle)
             .map(|open| open.store.clone())
@@ -40,7 +50,7 @@ impl KeyValueView<'_> {
     }
 }
 
-enum OpenError {
+pub(super) enum OpenError {
     Denied,
     Backend(KvError),
 }

@@ -1,5 +1,5 @@
-//! Key-value: `fermyon:spin/key-value@2.0.0` and `wasi:keyvalue@0.2.0-draft2` (store, atomics,
-//! batch) over one backend trait, [`KeyValueStore`]. Backends: embedded SQLite (the default,
+//! Key-value: `fermyon:spin/key-value@2.0.0`, Spin 4's `spin:key-value/key-value@3.0.0` and
+//! `wasi:keyvalue@0.2.0-draft2` (store, atomics, batch) over one backend trait, [`KeyValueStore`]. Backends: embedded SQLite (the default,
 //! a file per store in the state directory) and Redis, chosen per store by the runtime config.
 //!
 //! A component opens only the stores its manifest entry lists in `key_value_stores`; any other
@@ -7,6 +7,7 @@
 
 mod guest;
 pub mod redis;
+mod spin4;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -281,9 +282,11 @@ impl super::GuestCapability for KeyValueStores {
     fn add_to_linker<T: super::HasInstance<KeyValueAccess> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
-        use crate::capability::bindings::{spin_key_value, wasi_atomics, wasi_batch, wasi_store};
-        // fermyon:spin/key-value@2.0.0 and wasi:keyvalue (store, atomics, batch)
+        use crate::capability::bindings::{spin_key_value, spin_key_value3, wasi_atomics, wasi_batch, wasi_store};
+        // fermyon:spin/key-value@2.0.0, spin:key-value/key-value@3.0.0 and wasi:keyvalue (store,
+        // atomics, batch)
         spin_key_value::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;
+        spin_key_value3::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;
         wasi_store::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;
         wasi_atomics::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;
         wasi_batch::add_to_linker::<T, KeyValueImports>(linker, key_value_view::<T>)?;

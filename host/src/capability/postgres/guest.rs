@@ -1,28 +1,25 @@
 //! The guest-facing side of PostgreSQL: v2 (`fermyon:spin/postgres@2.0.0` with
-//! `rdbms-types`), v3 and v4 (`spin:postgres/postgres`), all over [`super::PgConnection`].
+//! `rdbms-types`), v3, v4 and the functions of v4.2 that are not async
+//! (`spin:postgres/postgres`; v4.2's async ones are in `spin4.rs`), all over
+//! [`super::PgConnection`].
 
 use wasmtime::component::Resource;
 
 use super::values::{Bound, PgType, PgValue, RangeEnds};
 use super::PostgresView;
-use super::{endpoints, PgConnection, PgError, PgRowSet};
+use super::{PgConnection, PgError, PgRowSet};
 use crate::capability::bindings::{
-    spin_postgres as v2, spin_postgres3 as v3, spin_postgres4 as v4, spin_rdbms_types as rdbms,
+    spin_postgres as v2, spin_postgres3 as v3, spin_postgres4 as v4, spin_postgres4_2 as v4_2,
+    spin_rdbms_types as rdbms,
 };
 
 impl PostgresView<'_> {
     async fn pg_open(&mut self, address: &str) -> Result<PgConnection, PgError> {
-        for (host, port) in endpoints(address)? {
-            if !self.postgres().allowed.allows("postgres", &host, Some(port)) {
-                return Err(PgError::ConnectionFailed(format!(
-                    "postgres://{host}:{port} is not in this component's allowed_outbound_hosts"
-                )));
-            }
-        }
-        self.postgres().pools.connect(address).await
+        let access = self.postgres().clone();
+        access.open(address).await
     }
 
-    fn pg_connection(&self, handle: &Resource<PgConnection>) -> Result<&PgConnection, PgError> {
+    pub(super) fn pg_connection(&self, handle: &Resource<PgConnection>) -> Result<&PgConnection, PgError> {
         self.table()
             .get(handle)
             .map_err(|err| PgError::Other(format!("invalid connection handle: {err}")))
@@ -263,106 +260,119 @@ fn error_v3(err: PgError) -> v3::Error {
     }
 }
 
-fn bound_v4(bound: Bound) -> v4::RangeBoundKind {
-    match bound {
-        Bound::Inclusive => v4::RangeBoundKind::Inclusive,
-        Bound::Exclusive => v4::RangeBoundKind::Exclusive,
-    }
+/// The conversions of `spin:postgres/postgres@4.0.0` and `@4.2.0` (the same types), each in a
+/// module of its own: `$name::from_v4`, `to_v4`, `type_v4`, `error_v4`.
+macro_rules! v4_conversions {
+    ($name:ident, $module:ident) => {
+        pub(super) mod $name {
+        use super::*;
+
+        fn bound_v4(bound: Bound) -> $module::RangeBoundKind {
+            match bound {
+                Bound::Inclusive => $module::RangeBoundKind::Inclusive,
+                Bound::Exclusive => $module::RangeBoundKind::Exclusive,
+            }
+        }
+
+        fn bound_from_v4(bound: $module::RangeBoundKind) -> Bound {
+            match bound {
+                $module::RangeBoundKind::Inclusive => Bound::Inclusive,
+                $module::RangeBoundKind::Exclusive => Bound::Exclusive,
+            }
+        }
+
+        type V4Ends<T> = (Option<(T, $module::RangeBoundKind)>, Option<(T, $module::RangeBoundKind)>);
+
+        fn ends_from_v4<T>(ends: V4Ends<T>) -> RangeEnds<T> {
+            (
+                ends.0.map(|(v, b)| (v, bound_from_v4(b))),
+                ends.1.map(|(v, b)| (v, bound_from_v4(b))),
+            )
+        }
+
+        fn ends_to_v4<T>(ends: RangeEnds<T>) -> V4Ends<T> {
+            (
+                ends.0.map(|(v, b)| (v, bound_v4(b))),
+                ends.1.map(|(v, b)| (v, bound_v4(b))),
+            )
+        }
+
+        pub(in crate::capability::postgres) fn from_v4(value: $module::ParameterValue) -> Result<PgValue, PgError> {
+            Ok(common_params!($module, value,
+                P::Uuid(v) => PgValue::Uuid(v),
+                P::Jsonb(v) => PgValue::Jsonb(v),
+                P::Decimal(v) => PgValue::Decimal(v),
+                P::RangeInt32(v) => PgValue::RangeInt32(ends_from_v4(v)),
+                P::RangeInt64(v) => PgValue::RangeInt64(ends_from_v4(v)),
+                P::RangeDecimal(v) => PgValue::RangeDecimal(ends_from_v4(v)),
+                P::ArrayInt32(v) => PgValue::ArrayInt32(v),
+                P::ArrayInt64(v) => PgValue::ArrayInt64(v),
+                P::ArrayDecimal(v) => PgValue::ArrayDecimal(v),
+                P::ArrayStr(v) => PgValue::ArrayStr(v),
+                P::Interval(v) => PgValue::Interval(crate::capability::postgres::values::Interval { micros: v.micros, days: v.days, months: v.months }),
+            ))
+        }
+
+        pub(in crate::capability::postgres) fn to_v4(value: PgValue) -> $module::DbValue {
+            common_values!($module, value,
+                PgValue::Uuid(v) => D::Uuid(v),
+                PgValue::Jsonb(v) => D::Jsonb(v),
+                PgValue::Decimal(v) => D::Decimal(v),
+                PgValue::RangeInt32(v) => D::RangeInt32(ends_to_v4(v)),
+                PgValue::RangeInt64(v) => D::RangeInt64(ends_to_v4(v)),
+                PgValue::RangeDecimal(v) => D::RangeDecimal(ends_to_v4(v)),
+                PgValue::ArrayInt32(v) => D::ArrayInt32(v),
+                PgValue::ArrayInt64(v) => D::ArrayInt64(v),
+                PgValue::ArrayDecimal(v) => D::ArrayDecimal(v),
+                PgValue::ArrayStr(v) => D::ArrayStr(v),
+                PgValue::Interval(v) => D::Interval($module::Interval { micros: v.micros, days: v.days, months: v.months }),
+                PgValue::Unsupported(raw) => D::Unsupported(raw),
+            )
+        }
+
+        pub(in crate::capability::postgres) fn type_v4(ty: PgType) -> $module::DbDataType {
+            common_types!($module, ty,
+                PgType::Uuid => T::Uuid,
+                PgType::Jsonb => T::Jsonb,
+                PgType::Decimal => T::Decimal,
+                PgType::RangeInt32 => T::RangeInt32,
+                PgType::RangeInt64 => T::RangeInt64,
+                PgType::RangeDecimal => T::RangeDecimal,
+                PgType::ArrayInt32 => T::ArrayInt32,
+                PgType::ArrayInt64 => T::ArrayInt64,
+                PgType::ArrayDecimal => T::ArrayDecimal,
+                PgType::ArrayStr => T::ArrayStr,
+                PgType::Interval => T::Interval,
+                PgType::Other(name) => T::Other(name),
+            )
+        }
+
+        pub(in crate::capability::postgres) fn error_v4(err: PgError) -> $module::Error {
+            match err {
+                PgError::ConnectionFailed(m) => $module::Error::ConnectionFailed(m),
+                PgError::BadParameter(m) => $module::Error::BadParameter(m),
+                PgError::QueryFailed { text, db: Some(db) } => $module::Error::QueryFailed($module::QueryError::DbError($module::DbError {
+                    as_text: text,
+                    severity: db.severity,
+                    code: db.code,
+                    message: db.message,
+                    detail: db.detail,
+                    extras: Vec::new(),
+                })),
+                PgError::QueryFailed { text, db: None } => $module::Error::QueryFailed($module::QueryError::Text(text)),
+                PgError::ValueConversionFailed(m) => $module::Error::ValueConversionFailed(m),
+                PgError::Other(m) => $module::Error::Other(m),
+            }
+        }
+        }
+    };
 }
 
-fn bound_from_v4(bound: v4::RangeBoundKind) -> Bound {
-    match bound {
-        v4::RangeBoundKind::Inclusive => Bound::Inclusive,
-        v4::RangeBoundKind::Exclusive => Bound::Exclusive,
-    }
-}
-
-type V4Ends<T> = (Option<(T, v4::RangeBoundKind)>, Option<(T, v4::RangeBoundKind)>);
-
-fn ends_from_v4<T>(ends: V4Ends<T>) -> RangeEnds<T> {
-    (
-        ends.0.map(|(v, b)| (v, bound_from_v4(b))),
-        ends.1.map(|(v, b)| (v, bound_from_v4(b))),
-    )
-}
-
-fn ends_to_v4<T>(ends: RangeEnds<T>) -> V4Ends<T> {
-    (
-        ends.0.map(|(v, b)| (v, bound_v4(b))),
-        ends.1.map(|(v, b)| (v, bound_v4(b))),
-    )
-}
-
-fn from_v4(value: v4::ParameterValue) -> Result<PgValue, PgError> {
-    Ok(common_params!(v4, value,
-        P::Uuid(v) => PgValue::Uuid(v),
-        P::Jsonb(v) => PgValue::Jsonb(v),
-        P::Decimal(v) => PgValue::Decimal(v),
-        P::RangeInt32(v) => PgValue::RangeInt32(ends_from_v4(v)),
-        P::RangeInt64(v) => PgValue::RangeInt64(ends_from_v4(v)),
-        P::RangeDecimal(v) => PgValue::RangeDecimal(ends_from_v4(v)),
-        P::ArrayInt32(v) => PgValue::ArrayInt32(v),
-        P::ArrayInt64(v) => PgValue::ArrayInt64(v),
-        P::ArrayDecimal(v) => PgValue::ArrayDecimal(v),
-        P::ArrayStr(v) => PgValue::ArrayStr(v),
-        P::Interval(v) => PgValue::Interval(super::values::Interval { micros: v.micros, days: v.days, months: v.months }),
-    ))
-}
-
-fn to_v4(value: PgValue) -> v4::DbValue {
-    common_values!(v4, value,
-        PgValue::Uuid(v) => D::Uuid(v),
-        PgValue::Jsonb(v) => D::Jsonb(v),
-        PgValue::Decimal(v) => D::Decimal(v),
-        PgValue::RangeInt32(v) => D::RangeInt32(ends_to_v4(v)),
-        PgValue::RangeInt64(v) => D::RangeInt64(ends_to_v4(v)),
-        PgValue::RangeDecimal(v) => D::RangeDecimal(ends_to_v4(v)),
-        PgValue::ArrayInt32(v) => D::ArrayInt32(v),
-        PgValue::ArrayInt64(v) => D::ArrayInt64(v),
-        PgValue::ArrayDecimal(v) => D::ArrayDecimal(v),
-        PgValue::ArrayStr(v) => D::ArrayStr(v),
-        PgValue::Interval(v) => D::Interval(v4::Interval { micros: v.micros, days: v.days, months: v.months }),
-        PgValue::Unsupported(raw) => D::Unsupported(raw),
-    )
-}
-
-fn type_v4(ty: PgType) -> v4::DbDataType {
-    common_types!(v4, ty,
-        PgType::Uuid => T::Uuid,
-        PgType::Jsonb => T::Jsonb,
-        PgType::Decimal => T::Decimal,
-        PgType::RangeInt32 => T::RangeInt32,
-        PgType::RangeInt64 => T::RangeInt64,
-        PgType::RangeDecimal => T::RangeDecimal,
-        PgType::ArrayInt32 => T::ArrayInt32,
-        PgType::ArrayInt64 => T::ArrayInt64,
-        PgType::ArrayDecimal => T::ArrayDecimal,
-        PgType::ArrayStr => T::ArrayStr,
-        PgType::Interval => T::Interval,
-        PgType::Other(name) => T::Other(name),
-    )
-}
-
-fn error_v4(err: PgError) -> v4::Error {
-    match err {
-        PgError::ConnectionFailed(m) => v4::Error::ConnectionFailed(m),
-        PgError::BadParameter(m) => v4::Error::BadParameter(m),
-        PgError::QueryFailed { text, db: Some(db) } => v4::Error::QueryFailed(v4::QueryError::DbError(v4::DbError {
-            as_text: text,
-            severity: db.severity,
-            code: db.code,
-            message: db.message,
-            detail: db.detail,
-            extras: Vec::new(),
-        })),
-        PgError::QueryFailed { text, db: None } => v4::Error::QueryFailed(v4::QueryError::Text(text)),
-        PgError::ValueConversionFailed(m) => v4::Error::ValueConversionFailed(m),
-        PgError::Other(m) => v4::Error::Other(m),
-    }
-}
+v4_conversions!(v4_values, v4);
+v4_conversions!(v4_2_values, v4_2);
 
 macro_rules! spin_postgres_connection {
-    ($module:ident, $from:ident, $to:ident, $ty:ident, $error:ident) => {
+    ($module:ident, $from:path, $to:path, $ty:path, $error:path) => {
         impl $module::Host for PostgresView<'_> {}
 
         impl $module::HostConnection for PostgresView<'_> {
@@ -417,4 +427,17 @@ macro_rules! spin_postgres_connection {
 }
 
 spin_postgres_connection!(v3, from_v3, to_v3, type_v3, error_v3);
-spin_postgres_connection!(v4, from_v4, to_v4, type_v4, error_v4);
+spin_postgres_connection!(
+    v4,
+    v4_values::from_v4,
+    v4_values::to_v4,
+    v4_values::type_v4,
+    v4_values::error_v4
+);
+spin_postgres_connection!(
+    v4_2,
+    v4_2_values::from_v4,
+    v4_2_values::to_v4,
+    v4_2_values::type_v4,
+    v4_2_values::error_v4
+);

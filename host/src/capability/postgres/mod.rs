@@ -1,10 +1,12 @@
-//! PostgreSQL: `fermyon:spin/postgres@2.0.0`, `spin:postgres/postgres@3.0.0` and `@4.0.0` on a
+//! PostgreSQL: `fermyon:spin/postgres@2.0.0`, `spin:postgres/postgres@3.0.0`, `@4.0.0` and
+//! Spin 4's `@4.2.0` (async functions, rows as a stream, a connection builder) on a
 //! real server through pools (tokio-postgres + deadpool). A guest opens an address (a URL
 //! `postgres://user@host:port/db` or `host=... user=... dbname=...`) checked against its
 //! `allowed_outbound_hosts` (`postgres://HOST:PORT`), as in Spin; the connection is the
 //! guest's alone until it drops it, so transactions work. Parameters are always bound.
 
 mod guest;
+mod spin4;
 pub mod values;
 
 use std::collections::BTreeMap;
@@ -76,6 +78,37 @@ fn source_chain(err: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// Rows a query may read ahead of a guest that reads them as a stream.
+pub const ROWS_AHEAD: usize = 64;
+
+/// The rows of a query as they arrive ([`PgConnection::query_rows`]), and how it ended: a
+/// query that fails part-way has sent the rows before the failure.
+pub struct PgRows<R> {
+    pub columns: Vec<(String, PgType)>,
+    pub rows: tokio::sync::mpsc::Receiver<R>,
+    pub end: tokio::sync::oneshot::Receiver<Result<(), PgError>>,
+}
+
+fn columns_of(prepared: &tokio_postgres::Statement) -> Vec<(String, PgType)> {
+    prepared
+        .columns()
+        .iter()
+        .map(|column| (column.name().to_string(), values::type_of(column.type_())))
+        .collect()
+}
+
+fn row_values(row: &tokio_postgres::Row) -> Result<Vec<PgValue>, PgError> {
+    let mut values = Vec::with_capacity(row.len());
+    for index in 0..row.len() {
+        values.push(
+            values::value_at(row, index).map_err(|err| {
+                PgError::ValueConversionFailed(format!("column {index}: {err}: {}", source_chain(&err)))
+            })?,
+        );
+    }
+    Ok(values)
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PgRowSet {
     pub columns: Vec<(String, PgType)>,
@@ -105,6 +138,12 @@ pub fn endpoints(address: &str) -> Result<Vec<(String, u16)>, PgError> {
 }
 
 use crate::backends::redact_postgres as redact;
+
+/// A `connection-builder` of `spin:postgres/postgres@4.2.0` in a guest's resource table: the
+/// address it will open (`build` runs the same checks as `open`).
+pub struct PgConnectionBuilder {
+    pub address: String,
+}
 
 pub struct PgPools {
     pools: Mutex<BTreeMap<String, Pool>>,
@@ -159,13 +198,18 @@ impl PgPools {
             self.metrics.record_backend_error("postgres", "postgres");
             PgError::ConnectionFailed(format!("cannot connect to PostgreSQL at {}: {err}", redact(address)))
         })?;
-        Ok(PgConnection { client })
+        Ok(PgConnection {
+            client: Arc::new(client),
+        })
     }
 }
 
-/// An open connection in a guest's resource table.
+/// An open connection in a guest's resource table. A clone shares the one pooled connection
+/// (a Spin 4 call takes one out of the table for its await); it goes back to the pool when the
+/// last clone drops.
+#[derive(Clone)]
 pub struct PgConnection {
-    client: Object,
+    client: Arc<Object>,
 }
 
 impl PgConnection {
@@ -185,22 +229,63 @@ impl PgConnection {
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
         let prepared = self.client.prepare(statement).await.map_err(PgError::from_query)?;
         let rows = self.client.query(&prepared, &refs).await.map_err(PgError::from_query)?;
-        let columns = prepared
-            .columns()
-            .iter()
-            .map(|column| (column.name().to_string(), values::type_of(column.type_())))
-            .collect();
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let mut values = Vec::with_capacity(row.len());
-            for index in 0..row.len() {
-                values.push(values::value_at(row, index).map_err(|err| {
-                    PgError::ValueConversionFailed(format!("column {index}: {err}: {}", source_chain(&err)))
-                })?);
-            }
-            out.push(values);
+            out.push(row_values(row)?);
         }
-        Ok(PgRowSet { columns, rows: out })
+        Ok(PgRowSet {
+            columns: columns_of(&prepared),
+            rows: out,
+        })
+    }
+
+    /// Runs a query whose rows reach the caller as the server sends them: a task reads them,
+    /// converts each with `convert` and sends it on, at most [`ROWS_AHEAD`] ahead of the
+    /// reader; it stops when the reader goes. `end` says how the query ended. The task holds
+    /// the connection (a clone), so it stays out of the pool until the rows are read.
+    pub async fn query_rows<R: Send + 'static>(
+        &self,
+        statement: &str,
+        params: &[PgValue],
+        convert: impl Fn(Vec<PgValue>) -> R + Send + 'static,
+    ) -> Result<PgRows<R>, PgError> {
+        let bound = Self::bind(params)?;
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
+        let prepared = self.client.prepare(statement).await.map_err(PgError::from_query)?;
+        let stream = self
+            .client
+            .query_raw(&prepared, refs)
+            .await
+            .map_err(PgError::from_query)?;
+        let (sender, rows) = tokio::sync::mpsc::channel(ROWS_AHEAD);
+        let (end_sender, end) = tokio::sync::oneshot::channel();
+        let connection = self.clone();
+        tokio::spawn(async move {
+            let _connection = connection;
+            let mut stream = std::pin::pin!(stream);
+            let outcome = loop {
+                let row = match futures_util::TryStreamExt::try_next(&mut stream).await {
+                    Ok(Some(row)) => row,
+                    Ok(None) => break Ok(()),
+                    Err(err) => break Err(PgError::from_query(err)),
+                };
+                match row_values(&row) {
+                    Ok(values) => {
+                        if sender.send(convert(values)).await.is_err() {
+                            // The reader went: nobody wants the rest.
+                            break Ok(());
+                        }
+                    }
+                    Err(err) => break Err(err),
+                }
+            };
+            let _ = end_sender.send(outcome);
+        });
+        Ok(PgRows {
+            columns: columns_of(&prepared),
+            rows,
+            end,
+        })
     }
 
     /// Applies the migrations not applied yet, each in a transaction with its record in
@@ -293,6 +378,22 @@ pub struct PostgresAccess {
     pub allowed: Arc<mosaic_manifest::allowed_hosts::AllowedHosts>,
 }
 
+impl PostgresAccess {
+    /// A connection to `address` if every host it names is in the component's
+    /// `allowed_outbound_hosts` (`postgres://HOST:PORT`): every PostgreSQL interface opens
+    /// through here.
+    pub async fn open(&self, address: &str) -> Result<PgConnection, PgError> {
+        for (host, port) in endpoints(address)? {
+            if !self.allowed.allows("postgres", &host, Some(port)) {
+                return Err(PgError::ConnectionFailed(format!(
+                    "postgres://{host}:{port} is not in this component's allowed_outbound_hosts"
+                )));
+            }
+        }
+        self.pools.connect(address).await
+    }
+}
+
 #[async_trait::async_trait]
 impl super::Capability for PgPools {
     async fn readiness(&self) -> Vec<super::Check> {
@@ -322,12 +423,15 @@ impl super::GuestCapability for PgPools {
     fn add_to_linker<T: super::HasInstance<PostgresAccess> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
-        use crate::capability::bindings::{spin_postgres, spin_postgres3, spin_postgres4, spin_rdbms_types};
-        // fermyon:spin/postgres@2.0.0 (with rdbms-types) and spin:postgres/postgres 3 and 4
+        use crate::capability::bindings::{
+            spin_postgres, spin_postgres3, spin_postgres4, spin_postgres4_2, spin_rdbms_types,
+        };
+        // fermyon:spin/postgres@2.0.0 (with rdbms-types) and spin:postgres/postgres 3, 4 and 4.2
         spin_rdbms_types::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
         spin_postgres::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
         spin_postgres3::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
         spin_postgres4::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
+        spin_postgres4_2::add_to_linker::<T, PostgresImports>(linker, postgres_view::<T>)?;
         Ok(())
     }
 }

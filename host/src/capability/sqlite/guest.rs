@@ -1,55 +1,67 @@
-//! The guest-facing side of SQLite: `fermyon:spin/sqlite@2.0.0` and `spin:sqlite/sqlite@3.0.0`.
+//! The guest-facing side of SQLite: `fermyon:spin/sqlite@2.0.0`, `spin:sqlite/sqlite@3.0.0`
+//! and the functions of `@3.1.0` that are not async (its async ones are in `spin4.rs`).
 
 use wasmtime::component::Resource;
 
-use super::SqliteView;
-use super::{OpenDatabase, SqlError, SqlResult, SqlValue};
-use crate::capability::bindings::{spin_sqlite as v2, spin_sqlite3 as v3};
+use super::{OpenDatabase, SqlError, SqlResult, SqlValue, SqliteAccess, SqliteView, StatementTarget};
+use crate::capability::bindings::{spin_sqlite as v2, spin_sqlite3 as v3, spin_sqlite3_1 as v31};
 
-enum OpenError {
+pub(super) enum OpenError {
     Denied,
     Failed(SqlError),
+}
+
+impl SqliteAccess {
+    /// Opens `label` if this component is granted it: every SQLite interface opens through here.
+    pub(super) async fn open_granted(&self, label: &str) -> Result<OpenDatabase, OpenError> {
+        if !self.granted.iter().any(|granted| granted == label) {
+            tracing::warn!(component = %self.component, database = %label, "SQLite database not granted: add it to the component's sqlite_databases");
+            return Err(OpenError::Denied);
+        }
+        let database = self.databases.open(label).await.map_err(OpenError::Failed)?;
+        Ok(OpenDatabase::new(database))
+    }
 }
 
 impl SqliteView<'_> {
     async fn open_database(&mut self, label: &str) -> Result<OpenDatabase, OpenError> {
         let access = self.sqlite().clone();
-        if !access.granted.iter().any(|granted| granted == label) {
-            tracing::warn!(component = %access.component, database = %label, "SQLite database not granted: add it to the component's sqlite_databases");
-            return Err(OpenError::Denied);
-        }
-        let database = access.databases.open(label).await.map_err(OpenError::Failed)?;
-        Ok(OpenDatabase {
-            database,
-            held: None,
-            last_insert_rowid: 0,
-            changes: 0,
-        })
+        access.open_granted(label).await
     }
 
+    /// Runs one statement on a guest's handle; `None`: the handle is not valid.
     async fn run_statement(
         &mut self,
         connection: &Resource<OpenDatabase>,
         statement: String,
         parameters: Vec<SqlValue>,
     ) -> Result<SqlResult, Option<SqlError>> {
-        let open = self.table_mut().get_mut(connection).map_err(|_| None)?;
-        let database = open.database.clone();
-        // Taken out of the table for the await; if the call is cut short, dropping it rolls
-        // back whatever it left open.
-        let mut held = match open.held.take() {
-            Some(held) => held,
-            None => database.acquire().await.map_err(Some)?,
-        };
-        let outcome = database.execute_on(&mut held, &statement, parameters).await;
-        if let Ok(open) = self.table_mut().get_mut(connection) {
-            open.held = Some(held);
-            if let Ok(result) = &outcome {
-                open.last_insert_rowid = result.last_insert_rowid;
-                open.changes = result.changes;
-            }
-        }
+        let target = self.statement_target(connection).ok_or(None)?;
+        let outcome = target.run(&statement, parameters).await;
+        self.record(connection, &outcome);
         outcome.map_err(Some)
+    }
+
+    pub(super) fn statement_target(&self, connection: &Resource<OpenDatabase>) -> Option<StatementTarget> {
+        self.table().get(connection).ok().map(OpenDatabase::statement_target)
+    }
+
+    /// Keeps the rowid and change count of a statement that succeeded on a handle still open.
+    pub(super) fn record(&mut self, connection: &Resource<OpenDatabase>, outcome: &Result<SqlResult, SqlError>) {
+        if let (Ok(result), Ok(open)) = (outcome, self.table_mut().get_mut(connection)) {
+            open.record(result);
+        }
+    }
+
+    pub(super) fn last_insert_rowid_of(&self, connection: &Resource<OpenDatabase>) -> i64 {
+        self.table()
+            .get(connection)
+            .map(|open| open.last_insert_rowid)
+            .unwrap_or(0)
+    }
+
+    pub(super) fn changes_of(&self, connection: &Resource<OpenDatabase>) -> u64 {
+        self.table().get(connection).map(|open| open.changes).unwrap_or(0)
     }
 }
 
@@ -100,6 +112,7 @@ macro_rules! convert_values {
 
 convert_values!(v2);
 convert_values!(v3);
+convert_values!(v31);
 
 macro_rules! connection_methods {
     ($module:ident) => {
@@ -139,17 +152,21 @@ impl v2::HostConnection for SqliteView<'_> {
     connection_methods!(v2);
 }
 
-impl v3::HostConnection for SqliteView<'_> {
-    connection_methods!(v3);
+macro_rules! v3_connection {
+    ($module:ident) => {
+        impl $module::HostConnection for SqliteView<'_> {
+            connection_methods!($module);
 
-    async fn last_insert_rowid(&mut self, connection: Resource<OpenDatabase>) -> i64 {
-        self.table()
-            .get(&connection)
-            .map(|open| open.last_insert_rowid)
-            .unwrap_or(0)
-    }
+            async fn last_insert_rowid(&mut self, connection: Resource<OpenDatabase>) -> i64 {
+                self.last_insert_rowid_of(&connection)
+            }
 
-    async fn changes(&mut self, connection: Resource<OpenDatabase>) -> u64 {
-        self.table().get(&connection).map(|open| open.changes).unwrap_or(0)
-    }
+            async fn changes(&mut self, connection: Resource<OpenDatabase>) -> u64 {
+                self.changes_of(&connection)
+            }
+        }
+    };
 }
+
+v3_connection!(v3);
+v3_connection!(v31);

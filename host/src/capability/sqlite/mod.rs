@@ -1,10 +1,12 @@
-//! SQLite: `fermyon:spin/sqlite@2.0.0` and `spin:sqlite/sqlite@3.0.0` on embedded SQLite
+//! SQLite: `fermyon:spin/sqlite@2.0.0`, `spin:sqlite/sqlite@3.0.0` and Spin 4's `@3.1.0` (rows
+//! as a stream) on embedded SQLite
 //! files, one per database label (`.mosaic/sqlite/LABEL.db` unless the runtime config names a
 //! path), through sqlx. A component opens only the labels its manifest entry lists in
 //! `sqlite_databases`: database per service. Parameters are always bound, never spliced.
 
 mod guest;
 pub mod migrations;
+mod spin4;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -218,13 +220,62 @@ impl Drop for HeldConnection {
     }
 }
 
-/// An open connection in a guest's resource table (v2 and v3 alike).
+/// An open connection in a guest's resource table (every interface version alike).
 pub struct OpenDatabase {
     pub database: Arc<Database>,
-    /// Taken from the pool at the handle's first statement, kept until the handle is dropped.
-    pub held: Option<HeldConnection>,
+    /// Taken from the pool at the handle's first statement, kept until the handle is dropped;
+    /// one statement at a time runs on it (a Spin 4 guest may start several at once).
+    pub held: Arc<Mutex<Option<HeldConnection>>>,
     pub last_insert_rowid: i64,
     pub changes: u64,
+}
+
+impl OpenDatabase {
+    pub fn new(database: Arc<Database>) -> OpenDatabase {
+        OpenDatabase {
+            database,
+            held: Arc::default(),
+            last_insert_rowid: 0,
+            changes: 0,
+        }
+    }
+
+    /// What a statement on this handle needs, cloned out of the resource table before the
+    /// await.
+    pub fn statement_target(&self) -> StatementTarget {
+        StatementTarget {
+            database: self.database.clone(),
+            held: self.held.clone(),
+        }
+    }
+
+    /// Keeps what `last-insert-rowid` and `changes` answer after a statement succeeded.
+    pub fn record(&mut self, result: &SqlResult) {
+        self.last_insert_rowid = result.last_insert_rowid;
+        self.changes = result.changes;
+    }
+}
+
+/// The database and held connection of one guest handle, for one statement.
+pub struct StatementTarget {
+    database: Arc<Database>,
+    held: Arc<Mutex<Option<HeldConnection>>>,
+}
+
+impl StatementTarget {
+    /// Runs one statement on the handle's connection (taken from the pool on first use).
+    pub async fn run(&self, statement: &str, parameters: Vec<SqlValue>) -> Result<SqlResult, SqlError> {
+        let mut slot = self.held.lock().await;
+        // Taken out for the await: if the call is cut short, dropping it rolls back whatever
+        // it left open.
+        let mut held = match slot.take() {
+            Some(held) => held,
+            None => self.database.acquire().await?,
+        };
+        let outcome = self.database.execute_on(&mut held, statement, parameters).await;
+        *slot = Some(held);
+        outcome
+    }
 }
 
 /// Embedded databases are files: nothing to check for readiness.
@@ -253,10 +304,11 @@ impl super::GuestCapability for Databases {
     fn add_to_linker<T: super::HasInstance<SqliteAccess> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
-        use crate::capability::bindings::{spin_sqlite, spin_sqlite3};
-        // fermyon:spin/sqlite@2.0.0 and spin:sqlite/sqlite@3.0.0
+        use crate::capability::bindings::{spin_sqlite, spin_sqlite3, spin_sqlite3_1};
+        // fermyon:spin/sqlite@2.0.0 and spin:sqlite/sqlite@3.0.0 and @3.1.0
         spin_sqlite::add_to_linker::<T, SqliteImports>(linker, sqlite_view::<T>)?;
         spin_sqlite3::add_to_linker::<T, SqliteImports>(linker, sqlite_view::<T>)?;
+        spin_sqlite3_1::add_to_linker::<T, SqliteImports>(linker, sqlite_view::<T>)?;
         Ok(())
     }
 }
@@ -264,6 +316,39 @@ impl super::GuestCapability for Databases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Spin 4 guest may run statements on one handle at once: they take turns on the
+    /// handle's one connection, so a transaction holds them all.
+    #[tokio::test]
+    async fn concurrent_statements_of_one_handle_share_its_transaction() {
+        let dir = std::env::temp_dir().join(format!("mosaic-sqlite-concurrent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let databases = Databases::new(BTreeMap::new(), dir.clone(), Arc::default());
+        let database = databases.open("default").await.expect("opens");
+        let open = OpenDatabase::new(database.clone());
+        let run = |statement: &'static str| {
+            let target = open.statement_target();
+            async move { target.run(statement, Vec::new()).await.expect(statement) }
+        };
+        run("CREATE TABLE t (v INTEGER)").await;
+        run("BEGIN").await;
+        let inserts: Vec<_> = (0..4).map(|_| tokio::spawn(run("INSERT INTO t VALUES (1)"))).collect();
+        for insert in inserts {
+            assert_eq!(insert.await.expect("the insert task").changes, 1);
+        }
+        run("ROLLBACK").await;
+        let counted = database
+            .execute("SELECT COUNT(*) FROM t", Vec::new())
+            .await
+            .expect("counts");
+        assert_eq!(
+            counted.rows,
+            vec![vec![SqlValue::Integer(0)]],
+            "an insert ran outside the handle's transaction"
+        );
+        drop(open);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[tokio::test]
     async fn a_database_that_cannot_be_opened_is_a_counted_backend_error() {

@@ -1,4 +1,5 @@
-//! The Redis client of `fermyon:spin/redis@2.0.0`: a guest opens `redis://HOST:PORT[/DB]`
+//! The Redis client of `fermyon:spin/redis@2.0.0` and Spin 4's `spin:redis/redis@3.0.0` (the
+//! same functions, async; in `spin4.rs`): a guest opens `redis://HOST:PORT[/DB]`
 //! (checked against its `allowed_outbound_hosts`, as in Spin) and runs data operations (get,
 //! set, incr, del, sets, any command through `execute`) on that server. One multiplexed,
 //! self-reconnecting connection per address is shared by every instance; it is opened on the
@@ -14,6 +15,8 @@ use redis::AsyncCommands;
 use wasmtime::component::Resource;
 
 use crate::capability::bindings::spin_redis as wit;
+
+mod spin4;
 
 /// Connections by address, opened on first use; a connect to one address never waits for
 /// another address's connect.
@@ -48,12 +51,92 @@ pub struct RedisConnection {
     address: String,
 }
 
-fn other(err: redis::RedisError) -> wit::Error {
-    match err.kind() {
-        redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse => wit::Error::TypeError,
-        _ => wit::Error::Other(err.to_string()),
+/// The errors of `fermyon:spin/redis@2.0.0` and `spin:redis/redis@3.0.0` (the same variant,
+/// two types).
+trait RedisErrors: Sized {
+    fn invalid_address() -> Self;
+    fn too_many_connections() -> Self;
+    fn type_error() -> Self;
+    fn other(message: String) -> Self;
+
+    fn from_redis(err: redis::RedisError) -> Self {
+        match err.kind() {
+            redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse => Self::type_error(),
+            _ => Self::other(err.to_string()),
+        }
     }
 }
+
+/// One value of an `execute` reply, before it becomes either version's `redis-result`.
+enum Reply {
+    Nil,
+    Status(String),
+    Int64(i64),
+    Binary(Vec<u8>),
+}
+
+/// One argument of `execute`, from either version's `redis-parameter`.
+enum Argument {
+    Int64(i64),
+    Binary(Vec<u8>),
+}
+
+fn to_reply(value: redis::Value) -> Reply {
+    match value {
+        redis::Value::Nil => Reply::Nil,
+        redis::Value::Int(n) => Reply::Int64(n),
+        redis::Value::BulkString(bytes) => Reply::Binary(bytes),
+        redis::Value::SimpleString(status) => Reply::Status(status),
+        redis::Value::Okay => Reply::Status("OK".into()),
+        redis::Value::Boolean(b) => Reply::Int64(i64::from(b)),
+        redis::Value::Double(d) => Reply::Binary(d.to_string().into_bytes()),
+        redis::Value::VerbatimString { text, .. } => Reply::Binary(text.into_bytes()),
+        other => Reply::Binary(format!("{other:?}").into_bytes()),
+    }
+}
+
+/// The error, reply and argument conversions of one version of the interface.
+macro_rules! redis_types {
+    ($module:ident) => {
+        impl RedisErrors for $module::Error {
+            fn invalid_address() -> Self {
+                $module::Error::InvalidAddress
+            }
+            fn too_many_connections() -> Self {
+                $module::Error::TooManyConnections
+            }
+            fn type_error() -> Self {
+                $module::Error::TypeError
+            }
+            fn other(message: String) -> Self {
+                $module::Error::Other(message)
+            }
+        }
+
+        impl From<Reply> for $module::RedisResult {
+            fn from(reply: Reply) -> Self {
+                match reply {
+                    Reply::Nil => $module::RedisResult::Nil,
+                    Reply::Status(status) => $module::RedisResult::Status(status),
+                    Reply::Int64(n) => $module::RedisResult::Int64(n),
+                    Reply::Binary(bytes) => $module::RedisResult::Binary(bytes),
+                }
+            }
+        }
+
+        impl From<$module::RedisParameter> for Argument {
+            fn from(parameter: $module::RedisParameter) -> Self {
+                match parameter {
+                    $module::RedisParameter::Int64(n) => Argument::Int64(n),
+                    $module::RedisParameter::Binary(bytes) => Argument::Binary(bytes),
+                }
+            }
+        }
+    };
+}
+pub(crate) use redis_types;
+
+redis_types!(wit);
 
 /// What one instance may reach: the shared connections, through its `allowed_outbound_hosts`;
 /// and where its `publish` goes (the messaging capability's broker, with the trace it serves).
@@ -65,6 +148,100 @@ pub struct RedisAccess {
     /// The `traceparent` a published message carries: the trace of the request or delivery the
     /// instance serves.
     pub traceparent: Option<String>,
+}
+
+impl RedisAccess {
+    /// Checks that a guest may open `address`: a URL whose host is in its
+    /// `allowed_outbound_hosts`.
+    fn check_open<E: RedisErrors>(&self, address: &str) -> Result<(), E> {
+        let uri: http::Uri = address.parse().map_err(|_| E::invalid_address())?;
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            return Err(E::invalid_address());
+        };
+        if !self.allowed.allows(scheme, host, uri.port_u16()) {
+            return Err(E::other(format!(
+                "{scheme}://{host} is not in this component's allowed_outbound_hosts"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A guest's publish: to the host's broker, durably, with the trace the instance serves.
+    async fn publish<E: RedisErrors>(&self, channel: &str, payload: &[u8]) -> Result<(), E> {
+        self.publisher
+            .publish(channel, payload, self.traceparent.as_deref())
+            .await
+            .map_err(|err| E::other(format!("publish to `{channel}` failed: {err}")))
+    }
+}
+
+/// The server one guest connection names, with the shared connections: what a data operation
+/// needs, taken out of the instance before any await.
+struct Target {
+    clients: Arc<RedisClients>,
+    address: String,
+}
+
+impl Target {
+    async fn connection<E: RedisErrors>(&self) -> Result<ConnectionManager, E> {
+        self.clients.connect(&self.address).await.map_err(E::other)
+    }
+
+    async fn get<E: RedisErrors>(&self, key: String) -> Result<Option<Vec<u8>>, E> {
+        self.connection::<E>().await?.get(key).await.map_err(E::from_redis)
+    }
+
+    async fn set<E: RedisErrors>(&self, key: String, value: Vec<u8>) -> Result<(), E> {
+        self.connection::<E>()
+            .await?
+            .set(key, value)
+            .await
+            .map_err(E::from_redis)
+    }
+
+    async fn incr<E: RedisErrors>(&self, key: String) -> Result<i64, E> {
+        self.connection::<E>().await?.incr(key, 1).await.map_err(E::from_redis)
+    }
+
+    async fn del<E: RedisErrors>(&self, keys: Vec<String>) -> Result<u32, E> {
+        self.connection::<E>().await?.del(keys).await.map_err(E::from_redis)
+    }
+
+    async fn sadd<E: RedisErrors>(&self, key: String, values: Vec<String>) -> Result<u32, E> {
+        self.connection::<E>()
+            .await?
+            .sadd(key, values)
+            .await
+            .map_err(E::from_redis)
+    }
+
+    async fn smembers<E: RedisErrors>(&self, key: String) -> Result<Vec<String>, E> {
+        self.connection::<E>().await?.smembers(key).await.map_err(E::from_redis)
+    }
+
+    async fn srem<E: RedisErrors>(&self, key: String, values: Vec<String>) -> Result<u32, E> {
+        self.connection::<E>()
+            .await?
+            .srem(key, values)
+            .await
+            .map_err(E::from_redis)
+    }
+
+    async fn execute<E: RedisErrors>(&self, command: &str, arguments: Vec<Argument>) -> Result<Vec<Reply>, E> {
+        let mut connection = self.connection::<E>().await?;
+        let mut cmd = redis::cmd(command);
+        for argument in arguments {
+            match argument {
+                Argument::Int64(n) => cmd.arg(n),
+                Argument::Binary(bytes) => cmd.arg(bytes),
+            };
+        }
+        let value: redis::Value = cmd.query_async(&mut connection).await.map_err(E::from_redis)?;
+        Ok(match value {
+            redis::Value::Array(items) | redis::Value::Set(items) => items.into_iter().map(to_reply).collect(),
+            single => vec![to_reply(single)],
+        })
+    }
 }
 
 /// The Redis capability, app-wide: the shared connections, and where a guest's `publish` goes
@@ -110,40 +287,35 @@ impl super::GuestCapability for Redis {
     fn add_to_linker<T: super::HasInstance<RedisAccess> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
-        // fermyon:spin/redis@2.0.0
+        use crate::capability::bindings::spin_redis3;
+        // fermyon:spin/redis@2.0.0 and spin:redis/redis@3.0.0
         wit::add_to_linker::<T, RedisImports>(linker, redis_view::<T>)?;
+        spin_redis3::add_to_linker::<T, RedisImports>(linker, redis_view::<T>)?;
         Ok(())
     }
 }
 
 impl RedisView<'_> {
-    /// The shared connections and the address a guest's connection names (taken before any
-    /// await: the view borrows the instance state).
-    fn redis_target(&self, connection: &Resource<RedisConnection>) -> Result<(Arc<RedisClients>, String), wit::Error> {
+    /// The server a guest's connection names (taken before any await: the view borrows the
+    /// instance state).
+    fn redis_target<E: RedisErrors>(&self, connection: &Resource<RedisConnection>) -> Result<Target, E> {
         let address = self
             .table()
             .get(connection)
             .map(|open| open.address.clone())
-            .map_err(|err| wit::Error::Other(format!("invalid connection handle: {err}")))?;
-        Ok((self.redis().clients.clone(), address))
+            .map_err(|err| E::other(format!("invalid connection handle: {err}")))?;
+        Ok(Target {
+            clients: self.redis().clients.clone(),
+            address,
+        })
     }
-}
 
-async fn connect((clients, address): (Arc<RedisClients>, String)) -> Result<ConnectionManager, wit::Error> {
-    clients.connect(&address).await.map_err(wit::Error::Other)
-}
-
-fn to_result(value: redis::Value) -> wit::RedisResult {
-    match value {
-        redis::Value::Nil => wit::RedisResult::Nil,
-        redis::Value::Int(n) => wit::RedisResult::Int64(n),
-        redis::Value::BulkString(bytes) => wit::RedisResult::Binary(bytes),
-        redis::Value::SimpleString(status) => wit::RedisResult::Status(status),
-        redis::Value::Okay => wit::RedisResult::Status("OK".into()),
-        redis::Value::Boolean(b) => wit::RedisResult::Int64(i64::from(b)),
-        redis::Value::Double(d) => wit::RedisResult::Binary(d.to_string().into_bytes()),
-        redis::Value::VerbatimString { text, .. } => wit::RedisResult::Binary(text.into_bytes()),
-        other => wit::RedisResult::Binary(format!("{other:?}").into_bytes()),
+    /// Checks and opens a guest connection to `address` (no server is reached yet).
+    fn open_connection<E: RedisErrors>(&mut self, address: String) -> Result<Resource<RedisConnection>, E> {
+        self.redis().check_open::<E>(&address)?;
+        self.table_mut()
+            .push(RedisConnection { address })
+            .map_err(|_| E::too_many_connections())
     }
 }
 
@@ -151,18 +323,7 @@ impl wit::Host for RedisView<'_> {}
 
 impl wit::HostConnection for RedisView<'_> {
     async fn open(&mut self, address: String) -> Result<Resource<RedisConnection>, wit::Error> {
-        let uri: http::Uri = address.parse().map_err(|_| wit::Error::InvalidAddress)?;
-        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
-            return Err(wit::Error::InvalidAddress);
-        };
-        if !self.redis().allowed.allows(scheme, host, uri.port_u16()) {
-            return Err(wit::Error::Other(format!(
-                "{scheme}://{host} is not in this component's allowed_outbound_hosts"
-            )));
-        }
-        self.table_mut()
-            .push(RedisConnection { address })
-            .map_err(|_| wit::Error::TooManyConnections)
+        self.open_connection(address)
     }
 
     async fn publish(
@@ -171,35 +332,25 @@ impl wit::HostConnection for RedisView<'_> {
         channel: String,
         payload: Vec<u8>,
     ) -> Result<(), wit::Error> {
-        self.table()
-            .get(&c)
-            .map_err(|err| wit::Error::Other(format!("invalid connection handle: {err}")))?;
-        let publisher = self.redis().publisher.clone();
-        let traceparent = self.redis().traceparent.clone();
-        publisher
-            .publish(&channel, &payload, traceparent.as_deref())
-            .await
-            .map_err(|err| wit::Error::Other(format!("publish to `{channel}` failed: {err}")))
+        self.redis_target::<wit::Error>(&c)?;
+        let access = self.redis().clone();
+        access.publish(&channel, &payload).await
     }
 
     async fn get(&mut self, c: Resource<RedisConnection>, key: String) -> Result<Option<Vec<u8>>, wit::Error> {
-        connect(self.redis_target(&c)?).await?.get(key).await.map_err(other)
+        self.redis_target(&c)?.get(key).await
     }
 
     async fn set(&mut self, c: Resource<RedisConnection>, key: String, value: Vec<u8>) -> Result<(), wit::Error> {
-        connect(self.redis_target(&c)?)
-            .await?
-            .set(key, value)
-            .await
-            .map_err(other)
+        self.redis_target(&c)?.set(key, value).await
     }
 
     async fn incr(&mut self, c: Resource<RedisConnection>, key: String) -> Result<i64, wit::Error> {
-        connect(self.redis_target(&c)?).await?.incr(key, 1).await.map_err(other)
+        self.redis_target(&c)?.incr(key).await
     }
 
     async fn del(&mut self, c: Resource<RedisConnection>, keys: Vec<String>) -> Result<u32, wit::Error> {
-        connect(self.redis_target(&c)?).await?.del(keys).await.map_err(other)
+        self.redis_target(&c)?.del(keys).await
     }
 
     async fn sadd(
@@ -208,19 +359,11 @@ impl wit::HostConnection for RedisView<'_> {
         key: String,
         values: Vec<String>,
     ) -> Result<u32, wit::Error> {
-        connect(self.redis_target(&c)?)
-            .await?
-            .sadd(key, values)
-            .await
-            .map_err(other)
+        self.redis_target(&c)?.sadd(key, values).await
     }
 
     async fn smembers(&mut self, c: Resource<RedisConnection>, key: String) -> Result<Vec<String>, wit::Error> {
-        connect(self.redis_target(&c)?)
-            .await?
-            .smembers(key)
-            .await
-            .map_err(other)
+        self.redis_target(&c)?.smembers(key).await
     }
 
     async fn srem(
@@ -229,11 +372,7 @@ impl wit::HostConnection for RedisView<'_> {
         key: String,
         values: Vec<String>,
     ) -> Result<u32, wit::Error> {
-        connect(self.redis_target(&c)?)
-            .await?
-            .srem(key, values)
-            .await
-            .map_err(other)
+        self.redis_target(&c)?.srem(key, values).await
     }
 
     async fn execute(
@@ -242,19 +381,11 @@ impl wit::HostConnection for RedisView<'_> {
         command: String,
         arguments: Vec<wit::RedisParameter>,
     ) -> Result<Vec<wit::RedisResult>, wit::Error> {
-        let mut connection = connect(self.redis_target(&c)?).await?;
-        let mut cmd = redis::cmd(&command);
-        for argument in arguments {
-            match argument {
-                wit::RedisParameter::Int64(n) => cmd.arg(n),
-                wit::RedisParameter::Binary(bytes) => cmd.arg(bytes),
-            };
-        }
-        let value: redis::Value = cmd.query_async(&mut connection).await.map_err(other)?;
-        Ok(match value {
-            redis::Value::Array(items) | redis::Value::Set(items) => items.into_iter().map(to_result).collect(),
-            single => vec![to_result(single)],
-        })
+        let target = self.redis_target(&c)?;
+        let replies = target
+            .execute(&command, arguments.into_iter().map(Into::into).collect())
+            .await?;
+        Ok(replies.into_iter().map(Into::into).collect())
     }
 
     async fn drop(&mut self, c: Resource<RedisConnection>) -> wasmtime::Result<()> {

@@ -7,7 +7,7 @@ pub use shared::{jwt, now_unix, Answer, Reply, USER_HEADER};
 
 use serde::de::DeserializeOwned;
 use spin_sdk::http::body::IncomingBodyExt;
-use spin_sdk::http::{box_body, BoxBody, FullBody, Method, Request};
+use spin_sdk::http::{box_body, BoxBody, EmptyBody, FullBody, Method, Request};
 
 /// What a spin-sdk 7 handler answers.
 pub type Response = http::Response<BoxBody>;
@@ -77,20 +77,11 @@ where
         .map_err(|err| format!("cannot be reached ({err:?})"))
 }
 
-/// Calls `service` in-process with an optional JSON body, on behalf of `user` if given, and
-/// reads its whole answer. An error means the service could not be reached at all.
-pub async fn call(
-    service: &str,
-    method: Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-    user: Option<i64>,
-) -> Result<Answer, String> {
-    let content_type = body.as_ref().map(|_| "application/json");
-    let user = user.map(|user| user.to_string());
-    let body = FullBody::new(bytes::Bytes::from(body.unwrap_or_default()));
+/// `GET PATH` of `service` in-process, its whole answer read. An error means the service
+/// could not be reached at all.
+pub async fn get(service: &str, path: &str) -> Result<Answer, String> {
     let unreachable = |err| format!("{service} {err}");
-    let response = forward(service, method, path, body, content_type, user.as_deref())
+    let response = forward(service, Method::GET, path, EmptyBody::new(), None, None)
         .await
         .map_err(unreachable)?;
     let status = response.status().as_u16();

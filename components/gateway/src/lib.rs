@@ -208,7 +208,7 @@ async fn pass_on(req: Request, service: &str, path_and_query: &str, user: Option
 /// `GET /health`: asks every service at once; 200 while at least one is healthy.
 async fn health() -> Reply {
     let checks = SERVICES.iter().map(|service| async move {
-        let state = match common7::call(service, Method::GET, "/health", None, None).await {
+        let state = match common7::get(service, "/health").await {
             Ok(answer) if answer.is_success() => "ok".to_string(),
             Ok(answer) => format!("down: HTTP {}: {}", answer.status, answer.detail()),
             Err(err) => format!("down: {err}"),

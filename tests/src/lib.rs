@@ -16,10 +16,13 @@ use mosaic::settings::Settings;
 use mosaic::{Host, HostOptions};
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the workspace")
-        .to_owned()
+    // `cargo test` names the tested package's directory at run time too. The value compiled in
+    // names the checkout that built this library last: worktrees that share a target directory
+    // share this library's build, and cargo may find it fresh whichever checkout built it.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().expect("tests/ is in the workspace").to_owned()
 }
 
 /// A guest fixture built by `cargo xtask build` (probe, probe-v2, probe-unhealthy, plain,

@@ -151,6 +151,23 @@ impl Shop {
         id
     }
 
+    /// `mosaic --state-dir STATE ARGS` against this shop: its standard output.
+    fn cli(&self, args: &[&str]) -> String {
+        let state = self.state_dir.to_string_lossy().to_string();
+        let output = std::process::Command::new(mosaic_tests::mosaic_bin())
+            .current_dir(workspace_root())
+            .args(["--state-dir", &state])
+            .args(args)
+            .output()
+            .expect("mosaic runs");
+        assert!(
+            output.status.success(),
+            "mosaic {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).to_string()
+    }
+
     async fn available(&self, token: &str, product: i64) -> i64 {
         let stock = self
             .call("GET", &format!("/inventory/{product}"), Some(token), None)
@@ -346,6 +363,31 @@ async fn successful_order_flow(shop: &Shop) {
 async fn a_paid_order_is_confirmed_end_to_end_on_embedded_defaults() {
     let shop = Shop::start(&[("payment_success_rate", "1")], None, None);
     successful_order_flow(&shop).await;
+    the_shop_mixes_worlds(&shop);
+}
+
+/// The shop moves to WASI 0.3 one component at a time: the gateway and inventory are built
+/// with spin-sdk 7, every other component with spin-sdk 5.2, and they serve side by side.
+fn the_shop_mixes_worlds(shop: &Shop) {
+    let status: Value = serde_json::from_str(&shop.cli(&["status", "--json"])).expect("status --json is JSON");
+    let components = status
+        .as_array()
+        .or_else(|| status["components"].as_array())
+        .unwrap_or_else(|| panic!("a list of components: {status}"));
+    let world = |name: &str| {
+        components
+            .iter()
+            .find(|component| component["name"] == name)
+            .and_then(|component| component["world"].as_str())
+            .unwrap_or_else(|| panic!("`{name}` and its world in {status}"))
+            .to_string()
+    };
+    for name in ["gateway", "inventory"] {
+        assert!(world(name).starts_with("WASI 0.3"), "{name}: {}", world(name));
+    }
+    for name in ["users", "products", "orders", "payments", "notifications", "hello"] {
+        assert!(world(name).starts_with("WASI 0.2"), "{name}: {}", world(name));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,21 +516,7 @@ async fn products_swapped_to_v2_and_back_under_load_fails_no_request() {
             (served, failures, with_currency)
         }));
     }
-    let cli = |args: &[&str]| {
-        let state = shop.state_dir.to_string_lossy().to_string();
-        let output = std::process::Command::new(mosaic_tests::mosaic_bin())
-            .current_dir(workspace_root())
-            .args(["--state-dir", &state])
-            .args(args)
-            .output()
-            .expect("mosaic runs");
-        assert!(
-            output.status.success(),
-            "mosaic {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).to_string()
-    };
+    let cli = |args: &[&str]| shop.cli(args);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let v2 = workspace_root().join("target/fixtures/products-v2.wasm");
     let deployed = cli(&["deploy", "products", &v2.to_string_lossy()]);

@@ -10,12 +10,18 @@
 //! transaction that holds the write lock from its start, so a write is all-or-nothing and
 //! serialised against every other: concurrent reservations cannot sell what is not there, and
 //! no transaction is held open across calls (and across the calls of other requests).
+//!
+//! Built with spin-sdk 7 (WASI 0.3, spin:sqlite@3.1.0: the rows of a statement come as a
+//! stream), while most of the shop stays on spin-sdk 5.2: an application moves one component at
+//! a time. Its HTTP contract and its database are those of the spin-sdk 5.2 version.
 
+use common7::Reply;
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
-use spin_sdk::http::{IntoResponse, Method, Request, Response};
-use spin_sdk::http_component;
-use spin_sdk::sqlite::{Connection, Value};
+use shared::{error, not_found};
+use spin_sdk::http::{IntoResponse, Method, Request};
+use spin_sdk::http_service;
+use spin_sdk::sqlite::{Connection, RowResult, Value};
 
 const SERVICE: &str = "inventory";
 const DATABASE: &str = "inventory";
@@ -33,82 +39,72 @@ struct Reservation {
     items: Vec<Item>,
 }
 
-#[http_component]
+#[http_service]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
-    Ok(route(&req))
+    Ok(common7::respond(route(req).await.unwrap_or_else(|answer| answer)))
 }
 
-fn route(req: &Request) -> Response {
-    let segments = common::segments(req);
+/// The answer to `req`, or the error answer that replaces it.
+async fn route(req: Request) -> Result<Reply, Reply> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let segments = shared::segments(&path);
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    match (req.method(), segments.as_slice()) {
-        (Method::Get, ["health"]) => common::health(SERVICE, DATABASE),
-        (Method::Get, ["inventory", product_id]) => match common::id(product_id, "product") {
-            Ok(product_id) => get_stock(product_id),
-            Err(answer) => answer,
-        },
-        (Method::Put, ["inventory", product_id]) => match common::id(product_id, "product") {
-            Ok(product_id) => set_stock(req, product_id),
-            Err(answer) => answer,
-        },
-        (Method::Post, ["reservations"]) => reserve(req),
-        (Method::Post, ["reservations", order_id, "release"]) => match common::id(order_id, "reservation for order") {
-            Ok(order_id) => release(order_id),
-            Err(answer) => answer,
-        },
-        (_, ["health"] | ["inventory", _] | ["reservations"] | ["reservations", _, "release"]) => {
-            common::method_not_allowed(req)
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["health"]) => Ok(common7::health(SERVICE, DATABASE).await),
+        (&Method::GET, ["inventory", product_id]) => get_stock(shared::id(product_id, "product")?).await,
+        (&Method::PUT, ["inventory", product_id]) => {
+            let product_id = shared::id(product_id, "product")?;
+            set_stock(req, product_id).await
         }
-        _ => common::not_found(format!("no route {}", req.path())),
+        (&Method::POST, ["reservations"]) => reserve(req).await,
+        (&Method::POST, ["reservations", order_id, "release"]) => {
+            release(shared::id(order_id, "reservation for order")?).await
+        }
+        (_, ["health"] | ["inventory", _] | ["reservations"] | ["reservations", _, "release"]) => {
+            Ok(shared::method_not_allowed(&method, &path))
+        }
+        _ => Ok(not_found(format!("no route {path}"))),
     }
 }
 
-fn database_failed(err: impl std::fmt::Display) -> Response {
-    common::upstream_failed("inventory database", err)
+fn database_failed(err: impl std::fmt::Debug) -> Reply {
+    shared::upstream_failed("inventory database", format!("{err:?}"))
 }
 
-fn invalid(detail: impl std::fmt::Display) -> Response {
-    common::error(400, "invalid request", detail)
+fn invalid(detail: impl std::fmt::Display) -> Reply {
+    error(400, "invalid request", detail)
 }
 
-fn stock_answer(product_id: i64, available: i64) -> Response {
-    common::json(200, &json!({ "product_id": product_id, "available": available }))
+fn stock_answer(product_id: i64, available: i64) -> Reply {
+    shared::json(200, &json!({ "product_id": product_id, "available": available }))
 }
 
-fn get_stock(product_id: i64) -> Response {
-    match database().and_then(|db| available_stock(&db, product_id)) {
-        Ok(available) => stock_answer(product_id, available),
-        Err(answer) => answer,
-    }
+async fn get_stock(product_id: i64) -> Result<Reply, Reply> {
+    let available = available_stock(&database().await?, product_id).await?;
+    Ok(stock_answer(product_id, available))
 }
 
-fn set_stock(req: &Request, product_id: i64) -> Response {
-    let fields = match fields_of(req) {
-        Ok(fields) => fields,
-        Err(answer) => return answer,
-    };
+async fn set_stock(req: Request, product_id: i64) -> Result<Reply, Reply> {
+    let fields = fields_of(req).await?;
     let quantity = match fields.get("quantity").map(Json::as_i64) {
-        None => return invalid("`quantity` is required"),
+        None => return Err(invalid("`quantity` is required")),
         Some(Some(quantity)) if quantity >= 0 => quantity,
-        Some(_) => return invalid("`quantity` must be an integer >= 0"),
+        Some(_) => return Err(invalid("`quantity` must be an integer >= 0")),
     };
     // The movement is the difference to the new level, computed in the same statement.
-    let stored = database().and_then(|db| {
-        db.execute(
-            "INSERT INTO movements (product_id, delta, kind, created_at) \
-             SELECT ?1, ?2 - COALESCE(SUM(delta), 0), 'set', ?3 FROM movements WHERE product_id = ?1",
-            &[
-                Value::Integer(product_id),
-                Value::Integer(quantity),
-                Value::Integer(common::now_unix()),
-            ],
-        )
-        .map_err(database_failed)
-    });
-    match stored {
-        Ok(_) => stock_answer(product_id, quantity),
-        Err(answer) => answer,
-    }
+    rows(
+        &database().await?,
+        "INSERT INTO movements (product_id, delta, kind, created_at) \
+         SELECT ?1, ?2 - COALESCE(SUM(delta), 0), 'set', ?3 FROM movements WHERE product_id = ?1",
+        [
+            Value::Integer(product_id),
+            Value::Integer(quantity),
+            Value::Integer(shared::now_unix()),
+        ],
+    )
+    .await?;
+    Ok(stock_answer(product_id, quantity))
 }
 
 /// Takes every item of the order, or none: one INSERT of the order's `reserve` movements that
@@ -136,46 +132,41 @@ const RELEASE: &str = "\
 /// came back in between, from a release): the answer must name the short product.
 const RESERVE_ATTEMPTS: usize = 3;
 
-fn reserve(req: &Request) -> Response {
-    let (order_id, items) = match reservation_request(req) {
-        Ok(request) => request,
-        Err(answer) => return answer,
-    };
-    match database().and_then(|db| reserve_items(&db, order_id, &items)) {
-        Ok(answer) | Err(answer) => answer,
-    }
+async fn reserve(req: Request) -> Result<Reply, Reply> {
+    let (order_id, items) = reservation_request(req).await?;
+    reserve_items(&database().await?, order_id, &items).await
 }
 
-fn reserve_items(db: &Connection, order_id: i64, items: &[Item]) -> Result<Response, Response> {
+async fn reserve_items(db: &Connection, order_id: i64, items: &[Item]) -> Result<Reply, Reply> {
     let wanted =
         serde_json::to_string(items).map_err(|err| database_failed(format!("cannot encode the items: {err}")))?;
     for _ in 0..RESERVE_ATTEMPTS {
-        let taken = db
-            .execute(
-                RESERVE,
-                &[
-                    Value::Integer(order_id),
-                    Value::Text(wanted.clone()),
-                    Value::Integer(common::now_unix()),
-                ],
-            )
-            .map_err(database_failed)?;
-        if !taken.rows.is_empty() {
+        let taken = rows(
+            db,
+            RESERVE,
+            [
+                Value::Integer(order_id),
+                Value::Text(wanted.clone()),
+                Value::Integer(shared::now_unix()),
+            ],
+        )
+        .await?;
+        if !taken.is_empty() {
             let reservation = Reservation {
                 order_id,
                 status: "reserved".into(),
                 items: items.to_vec(),
             };
-            return Ok(common::json(201, &reservation));
+            return Ok(shared::json(201, &reservation));
         }
         // Nothing was taken: the order has its reservation already, or some item is short.
-        if let Some(existing) = load_reservation(db, order_id)? {
-            return Ok(common::json(200, &existing));
+        if let Some(existing) = load_reservation(db, order_id).await? {
+            return Ok(shared::json(200, &existing));
         }
         for item in items {
-            let available = available_stock(db, item.product_id)?;
+            let available = available_stock(db, item.product_id).await?;
             if available < item.quantity {
-                return Ok(common::json(
+                return Ok(shared::json(
                     409,
                     &json!({
                         "error": "insufficient stock",
@@ -192,59 +183,70 @@ fn reserve_items(db: &Connection, order_id: i64, items: &[Item]) -> Result<Respo
             }
         }
     }
-    Ok(common::error(
+    Ok(error(
         409,
         "insufficient stock",
         format!("the stock for order {order_id} kept changing while reserving: try again"),
     ))
 }
 
-fn release(order_id: i64) -> Response {
-    let released = database().and_then(|db| {
-        db.execute(RELEASE, &[Value::Integer(order_id), Value::Integer(common::now_unix())])
-            .map_err(database_failed)?;
-        load_reservation(&db, order_id)
-    });
-    match released {
-        Ok(Some(_)) => common::json(200, &json!({ "order_id": order_id, "status": "released" })),
-        Ok(None) => common::not_found(format!("no reservation for order {order_id}")),
-        Err(answer) => answer,
-    }
+async fn release(order_id: i64) -> Result<Reply, Reply> {
+    let db = database().await?;
+    rows(
+        &db,
+        RELEASE,
+        [Value::Integer(order_id), Value::Integer(shared::now_unix())],
+    )
+    .await?;
+    Ok(match load_reservation(&db, order_id).await? {
+        Some(_) => shared::json(200, &json!({ "order_id": order_id, "status": "released" })),
+        None => not_found(format!("no reservation for order {order_id}")),
+    })
 }
 
-fn database() -> Result<Connection, Response> {
-    Connection::open(DATABASE).map_err(database_failed)
+async fn database() -> Result<Connection, Reply> {
+    Connection::open(DATABASE).await.map_err(database_failed)
+}
+
+/// Runs `statement` and reads every row it answers; an error also if the stream of rows
+/// broke off.
+async fn rows<const N: usize>(
+    db: &Connection,
+    statement: &str,
+    parameters: [Value; N],
+) -> Result<Vec<RowResult>, Reply> {
+    let result = db.execute(statement, parameters).await.map_err(database_failed)?;
+    result.collect().await.map_err(database_failed)
 }
 
 /// A product's available stock: the sum of its movements (0 for a product nobody stocked).
-fn available_stock(db: &Connection, product_id: i64) -> Result<i64, Response> {
-    let result = db
-        .execute(
-            "SELECT COALESCE(SUM(delta), 0) FROM movements WHERE product_id = ?",
-            &[Value::Integer(product_id)],
-        )
-        .map_err(database_failed)?;
+async fn available_stock(db: &Connection, product_id: i64) -> Result<i64, Reply> {
+    let result = rows(
+        db,
+        "SELECT COALESCE(SUM(delta), 0) FROM movements WHERE product_id = ?",
+        [Value::Integer(product_id)],
+    )
+    .await?;
     result
-        .rows
         .first()
         .and_then(|row| row.get::<i64>(0))
         .ok_or_else(|| database_failed("the stock sum has an unexpected shape"))
 }
 
 /// The order's reservation as its movements tell it, if it has one.
-fn load_reservation(db: &Connection, order_id: i64) -> Result<Option<Reservation>, Response> {
-    let result = db
-        .execute(
-            "SELECT product_id, delta, kind FROM movements WHERE order_id = ? ORDER BY id",
-            &[Value::Integer(order_id)],
-        )
-        .map_err(database_failed)?;
-    if result.rows.is_empty() {
+async fn load_reservation(db: &Connection, order_id: i64) -> Result<Option<Reservation>, Reply> {
+    let movements = rows(
+        db,
+        "SELECT product_id, delta, kind FROM movements WHERE order_id = ? ORDER BY id",
+        [Value::Integer(order_id)],
+    )
+    .await?;
+    if movements.is_empty() {
         return Ok(None);
     }
     let mut items = Vec::new();
     let mut released = false;
-    for row in &result.rows {
+    for row in &movements {
         let (Some(product_id), Some(delta), Some(kind)) = (row.get::<i64>(0), row.get::<i64>(1), row.get::<&str>(2))
         else {
             return Err(database_failed("a movement has an unexpected shape"));
@@ -266,8 +268,8 @@ fn load_reservation(db: &Connection, order_id: i64) -> Result<Option<Reservation
 
 /// The order id and the items of a reservation request, the same product asked twice merged
 /// into one item, or a 400 naming the field at fault.
-fn reservation_request(req: &Request) -> Result<(i64, Vec<Item>), Response> {
-    let fields = fields_of(req)?;
+async fn reservation_request(req: Request) -> Result<(i64, Vec<Item>), Reply> {
+    let fields = fields_of(req).await?;
     let order_id = match fields.get("order_id").map(Json::as_i64) {
         None => return Err(invalid("`order_id` is required")),
         Some(Some(order_id)) => order_id,
@@ -301,8 +303,8 @@ fn reservation_request(req: &Request) -> Result<(i64, Vec<Item>), Response> {
 }
 
 /// The request body as a JSON object, or a 400.
-fn fields_of(req: &Request) -> Result<Map<String, Json>, Response> {
-    match common::body::<Json>(req)? {
+async fn fields_of(req: Request) -> Result<Map<String, Json>, Reply> {
+    match common7::body::<Json>(req).await? {
         Json::Object(fields) => Ok(fields),
         _ => Err(invalid("the body must be a JSON object")),
     }

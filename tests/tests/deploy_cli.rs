@@ -108,7 +108,8 @@ async fn bad_deploys_name_the_step_and_keep_the_old_version() {
     let out = deploy(write(&dir.path, "silent.wasm", &silent)).await;
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("does not export `wasi:http/incoming-handler"),
+        stderr(&out).contains("exports neither `wasi:http/handler@0.3.x`")
+            && stderr(&out).contains("nor `wasi:http/incoming-handler@0.2.x`"),
         "{}",
         stderr(&out)
     );

@@ -93,7 +93,8 @@ impl InstanceState {
     /// The trace of the request this instance serves; its outbound calls and publishes carry
     /// it on.
     pub fn set_trace(&mut self, trace: Option<TraceContext>) {
-        self.capabilities.redis.traceparent = trace.as_ref().map(TraceContext::header_value);
+        let trace = trace.map(Arc::new);
+        self.capabilities.redis.trace = trace.clone();
         self.capabilities.otel.trace = trace.clone();
         self.outbound.trace = trace;
     }

@@ -39,7 +39,33 @@ use crate::settings::ReusePolicy;
 /// The instances of one version of one component that serve its HTTP requests.
 pub struct InstancePool {
     handler: ProxyHandler<PoolState>,
-    retired: CancellationToken,
+    retired: Retirement,
+}
+
+/// Whether the pool's version was retired: a flag read on every poll of a busy instance, and a
+/// token that wakes idle ones.
+#[derive(Clone)]
+struct Retirement {
+    flag: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl Retirement {
+    fn new() -> Self {
+        Self {
+            flag: Arc::new(AtomicBool::new(false)),
+            token: CancellationToken::new(),
+        }
+    }
+
+    fn retire(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    fn is_retired(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
 }
 
 /// What a request brings to the instance that serves it.
@@ -65,7 +91,7 @@ impl InstancePool {
         request_timeout: Duration,
         live: Arc<AtomicUsize>,
     ) -> Self {
-        let retired = CancellationToken::new();
+        let retired = Retirement::new();
         let state = PoolState {
             live,
             pre,
@@ -96,13 +122,13 @@ impl InstancePool {
     /// The version is no longer live: its instances take no new request and end when their
     /// requests have.
     pub fn retire(&self) {
-        self.retired.cancel();
+        self.retired.retire();
     }
 }
 
 impl Drop for InstancePool {
     fn drop(&mut self) {
-        self.retired.cancel();
+        self.retired.retire();
     }
 }
 
@@ -115,7 +141,7 @@ struct PoolState {
     depth: u32,
     policy: ReusePolicy,
     request_timeout: Duration,
-    retired: CancellationToken,
+    retired: Retirement,
 }
 
 impl HandlerState for PoolState {
@@ -146,7 +172,7 @@ impl HandlerState for PoolState {
                 idle: self.policy.idle,
                 request_timeout: self.request_timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
-                retired: Box::pin(self.retired.clone().cancelled_owned()),
+                retired: Box::pin(self.retired.token.clone().cancelled_owned()),
             },
             state: Worker {
                 requests: Mutex::new(Vec::new()),
@@ -169,7 +195,7 @@ struct Worker {
     live: Arc<AtomicUsize>,
     policy: ReusePolicy,
     request_timeout: Duration,
-    retired: CancellationToken,
+    retired: Retirement,
 }
 
 impl WorkerState for Worker {
@@ -177,7 +203,7 @@ impl WorkerState for Worker {
     type RequestData = RequestContext;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
-        if self.retired.is_cancelled() || total >= self.policy.max_requests as usize {
+        if self.retired.is_retired() || total >= self.policy.max_requests as usize {
             ShouldAccept::Never
         } else if concurrent >= self.policy.max_concurrent as usize {
             ShouldAccept::No
@@ -239,9 +265,10 @@ struct Expiration {
 impl WorkerExpiration for Expiration {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
         let this = self.get_mut();
-        let retired = this.retired.as_mut().poll(cx).is_ready();
         let budget = match status {
-            WorkerStatus::Idle if retired => return Poll::Ready(()),
+            // Only an idle instance waits for its version's retirement (a busy one learns of it
+            // when it is next asked to take a request, and ends once idle).
+            WorkerStatus::Idle if this.retired.as_mut().poll(cx).is_ready() => return Poll::Ready(()),
             WorkerStatus::Idle => this.idle,
             WorkerStatus::Requests | WorkerStatus::PostReturn => this.request_timeout,
         };

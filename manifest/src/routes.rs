@@ -73,14 +73,19 @@ impl RoutePattern {
 
     /// The route without its trailing `/...` (`spin-component-route`).
     pub fn without_wildcard(&self) -> String {
-        let fixed: String = self
-            .segments
-            .iter()
-            .map(|segment| match segment {
-                Segment::Literal(text) => format!("/{text}"),
-                Segment::Param(name) => format!("/:{name}"),
-            })
-            .collect();
+        let mut fixed = String::with_capacity(self.raw.len());
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(text) => {
+                    fixed.push('/');
+                    fixed.push_str(text);
+                }
+                Segment::Param(name) => {
+                    fixed.push_str("/:");
+                    fixed.push_str(name);
+                }
+            }
+        }
         if fixed.is_empty() && !self.trailing_wildcard {
             "/".to_string()
         } else {

@@ -35,7 +35,7 @@ impl super::Capability for Otel {}
 pub struct OtelInstance {
     pub component: Arc<str>,
     /// The trace of the request or delivery the instance serves (`outer-span-context`).
-    pub trace: Option<TraceContext>,
+    pub trace: Option<Arc<TraceContext>>,
     otel: Arc<Otel>,
 }
 
@@ -168,7 +168,7 @@ impl tracing_wit::Host for OtelInstance {
     }
 
     async fn outer_span_context(&mut self) -> tracing_wit::SpanContext {
-        outer_span_context(self.trace.as_ref())
+        outer_span_context(self.trace.as_deref())
     }
 }
 

@@ -18,18 +18,21 @@ pub const TRACEPARENT: &str = "traceparent";
 impl TraceContext {
     /// The context a `traceparent` header carries, if it is valid.
     pub fn parse(value: &str) -> Option<TraceContext> {
-        let parts: Vec<&str> = value.trim().split('-').collect();
-        let [version, trace_id, parent_id, flags, ..] = parts.as_slice() else {
+        let mut parts = value.trim().split('-');
+        let (Some(version), Some(trace_id), Some(parent_id), Some(flags)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return None;
         };
+        let more_fields = parts.next().is_some();
         let hex = |text: &str, len: usize| {
             text.len() == len && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
         let all_zero = |text: &str| text.bytes().all(|b| b == b'0');
         // Version ff is invalid; version 00 has exactly four fields; later versions may add some.
         let valid = hex(version, 2)
-            && *version != "ff"
-            && (*version != "00" || parts.len() == 4)
+            && version != "ff"
+            && (version != "00" || !more_fields)
             && hex(trace_id, 32)
             && !all_zero(trace_id)
             && hex(parent_id, 16)
@@ -71,12 +74,13 @@ impl TraceContext {
     }
 }
 
+/// `bytes` random bytes (8 or 16), as lowercase hex, never all zeros (the one invalid id).
 fn random_hex(bytes: usize) -> String {
+    let width = bytes * 2;
     loop {
-        let value: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
-        // All zeros is the one invalid id.
-        if value.iter().any(|b| *b != 0) {
-            return hex::encode(value);
+        let value = rand::random::<u128>() >> (128 - 8 * bytes as u32);
+        if value != 0 {
+            return format!("{value:0width$x}");
         }
     }
 }
@@ -101,6 +105,8 @@ mod tests {
         ] {
             assert!(TraceContext::parse(bad).is_none(), "{bad:?}");
         }
+        // A later version may carry more fields.
+        assert!(TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").is_some());
         let mut headers = http::HeaderMap::new();
         headers.insert(TRACEPARENT, incoming.parse().unwrap());
         let continued = TraceContext::continue_or_start(&headers);

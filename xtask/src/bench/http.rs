@@ -9,6 +9,7 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 
 use super::client::{admin_call, body_of};
+use super::cpu::{cpu_snapshot, CpuUse};
 use super::load::load_get;
 use super::report::{cores, rate_cells, rate_progress, size_kb, write_head};
 use super::{admin_endpoint, build_release_host, free_port, runtime, wait_for_port, Killed, MEASURE, WARMUP};
@@ -18,11 +19,13 @@ pub(super) const CONNECTIONS: [usize; 2] = [1, 32];
 
 pub(super) const SWAP_SAMPLES: usize = 5;
 
-/// One server under load: its name in the table, its address and the path it is asked for.
+/// One server under load: its name in the table, its address, the path it is asked for and
+/// its process (whose CPU time per request the table shows).
 struct Target {
     name: &'static str,
     addr: SocketAddr,
     path: &'static str,
+    pid: u32,
 }
 
 const MOSAIC_P2: &str = "Mosaic, WASI 0.2 (fresh instance per request)";
@@ -118,50 +121,60 @@ pub(super) fn run(root: &Path) -> Result<()> {
             name: MOSAIC_P2,
             addr: mosaic_addr,
             path: "/",
+            pid: host.0.id(),
         },
         Target {
             name: WASMTIME_P2,
             addr: serve_p2_addr,
             path: "/",
+            pid: serve_p2.0.id(),
         },
         Target {
             name: MOSAIC_P2_REUSE,
             addr: mosaic_addr,
             path: "/reused/",
+            pid: host.0.id(),
         },
         Target {
             name: WASMTIME_P2_REUSE,
             addr: serve_p2_reuse_addr,
             path: "/",
+            pid: serve_p2_reuse.0.id(),
         },
         Target {
             name: MOSAIC_P3,
             addr: mosaic_addr,
             path: "/p3/hello",
+            pid: host.0.id(),
         },
         Target {
             name: WASMTIME_P3,
             addr: serve_p3_addr,
             path: "/hello",
+            pid: serve_p3.0.id(),
         },
         Target {
             name: NATIVE,
             addr: native_addr,
             path: "/",
+            pid: native.0.id(),
         },
     ];
     for target in &targets {
         for connections in CONNECTIONS {
             runtime.block_on(load_get(&[target.addr], target.path, connections, WARMUP))?;
+            let before = (Instant::now(), cpu_snapshot(&[target.pid])?);
             let stats = runtime.block_on(load_get(&[target.addr], target.path, connections, MEASURE))?;
+            let cpu = CpuUse::between(&before, &(Instant::now(), cpu_snapshot(&[target.pid])?), stats.requests);
             eprintln!(
-                "{:<58} c={connections:<3} {}  ({} requests, {} errors)",
+                "{:<58} c={connections:<3} {}  ({} requests, {} errors, server {:.1} µs CPU a request)",
                 target.name,
                 rate_progress(&stats),
                 stats.requests,
-                stats.errors
+                stats.errors,
+                cpu.host_us_per_request
             );
-            rows.push((target.name, connections, stats));
+            rows.push((target.name, connections, stats, cpu));
         }
     }
     drop((serve_p2, serve_p2_reuse, serve_p3));
@@ -181,21 +194,40 @@ pub(super) fn run(root: &Path) -> Result<()> {
     let version = wasmtime_version(root)?;
     let throughput = |name: &str, c: usize| {
         rows.iter()
-            .find(|(n, conns, _)| *n == name && *conns == c)
-            .map(|(_, _, s)| s.rps)
+            .find(|(n, conns, _, _)| *n == name && *conns == c)
+            .map(|(_, _, s, _)| s.rps)
+            .unwrap_or(0.0)
+    };
+    let server_cpu = |name: &str, c: usize| {
+        rows.iter()
+            .find(|(n, conns, _, _)| *n == name && *conns == c)
+            .map(|(_, _, _, cpu)| cpu.host_us_per_request)
             .unwrap_or(0.0)
     };
     let mut table = String::new();
-    table.push_str("| server | connections | requests/s | p50 | p99 | errors |\n|---|---:|---:|---:|---:|---:|\n");
-    for (name, connections, stats) in &rows {
+    table.push_str(
+        "| server | connections | requests/s | p50 | p99 | errors | server CPU a request | load generator |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (name, connections, stats, cpu) in &rows {
         table.push_str(&format!(
-            "| {name} | {connections} | {} | {} |\n",
+            "| {name} | {connections} | {} | {} | {:.1} µs | {:.2} cores |\n",
             rate_cells(stats, 3),
-            stats.errors
+            stats.errors,
+            cpu.host_us_per_request,
+            cpu.generator_cores
         ));
     }
     let ratio = |a: &str, b: &str, c: usize| throughput(a, c) / throughput(b, c).max(1.0);
     let mut ratios = String::new();
+    let cpu_ratio = |a: &str, b: &str| server_cpu(a, 32) / server_cpu(b, 32).max(1e-9);
+    ratios.push_str(&format!(
+        "- server CPU a request at 32 connections, Mosaic / wasmtime serve: WASI 0.2 fresh {:.2}x, \
+         WASI 0.2 with reuse {:.2}x, WASI 0.3 {:.2}x (below 1: Mosaic spends less)\n",
+        cpu_ratio(MOSAIC_P2, WASMTIME_P2),
+        cpu_ratio(MOSAIC_P2_REUSE, WASMTIME_P2_REUSE),
+        cpu_ratio(MOSAIC_P3, WASMTIME_P3),
+    ));
     for c in CONNECTIONS {
         ratios.push_str(&format!(
             "- {c} connection(s): WASI 0.2 Mosaic / wasmtime serve = {:.2}x; with reuse {:.2}x; \
@@ -215,7 +247,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     );
     let report = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench http` (do not edit by hand). One run, on this machine: {cpu}, {cores} cores shared by the load generator and the server.\n\n\
-         ## HTTP: one hello component\n\nWASI 0.2: the same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, with a fresh instance per request (both servers' default) and with instance reuse (Mosaic: `[instance_reuse.NAME] max_instance_reuse_count = 128`; wasmtime: `--max-instance-reuse-count 128`). WASI 0.3: the spin-sdk 7 fixture (`tests/fixtures/spin7`, `GET /hello`) under both, with their default reuse (128 requests per instance, 16 at once). A native hyper hello is the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row.\n\n{table}\n{ratios}\n\
+         ## HTTP: one hello component\n\nWASI 0.2: the same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, with a fresh instance per request (both servers' default) and with instance reuse (Mosaic: `[instance_reuse.NAME] max_instance_reuse_count = 128`; wasmtime: `--max-instance-reuse-count 128`). WASI 0.3: the spin-sdk 7 fixture (`tests/fixtures/spin7`, `GET /hello`) under both, with their default reuse (128 requests per instance, 16 at once). A native hyper hello is the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row. Server CPU a request: the server process's user and kernel time (/proc) over the measured seconds, divided by the requests it answered; it is what the server spends whatever the load generator leaves it, so it compares servers more steadily than requests/s on 2 shared cores.\n\n{table}\n{ratios}\n\
          ## Swap latency\n\nOn the probe fixture (`tests/fixtures/probe`, {probe_kb} KB, v1 and v2): from the start of the deploy call (`POST /v1/components/probe/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
         probe_kb = size_kb(&probe),
         cores = cores(),

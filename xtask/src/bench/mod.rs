@@ -57,7 +57,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 }
 
 /// A child process that is killed (and reaped) when this is dropped.
-pub(super) struct Killed(Child);
+pub(super) struct Killed(pub(super) Child);
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -62,7 +62,7 @@ pub struct OutboundHttp {
     /// The end of the request this instance serves: no outbound attempt or retry goes past it.
     pub deadline: Instant,
     /// The trace of the request this instance serves, passed on in `traceparent`.
-    pub trace: Option<crate::observe::TraceContext>,
+    pub trace: Option<Arc<crate::observe::TraceContext>>,
 }
 
 impl OutboundHttp {

@@ -15,6 +15,7 @@ use redis::AsyncCommands;
 use wasmtime::component::Resource;
 
 use crate::capability::bindings::spin_redis as wit;
+use crate::observe::TraceContext;
 
 mod spin4;
 
@@ -145,9 +146,9 @@ pub struct RedisAccess {
     pub clients: Arc<RedisClients>,
     pub allowed: Arc<mosaic_manifest::allowed_hosts::AllowedHosts>,
     pub publisher: crate::capability::messaging::Publisher,
-    /// The `traceparent` a published message carries: the trace of the request or delivery the
-    /// instance serves.
-    pub traceparent: Option<String>,
+    /// The trace of the request or delivery the instance serves: a published message carries
+    /// it as its `traceparent`.
+    pub trace: Option<Arc<TraceContext>>,
 }
 
 impl RedisAccess {
@@ -169,7 +170,11 @@ impl RedisAccess {
     /// A guest's publish: to the host's broker, durably, with the trace the instance serves.
     async fn publish<E: RedisErrors>(&self, channel: &str, payload: &[u8]) -> Result<(), E> {
         self.publisher
-            .publish(channel, payload, self.traceparent.as_deref())
+            .publish(
+                channel,
+                payload,
+                self.trace.as_ref().map(|trace| trace.header_value()).as_deref(),
+            )
             .await
             .map_err(|err| E::other(format!("publish to `{channel}` failed: {err}")))
     }
@@ -280,7 +285,7 @@ impl super::GuestCapability for Redis {
             clients: self.clients.clone(),
             allowed: component.allowed_hosts.clone(),
             publisher: self.publisher.clone(),
-            traceparent: None,
+            trace: None,
         }
     }
 

@@ -38,13 +38,7 @@ impl ChainedRequests for Dispatcher {
                             format!("no route matches {path}"),
                         ));
                     };
-                    (
-                        component.to_string(),
-                        RouteInfo {
-                            pattern: Some(pattern.clone()),
-                            matched,
-                        },
-                    )
+                    (component.to_string(), RouteInfo::new(Some(pattern), matched))
                 }
             };
             Ok(dispatcher

@@ -41,6 +41,14 @@ use headers::{with_spin_headers, RouteInfo};
 
 pub type HttpResponse = hyper::Response<HyperOutgoingBody>;
 
+/// Where a request comes from: the client's address, how many in-process hops led to it (0
+/// for the listener's), and the trace it continues.
+pub struct Origin {
+    pub client: SocketAddr,
+    pub depth: u32,
+    pub trace: Option<TraceContext>,
+}
+
 /// The largest request head (request line and headers) a client may send: 431 beyond.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -63,10 +71,7 @@ impl Dispatcher {
         let Some((pattern, component, matched)) = router.route(&path) else {
             return json_error(StatusCode::NOT_FOUND, "not found", format!("no route matches {path}"));
         };
-        let route = RouteInfo {
-            pattern: Some(pattern.clone()),
-            matched,
-        };
+        let route = RouteInfo::new(Some(pattern), matched);
         let component = component.to_string();
         self.serve_live(&component, request, route, client, 0).await
     }
@@ -100,7 +105,12 @@ impl Dispatcher {
         }
         let span = tracing::info_span!("request", component = %component, version = %deployment.short_digest(), method = %request.method(), path = %request.uri().path(), trace_id = %trace.trace_id);
         let started = std::time::Instant::now();
-        let version = deployment.short_digest().to_string();
+        let version = deployment.clone();
+        let origin = Origin {
+            client,
+            depth,
+            trace: Some(trace),
+        };
         let outcome = match self.admission.try_enter(component) {
             Some(permit) => {
                 self.serve_version(
@@ -108,8 +118,7 @@ impl Dispatcher {
                     deployment,
                     request,
                     route,
-                    client,
-                    depth,
+                    origin,
                     self.app.settings.limits.request_timeout(),
                     Some(permit),
                 )
@@ -126,7 +135,7 @@ impl Dispatcher {
             .map_or(true, |response| response.status().is_server_error());
         self.app
             .metrics
-            .record_request(component, &version, started.elapsed(), failed);
+            .record_request(component, version.short_digest(), started.elapsed(), failed);
         if failed {
             count(&slot.stats.errors);
         }
@@ -153,8 +162,7 @@ impl Dispatcher {
         deployment: Arc<Deployment>,
         request: hyper::Request<B>,
         route: RouteInfo,
-        client: SocketAddr,
-        depth: u32,
+        origin: Origin,
         timeout: Duration,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<HttpResponse, ServeError>
@@ -166,11 +174,11 @@ impl Dispatcher {
         let reuse = self.app.settings.reuse_policy(&spec.name, wasi_0_3);
         match (&deployment.http, reuse) {
             (Some(ProxyPre::P2(_)), None) => {
-                self.serve_fresh(spec, deployment, request, route, client, depth, timeout, permit)
+                self.serve_fresh(spec, deployment, request, route, origin, timeout, permit)
                     .await
             }
             (Some(_), reuse) => {
-                self.serve_pooled(spec, deployment, request, route, client, depth, timeout, permit, reuse)
+                self.serve_pooled(spec, deployment, request, route, origin, timeout, permit, reuse)
                     .await
             }
             (None, _) => Err(ServeError::Instantiate {
@@ -192,8 +200,7 @@ impl Dispatcher {
         deployment: Arc<Deployment>,
         request: hyper::Request<B>,
         route: RouteInfo,
-        client: SocketAddr,
-        depth: u32,
+        origin: Origin,
         timeout: Duration,
         permit: Option<OwnedSemaphorePermit>,
         reuse: Option<ReusePolicy>,
@@ -205,10 +212,8 @@ impl Dispatcher {
         let component = spec.name.clone();
         let limits = &self.app.settings.limits;
         let in_flight = deployment.enter();
-        let Some(pre) = deployment.http.as_ref().map(clone_pre) else {
-            return Err(ServeError::NoResponse { component });
-        };
-        let make = |policy: ReusePolicy| {
+        let Origin { client, depth, trace } = origin;
+        let make = |policy: ReusePolicy, pre: ProxyPre<InstanceState>| {
             InstancePool::new(
                 pre,
                 self.app.instances.clone(),
@@ -224,30 +229,25 @@ impl Dispatcher {
         // request timeout; a probe (not admitted, its own timeout) or a chained request gets
         // an instance of its own.
         let from_listener = depth == 0 && permit.is_some();
+        let Some(http) = deployment.http.as_ref() else {
+            return Err(ServeError::NoResponse { component });
+        };
         let pool = match reuse {
-            Some(policy) if from_listener => deployment.pool(|| make(policy)),
-            _ => Arc::new(make(ReusePolicy::SINGLE_USE)),
+            Some(policy) if from_listener => deployment.pool(|| make(policy, clone_pre(http))),
+            _ => Arc::new(make(ReusePolicy::SINGLE_USE, clone_pre(http))),
         };
         let instance_failed = Arc::new(AtomicBool::new(false));
         let context = RequestContext {
-            trace: TraceContext::from_headers(request.headers()),
+            trace,
             instance_failed: instance_failed.clone(),
         };
         let request = with_spin_headers(request, &route, client);
-        let body_over_cap = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| {
-            CappedBody::new(body, limits.max_request_body_bytes, request_too_large)
-                .reporting_to(body_over_cap.clone())
-                .boxed_unsync()
-        });
+        let (request, request_cap) = cap_request(request, limits.max_request_body_bytes);
+        let request = request.map(|body| body.boxed_unsync());
         let started = std::time::Instant::now();
         let outcome = pool.handle(context, request).await;
-        if body_over_cap.load(Ordering::SeqCst) {
-            tracing::info!(
-                limit = limits.max_request_body_bytes,
-                "the request body went over the limit: answered 413"
-            );
-            return Ok(payload_too_large(limits.max_request_body_bytes));
+        if let Some(too_large) = request_cap.answer_if_crossed() {
+            return Ok(too_large);
         }
         match outcome {
             Ok(response) => {
@@ -268,8 +268,7 @@ impl Dispatcher {
         deployment: Arc<Deployment>,
         request: hyper::Request<B>,
         route: RouteInfo,
-        client: SocketAddr,
-        depth: u32,
+        origin: Origin,
         timeout: Duration,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<HttpResponse, ServeError>
@@ -280,6 +279,7 @@ impl Dispatcher {
         let component = spec.name.clone();
         let limits = &self.app.settings.limits;
         let in_flight = deployment.enter();
+        let Origin { client, depth, trace } = origin;
         let chained = self.chained();
         let instantiate_error = |detail: String| ServeError::Instantiate {
             component: component.clone(),
@@ -290,17 +290,10 @@ impl Dispatcher {
             .instances
             .new_store(spec, chained, depth, timeout)
             .map_err(|err| instantiate_error(format!("{err:#}")))?;
-        store
-            .data_mut()
-            .set_trace(TraceContext::from_headers(request.headers()));
+        store.data_mut().set_trace(trace);
 
         let request = with_spin_headers(request, &route, client);
-        // A body that crosses the cap without having declared its length (chunked) reaches the
-        // guest as a body error; whatever the guest answers then, the client gets a 413.
-        let body_over_cap = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| {
-            CappedBody::new(body, limits.max_request_body_bytes, request_too_large).reporting_to(body_over_cap.clone())
-        });
+        let (request, request_cap) = cap_request(request, limits.max_request_body_bytes);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store
             .data_mut()
@@ -373,14 +366,35 @@ impl Dispatcher {
                 }),
             },
         };
-        if body_over_cap.load(Ordering::SeqCst) {
-            tracing::info!(
-                limit = limits.max_request_body_bytes,
-                "the request body went over the limit: answered 413"
-            );
-            return Ok(payload_too_large(limits.max_request_body_bytes));
+        if let Some(too_large) = request_cap.answer_if_crossed() {
+            return Ok(too_large);
         }
         outcome
+    }
+}
+
+/// The cap on a request body that did not declare its length (chunked; one that declared too
+/// much got its 413 before routing): crossing it reaches the guest as a body error, and
+/// whatever the guest answers then, the client gets a 413.
+struct RequestCap {
+    limit: u64,
+    crossed: Arc<AtomicBool>,
+}
+
+fn cap_request<B>(request: hyper::Request<B>, limit: u64) -> (hyper::Request<CappedBody<B>>, RequestCap) {
+    let crossed = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| CappedBody::new(body, limit, request_too_large).reporting_to(crossed.clone()));
+    (request, RequestCap { limit, crossed })
+}
+
+impl RequestCap {
+    /// The 413 to answer instead of the guest's response, if the body crossed the cap.
+    fn answer_if_crossed(&self) -> Option<HttpResponse> {
+        if !self.crossed.load(Ordering::SeqCst) {
+            return None;
+        }
+        tracing::info!(limit = self.limit, "the request body went over the limit: answered 413");
+        Some(payload_too_large(self.limit))
     }
 }
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 
 use super::headers::RouteInfo;
-use super::IN_PROCESS_CLIENT;
+use super::{Origin, IN_PROCESS_CLIENT};
 use crate::app::manifest::HttpRoute;
 use crate::app::{ComponentSpec, Deployment};
 use crate::trigger::Dispatcher;
@@ -28,9 +28,14 @@ impl Dispatcher {
             .body(Empty::<Bytes>::new())
             .map_err(|err| format!("cannot build the probe request for {path}: {err}"))?;
         let route = RouteInfo::for_component(spec, &path);
+        let origin = Origin {
+            client: IN_PROCESS_CLIENT,
+            depth: 0,
+            trace: None,
+        };
         let timeout = self.app.settings.limits.probe_timeout();
         let response = self
-            .serve_version(spec, deployment, request, route, IN_PROCESS_CLIENT, 0, timeout, None)
+            .serve_version(spec, deployment, request, route, origin, timeout, None)
             .await
             .map_err(|err| err.to_string())?;
         let status = response.status();

@@ -208,7 +208,13 @@ mod needs_postgres {
 
         let denied = pg(&client, &base, "denied", "", "SELECT 1").await;
         assert_eq!(denied.status, 403, "{}", denied.body);
-        assert!(denied.body.contains("allowed_outbound_hosts"), "{}", denied.body);
+        assert!(
+            denied
+                .body
+                .contains("ConnectionFailed(\"address postgres://127.0.0.1:5432 is not permitted\")"),
+            "{}",
+            denied.body
+        );
 
         let table = unique("rows").replace('-', "_");
         pg(

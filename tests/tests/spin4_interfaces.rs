@@ -34,7 +34,7 @@ component = "probe"
 source = "{spin7-caps}"
 key_value_stores = ["default"]
 sqlite_databases = ["default"]
-allowed_outbound_hosts = ["postgres://127.0.0.1:5432", "redis://127.0.0.1:6379"]
+allowed_outbound_hosts = ["postgres://127.0.0.1:5432", "redis://127.0.0.1:6379", "mqtt://127.0.0.1:1883", "mysql://127.0.0.1:3306"]
 [component.caps.variables]
 greeting = "{{ greeting }}"
 [component.probe]
@@ -244,6 +244,18 @@ async fn mqtt_3_and_mysql_3_answer_error_values() {
         mysql.contains("Error::ConnectionFailed(") && mysql.contains("no MySQL backend"),
         "{mysql}"
     );
+    // As in Spin, the grant is checked first: an address not granted is not permitted.
+    let mqtt = ok(&client, &base, "mqtt?addr=mqtt://10.1.2.3:1883", "").await;
+    assert!(
+        mqtt.starts_with("Error::ConnectionFailed(") && mqtt.contains("address mqtt://10.1.2.3:1883 is not permitted"),
+        "{mqtt}"
+    );
+    let mysql = ok(&client, &base, "mysql?addr=mysql://root@10.1.2.3/test", "").await;
+    assert!(
+        mysql.contains("Error::ConnectionFailed(")
+            && mysql.contains("address mysql://root@10.1.2.3/test is not permitted"),
+        "{mysql}"
+    );
     host.shutdown().await;
 }
 
@@ -333,7 +345,7 @@ async fn redis_3_publish_goes_to_the_durable_broker() {
     )
     .await;
     assert_eq!(denied.status, 500);
-    assert!(denied.body.contains("allowed_outbound_hosts"), "{}", denied.body);
+    assert!(denied.body.contains("InvalidAddress"), "{}", denied.body);
     host.shutdown().await;
 }
 
@@ -418,7 +430,10 @@ mod needs_postgres {
         .await;
         assert_eq!(denied.status, 500);
         assert!(
-            denied.body.contains("ConnectionFailed") && denied.body.contains("allowed_outbound_hosts"),
+            denied.body.contains("ConnectionFailed")
+                && denied
+                    .body
+                    .contains("address postgres://10.1.2.3:5432 is not permitted"),
             "{}",
             denied.body
         );

@@ -5,24 +5,51 @@
 //! whatever the code uses), and every call returns an error value naming what is missing. A
 //! deploy of a component that imports one of them gets a warning.
 //!
-//! Connections can never be opened, so the connection resources are an uninhabited type.
+//! Connections can never be opened, so the connection resources are an uninhabited type. As in
+//! Spin, an MQTT or MySQL open checks the address against `allowed_outbound_hosts` first: one
+//! not granted is `connection-failed("address ADDR is not permitted")`.
 
+use std::sync::Arc;
+
+use mosaic_manifest::allowed_hosts::AllowedHosts;
 use wasmtime::component::Resource;
 
 use wasmtime::component::Accessor;
+
+use crate::capability::with_view;
 
 use crate::capability::bindings::{
     spin_llm as llm, spin_mqtt as mqtt, spin_mqtt3 as mqtt3, spin_mysql as mysql, spin_mysql3 as mysql3,
 };
 
-/// The per-instance state of the interfaces without a backend: there is none.
+/// The app-wide state of the interfaces without a backend: there is none.
 #[derive(Debug, Default)]
 pub struct NoBackend;
+
+/// What an instance holds of them: its grants, checked before saying there is no backend.
+pub struct NoBackendAccess {
+    allowed: Arc<AllowedHosts>,
+}
+
+impl NoBackendAccess {
+    /// `connection-failed("address ADDR is not permitted")` (Spin's words) unless `address`
+    /// is in the component's `allowed_outbound_hosts`; else the error that there is no backend.
+    fn refuse_open(&self, address: &str, what: &str) -> String {
+        let granted = address.parse::<http::Uri>().ok().is_some_and(|uri| {
+            matches!((uri.scheme_str(), uri.host()), (Some(scheme), Some(host)) if self.allowed.allows(scheme, host, uri.port_u16()))
+        });
+        if granted {
+            missing(what)
+        } else {
+            format!("address {address} is not permitted")
+        }
+    }
+}
 
 /// Nothing to check for readiness.
 impl super::Capability for NoBackend {}
 
-fn no_backend_view<T: super::HasInstance<NoBackend>>(data: &mut T) -> &mut NoBackend {
+fn no_backend_view<T: super::HasInstance<NoBackendAccess>>(data: &mut T) -> &mut NoBackendAccess {
     data.instance_parts().state
 }
 
@@ -31,25 +58,27 @@ fn no_backend_view<T: super::HasInstance<NoBackend>>(data: &mut T) -> &mut NoBac
 pub struct NoBackendImports;
 
 impl wasmtime::component::HasData for NoBackendImports {
-    type Data<'a> = &'a mut NoBackend;
+    type Data<'a> = &'a mut NoBackendAccess;
 }
 
 impl super::GuestCapability for NoBackend {
-    type Instance = NoBackend;
+    type Instance = NoBackendAccess;
 
-    fn instance(self: &std::sync::Arc<Self>, _component: &super::grants::ComponentSpec) -> NoBackend {
-        NoBackend
+    fn instance(self: &Arc<Self>, component: &super::grants::ComponentSpec) -> NoBackendAccess {
+        NoBackendAccess {
+            allowed: component.allowed_hosts.clone(),
+        }
     }
 
     /// Links the LLM, MQTT and MySQL interfaces, 2.0 and Spin 4's (`rdbms-types` comes with
     /// PostgreSQL).
-    fn add_to_linker<T: super::HasInstance<NoBackend> + Send + 'static>(
+    fn add_to_linker<T: super::HasInstance<NoBackendAccess> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
         use wasmtime::component::HasSelf;
-        llm::add_to_linker::<T, HasSelf<NoBackend>>(linker, no_backend_view::<T>)?;
-        mqtt::add_to_linker::<T, HasSelf<NoBackend>>(linker, no_backend_view::<T>)?;
-        mysql::add_to_linker::<T, HasSelf<NoBackend>>(linker, no_backend_view::<T>)?;
+        llm::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
+        mqtt::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
+        mysql::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
         mqtt3::add_to_linker::<T, NoBackendImports>(linker, no_backend_view::<T>)?;
         mysql3::add_to_linker::<T, NoBackendImports>(linker, no_backend_view::<T>)?;
         Ok(())
@@ -72,7 +101,7 @@ fn missing(what: &str) -> String {
     format!("Mosaic has no {what} backend yet, so this call is not available; see the README's list of supported interfaces")
 }
 
-impl llm::Host for NoBackend {
+impl llm::Host for NoBackendAccess {
     async fn infer(
         &mut self,
         _model: String,
@@ -91,17 +120,17 @@ impl llm::Host for NoBackend {
     }
 }
 
-impl mqtt::Host for NoBackend {}
+impl mqtt::Host for NoBackendAccess {}
 
-impl mqtt::HostConnection for NoBackend {
+impl mqtt::HostConnection for NoBackendAccess {
     async fn open(
         &mut self,
-        _address: String,
+        address: String,
         _user: String,
         _password: String,
         _keep_alive: u64,
     ) -> Result<Resource<NoConnection>, mqtt::Error> {
-        Err(mqtt::Error::ConnectionFailed(missing("MQTT")))
+        Err(mqtt::Error::ConnectionFailed(self.refuse_open(&address, "MQTT")))
     }
 
     async fn publish(
@@ -121,11 +150,13 @@ impl mqtt::HostConnection for NoBackend {
 
 macro_rules! no_rdbms_connection {
     ($module:ident, $what:literal, $execute:ty) => {
-        impl $module::Host for NoBackend {}
+        impl $module::Host for NoBackendAccess {}
 
-        impl $module::HostConnection for NoBackend {
-            async fn open(&mut self, _address: String) -> Result<Resource<NoConnection>, $module::Error> {
-                Err($module::Error::ConnectionFailed(missing($what)))
+        impl $module::HostConnection for NoBackendAccess {
+            async fn open(&mut self, address: String) -> Result<Resource<NoConnection>, $module::Error> {
+                Err($module::Error::ConnectionFailed(
+                    self.refuse_open(&address, $what),
+                ))
             }
 
             async fn query(
@@ -155,9 +186,9 @@ macro_rules! no_rdbms_connection {
 
 no_rdbms_connection!(mysql, "MySQL", ());
 
-impl mqtt3::Host for NoBackend {}
+impl mqtt3::Host for NoBackendAccess {}
 
-impl mqtt3::HostConnection for NoBackend {
+impl mqtt3::HostConnection for NoBackendAccess {
     async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
         Ok(())
     }
@@ -165,13 +196,14 @@ impl mqtt3::HostConnection for NoBackend {
 
 impl<T> mqtt3::HostConnectionWithStore<T> for NoBackendImports {
     async fn open(
-        _accessor: &Accessor<T, Self>,
-        _address: String,
+        accessor: &Accessor<T, Self>,
+        address: String,
         _username: String,
         _password: String,
         _keep_alive_interval_in_secs: u64,
     ) -> Result<Resource<NoConnection>, mqtt3::Error> {
-        Err(mqtt3::Error::ConnectionFailed(missing("MQTT")))
+        let refusal = with_view(accessor, |access| access.refuse_open(&address, "MQTT"));
+        Err(mqtt3::Error::ConnectionFailed(refusal))
     }
 
     async fn publish(
@@ -185,9 +217,9 @@ impl<T> mqtt3::HostConnectionWithStore<T> for NoBackendImports {
     }
 }
 
-impl mysql3::Host for NoBackend {}
+impl mysql3::Host for NoBackendAccess {}
 
-impl mysql3::HostConnection for NoBackend {
+impl mysql3::HostConnection for NoBackendAccess {
     async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
         Ok(())
     }
@@ -200,8 +232,9 @@ type MysqlRows = (
 );
 
 impl<T> mysql3::HostConnectionWithStore<T> for NoBackendImports {
-    async fn open(_accessor: &Accessor<T, Self>, _address: String) -> Result<Resource<NoConnection>, mysql3::Error> {
-        Err(mysql3::Error::ConnectionFailed(missing("MySQL")))
+    async fn open(accessor: &Accessor<T, Self>, address: String) -> Result<Resource<NoConnection>, mysql3::Error> {
+        let refusal = with_view(accessor, |access| access.refuse_open(&address, "MySQL"));
+        Err(mysql3::Error::ConnectionFailed(refusal))
     }
 
     async fn query(

@@ -385,8 +385,13 @@ impl PostgresAccess {
     pub async fn open(&self, address: &str) -> Result<PgConnection, PgError> {
         for (host, port) in endpoints(address)? {
             if !self.allowed.allows("postgres", &host, Some(port)) {
+                // Spin's error value; the log says what to change.
+                tracing::warn!(
+                    address = %format!("postgres://{host}:{port}"),
+                    "a PostgreSQL connection was refused: add the address to the component's allowed_outbound_hosts"
+                );
                 return Err(PgError::ConnectionFailed(format!(
-                    "postgres://{host}:{port} is not in this component's allowed_outbound_hosts"
+                    "address postgres://{host}:{port} is not permitted"
                 )));
             }
         }

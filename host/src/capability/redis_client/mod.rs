@@ -153,16 +153,21 @@ pub struct RedisAccess {
 
 impl RedisAccess {
     /// Checks that a guest may open `address`: a URL whose host is in its
-    /// `allowed_outbound_hosts`.
+    /// `allowed_outbound_hosts`; `invalid-address` otherwise, as Spin answers.
     fn check_open<E: RedisErrors>(&self, address: &str) -> Result<(), E> {
         let uri: http::Uri = address.parse().map_err(|_| E::invalid_address())?;
         let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
             return Err(E::invalid_address());
         };
         if !self.allowed.allows(scheme, host, uri.port_u16()) {
-            return Err(E::other(format!(
-                "{scheme}://{host} is not in this component's allowed_outbound_hosts"
-            )));
+            // Spin's error value (it carries no text); the log says what to change. The
+            // address may hold a password: only its scheme, host and port are logged.
+            let port = uri.port_u16().map(|port| format!(":{port}")).unwrap_or_default();
+            tracing::warn!(
+                address = %format!("{scheme}://{host}{port}"),
+                "a Redis connection was refused (invalid-address): add the address to the component's allowed_outbound_hosts"
+            );
+            return Err(E::invalid_address());
         }
         Ok(())
     }

@@ -106,7 +106,9 @@ pub fn with_spin_headers<B>(
         }
     }
     for (name, value) in &route.matched.params {
-        let name = HeaderName::from_bytes(format!("spin-path-match-{}", name.to_ascii_lowercase()).as_bytes());
+        // Spin's name: `:path_segment` gives `spin-path-match-path-segment`.
+        let name = format!("spin-path-match-{}", name.to_ascii_lowercase().replace('_', "-"));
+        let name = HeaderName::from_bytes(name.as_bytes());
         if let (Ok(name), Some(value)) = (name, header_value(value.clone())) {
             headers.insert(name, value);
         }
@@ -149,6 +151,19 @@ mod tests {
         assert_eq!(header("spin-path-match-id").as_deref(), Some("7"));
         assert_eq!(header("spin-made-up"), None);
         assert_eq!(request.headers().get_all("spin-path-info").iter().count(), 1);
+    }
+
+    #[test]
+    fn path_match_headers_are_named_as_spin_names_them() {
+        let pattern = RoutePattern::parse("/a/:path_segment/:Other-Name").unwrap();
+        let route = RouteInfo::new(Some(&pattern), pattern.matches("/a/x/y").unwrap());
+        let request = with_spin_headers(
+            hyper::Request::get("/a/x/y").body(()).unwrap(),
+            &route,
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        assert_eq!(request.headers()["spin-path-match-path-segment"], "x");
+        assert_eq!(request.headers()["spin-path-match-other-name"], "y");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! runs each instance as a worker task in its store's event loop and hands it requests.
 //!
 //! What Mosaic adds: its stores (limits, capabilities, grants), the request deadline, and
-//! retirement on a swap: once a version is no longer live ([`InstancePool::retire`]), its
-//! instances take no new request and end as soon as their in-flight requests have, so that
-//! after a flip no request reaches the old version and its instances are gone once drained.
+//! retirement on a swap: once a version is no longer live ([`InstancePool::retire`]), every
+//! new request goes to the new version's pool; the old version's instances finish what was
+//! routed to them before the flip and end as soon as they are idle, so that after a flip no
+//! request reaches the old version and its instances are gone once drained.
 //!
 //! An instance that traps, or a request that passes its deadline, ends the instance: wasmtime
 //! poisons a store that trapped, and the pool never hands it another request.
@@ -39,33 +40,11 @@ use crate::settings::ReusePolicy;
 /// The instances of one version of one component that serve its HTTP requests.
 pub struct InstancePool {
     handler: ProxyHandler<PoolState>,
-    retired: Retirement,
-}
-
-/// Whether the pool's version was retired: a flag read on every poll of a busy instance, and a
-/// token that wakes idle ones.
-#[derive(Clone)]
-struct Retirement {
-    flag: Arc<AtomicBool>,
-    token: CancellationToken,
-}
-
-impl Retirement {
-    fn new() -> Self {
-        Self {
-            flag: Arc::new(AtomicBool::new(false)),
-            token: CancellationToken::new(),
-        }
-    }
-
-    fn retire(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        self.token.cancel();
-    }
-
-    fn is_retired(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
-    }
+    /// Cancelled when the version retires: its idle instances end. A busy one still takes
+    /// the requests already queued for the pool (they were routed to this version before the
+    /// flip; refusing them would leave them waiting forever, since no instance of the version
+    /// would ever take them) and ends once idle.
+    retired: CancellationToken,
 }
 
 /// What a request brings to the instance that serves it.
@@ -91,7 +70,7 @@ impl InstancePool {
         request_timeout: Duration,
         live: Arc<AtomicUsize>,
     ) -> Self {
-        let retired = Retirement::new();
+        let retired = CancellationToken::new();
         let state = PoolState {
             live,
             pre,
@@ -122,13 +101,13 @@ impl InstancePool {
     /// The version is no longer live: its instances take no new request and end when their
     /// requests have.
     pub fn retire(&self) {
-        self.retired.retire();
+        self.retired.cancel();
     }
 }
 
 impl Drop for InstancePool {
     fn drop(&mut self) {
-        self.retired.retire();
+        self.retired.cancel();
     }
 }
 
@@ -141,7 +120,7 @@ struct PoolState {
     depth: u32,
     policy: ReusePolicy,
     request_timeout: Duration,
-    retired: Retirement,
+    retired: CancellationToken,
 }
 
 impl HandlerState for PoolState {
@@ -172,7 +151,7 @@ impl HandlerState for PoolState {
                 idle: self.policy.idle,
                 request_timeout: self.request_timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
-                retired: Box::pin(self.retired.token.clone().cancelled_owned()),
+                retired: Box::pin(self.retired.clone().cancelled_owned()),
             },
             state: Worker {
                 requests: Mutex::new(Vec::new()),
@@ -180,7 +159,6 @@ impl HandlerState for PoolState {
                 live: self.live.clone(),
                 policy: self.policy,
                 request_timeout: self.request_timeout,
-                retired: self.retired.clone(),
             },
         })
     }
@@ -195,7 +173,6 @@ struct Worker {
     live: Arc<AtomicUsize>,
     policy: ReusePolicy,
     request_timeout: Duration,
-    retired: Retirement,
 }
 
 impl WorkerState for Worker {
@@ -203,7 +180,8 @@ impl WorkerState for Worker {
     type RequestData = RequestContext;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
-        if self.retired.is_retired() || total >= self.policy.max_requests as usize {
+        // Not refused for the version's retirement: see `InstancePool::retired`.
+        if total >= self.policy.max_requests as usize {
             ShouldAccept::Never
         } else if concurrent >= self.policy.max_concurrent as usize {
             ShouldAccept::No
@@ -266,8 +244,8 @@ impl WorkerExpiration for Expiration {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
         let this = self.get_mut();
         let budget = match status {
-            // Only an idle instance waits for its version's retirement (a busy one learns of it
-            // when it is next asked to take a request, and ends once idle).
+            // Only an idle instance waits for its version's retirement: a busy one ends once
+            // idle.
             WorkerStatus::Idle if this.retired.as_mut().poll(cx).is_ready() => return Poll::Ready(()),
             WorkerStatus::Idle => this.idle,
             WorkerStatus::Requests | WorkerStatus::PostReturn => this.request_timeout,

@@ -338,3 +338,53 @@ async fn swap_under_load_with_reuse_loses_no_request_and_retires_the_old_instanc
     assert!(v2.pooled_instances() > 0);
     host.shutdown().await;
 }
+
+/// Requests routed to a version just before its swap were once left waiting forever when they
+/// sat in the old version's queue as it retired (no instance of it would take them). Many
+/// swaps under load make that moment likely: every request must be answered, in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_on_a_retiring_version_are_all_answered() {
+    let dir = AppDir::new(MIXED);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
+        let url = format!("{base}/new/version");
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            while !stop.load(Ordering::SeqCst) {
+                let reply =
+                    tokio::time::timeout(Duration::from_secs(10), send(&client, "GET", &url, bytes::Bytes::new()));
+                match reply.await {
+                    Ok(Ok(reply)) if reply.status == 200 => served.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        eprintln!("failed or unanswered: {other:?}");
+                        failures.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        }));
+    }
+    for swap in 0..12 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let fixture = if swap % 2 == 0 { "spin7-v2" } else { "spin7" };
+        host.pipeline()
+            .deploy(deploy_request("new", fixture))
+            .await
+            .unwrap_or_else(|err| panic!("swap {swap}: {err}"));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed or went unanswered across the swaps"
+    );
+    assert!(served.load(Ordering::SeqCst) > 100, "the load ran");
+    host.shutdown().await;
+}

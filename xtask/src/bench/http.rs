@@ -192,18 +192,14 @@ pub(super) fn run(root: &Path) -> Result<()> {
         })
         .unwrap_or_default();
     let version = wasmtime_version(root)?;
-    let throughput = |name: &str, c: usize| {
+    // (requests/s, server CPU µs a request) of one row; 0 for a row that is missing.
+    let figures = |name: &str, c: usize| {
         rows.iter()
             .find(|(n, conns, _, _)| *n == name && *conns == c)
-            .map(|(_, _, s, _)| s.rps)
-            .unwrap_or(0.0)
+            .map_or((0.0, 0.0), |(_, _, stats, cpu)| (stats.rps, cpu.host_us_per_request))
     };
-    let server_cpu = |name: &str, c: usize| {
-        rows.iter()
-            .find(|(n, conns, _, _)| *n == name && *conns == c)
-            .map(|(_, _, _, cpu)| cpu.host_us_per_request)
-            .unwrap_or(0.0)
-    };
+    let throughput = |name: &str, c: usize| figures(name, c).0;
+    let server_cpu = |name: &str, c: usize| figures(name, c).1;
     let mut table = String::new();
     table.push_str(
         "| server | connections | requests/s | p50 | p99 | errors | server CPU a request | load generator |\n\

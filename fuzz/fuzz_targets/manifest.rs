@@ -27,7 +27,16 @@ fuzz_target!(|data: &[u8]| {
         assert!(!(variable.required && variable.default.is_some()), "variables.{name}");
     }
     for (name, component) in &manifest.components {
-        AllowedHosts::parse(&component.outbound_hosts()).expect("validated allowed_outbound_hosts");
+        // Literal entries parse again; a template names only declared variables (its values
+        // come at start-up, and may still be refused then).
+        let hosts = component.outbound_hosts();
+        let literal: Vec<String> = hosts.iter().filter(|host| !host.contains("{{")).cloned().collect();
+        AllowedHosts::parse(&literal).expect("validated allowed_outbound_hosts");
+        for host in hosts.iter().filter(|host| host.contains("{{")) {
+            for variable in mosaic_manifest::template::names(host).expect("validated template") {
+                assert!(manifest.variables.contains_key(&variable), "{host}: {variable}");
+            }
+        }
         assert!(manifest.source_path(name).is_some(), "component.{name}: a path source");
         let _ = manifest.build_dir(name);
         if let Some(build) = &component.build {

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::manifest::Manifest;
 use crate::app::runtime_config::RuntimeConfig;
-use crate::app::{App, ComponentSpec, Deployment};
+use crate::app::App;
 use crate::capability::http_outbound::OutboundPolicies;
 use crate::capability::key_value::KeyValueStores;
 use crate::capability::messaging::Messaging;
@@ -24,13 +24,14 @@ use crate::capability::sqlite::Databases;
 use crate::capability::unsupported::NoBackend;
 use crate::capability::variables::ApplicationVariables;
 use crate::deploy::journal::{self, Action};
-use crate::deploy::{DeployRequest, Pipeline, Probe};
+use crate::deploy::{DeployRequest, Pipeline};
 use crate::digest::Digest;
 use crate::engine::{build_engine, EpochTicker};
 use crate::instance::{Capabilities, InstanceFactory};
 use crate::rollout::Rollout;
 use crate::settings::Settings;
 use crate::state::{AdminEndpoint, StateDir};
+use crate::trigger::probe::TriggerProbe;
 use crate::trigger::Dispatcher;
 
 #[derive(Debug, Clone, Default)]
@@ -129,6 +130,7 @@ impl Host {
         let dispatcher = Dispatcher::new(app.clone());
         let pipeline = Pipeline::new(app.clone(), Arc::new(TriggerProbe(dispatcher.clone())));
         restore(&pipeline).await?;
+        pipeline.probe_live_versions().await;
 
         let http_listener = TcpListener::bind(settings.http.listen).await.with_context(|| {
             format!(
@@ -381,19 +383,4 @@ async fn build_capabilities(
         otel: Arc::new(Otel::default()),
         outbound: Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone())),
     })
-}
-
-/// The deploy pipeline's probe, served by the triggers: an HTTP component answers its health
-/// route; a subscriber without an HTTP export must start.
-struct TriggerProbe(Dispatcher);
-
-#[async_trait::async_trait]
-impl Probe for TriggerProbe {
-    async fn probe(&self, spec: &ComponentSpec, deployment: Arc<Deployment>) -> Result<(), String> {
-        if deployment.http.is_some() {
-            self.0.probe_http(spec, deployment).await
-        } else {
-            crate::trigger::messages::probe_subscriber(&self.0, spec, deployment).await
-        }
-    }
 }

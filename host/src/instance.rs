@@ -210,7 +210,7 @@ impl InstanceFactory {
         let component: Arc<str> = Arc::from(spec.name.as_str());
         wasi.stdout(GuestOutput::new(component.clone(), GuestStream::Stdout))
             .stderr(GuestOutput::new(component.clone(), GuestStream::Stderr));
-        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        crate::capability::sockets::configure(&mut wasi, component.clone(), spec.allowed_hosts.clone());
         wasi.envs(&spec.environment);
         if let Some(dir) = &spec.files_dir {
             wasi.preopened_dir(dir, "/", FsPerms::ReadOnly)

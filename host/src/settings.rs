@@ -34,6 +34,108 @@ pub struct Settings {
     /// where a fresh instance per request is the default): `[instance_reuse.hello]
     /// max_instance_reuse_count = 128`.
     pub instance_reuse: std::collections::BTreeMap<String, InstanceReuse>,
+    /// Per component, the deploy probe it opts into: `[probe.gateway] path = "/health"`.
+    /// Without one a new version is instantiated and nothing of it is called, as Spin never
+    /// calls a handler without a request.
+    pub probe: std::collections::BTreeMap<String, ProbeSettings>,
+}
+
+/// `[probe.NAME]`: before a new version of NAME takes traffic, it must answer `GET path` with
+/// a passing status within the timeout.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// The path (and query) requested, as a client of the component's route sends it
+    /// (`/hello/health` for a component at `/hello/...`).
+    pub path: String,
+    /// Default: `limits.probe_timeout_ms`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The statuses that pass: numbers (`204`) and ranges (`"200-299"`). Default: 200-299.
+    #[serde(default = "ProbeSettings::default_statuses")]
+    pub statuses: Vec<StatusSet>,
+}
+
+/// One entry of `statuses`: a status or an inclusive range of them.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum StatusSet {
+    One(u16),
+    Range(String),
+}
+
+impl ProbeSettings {
+    fn default_statuses() -> Vec<StatusSet> {
+        vec![StatusSet::Range("200-299".into())]
+    }
+
+    /// A probe of `path` with the default timeout and statuses.
+    pub fn path(path: &str) -> Self {
+        Self {
+            path: path.to_string(),
+            timeout_ms: None,
+            statuses: Self::default_statuses(),
+        }
+    }
+
+    pub fn timeout(&self, limits: &Limits) -> Duration {
+        Duration::from_millis(self.timeout_ms.unwrap_or(limits.probe_timeout_ms))
+    }
+
+    /// Whether an answer with `status` passes.
+    pub fn passes(&self, status: u16) -> bool {
+        self.statuses.iter().any(|set| match set {
+            StatusSet::One(one) => *one == status,
+            StatusSet::Range(range) => {
+                parse_status_range(range).is_ok_and(|(low, high)| (low..=high).contains(&status))
+            }
+        })
+    }
+
+    fn check(&self, component: &str) -> Result<(), String> {
+        if !self.path.starts_with('/') || self.path.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(format!(
+                "`probe.{component}.path` must be a request path starting with `/`, e.g. \"/health\"; it is {:?}",
+                self.path
+            ));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(format!("`probe.{component}.timeout_ms` must be greater than 0"));
+        }
+        if self.statuses.is_empty() {
+            return Err(format!(
+                "`probe.{component}.statuses` is empty: no answer could pass; leave it out for 200-299"
+            ));
+        }
+        for set in &self.statuses {
+            let valid = match set {
+                StatusSet::One(one) => (100..=599).contains(one),
+                StatusSet::Range(range) => parse_status_range(range).is_ok(),
+            };
+            if !valid {
+                let shown = match set {
+                    StatusSet::One(one) => one.to_string(),
+                    StatusSet::Range(range) => format!("{range:?}"),
+                };
+                return Err(format!(
+                    "`probe.{component}.statuses`: {shown} is neither an HTTP status (100-599) nor a range such as \"200-299\""
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `"200-299"` (or `"204"`) as an inclusive range of statuses within 100-599.
+fn parse_status_range(range: &str) -> Result<(u16, u16), ()> {
+    let (low, high) = range.split_once('-').unwrap_or((range, range));
+    let low: u16 = low.trim().parse().map_err(|_| ())?;
+    let high: u16 = high.trim().parse().map_err(|_| ())?;
+    if (100..=599).contains(&low) && (low..=599).contains(&high) {
+        Ok((low, high))
+    } else {
+        Err(())
+    }
 }
 
 /// `[instance_reuse.NAME]`: the reuse of one component's instances. Unset keys take
@@ -249,7 +351,8 @@ pub struct Limits {
     pub max_concurrent_instances: u32,
     /// How long a swapped-out version or a shutting-down host waits for in-flight requests.
     pub drain_timeout_ms: u64,
-    /// How long the deploy probe may take to instantiate and answer its health route.
+    /// How long a new version may take to instantiate, and a `[probe.NAME]` to be answered
+    /// (unless it sets its own `timeout_ms`).
     pub probe_timeout_ms: u64,
     /// Memory of a finished instance's slot kept resident for the next instance, reset by
     /// rewriting only the pages it dirtied instead of returning them to the kernel (whose
@@ -362,6 +465,9 @@ impl Settings {
                 return Err(format!("`instance_reuse.{component}.{key}` must be greater than 0"));
             }
         }
+        for (component, probe) in &self.probe {
+            probe.check(component)?;
+        }
         self.outbound.check()
     }
 }
@@ -439,6 +545,40 @@ mod tests {
             .check()
             .unwrap_err()
             .contains("instance_reuse.x.max_instance_reuse_count"));
+    }
+
+    #[test]
+    fn probes_are_opt_in_and_their_statuses_are_read_and_checked() {
+        assert!(Settings::default().probe.is_empty());
+        let settings: Settings = toml::from_str(
+            "[probe.gateway]\npath = \"/health\"\n\
+             [probe.users]\npath = \"/ready?deep=1\"\ntimeout_ms = 500\nstatuses = [204, \"300-399\"]\n",
+        )
+        .unwrap();
+        settings.check().unwrap();
+        let gateway = &settings.probe["gateway"];
+        assert_eq!(gateway, &ProbeSettings::path("/health"));
+        assert!(gateway.passes(200) && gateway.passes(299) && !gateway.passes(404) && !gateway.passes(503));
+        assert_eq!(gateway.timeout(&settings.limits), settings.limits.probe_timeout());
+        let users = &settings.probe["users"];
+        assert!(users.passes(204) && users.passes(302) && !users.passes(200));
+        assert_eq!(users.timeout(&settings.limits), Duration::from_millis(500));
+
+        let refused = [
+            ("path = \"health\"", "probe.x.path"),
+            ("path = \"/h\"\ntimeout_ms = 0", "probe.x.timeout_ms"),
+            ("path = \"/h\"\nstatuses = []", "is empty"),
+            ("path = \"/h\"\nstatuses = [700]", "700 is neither"),
+            ("path = \"/h\"\nstatuses = [\"300-200\"]", "\"300-200\" is neither"),
+            ("path = \"/h\"\nstatuses = [\"2xx\"]", "\"2xx\" is neither"),
+        ];
+        for (section, expected) in refused {
+            let settings: Settings = toml::from_str(&format!("[probe.x]\n{section}\n")).unwrap();
+            let err = settings.check().unwrap_err();
+            assert!(err.contains(expected), "{section}: {err}");
+        }
+        let err = toml::from_str::<Settings>("[probe.x]\npath = \"/h\"\nstatus = 200\n").unwrap_err();
+        assert!(err.to_string().contains("status"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The parsers of everything an application author writes in `spin.toml`: the manifest itself
 //! ([`manifest`]), HTTP route patterns and the router ([`routes`]), `allowed_outbound_hosts`
-//! ([`allowed_hosts`]) and message channel names and patterns ([`topics`]).
+//! ([`allowed_hosts`]), message channel names and patterns ([`topics`]) and `{{ variable }}`
+//! templates ([`template`]).
 //!
 //! A crate of its own, free of wasmtime and the backends, so that `fuzz/` can build and fuzz it
 //! in seconds; the host re-exports each module where it used to live (`mosaic::app::manifest`,
@@ -10,4 +11,5 @@
 pub mod allowed_hosts;
 pub mod manifest;
 pub mod routes;
+pub mod template;
 pub mod topics;

@@ -296,7 +296,7 @@ impl Manifest {
                 check_variable_name(variable).map_err(|why| fail(format!("`{key}.variables.{variable}`: {why}")))?;
             }
             for host in decl.outbound_hosts() {
-                AllowedHosts::parse(std::slice::from_ref(&host))
+                AllowedHosts::check_entry(&host, |name| raw.variables.contains_key(name))
                     .map_err(|why| fail(format!("`{key}.allowed_outbound_hosts`: {why}")))?;
             }
         }

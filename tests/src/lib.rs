@@ -83,6 +83,7 @@ impl AppDir {
             "subscriber7",
             "subscriber",
             "spin7-caps",
+            "ledger",
         ] {
             // Only the fixtures the manifest names need to be built.
             let placeholder = format!("{{{name}}}");
@@ -387,6 +388,16 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Settings in which the `probe` component of [`TWO_COMPONENTS`] opts into a deploy probe of
+/// its health route (`/probe/health`, which the `probe-unhealthy` build answers with a 503).
+pub fn probed_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings
+        .probe
+        .insert("probe".into(), mosaic::settings::ProbeSettings::path("/probe/health"));
+    settings
+}
+
 /// A deploy of a fixture as `component`, the way the admin API asks for one.
 pub fn deploy_request(component: &str, fixture_name: &str) -> mosaic::deploy::DeployRequest {
     mosaic::deploy::DeployRequest::deploy(component, std::fs::read(fixture(fixture_name)).expect("fixture"), None)
@@ -410,8 +421,13 @@ impl MosaicProcess {
 
     /// Like [`MosaicProcess::start`], with the host's log (its stderr) written to `log`.
     pub fn start_logging_to(dir: &Path, args: &[&str], log: &Path) -> MosaicProcess {
+        Self::start_with_env_logging_to(dir, args, &[], log)
+    }
+
+    /// Like [`MosaicProcess::start_with_env`], with the host's log written to `log`.
+    pub fn start_with_env_logging_to(dir: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> MosaicProcess {
         let file = std::fs::File::create(log).expect("create the log file");
-        Self::spawn(dir, args, &[], std::process::Stdio::from(file))
+        Self::spawn(dir, args, env, std::process::Stdio::from(file))
     }
 
     fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)], stderr: std::process::Stdio) -> MosaicProcess {

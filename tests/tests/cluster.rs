@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use mosaic::settings::{ClusterSettings, Settings};
 use mosaic_tests::sink::Sink;
 use mosaic_tests::{
-    admin, client, fixture, get, mosaic_bin, require_service, send, unique, wait_until, workspace_root, AppDir,
-    HttpClient, MosaicProcess, TWO_COMPONENTS,
+    admin, client, fixture, get, mosaic_bin, probed_settings, require_service, send, unique, wait_until,
+    workspace_root, AppDir, HttpClient, MosaicProcess, TWO_COMPONENTS,
 };
 
 const POSTGRES: &str = "host=127.0.0.1 user=postgres dbname=test";
@@ -308,7 +308,10 @@ mod needs_postgres {
     async fn a_bad_version_is_refused_by_the_deploying_host_and_reaches_no_other() {
         require_postgres();
         let dir = AppDir::new(TWO_COMPONENTS);
-        let settings = cluster_settings(&unique("cluster"));
+        let settings = Settings {
+            probe: probed_settings().probe,
+            ..cluster_settings(&unique("cluster"))
+        };
         let a = dir.start_in(settings.clone(), None, "state-a").await;
         let b = dir.start_in(settings.clone(), None, "state-b").await;
         let unhealthy = std::fs::read(fixture("probe-unhealthy")).expect("fixture");

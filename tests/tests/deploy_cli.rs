@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use mosaic::settings::Settings;
-use mosaic_tests::{client, fixture, get, mosaic_bin, AppDir, TWO_COMPONENTS};
+use mosaic::settings::{ProbeSettings, Settings, StatusSet};
+use mosaic_tests::{client, fixture, get, mosaic_bin, probed_settings, AppDir, TWO_COMPONENTS};
 
 fn mosaic(dir: &Path, args: &[&str]) -> Output {
     let output = std::process::Command::new(mosaic_bin())
@@ -44,7 +44,7 @@ async fn assert_still_v1(url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_deploys_name_the_step_and_keep_the_old_version() {
     let dir = AppDir::new(TWO_COMPONENTS);
-    let host = dir.start(Settings::default()).await;
+    let host = dir.start(probed_settings()).await;
     let hello = format!("http://{}/probe/hello", host.http_addr());
     let path = dir.path.clone();
     let run = |args: Vec<String>| {
@@ -115,7 +115,7 @@ async fn bad_deploys_name_the_step_and_keep_the_old_version() {
     );
     assert_still_v1(&hello).await;
 
-    // A version whose health probe fails.
+    // A version that fails the probe it opted into (`[probe.probe]`).
     let out = deploy(fixture("probe-unhealthy").to_string_lossy().to_string()).await;
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -246,7 +246,7 @@ async fn admin_api_needs_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_errors_and_deploys() {
     let dir = AppDir::new(TWO_COMPONENTS);
-    let host = dir.start(Settings::default()).await;
+    let host = dir.start(probed_settings()).await;
     let client = client();
     let base = format!("http://{}", host.http_addr());
     for _ in 0..3 {
@@ -341,6 +341,174 @@ async fn history_after_a_rollback_marks_only_the_live_deployment() {
     assert!(
         lines[2].contains("rollback") && lines[2].ends_with("<- live"),
         "{history}"
+    );
+    host.shutdown().await;
+}
+
+/// The ledger writes a row for every request it handles, whatever the path, as most real
+/// handlers have a side effect. The plain component sorts last, so it loads after the others.
+const LEDGER_APP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "ledger"
+[[trigger.http]]
+route = "/ledger/..."
+component = "ledger"
+[[trigger.http]]
+route = "/caller/..."
+component = "caller"
+[[trigger.http]]
+route = "/zz/..."
+component = "zz-plain"
+[component.ledger]
+source = "{ledger}"
+sqlite_databases = ["default"]
+[component.caller]
+source = "{probe}"
+allowed_outbound_hosts = ["http://*.spin.internal"]
+[component.zz-plain]
+source = "{plain}"
+"#;
+
+/// The same code under another digest: a custom section appended to the component.
+fn another_build(bytes: &[u8], tag: u8) -> Vec<u8> {
+    let name = b"mosaic-test-build";
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    out.push((1 + name.len() + 1) as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.push(tag);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_runs_only_for_the_requests_sent_to_it() {
+    let dir = AppDir::new(LEDGER_APP);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    let mut sent = Vec::new();
+    let mut send = |path: &str| {
+        sent.push(path.to_string());
+        let url = format!("{base}/ledger{path}");
+        let client = client.clone();
+        async move { get(&client, &url).await }
+    };
+    send("/a").await;
+    let ledger = std::fs::read(fixture("ledger")).unwrap();
+    for tag in 1..=2u8 {
+        let report = host
+            .pipeline()
+            .deploy(mosaic::deploy::DeployRequest::deploy(
+                "ledger",
+                another_build(&ledger, tag),
+                None,
+            ))
+            .await
+            .expect("the swap");
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        send(&format!("/after-swap-{tag}")).await;
+    }
+    // Rollback and a restart load versions again: still no request of the host's own.
+    host.pipeline().rollback("ledger").await.unwrap();
+    host.shutdown().await;
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let mut sent_after = sent.clone();
+    sent_after.push("/after-restart".into());
+    let reply = get(&client, &format!("{base}/ledger/after-restart")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        reply.body.lines().collect::<Vec<_>>(),
+        sent_after,
+        "exactly one row per request sent, in order; no start-up load, swap, rollback or restart ran the handler"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_in_probe_runs_once_every_component_is_loaded_and_gates_deploys() {
+    let dir = AppDir::new(LEDGER_APP);
+    let mut settings = Settings::default();
+    // `caller`'s probe calls `zz-plain`, which loads after it: it must pass at start-up.
+    settings.probe.insert(
+        "caller".into(),
+        ProbeSettings::path("/caller/outbound?url=http://zz-plain.spin.internal/zz/"),
+    );
+    settings.probe.insert(
+        "ledger".into(),
+        ProbeSettings {
+            statuses: vec![StatusSet::Range("200-299".into()), StatusSet::One(404)],
+            ..ProbeSettings::path("/ledger/probe")
+        },
+    );
+    let host = dir.start(settings).await;
+    assert_eq!(host.pipeline().probe_live_versions().await, Vec::<String>::new());
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    // The ledger's probe ran twice (at start and just now), and only those.
+    let reply = get(&client, &format!("{base}/ledger/request")).await;
+    assert_eq!(reply.body.lines().collect::<Vec<_>>(), ["/probe", "/probe", "/request"]);
+    host.shutdown().await;
+
+    // A probe that fails refuses the deploy; at start-up it is a warning, and so is a probe of
+    // a component the application does not have.
+    let mut settings = Settings::default();
+    settings.probe.insert(
+        "caller".into(),
+        ProbeSettings {
+            timeout_ms: Some(300),
+            ..ProbeSettings::path("/caller/slow?ms=3000")
+        },
+    );
+    settings.probe.insert(
+        "ledger".into(),
+        ProbeSettings {
+            statuses: vec![StatusSet::One(204)],
+            ..ProbeSettings::path("/ledger/probe")
+        },
+    );
+    settings.probe.insert("ghost".into(), ProbeSettings::path("/health"));
+    let host = dir.start(settings).await;
+    let failures = host.pipeline().probe_live_versions().await;
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    assert!(
+        failures[0].contains("`caller`") && failures[0].contains("300ms"),
+        "{failures:?}"
+    );
+    assert!(
+        failures[1].contains("`[probe.ghost]`") && failures[1].contains("caller, ledger, zz-plain"),
+        "{failures:?}"
+    );
+    assert!(
+        failures[2].contains("GET /ledger/probe answered 200 OK, which `[probe.ledger]` does not pass"),
+        "{failures:?}"
+    );
+    let ledger = std::fs::read(fixture("ledger")).unwrap();
+    let live = host
+        .app()
+        .slot("ledger")
+        .unwrap()
+        .live
+        .load()
+        .short_digest()
+        .to_string();
+    let err = host
+        .pipeline()
+        .deploy(mosaic::deploy::DeployRequest::deploy(
+            "ledger",
+            another_build(&ledger, 9),
+            None,
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("probe") && err.contains("does not pass"), "{err}");
+    assert_eq!(
+        host.app().slot("ledger").unwrap().live.load().short_digest(),
+        live,
+        "still the old version"
     );
     host.shutdown().await;
 }

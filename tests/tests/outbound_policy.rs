@@ -385,3 +385,162 @@ fn settings_errors_name_the_key_and_the_file() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP echo server on loopback: answers each connection with what it sent, once the client
+/// closes its side.
+async fn tcp_echo() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                if stream.read_to_end(&mut received).await.is_ok() {
+                    let _ = stream.write_all(&received).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A UDP echo server on loopback: sends every datagram back to where it came from.
+async fn udp_echo() -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("address");
+    tokio::spawn(async move {
+        let mut buffer = [0u8; 1500];
+        while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
+            let _ = socket.send_to(&buffer[..len], from).await;
+        }
+    });
+    addr
+}
+
+/// `wasi:sockets` with the grants of `allowed_outbound_hosts`, written as addresses, names,
+/// CIDR ranges and `{{ variable }}` templates: what they grant connects, what they do not is
+/// refused with access-denied (Rust's `PermissionDenied`), and a component without a socket
+/// grant has no socket at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_reach_exactly_what_allowed_outbound_hosts_grants() {
+    let (granted, by_name, by_range, by_template, refused) = (
+        tcp_echo().await,
+        tcp_echo().await,
+        tcp_echo().await,
+        tcp_echo().await,
+        tcp_echo().await,
+    );
+    let (udp_granted, udp_refused) = (udp_echo().await, udp_echo().await);
+    let app = format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "sockets"
+[variables]
+echo_port = {{ default = "{by_template}" }}
+echo_host = {{ default = "127.0.0.1", secret = true }}
+optional_endpoint = {{ default = "" }}
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[[trigger.http]]
+route = "/closed/..."
+component = "closed"
+[component.probe]
+source = "{{probe}}"
+allowed_outbound_hosts = [
+    "tcp://127.0.0.1:{granted}",
+    "tcp://localhost:{by_name}",
+    "*://127.0.0.0/24:{by_range}",
+    "tcp://{{{{ echo_host }}}}:{{{{ echo_port }}}}",
+    "{{{{ optional_endpoint }}}}",
+    "udp://127.0.0.1:{udp_granted}",
+]
+[component.closed]
+source = "{{probe}}"
+allowed_outbound_hosts = ["http://127.0.0.1:{refused}"]
+"#,
+        granted = granted.port(),
+        by_name = by_name.port(),
+        by_range = by_range.port(),
+        udp_granted = udp_granted.port(),
+        refused = refused.port(),
+        by_template = by_template.port(),
+    );
+    let dir = AppDir::new(&app);
+    let host = dir.start(Settings::default()).await;
+    let client = client();
+    let base = format!("http://{}", host.http_addr());
+    let tcp = |path: &str, addr: String| format!("{base}/{path}/tcp?addr={addr}&send=hello");
+    for (how, addr) in [
+        ("an address", format!("127.0.0.1:{}", granted.port())),
+        ("a name", format!("localhost:{}", by_name.port())),
+        ("a CIDR range", format!("127.0.0.1:{}", by_range.port())),
+        ("a template", format!("127.0.0.1:{}", by_template.port())),
+    ] {
+        let reply = get(&client, &tcp("probe", addr.clone())).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, "hello"),
+            "TCP to {addr}, granted by {how}"
+        );
+    }
+    let reply = get(&client, &tcp("probe", format!("127.0.0.1:{}", refused.port()))).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(reply.body.starts_with("PermissionDenied"), "{}", reply.body);
+    // An `http://` grant of the same address is no socket grant.
+    let reply = get(&client, &tcp("closed", format!("127.0.0.1:{}", refused.port()))).await;
+    assert!(
+        reply.status == 403 && reply.body.starts_with("PermissionDenied"),
+        "{}",
+        reply.body
+    );
+
+    let udp = |addr: SocketAddr| format!("{base}/probe/udp?addr={addr}&send=datagram");
+    let reply = get(&client, &udp(udp_granted)).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "datagram"));
+    let reply = get(&client, &udp(udp_refused)).await;
+    assert!(
+        reply.status == 403 && reply.body.starts_with("PermissionDenied"),
+        "{}",
+        reply.body
+    );
+    let reply = get(&client, &format!("{base}/closed/udp?addr={udp_granted}&send=x")).await;
+    assert!(
+        reply.status == 403 && reply.body.starts_with("PermissionDenied"),
+        "{}",
+        reply.body
+    );
+    host.shutdown().await;
+}
+
+/// A template whose secret value makes no valid grant stops the start with an error that names
+/// the component and the entry, never the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templated_grant_keeps_its_secret_out_of_errors() {
+    let dir = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "secret-grant"
+[variables]
+api_host = { default = "sup3r-secret/with-a-path", secret = true }
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[component.probe]
+source = "{probe}"
+allowed_outbound_hosts = ["https://{{ api_host }}"]
+"#,
+    );
+    let err = match dir.try_start_in(Settings::default(), None, None).await {
+        Ok(_) => panic!("a grant that expands to a path must not start"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(
+        err.contains("probe") && err.contains("https://{{ api_host }}") && err.contains("secret"),
+        "{err}"
+    );
+    assert!(!err.contains("sup3r"), "{err}");
+}

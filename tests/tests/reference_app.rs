@@ -64,13 +64,29 @@ impl Shop {
             .collect();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let process = MosaicProcess::start_with_env(&workspace_root(), &args, &env);
+        let log = extra_dir.join("host.log");
+        let process = MosaicProcess::start_with_env_logging_to(&workspace_root(), &args, &env, &log);
         Shop {
             process,
             http: client(),
             state_dir,
             extra_dir,
         }
+    }
+
+    /// What the host logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.extra_dir.join("host.log")).unwrap_or_default()
+    }
+
+    /// The warnings and errors the host logged while it started (up to `serving`).
+    fn start_up_warnings(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .take_while(|line| !line.contains("mosaic::host: serving"))
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .map(str::to_string)
+            .collect()
     }
 
     async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
@@ -212,6 +228,9 @@ impl Shop {
 impl Drop for Shop {
     fn drop(&mut self) {
         self.process.kill_hard();
+        if std::thread::panicking() {
+            eprintln!("the shop's log:\n{}", self.log());
+        }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         let _ = std::fs::remove_dir_all(&self.extra_dir);
     }
@@ -362,6 +381,14 @@ async fn successful_order_flow(shop: &Shop) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_order_is_confirmed_end_to_end_on_embedded_defaults() {
     let shop = Shop::start(&[("payment_success_rate", "1")], None, None);
+    // Every service is loaded before the probes of mosaic.toml run (the gateway's asks them
+    // all), and no handler runs unasked: the start logs no warning.
+    assert_eq!(shop.start_up_warnings(), Vec::<String>::new());
+    assert!(
+        shop.log().contains(r#""path":"/health","status":200"#),
+        "the gateway's probe ran and passed:\n{}",
+        shop.log()
+    );
     successful_order_flow(&shop).await;
     the_shop_mixes_worlds(&shop);
 }

@@ -234,6 +234,7 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("probe", "", "probe"),
     ("probe", "v2", "probe-v2"),
     ("probe", "unhealthy", "probe-unhealthy"),
+    ("ledger", "", "ledger"),
     ("plain", "", "plain"),
     ("counter", "", "counter"),
     ("subscriber", "", "subscriber"),

@@ -19,7 +19,6 @@ use wasmtime_wasi_http::handler::ProxyPre;
 
 use crate::capability::bindings::subscriber::SubscriberPre;
 pub use crate::capability::grants::ComponentSpec;
-use crate::capability::http_outbound::AllowedHosts;
 use crate::digest::Digest;
 use crate::instance::{Capabilities, InstanceFactory, InstanceState};
 use crate::instance_pool::InstancePool;
@@ -325,7 +324,7 @@ impl App {
         let Some(decl) = self.manifest.components.get(component) else {
             return Ok(None);
         };
-        let allowed = AllowedHosts::parse(&decl.outbound_hosts())?;
+        let allowed = self.capabilities().variables.allowed_hosts(&self.manifest, component)?;
         let files_dir = files::stage(&self.manifest, component, &self.state.files_dir())?;
         let variables = self.capabilities().variables.for_component(&self.manifest, component)?;
         Ok(Some(ComponentSpec {

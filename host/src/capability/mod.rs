@@ -19,6 +19,7 @@ pub mod messaging;
 pub mod otel;
 pub mod postgres;
 pub mod redis_client;
+pub mod sockets;
 pub mod sqlite;
 pub mod unsupported;
 pub mod variables;

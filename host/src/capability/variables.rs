@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::capability::bindings::{config_store, spin_variables3 as variables3, variables};
+use mosaic_manifest::allowed_hosts::{AllowedHosts, TemplateValue};
 use mosaic_manifest::manifest::Manifest;
+use mosaic_manifest::template::render;
 
 /// The rendered variables one component may read. `Debug` shows names only.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -90,23 +92,6 @@ pub fn render_component(
     Ok(ComponentVariables(rendered))
 }
 
-/// Expands `{{ name }}` in `template`.
-fn render(template: &str, mut lookup: impl FnMut(&str) -> Result<String, String>) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            return Err(format!("the template \"{template}\" has a `{{{{` without its `}}}}`"));
-        };
-        out.push_str(&lookup(after[..end].trim())?);
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 fn valid_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
@@ -181,6 +166,30 @@ impl ApplicationVariables {
     /// The rendered `[component.NAME.variables]` of `component`.
     pub fn for_component(&self, manifest: &Manifest, component: &str) -> Result<ComponentVariables, String> {
         render_component(manifest, component, &self.0)
+    }
+
+    /// `component`'s `allowed_outbound_hosts`, their `{{ name }}` templates expanded with the
+    /// application's variables (as Spin does); a secret's value stays out of every error.
+    pub fn allowed_hosts(&self, manifest: &Manifest, component: &str) -> Result<AllowedHosts, String> {
+        let Some(decl) = manifest.components.get(component) else {
+            return Ok(AllowedHosts::default());
+        };
+        AllowedHosts::parse_with(&decl.outbound_hosts(), |name| {
+            let Some(declared) = manifest.variables.get(name) else {
+                return Err(format!("`{{{{ {name} }}}}` is not declared in `[variables]`"));
+            };
+            match self.0.get(name) {
+                Some(value) => Ok(TemplateValue {
+                    value: value.clone(),
+                    secret: declared.secret,
+                }),
+                None => Err(format!(
+                    "the application variable `{name}` has no value: set {} or give it a default",
+                    env_name(name)
+                )),
+            }
+        })
+        .map_err(|why| format!("component `{component}`: `allowed_outbound_hosts`: {why}"))
     }
 }
 
@@ -268,8 +277,20 @@ variables = { key = "{{ api_key }}", url = "https://{{region}}.example.com/{{ re
     }
 
     #[test]
-    fn unterminated_template() {
-        let err = render("a {{ b", |_| Ok(String::new())).unwrap_err();
-        assert!(err.contains("without its"), "{err}");
+    fn allowed_hosts_expand_with_application_variables_and_keep_secrets() {
+        let m = manifest(&APP.replace(
+            "[component.api]\n",
+            "[component.api]\nallowed_outbound_hosts = [\"https://{{ region }}.example.com\", \"https://{{ api_key }}\"]\n",
+        ));
+        let env = |value: &'static str| move |name: &str| (name == "SPIN_VARIABLE_API_KEY").then(|| value.to_string());
+        let app = ApplicationVariables::resolve(&m, env("keys.example.com")).unwrap();
+        let allowed = app.allowed_hosts(&m, "api").unwrap();
+        assert!(allowed.allows("https", "eu.example.com", None) && allowed.allows("https", "keys.example.com", None));
+        let app = ApplicationVariables::resolve(&m, env("s3cret/path")).unwrap();
+        let err = app.allowed_hosts(&m, "api").unwrap_err();
+        assert!(
+            err.contains("component `api`") && err.contains("secret") && !err.contains("s3cret"),
+            "{err}"
+        );
     }
 }

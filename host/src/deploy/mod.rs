@@ -21,6 +21,7 @@ use crate::app::{App, ComponentSpec, Deployment};
 use crate::capability::bindings::subscriber::SubscriberPre;
 use crate::digest::Digest;
 use crate::instance::InstanceState;
+use crate::settings::ProbeSettings;
 use journal::{Action, JournalEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,8 +112,8 @@ pub struct DeployRequest {
     /// For a component that is not in the manifest yet: where to serve it.
     pub route: Option<String>,
     pub action: Action,
-    /// Start-up loads have no old version to protect: a failed probe is a warning.
-    pub probe_is_fatal: bool,
+    /// What the probe step runs, and what its failure does.
+    pub probe: ProbeStep,
     /// Whether to append a journal entry (not when a start-up restores a journaled version).
     pub record: bool,
 }
@@ -126,7 +127,7 @@ impl DeployRequest {
             bytes,
             route,
             action: Action::Deploy,
-            probe_is_fatal: true,
+            probe: ProbeStep::Refuse,
             record: true,
         }
     }
@@ -144,7 +145,7 @@ impl DeployRequest {
     /// does not stop the way back.
     pub fn undo(component: &str, bytes: Vec<u8>) -> Self {
         Self {
-            probe_is_fatal: false,
+            probe: ProbeStep::Warn,
             ..Self::rollback(component, bytes)
         }
     }
@@ -158,23 +159,45 @@ impl DeployRequest {
         }
     }
 
-    /// A start-up load of a component's version: a failed probe is a warning (there is no old
-    /// version to protect); `record` when it is a version the journal does not know yet.
+    /// A start-up load of a component's version: it is only instantiated, and a failure is a
+    /// warning (there is no old version to protect); `record` when it is a version the journal
+    /// does not know yet. The host runs the `[probe.NAME]`s once every component is loaded.
     pub fn start_up(component: &str, bytes: Vec<u8>, route: Option<String>, record: bool) -> Self {
         Self {
             action: Action::Manifest,
-            probe_is_fatal: false,
+            probe: ProbeStep::StartOnly,
             record,
             ..Self::deploy(component, bytes, route)
         }
     }
 }
 
+/// What the probe step of a deploy runs, and what its failure does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeStep {
+    /// The component's `[probe.NAME]`, or without one an instantiation; a failure refuses the
+    /// version.
+    Refuse,
+    /// The same; a failure is a warning (the way back to a version that served a moment ago).
+    Warn,
+    /// An instantiation only, a failure a warning: a start-up load, whose `[probe.NAME]` runs
+    /// once every component is loaded (a probe may call the others).
+    StartOnly,
+}
+
 /// The deploy pipeline's probe of a new version before any user traffic reaches it (the
 /// triggers implement it; `crate::host` wires it in).
 #[async_trait::async_trait]
 pub trait Probe: Send + Sync {
-    async fn probe(&self, spec: &ComponentSpec, deployment: Arc<Deployment>) -> Result<(), String>;
+    /// Instantiates the version and calls nothing of it.
+    async fn start(&self, spec: &ComponentSpec, deployment: Arc<Deployment>) -> Result<(), String>;
+    /// The component's `[probe.NAME]`: the version must answer it.
+    async fn check(
+        &self,
+        spec: &ComponentSpec,
+        deployment: Arc<Deployment>,
+        probe: &ProbeSettings,
+    ) -> Result<(), String>;
 }
 
 struct StepClock {
@@ -255,7 +278,7 @@ impl Pipeline {
             .map_err(|reason| DeployError::at(&name, Step::Migrate, reason))?;
         clock.done(Step::Migrate);
         // 5. probe
-        self.probe_step(&mut version, request.probe_is_fatal).await?;
+        self.probe_step(&mut version, request.probe).await?;
         clock.done(Step::Probe);
         // 6. flip
         let (previous, previous_digest) = self.flip(&version);
@@ -404,18 +427,53 @@ impl Pipeline {
         Ok((http, subscriber))
     }
 
-    /// Step 5: the new version starts (and answers its health route) before any user traffic
-    /// reaches it. At start-up a failure is a warning: there is no old version to protect.
-    async fn probe_step(&self, version: &mut Validated, fatal: bool) -> Result<(), DeployError> {
+    /// Step 5: the new version starts (and answers its `[probe.NAME]`, if it has one) before
+    /// any user traffic reaches it.
+    async fn probe_step(&self, version: &mut Validated, step: ProbeStep) -> Result<(), DeployError> {
         let name = &version.spec.name;
-        if let Err(reason) = self.probe.probe(&version.spec, version.deployment.clone()).await {
-            if fatal {
+        let configured = match step {
+            ProbeStep::StartOnly => None,
+            ProbeStep::Refuse | ProbeStep::Warn => self.app.settings.probe.get(name),
+        };
+        let deployment = version.deployment.clone();
+        let outcome = match configured {
+            Some(probe) => self.probe.check(&version.spec, deployment, probe).await,
+            None => self.probe.start(&version.spec, deployment).await,
+        };
+        if let Err(reason) = outcome {
+            if step == ProbeStep::Refuse {
                 return Err(DeployError::at(name, Step::Probe, reason));
             }
-            tracing::warn!(component = %name, "health probe failed: {reason}");
-            version.warnings.push(format!("health probe failed: {reason}"));
+            tracing::warn!(component = %name, "probe failed: {reason}");
+            version.warnings.push(format!("probe failed: {reason}"));
         }
         Ok(())
+    }
+
+    /// The `[probe.NAME]`s of mosaic.toml, on the live versions, once a start-up has loaded
+    /// every component: a failure is a warning (there is no older version to keep). A probe
+    /// of a component that is not loaded is a warning too. Returns the failures.
+    pub async fn probe_live_versions(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for (name, probe) in &self.app.settings.probe {
+            let Some(slot) = self.app.slot(name) else {
+                let mut known: Vec<_> = self.app.slots().iter().map(|slot| slot.spec.name.clone()).collect();
+                known.sort();
+                let reason = format!(
+                    "`[probe.{name}]` of mosaic.toml names no component of the application (it has {}); \
+                     fix the name or remove the section",
+                    known.join(", ")
+                );
+                tracing::warn!(component = %name, "{reason}");
+                failures.push(reason);
+                continue;
+            };
+            if let Err(reason) = self.probe.check(&slot.spec, slot.live.load_full(), probe).await {
+                tracing::warn!(component = %name, "probe failed at start-up: {reason}");
+                failures.push(format!("`{name}`: {reason}"));
+            }
+        }
+        failures
     }
 
     /// Step 6: the new version becomes the live one; returns the one it replaced (and, after a

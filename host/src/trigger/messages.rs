@@ -237,25 +237,3 @@ fn describe_trap(name: &str, err: wasmtime::Error, timeout: Duration) -> String 
         None => format!("component `{name}` failed: {err:#}"),
     }
 }
-
-/// The deploy probe of a subscriber without an HTTP export: one instance must start.
-pub async fn probe_subscriber(
-    trigger: &Dispatcher,
-    spec: &ComponentSpec,
-    deployment: Arc<Deployment>,
-) -> Result<(), String> {
-    let Some(pre) = deployment.subscriber.clone() else {
-        return Ok(());
-    };
-    let timeout = trigger.app().settings.limits.probe_timeout();
-    let mut store = trigger
-        .app()
-        .instances
-        .new_store(spec, trigger.chained(), 0, timeout)
-        .map_err(|err| format!("{err:#}"))?;
-    match tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(format!("the new version does not start: {err:#}")),
-        Err(_) => Err(format!("the new version did not start within {timeout:?}")),
-    }
-}

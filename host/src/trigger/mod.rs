@@ -4,6 +4,7 @@
 pub mod body;
 pub mod http;
 pub mod messages;
+pub mod probe;
 
 use std::sync::Arc;
 

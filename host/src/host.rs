@@ -48,6 +48,27 @@ pub struct HostOptions {
     pub runtime_config_file: Option<PathBuf>,
     /// Overrides `cluster.postgres` of mosaic.toml: join the cluster whose store this is.
     pub cluster: Option<String>,
+    /// What `spin up`'s flags change for this run (`mosaic up` takes them too).
+    pub run: RunOptions,
+}
+
+/// `spin up`'s flags that change one run of the application, never its files.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--variable NAME=VALUE`: application variables, over `SPIN_VARIABLE_*` and defaults.
+    pub variables: std::collections::BTreeMap<String, String>,
+    /// `-e NAME=VALUE`: set in every component's environment (over the manifest's).
+    pub environment: Vec<(String, String)>,
+    /// `-c ID`: serve only these components (empty: all).
+    pub components: Vec<String>,
+    /// `--key-value KEY=VALUE`: set in the default key-value store before anything runs.
+    pub key_values: Vec<(String, String)>,
+    /// `--sqlite STATEMENT`: run, in order, on the default SQLite database before anything runs.
+    pub sqlite_statements: Vec<String>,
+    /// `--find-free-port`: when the HTTP listen address is taken, the next free port.
+    pub find_free_port: bool,
+    /// `--tls-cert`, `--tls-key`: serve HTTPS with this certificate chain and key (PEM).
+    pub tls: Option<crate::listener::TlsFiles>,
 }
 
 pub struct Host {
@@ -64,7 +85,31 @@ pub struct Host {
 
 impl Host {
     pub async fn start(options: HostOptions) -> anyhow::Result<Host> {
-        let manifest = Manifest::load(&options.manifest)?;
+        let mut manifest = Manifest::load(&options.manifest)?;
+        let run = &options.run;
+        if !run.components.is_empty() {
+            manifest
+                .retain_components(&run.components)
+                .map_err(anyhow::Error::msg)?;
+        }
+        for decl in manifest.components.values_mut() {
+            decl.environment.extend(run.environment.iter().cloned());
+        }
+        if let Some(unknown) = run
+            .variables
+            .keys()
+            .find(|name| !manifest.variables.contains_key(*name))
+        {
+            let declared: Vec<&str> = manifest.variables.keys().map(String::as_str).collect();
+            anyhow::bail!(
+                "--variable {unknown}: the application declares no variable `{unknown}` in [variables] (it declares: {})",
+                if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+            );
+        }
+        let tls = match &run.tls {
+            Some(files) => Some(crate::listener::tls_acceptor(files)?),
+            None => None,
+        };
         let mut settings = match options.settings {
             Some(settings) => settings,
             None => Settings::load_beside(&options.manifest)?,
@@ -118,8 +163,10 @@ impl Host {
             runtime_config,
             &state,
             &metrics,
+            &options.run.variables,
         )
         .await?;
+        seed(&capabilities, &options.run).await?;
         let instances = InstanceFactory {
             engine,
             limits: settings.limits.clone(),
@@ -132,12 +179,7 @@ impl Host {
         restore(&pipeline).await?;
         pipeline.probe_live_versions().await;
 
-        let http_listener = TcpListener::bind(settings.http.listen).await.with_context(|| {
-            format!(
-                "cannot listen for HTTP on {}; pass another address with --listen (port 0 picks a free one) or stop the process using it",
-                settings.http.listen
-            )
-        })?;
+        let http_listener = bind_http(settings.http.listen, options.run.find_free_port).await?;
         let admin_listener = TcpListener::bind(settings.admin.listen).await.with_context(|| {
             format!(
                 "cannot listen for the admin API on {}; set admin.listen in mosaic.toml",
@@ -169,6 +211,7 @@ impl Host {
         let mut tasks = vec![
             tokio::spawn(crate::trigger::http::serve(
                 http_listener,
+                tls,
                 dispatcher.clone(),
                 stopped.clone(),
                 drain,
@@ -341,9 +384,17 @@ async fn build_capabilities(
     runtime_config: RuntimeConfig,
     state: &StateDir,
     metrics: &Arc<crate::observe::Metrics>,
+    variable_flags: &std::collections::BTreeMap<String, String>,
 ) -> anyhow::Result<Capabilities> {
-    let variables = ApplicationVariables::resolve(manifest, |name| std::env::var(name).ok())
-        .map_err(|message| anyhow::anyhow!("{}: {message}", manifest_path.display()))?;
+    // `--variable` first, then the environment, then the manifest's default (as Spin).
+    let variables = ApplicationVariables::resolve(manifest, |env_name| {
+        variable_flags
+            .iter()
+            .find(|(name, _)| crate::capability::variables::env_name(name) == env_name)
+            .map(|(_, value)| value.clone())
+            .or_else(|| std::env::var(env_name).ok())
+    })
+    .map_err(|message| anyhow::anyhow!("{}: {message}", manifest_path.display()))?;
     let namespace = settings
         .messaging
         .namespace
@@ -383,4 +434,59 @@ async fn build_capabilities(
         otel: Arc::new(Otel::default()),
         outbound: Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone())),
     })
+}
+
+/// `--key-value` and `--sqlite`: the default store and database get their seed before any
+/// component runs (so the start-up probes see it too).
+async fn seed(capabilities: &Capabilities, run: &RunOptions) -> anyhow::Result<()> {
+    if !run.key_values.is_empty() {
+        let store = capabilities
+            .key_value
+            .open("default")
+            .await
+            .map_err(|err| anyhow::anyhow!("--key-value: cannot open the default key-value store: {err}"))?;
+        for (key, value) in &run.key_values {
+            store
+                .set(key, value.as_bytes())
+                .await
+                .map_err(|err| anyhow::anyhow!("--key-value {key}=...: {err}"))?;
+        }
+    }
+    if !run.sqlite_statements.is_empty() {
+        let database = capabilities
+            .sqlite
+            .open("default")
+            .await
+            .map_err(|err| anyhow::anyhow!("--sqlite: cannot open the default SQLite database: {err}"))?;
+        for statement in &run.sqlite_statements {
+            database
+                .run_script(statement)
+                .await
+                .map_err(|err| anyhow::anyhow!("--sqlite: the statement failed, nothing of it was applied: {err}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds the HTTP listener; with `find_free_port`, the next free port after a taken one (as
+/// `spin up --find-free-port`), up to 100 ports on.
+async fn bind_http(listen: SocketAddr, find_free_port: bool) -> anyhow::Result<TcpListener> {
+    let tries = if find_free_port && listen.port() != 0 { 100 } else { 1 };
+    let mut address = listen;
+    for _ in 0..tries {
+        match TcpListener::bind(address).await {
+            Ok(listener) => return Ok(listener),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && address.port() < u16::MAX && tries > 1 => {
+                address.set_port(address.port() + 1);
+            }
+            Err(err) => return Err(anyhow::Error::new(err).context(format!(
+                "cannot listen for HTTP on {address}; pass another address with --listen (port 0 picks a free one), \
+                     add --find-free-port, or stop the process using it"
+            ))),
+        }
+    }
+    anyhow::bail!(
+        "cannot listen for HTTP on {listen}: it and the next {} ports are taken; pass another address with --listen",
+        tries - 1
+    )
 }

@@ -2,7 +2,8 @@
 //! backoff on accept errors, and a graceful drain at shutdown.
 //!
 //! It knows nothing of what it serves (no import of the rest of the host): each listener
-//! hands it a hyper builder and a per-connection service.
+//! hands it a hyper builder and a per-connection service. A connection may speak TLS
+//! (`--tls-cert`/`--tls-key`): its handshake runs in the connection's own task.
 
 use std::future::Future;
 use std::io;
@@ -15,28 +16,112 @@ use hyper::server::conn::http1;
 use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::path::{Path, PathBuf};
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where connections come from: a TCP listener, or a scripted source in tests.
+/// Where connections come from: a TCP listener (plain or TLS), or a scripted source in tests.
 pub trait Accept: Send {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// What makes an accepted connection ready to serve (a TLS handshake), awaited in the
+    /// connection's own task so that a slow client holds up only itself.
+    type Establish: Future<Output = io::Result<Self::Stream>> + Send + 'static;
 
     /// The next connection. Must be cancel-safe: the loop drops it when shutdown starts.
-    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Establish, SocketAddr)>> + Send;
+}
+
+/// How long a client may take to establish its connection (the TLS handshake) before it is
+/// closed.
+const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn accept_tcp(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (stream, client) = listener.accept().await?;
+    // Answers are written whole; waiting for Nagle only adds latency.
+    let _ = stream.set_nodelay(true);
+    Ok((stream, client))
 }
 
 impl Accept for TcpListener {
     type Stream = TcpStream;
+    type Establish = std::future::Ready<io::Result<TcpStream>>;
 
-    async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (stream, client) = TcpListener::accept(self).await?;
-        // Answers are written whole; waiting for Nagle only adds latency.
-        let _ = stream.set_nodelay(true);
-        Ok((stream, client))
+    async fn accept(&mut self) -> io::Result<(Self::Establish, SocketAddr)> {
+        let (stream, client) = accept_tcp(self).await?;
+        Ok((std::future::ready(Ok(stream)), client))
+    }
+}
+
+/// `--tls-cert` and `--tls-key`: PEM files of the certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The TLS configuration of `files`, with errors that name the file and what is wrong.
+pub fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).map_err(|err| anyhow::anyhow!("--tls-{what} {}: cannot read it: {err}", path.display()))
+    };
+    let cert_pem = read(&files.cert, "cert")?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "--tls-cert {}: not a PEM certificate chain: {err}",
+                files.cert.display()
+            )
+        })?;
+    if chain.is_empty() {
+        anyhow::bail!(
+            "--tls-cert {}: no certificate in it (a PEM file with -----BEGIN CERTIFICATE-----)",
+            files.cert.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(&files.key, "key")?).map_err(|err| {
+        anyhow::anyhow!(
+            "--tls-key {}: no PEM private key in it (PKCS#8, PKCS#1 or SEC1): {err}",
+            files.key.display()
+        )
+    })?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| anyhow::anyhow!("TLS: {err}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "--tls-cert {} and --tls-key {} do not make a usable pair: {err}",
+                files.cert.display(),
+                files.key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A TCP listener whose connections speak TLS.
+pub struct TlsListener {
+    pub listener: TcpListener,
+    pub acceptor: TlsAcceptor,
+}
+
+impl Accept for TlsListener {
+    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
+    type Establish = tokio_rustls::Accept<TcpStream>;
+
+    async fn accept(&mut self) -> io::Result<(Self::Establish, SocketAddr)> {
+        let (stream, client) = accept_tcp(&self.listener).await?;
+        Ok((self.acceptor.accept(stream), client))
     }
 }
 
@@ -135,8 +220,22 @@ pub async fn serve<A, S, M>(
                 }
             }
         };
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service_for(client)));
+        let service = service_for(client);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let stream = match tokio::time::timeout(ESTABLISH_TIMEOUT, stream).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::debug!(listener = name, error = %err, %client, "the connection could not be established");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = name, %client, "the client did not establish its connection in time");
+                    return;
+                }
+            };
+            let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
             if let Err(err) = connection.await {
                 tracing::debug!(listener = name, error = %err, %client, "connection ended with an error");
             }
@@ -172,8 +271,9 @@ mod tests {
 
     impl Accept for Script {
         type Stream = tokio::io::DuplexStream;
+        type Establish = std::future::Ready<io::Result<tokio::io::DuplexStream>>;
 
-        async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
+        async fn accept(&mut self) -> io::Result<(Self::Establish, SocketAddr)> {
             let count = {
                 let mut attempts = self.attempts.lock().unwrap();
                 attempts.push(Instant::now());
@@ -182,7 +282,9 @@ mod tests {
             // A loop that retries without waiting never yields; stop it rather than hang.
             assert!(count < 1_000, "the accept loop spins: {count} attempts");
             match self.outcomes.pop_front() {
-                Some(outcome) => outcome.map(|stream| (stream, SocketAddr::from(([127, 0, 0, 1], 1)))),
+                Some(outcome) => {
+                    outcome.map(|stream| (std::future::ready(Ok(stream)), SocketAddr::from(([127, 0, 0, 1], 1))))
+                }
                 None => Err(io::Error::other("out of file descriptors (scripted)")),
             }
         }

@@ -13,6 +13,8 @@ use mosaic::cluster::ClusterStatus;
 use mosaic::deploy::DeployReport;
 use mosaic::{Host, HostOptions};
 
+mod spin_flags;
+
 /// mimalloc, not glibc's malloc: a request is allocated on the connection's thread and often
 /// freed on the instance's, and glibc serialises such frees on the owning arena's lock. In a
 /// `perf record` of a spin-sdk 7 hello at 32 connections, glibc's malloc, free and that lock's
@@ -27,8 +29,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Serve a Spin application and hot-swap its components"
 )]
 struct Cli {
-    /// The application manifest.
-    #[arg(short = 'f', long = "file", global = true, default_value = "spin.toml")]
+    /// The application manifest, or a single Wasm component to serve at /... (`--from`, as
+    /// `spin up --from`).
+    #[arg(
+        short = 'f',
+        long = "file",
+        visible_alias = "from",
+        global = true,
+        default_value = "spin.toml"
+    )]
     manifest: PathBuf,
     /// The state directory (default: .mosaic/ beside the manifest).
     #[arg(long, global = true)]
@@ -65,6 +74,49 @@ struct ServeArgs {
     cluster: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Set an application variable, over SPIN_VARIABLE_* and the default (NAME=VALUE,
+    /// NAME=@FILE for a file's content, or @FILE.json / @FILE.toml for a table of them).
+    #[arg(long = "variable", value_name = "NAME=VALUE")]
+    variables: Vec<String>,
+    /// Set an environment variable of every component.
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Set a key in the default key-value store before the application starts.
+    #[arg(long = "key-value", value_name = "KEY=VALUE")]
+    key_values: Vec<String>,
+    /// Run a SQLite statement (or @FILE of them) on the default database before the application starts.
+    #[arg(long = "sqlite", value_name = "STATEMENT")]
+    sqlite: Vec<String>,
+    /// Serve only this component (repeatable); the others are not loaded.
+    #[arg(short = 'c', long = "component-id", value_name = "ID")]
+    component_ids: Vec<String>,
+    /// When the listen port is taken, listen on the next free one.
+    #[arg(long)]
+    find_free_port: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// A throw-away state directory, removed at exit (or the state in DIR).
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    temp: Option<Option<PathBuf>>,
+}
+
+impl ServeArgs {
+    fn spin_flags(&self) -> spin_flags::SpinFlags {
+        spin_flags::SpinFlags {
+            variables: self.variables.clone(),
+            env: self.env.clone(),
+            key_values: self.key_values.clone(),
+            sqlite: self.sqlite.clone(),
+            component_ids: self.component_ids.clone(),
+            find_free_port: self.find_free_port,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -121,7 +173,21 @@ enum DlqCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            use clap::error::{ContextKind, ContextValue, ErrorKind};
+            if err.kind() == ErrorKind::UnknownArgument {
+                if let Some(ContextValue::String(flag)) = err.get(ContextKind::InvalidArg) {
+                    if let Some(explained) = spin_flags::explain_unknown(flag) {
+                        eprintln!("error: {explained}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            err.exit()
+        }
+    };
     let log_format = match &cli.command {
         Command::Up(args) | Command::Watch(args) => args.log_format,
         _ => LogFormat::Text,
@@ -238,6 +304,30 @@ async fn dead_letters(client: &AdminClient, command: DlqCommand) -> anyhow::Resu
 }
 
 async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, watch: bool) -> anyhow::Result<()> {
+    let run = args.spin_flags().run_options()?;
+    // `--temp`: a state directory of its own, removed at exit; `--temp DIR`: the state in DIR.
+    let temporary = match &args.temp {
+        Some(None) => Some(TemporaryDir::new()?),
+        _ => None,
+    };
+    let state_dir = match (&args.temp, &temporary) {
+        (Some(Some(dir)), _) => Some(dir.clone()),
+        (_, Some(temporary)) => Some(temporary.0.clone()),
+        _ => state_dir,
+    };
+    // `-f app.wasm`: the component alone, at /..., with its generated manifest in the state
+    // directory beside it (where `mosaic deploy -f app.wasm` finds the host).
+    let generated;
+    let mut settings_file = args.config.clone();
+    let (manifest, state_dir) = if manifest.extension().is_some_and(|ext| ext == "wasm") {
+        let dir = state_dir.unwrap_or_else(|| mosaic::state::StateDir::beside(manifest));
+        let (path, beside) = spin_flags::manifest_for_component(manifest, &dir)?;
+        settings_file = settings_file.or(beside);
+        generated = path;
+        (generated.as_path(), Some(dir))
+    } else {
+        (manifest, state_dir)
+    };
     if args.build {
         let loaded = mosaic::app::manifest::Manifest::load(manifest)?;
         tokio::task::spawn_blocking(move || mosaic::build::build_all(&loaded)).await??;
@@ -250,7 +340,7 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
         )?)),
         false => None,
     };
-    let settings = match &args.config {
+    let settings = match &settings_file {
         Some(path) => Some(mosaic::settings::Settings::load(path)?),
         None => None,
     };
@@ -262,11 +352,13 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
         settings,
         runtime_config_file: args.runtime_config_file,
         cluster: args.cluster,
+        run,
     })
     .await?;
-    println!("Serving http://{}", host.http_addr());
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    println!("Serving {scheme}://{}", host.http_addr());
     for (pattern, component) in host.app().router().routes() {
-        println!("  {component}: http://{}{}", host.http_addr(), pattern);
+        println!("  {component}: {scheme}://{}{}", host.http_addr(), pattern);
     }
     println!(
         "Admin API on {} (token in {})",
@@ -280,7 +372,31 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
     }
     tracing::info!("shutting down: draining in-flight requests");
     host.shutdown().await;
+    drop(temporary);
     Ok(())
+}
+
+/// `--temp`'s state directory: removed when the host has stopped.
+struct TemporaryDir(PathBuf);
+
+impl TemporaryDir {
+    fn new() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "mosaic-temp-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("--temp: cannot create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TemporaryDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Every host of the cluster and the version of each component on it; a version that is not

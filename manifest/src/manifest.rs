@@ -229,6 +229,23 @@ struct RawManifest {
 }
 
 impl Manifest {
+    /// Keeps only the components `ids` and their triggers (`mosaic up -c ID`, as `spin up
+    /// --component-id`): the others are neither loaded nor reachable, in-process included.
+    pub fn retain_components(&mut self, ids: &[String]) -> Result<(), String> {
+        if let Some(unknown) = ids.iter().find(|id| !self.components.contains_key(id.as_str())) {
+            let known: Vec<&str> = self.components.keys().map(String::as_str).collect();
+            return Err(format!(
+                "--component-id {unknown}: the application has no component `{unknown}` (it has {})",
+                known.join(", ")
+            ));
+        }
+        let keep = |name: &String| ids.contains(name);
+        self.components.retain(|name, _| keep(name));
+        self.http_triggers.retain(|trigger| keep(&trigger.component));
+        self.redis_triggers.retain(|trigger| keep(&trigger.component));
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|err| ManifestError {
             path: path.to_owned(),

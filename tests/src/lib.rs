@@ -141,6 +141,7 @@ impl AppDir {
             settings: Some(settings),
             runtime_config_file,
             cluster: None,
+            run: Default::default(),
         })
         .await
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mosaic_tests::{client, fixture, get, mosaic_bin, AppDir, MosaicProcess};
+use mosaic_tests::{client, fixture, get, mosaic_bin, send, AppDir, MosaicProcess};
 
 /// Runs `mosaic ARGS` in `dir`, expects it to fail, and returns what it printed on stderr.
 fn mosaic_fails(dir: &Path, args: &[&str]) -> String {
@@ -274,4 +274,283 @@ async fn json_logs_carry_the_request_span_and_its_trace() {
         .unwrap_or_else(|| panic!("no guest output line: {text}"));
     assert_eq!(printed["fields"]["component"], "probe", "{printed}");
     assert_eq!(printed["span"]["trace_id"], TRACE_ID, "{printed}");
+}
+
+/// An application for `spin up`'s flags: the probe reads its variables, its environment, the
+/// default key-value store and the default database; `plain` is there to be left out by `-c`.
+const FLAGS_APP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "flags"
+[variables]
+greeting = { default = "hello" }
+token = { required = true, secret = true }
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[[trigger.http]]
+route = "/plain"
+component = "plain"
+[component.probe]
+source = "{probe}"
+key_value_stores = ["default"]
+sqlite_databases = ["default"]
+[component.probe.variables]
+greeting = "{{ greeting }}"
+token = "{{ token }}"
+[component.plain]
+source = "{plain}"
+"#;
+
+/// `mosaic up` with `spin up`'s flags: --variable (a pair, a file's content), -e, --key-value,
+/// --sqlite (a statement and @file), -c, --find-free-port and --temp, in one run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_up_flags_set_variables_environment_seeds_components_port_and_state() {
+    let dir = AppDir::new(FLAGS_APP);
+    std::fs::write(dir.path.join("token.txt"), "t0ken").unwrap();
+    std::fs::write(dir.path.join("more.sql"), "INSERT INTO seeded VALUES (42);").unwrap();
+    // A taken port: --find-free-port listens on the next free one.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{taken_port}");
+    let mut host = MosaicProcess::start(
+        &dir.path,
+        &[
+            "up",
+            "--listen",
+            &listen,
+            "--find-free-port",
+            "--variable",
+            "greeting=hi there",
+            "--variable",
+            "token=@token.txt",
+            "-e",
+            "MODE=test",
+            "--env",
+            "OTHER=x=y",
+            "--key-value",
+            "seeded=yes",
+            "--sqlite",
+            "CREATE TABLE seeded (x INTEGER); INSERT INTO seeded VALUES (41)",
+            "--sqlite",
+            "@more.sql",
+            "-c",
+            "probe",
+            "--temp",
+        ],
+    );
+    assert_ne!(host.base, format!("http://{listen}"), "the taken port was skipped");
+    let client = client();
+    let get_body = |path: &str| {
+        let (client, url) = (client.clone(), format!("{}{path}", host.base));
+        async move { get(&client, &url).await }
+    };
+    assert_eq!(get_body("/probe/variable?name=greeting").await.body, "hi there");
+    assert_eq!(get_body("/probe/variable?name=token").await.body, "t0ken");
+    assert_eq!(get_body("/probe/env?name=MODE").await.body, "test");
+    assert_eq!(get_body("/probe/env?name=OTHER").await.body, "x=y");
+    assert_eq!(get_body("/probe/kv?key=seeded").await.body, "yes");
+    let rows = send(
+        &client,
+        "POST",
+        &format!("{}/probe/sql", host.base),
+        "SELECT x FROM seeded ORDER BY x",
+    )
+    .await
+    .unwrap();
+    assert!(
+        rows.body.contains(r#"[{"integer":41}],[{"integer":42}]"#),
+        "{}",
+        rows.body
+    );
+    assert_eq!(get_body("/plain").await.status, 404, "-c probe: plain is not served");
+    assert!(
+        !dir.path.join(".mosaic").exists(),
+        "--temp: no state beside the manifest"
+    );
+    let pid = host.child.id();
+    host.terminate();
+    let status = tokio::task::spawn_blocking(move || host.wait(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let leftover = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("mosaic-temp-{pid}-"))
+        });
+    assert!(!leftover, "--temp: the state directory is gone after the host stopped");
+    drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_a_single_component_serves_it_at_every_path() {
+    let dir = AppDir::new(FLAGS_APP);
+    std::fs::copy(fixture("probe"), dir.path.join("my_service.wasm")).unwrap();
+    let host = MosaicProcess::start(&dir.path, &["--from", "my_service.wasm", "up"]);
+    let reply = get(&client(), &format!("{}/hello", host.base)).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "hello from probe v1"));
+    let reply = get(&client(), &format!("{}/headers", host.base)).await;
+    assert!(reply.body.contains("\"spin-component-route\""), "{}", reply.body);
+    // The CLI finds that host from the same -f.
+    let out = Command::new(mosaic_bin())
+        .current_dir(&dir.path)
+        .args(["-f", "my_service.wasm", "status"])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && status.contains("my-service"), "{status}");
+}
+
+#[test]
+fn spin_flags_without_an_equivalent_say_so() {
+    let dir = AppDir::new(FLAGS_APP);
+    let err = mosaic_fails(&dir.path, &["up", "--direct-mounts"]);
+    assert!(
+        err.contains("`spin up --direct-mounts` has no equivalent in Mosaic"),
+        "{err}"
+    );
+    let err = mosaic_fails(&dir.path, &["up", "--log-dir", "logs"]);
+    assert!(err.contains("--log-format json"), "{err}");
+    let err = mosaic_fails(&dir.path, &["up", "--no-such-flag"]);
+    assert!(err.contains("--no-such-flag"), "{err}");
+    let err = mosaic_fails(
+        &dir.path,
+        &["up", "--variable", "undeclared=1", "--variable", "token=x"],
+    );
+    assert!(
+        err.contains("--variable undeclared") && err.contains("greeting, token"),
+        "{err}"
+    );
+    let err = mosaic_fails(&dir.path, &["up", "--variable", "token=x", "-c", "ghost"]);
+    assert!(
+        err.contains("--component-id ghost") && err.contains("plain, probe"),
+        "{err}"
+    );
+    let err = mosaic_fails(&dir.path, &["up", "--variable", "token=x", "--tls-cert", "cert.pem"]);
+    assert!(err.contains("--tls-cert needs --tls-key"), "{err}");
+    let err = mosaic_fails(
+        &dir.path,
+        &[
+            "up",
+            "--variable",
+            "token=x",
+            "--tls-cert",
+            "no.pem",
+            "--tls-key",
+            "no.key",
+        ],
+    );
+    assert!(err.contains("--tls-cert no.pem: cannot read it"), "{err}");
+}
+
+/// A CA, and a certificate it signed for localhost and 127.0.0.1, made with openssl.
+fn test_ca(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Mosaic test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cert_serves_https_that_curl_verifies_against_the_ca() {
+    let dir = AppDir::new(FLAGS_APP);
+    test_ca(&dir.path);
+    let host = MosaicProcess::start(
+        &dir.path,
+        &[
+            "up",
+            "--variable",
+            "token=x",
+            "--tls-cert",
+            "server.pem",
+            "--tls-key",
+            "server.key",
+        ],
+    );
+    let base = host.base.clone();
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let port = base.rsplit(':').next().unwrap().to_string();
+    let curl = |url: String, ca: bool| {
+        let mut command = Command::new("curl");
+        command.current_dir(&dir.path).args(["-sS", "--max-time", "10"]);
+        if ca {
+            command.args(["--cacert", "ca.pem"]);
+        }
+        command.arg(url).output().expect("curl runs")
+    };
+    let out = curl(format!("https://localhost:{port}/probe/hello"), true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from probe v1");
+    let out = curl(format!("https://localhost:{port}/probe/headers"), true);
+    let headers = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        headers.contains(&format!("https://localhost:{port}/probe/headers")),
+        "spin-full-url is https: {headers}"
+    );
+    // Without the CA the certificate does not verify; plain HTTP gets no answer.
+    let out = curl(format!("https://localhost:{port}/probe/hello"), false);
+    assert!(!out.status.success(), "an unknown CA must not verify");
+    let out = curl(format!("http://localhost:{port}/probe/hello"), false);
+    assert!(
+        !out.status.success() || out.stdout.is_empty(),
+        "plain HTTP on the TLS port is not served"
+    );
 }

@@ -62,6 +62,17 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, SqlError> {
 }
 
 impl Database {
+    /// Runs every statement of `script` in one transaction (`mosaic up --sqlite`).
+    pub async fn run_script(&self, script: &str) -> Result<(), SqlError> {
+        let mut connection = self.pool.acquire().await.map_err(|err| self.failed(err))?;
+        let mut transaction = connection.begin().await.map_err(|err| self.failed(err))?;
+        (&mut *transaction)
+            .execute(script)
+            .await
+            .map_err(|err| self.failed(err))?;
+        transaction.commit().await.map_err(|err| self.failed(err))
+    }
+
     /// Applies the migrations not applied yet; returns their names.
     pub async fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
         let fail = |err: sqlx::Error| SqlError(format!("database `{}`: {err}", self.label));

@@ -58,7 +58,7 @@ impl Database {
         })
     }
 
-    fn failed(&self, err: sqlx::Error) -> SqlError {
+    pub(super) fn failed(&self, err: sqlx::Error) -> SqlError {
         SqlError(format!("database `{}`: {}", self.label, describe(&err)))
     }
 

@@ -67,7 +67,9 @@ pub fn with_spin_headers<B>(
             .or_else(|| request.uri().authority().map(|authority| authority.as_str()))
             .unwrap_or("localhost");
         let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        format!("http://{host}{path_and_query}")
+        // An HTTPS listener gives its requests the `https` scheme.
+        let scheme = request.uri().scheme_str().unwrap_or("http");
+        format!("{scheme}://{host}{path_and_query}")
     };
     // A request without a `Host` header gets its URI's authority (or `localhost`) as one.
     let missing_host = (!request.headers().contains_key(http::header::HOST)).then(|| {

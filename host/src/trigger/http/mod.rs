@@ -448,7 +448,13 @@ fn cap_response(response: HttpResponse, limit: u64) -> HttpResponse {
 /// Accepts connections until `shutdown` turns true, then stops accepting and waits for the
 /// connections in progress to finish, up to `drain`. At most `http.max_connections` are open
 /// at once.
-pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, shutdown: watch::Receiver<bool>, drain: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    dispatcher: Dispatcher,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
     let settings = &dispatcher.app.settings.http;
     let limits = crate::listener::ConnectionLimits {
         max_connections: settings.max_connections,
@@ -467,7 +473,41 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, shutdown: watc
             async move { Ok::<_, std::convert::Infallible>(dispatcher.handle(request, client).await) }
         })
     };
-    crate::listener::serve("http", listener, builder, service_for, limits, shutdown).await;
+    match tls {
+        Some(acceptor) => {
+            let listener = crate::listener::TlsListener { listener, acceptor };
+            let service_for = |client: SocketAddr| {
+                let dispatcher = dispatcher.clone();
+                hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    let dispatcher = dispatcher.clone();
+                    mark_https(&mut request);
+                    async move { Ok::<_, std::convert::Infallible>(dispatcher.handle(request, client).await) }
+                })
+            };
+            crate::listener::serve("https", listener, builder, service_for, limits, shutdown).await
+        }
+        None => crate::listener::serve("http", listener, builder, service_for, limits, shutdown).await,
+    }
+}
+
+/// A request that came over TLS: its URI says `https` (so does its `spin-full-url`).
+fn mark_https<B>(request: &mut hyper::Request<B>) {
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    if parts.authority.is_none() {
+        parts.authority = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .and_then(|host| host.parse().ok())
+            .or_else(|| Some(http::uri::Authority::from_static("localhost")));
+    }
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
 }
 
 /// A plain-text answer, used by the admin API.

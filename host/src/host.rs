@@ -130,6 +130,13 @@ impl Host {
             Some(path) => RuntimeConfig::load(path).map_err(anyhow::Error::msg)?,
             None => RuntimeConfig::default(),
         };
+        if !manifest.ignored_keys.is_empty() {
+            tracing::warn!(
+                manifest = %options.manifest.display(),
+                "Mosaic does not use these keys of the manifest, and ignoring them changes nothing it runs: {}",
+                manifest.ignored_keys.join(", ")
+            );
+        }
         for trigger_type in &manifest.other_trigger_types {
             tracing::warn!(trigger = %trigger_type, "Mosaic runs HTTP and Redis (message) triggers only; `[[trigger.{trigger_type}]]` entries are not run");
         }
@@ -479,10 +486,12 @@ async fn bind_http(listen: SocketAddr, find_free_port: bool) -> anyhow::Result<T
             Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && address.port() < u16::MAX && tries > 1 => {
                 address.set_port(address.port() + 1);
             }
-            Err(err) => return Err(anyhow::Error::new(err).context(format!(
+            Err(err) => {
+                return Err(anyhow::Error::new(err).context(format!(
                 "cannot listen for HTTP on {address}; pass another address with --listen (port 0 picks a free one), \
                      add --find-free-port, or stop the process using it"
-            ))),
+            )))
+            }
         }
     }
     anyhow::bail!(

@@ -31,11 +31,13 @@ pub struct Manifest {
     pub redis_triggers: Vec<RedisTrigger>,
     /// Trigger types Mosaic does not run that the manifest declares (e.g. `cron`).
     pub other_trigger_types: Vec<String>,
+    /// Keys Mosaic does not use that ignoring changes nothing here (`component.x.tool`, a
+    /// newer Spin's key): the host warns once, naming them all.
+    pub ignored_keys: Vec<String>,
     pub components: BTreeMap<String, ComponentDecl>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Application {
     pub name: String,
     #[serde(default)]
@@ -46,10 +48,12 @@ pub struct Application {
     pub authors: Vec<String>,
     #[serde(default)]
     pub trigger: Option<toml::Table>,
+    /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
+    #[serde(flatten)]
+    pub(crate) unknown: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct VariableDecl {
     #[serde(default)]
     pub default: Option<String>,
@@ -59,6 +63,9 @@ pub struct VariableDecl {
     pub secret: bool,
     #[serde(default)]
     pub description: Option<String>,
+    /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
+    #[serde(flatten)]
+    pub(crate) unknown: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,7 +83,6 @@ pub struct RedisTrigger {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRedisTrigger {
     #[serde(default)]
     id: Option<String>,
@@ -85,6 +91,9 @@ struct RawRedisTrigger {
     /// Spin's Redis server for this trigger; Mosaic's broker is set in mosaic.toml instead.
     #[serde(default)]
     address: Option<String>,
+    /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +104,6 @@ pub enum HttpRoute {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHttpTrigger {
     #[serde(default)]
     id: Option<String>,
@@ -105,6 +113,9 @@ struct RawHttpTrigger {
     executor: Option<toml::Table>,
     #[serde(default)]
     static_response: Option<toml::Table>,
+    /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,7 +133,6 @@ enum RawComponentRef {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ComponentDecl {
     pub source: ComponentSource,
     #[serde(default)]
@@ -154,6 +164,9 @@ pub struct ComponentDecl {
     pub dependencies_inherit_configuration: bool,
     #[serde(default)]
     pub dependencies: Option<toml::Table>,
+    /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
+    #[serde(flatten)]
+    pub(crate) unknown: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,13 +192,15 @@ pub enum FileMount {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BuildDecl {
     pub command: BuildCommand,
     #[serde(default)]
     pub workdir: Option<PathBuf>,
     #[serde(default)]
     pub watch: Vec<String>,
+    /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
+    #[serde(flatten)]
+    pub(crate) unknown: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,7 +231,6 @@ impl ComponentDecl {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawManifest {
     spin_manifest_version: toml::Value,
     application: Application,
@@ -226,6 +240,9 @@ struct RawManifest {
     trigger: BTreeMap<String, Vec<toml::Table>>,
     #[serde(default)]
     component: BTreeMap<String, ComponentDecl>,
+    /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
 }
 
 impl Manifest {
@@ -276,6 +293,26 @@ impl Manifest {
         }
         if raw.application.name.trim().is_empty() {
             return Err(fail("`application.name` must not be empty".into()));
+        }
+        check_misspellings(&raw).map_err(fail)?;
+        let mut ignored_keys: Vec<String> = raw.unknown.keys().cloned().collect();
+        ignored_keys.extend(raw.application.unknown.keys().map(|key| format!("application.{key}")));
+        for (name, decl) in &raw.variables {
+            ignored_keys.extend(decl.unknown.keys().map(|key| format!("variables.{name}.{key}")));
+        }
+        for (name, decl) in &raw.component {
+            let key = format!("component.{name}");
+            ignored_keys.extend(decl.unknown.keys().map(|unknown| format!("{key}.{unknown}")));
+            if decl.tool.is_some() {
+                ignored_keys.push(format!("{key}.tool"));
+            }
+            if decl.dependencies_inherit_configuration && decl.dependencies.as_ref().is_none_or(|deps| deps.is_empty())
+            {
+                ignored_keys.push(format!("{key}.dependencies_inherit_configuration"));
+            }
+            if let Some(build) = &decl.build {
+                ignored_keys.extend(build.unknown.keys().map(|unknown| format!("{key}.build.{unknown}")));
+            }
         }
         for (name, decl) in &raw.variables {
             check_variable_name(name).map_err(|why| fail(format!("`variables.{name}`: {why}")))?;
@@ -329,6 +366,7 @@ impl Manifest {
                         .try_into()
                         .map_err(|err: toml::de::Error| fail(format!("`{key}`: {}", err.message())))?;
                     let _ = (&trigger.id, &trigger.address);
+                    ignored_keys.extend(trigger.unknown.keys().map(|unknown| format!("{key}.{unknown}")));
                     check_pattern(&trigger.channel).map_err(|why| fail(format!("`{key}.channel`: {why}")))?;
                     let component = component_name(trigger.component, &key).map_err(fail)?;
                     if !raw.component.contains_key(&component) {
@@ -353,6 +391,7 @@ impl Manifest {
                     .try_into()
                     .map_err(|err: toml::de::Error| fail(format!("`{key}`: {}", err.message())))?;
                 let _ = (&trigger.id, &trigger.static_response);
+                ignored_keys.extend(trigger.unknown.keys().map(|unknown| format!("{key}.{unknown}")));
                 if let Some(executor) = &trigger.executor {
                     let kind = executor.get("type").and_then(|v| v.as_str()).unwrap_or("");
                     if kind != "spin" && kind != "wasi" {
@@ -407,6 +446,7 @@ impl Manifest {
             http_triggers,
             redis_triggers,
             other_trigger_types,
+            ignored_keys,
             components: raw.component,
         })
     }
@@ -473,6 +513,85 @@ fn component_name(reference: RawComponentRef, key: &str) -> Result<String, Strin
             ))
         }
     }
+}
+
+/// The keys each table of a manifest may hold, as Spin 3 and 4 define them.
+const COMPONENT_KEYS: &[&str] = &[
+    "source",
+    "description",
+    "allowed_outbound_hosts",
+    "allowed_http_hosts",
+    "key_value_stores",
+    "sqlite_databases",
+    "ai_models",
+    "environment",
+    "files",
+    "exclude_files",
+    "variables",
+    "build",
+    "tool",
+    "dependencies_inherit_configuration",
+    "dependencies",
+];
+const TOP_KEYS: &[&str] = &[
+    "spin_manifest_version",
+    "application",
+    "variables",
+    "trigger",
+    "component",
+];
+const APPLICATION_KEYS: &[&str] = &["name", "version", "description", "authors", "trigger"];
+const VARIABLE_KEYS: &[&str] = &["default", "required", "secret", "description"];
+const BUILD_KEYS: &[&str] = &["command", "workdir", "watch"];
+
+/// An unknown key one or two letters away from a known one (`allowed_outbound_host`) is a
+/// typo, and ignoring it would change what the application does (a grant gone): refused,
+/// naming the key meant. Other unknown keys are ignored with a warning.
+fn check_misspellings(raw: &RawManifest) -> Result<(), String> {
+    let check = |table: &str, unknown: &BTreeMap<String, toml::Value>, known: &[&str]| {
+        for key in unknown.keys() {
+            if let Some(meant) = known
+                .iter()
+                .find(|known| key.len() > 3 && edit_distance(key, known) <= 2)
+            {
+                let at = if table.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{table}.{key}")
+                };
+                return Err(format!("`{at}` is not a manifest key; did you mean `{meant}`?"));
+            }
+        }
+        Ok(())
+    };
+    check("", &raw.unknown, TOP_KEYS)?;
+    check("application", &raw.application.unknown, APPLICATION_KEYS)?;
+    for (name, decl) in &raw.variables {
+        check(&format!("variables.{name}"), &decl.unknown, VARIABLE_KEYS)?;
+    }
+    for (name, decl) in &raw.component {
+        check(&format!("component.{name}"), &decl.unknown, COMPONENT_KEYS)?;
+        if let Some(build) = &decl.build {
+            check(&format!("component.{name}.build"), &build.unknown, BUILD_KEYS)?;
+        }
+    }
+    Ok(())
+}
+
+/// Levenshtein distance of two short ASCII keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 pub fn check_component_name(name: &str) -> Result<(), String> {
@@ -552,6 +671,7 @@ source = "users.wasm"
         assert_eq!(manifest.http_triggers.len(), 2);
         assert_eq!(manifest.route_of("users"), Some(&HttpRoute::Private));
         assert_eq!(manifest.other_trigger_types, vec!["cron".to_string()]);
+        assert!(manifest.ignored_keys.is_empty(), "{:?}", manifest.ignored_keys);
         let subscription = manifest.subscription_of("users").unwrap();
         assert_eq!(subscription.patterns, ["order.*", "payment.#"]);
         assert_eq!(manifest.subscriptions(), vec![subscription]);
@@ -569,12 +689,17 @@ source = "users.wasm"
     }
 
     #[test]
-    fn unknown_key_is_refused() {
+    fn a_misspelled_key_is_refused_naming_the_key_meant() {
         let err = parse(&format!(
             "{HEAD}[component.api]\nsource = \"a.wasm\"\nallowed_outbound_host = []\n"
         ))
         .unwrap_err();
-        assert!(err.contains("allowed_outbound_host"), "{err}");
+        assert!(
+            err.contains(
+                "`component.api.allowed_outbound_host` is not a manifest key; did you mean `allowed_outbound_hosts`?"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -662,5 +787,49 @@ source = "users.wasm"
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/spin.toml") && err.contains("-f"), "{err}");
+    }
+
+    #[test]
+    fn keys_mosaic_does_not_use_are_accepted_and_named() {
+        let text = r#"
+spin_manifest_version = 2
+future_top_level = 1
+[application]
+name = "x"
+targets = ["spin-up:3.3"]
+[variables]
+v = { default = "1", kind = "new" }
+[[trigger.http]]
+route = "/..."
+component = "a"
+middleware = []
+[[trigger.cron]]
+component = "a"
+cron_expression = "* * * * *"
+[component.a]
+source = "a.wasm"
+dependencies_inherit_configuration = true
+profile = "release"
+[component.a.tool.spin-test]
+source = "test.wasm"
+[component.a.build]
+command = "true"
+environment = { X = "1" }
+"#;
+        let manifest = Manifest::parse(Path::new("spin.toml"), text).unwrap();
+        assert_eq!(
+            manifest.ignored_keys,
+            [
+                "future_top_level",
+                "application.targets",
+                "variables.v.kind",
+                "component.a.profile",
+                "component.a.tool",
+                "component.a.dependencies_inherit_configuration",
+                "component.a.build.environment",
+                "trigger.http[0].middleware",
+            ]
+        );
+        assert_eq!(manifest.other_trigger_types, ["cron"]);
     }
 }

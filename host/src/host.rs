@@ -87,7 +87,7 @@ impl Host {
             None => RuntimeConfig::default(),
         };
         for trigger_type in &manifest.other_trigger_types {
-            tracing::warn!(trigger = %trigger_type, "Mosaic runs HTTP and Redis (message) triggers only; `[[trigger.{trigger_type}]]` entries are not run");
+            tracing::warn!(trigger = %trigger_type, "Mosaic runs HTTP, Redis (message) and MQTT triggers only; `[[trigger.{trigger_type}]]` entries are not run");
         }
         let state_root = options
             .state_dir
@@ -182,6 +182,7 @@ impl Host {
             )),
         ];
         tasks.extend(crate::trigger::messages::start(&dispatcher, stopped.clone()));
+        tasks.extend(crate::trigger::mqtt::start(&dispatcher, stopped.clone()));
         if let Some(cluster) = rollout.cluster() {
             tasks.extend(cluster.start(&pipeline, stopped));
         }

@@ -248,6 +248,7 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("spin7", "", "spin7"),
     ("spin7", "v2", "spin7-v2"),
     ("spin7-caps", "", "spin7-caps"),
+    ("mqtt-echo", "", "mqtt-echo"),
 ];
 
 fn build_all(root: &Path) -> Result<()> {

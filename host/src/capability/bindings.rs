@@ -144,3 +144,14 @@ pub mod subscriber {
         }
     }
 }
+
+/// The export of a `[[trigger.mqtt]]` component: the handler of Spin's MQTT trigger plugin
+/// (`handle-message` of `spin:mqtt-trigger@3.0.0`, an async function called inside the store's
+/// event loop).
+pub mod mqtt_handler {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "mosaic:host/mqtt-handler",
+        exports: { default: async | store },
+    });
+}

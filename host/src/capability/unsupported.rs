@@ -17,9 +17,7 @@ use wasmtime::component::Accessor;
 
 use crate::capability::with_view;
 
-use crate::capability::bindings::{
-    spin_llm as llm, spin_mysql as mysql, spin_mysql3 as mysql3,
-};
+use crate::capability::bindings::{spin_llm as llm, spin_mysql as mysql, spin_mysql3 as mysql3};
 
 /// The app-wide state of the interfaces without a backend: there is none.
 #[derive(Debug, Default)]

@@ -117,7 +117,13 @@ mqtt_types!(v3);
 impl MqttAccess {
     /// Spin's checks of an open: the address is granted (`connection-failed("address ADDR is
     /// not permitted")` if not), then it parses as an MQTT address with a client id.
-    fn check_open(&self, address: &str, username: String, password: String, keep_alive: u64) -> Result<BrokerKey, Failure> {
+    fn check_open(
+        &self,
+        address: &str,
+        username: String,
+        password: String,
+        keep_alive: u64,
+    ) -> Result<BrokerKey, Failure> {
         let granted = address.parse::<http::Uri>().ok().is_some_and(|uri| {
             matches!((uri.scheme_str(), uri.host()), (Some(scheme), Some(host)) if self.allowed.allows(scheme, host, uri.port_u16()))
         });

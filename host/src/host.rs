@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::capability::http_outbound::OutboundPolicies;
 use crate::capability::key_value::KeyValueStores;
 use crate::capability::messaging::Messaging;
+use crate::capability::mqtt::Mqtt;
 use crate::capability::otel::Otel;
 use crate::capability::postgres::PgPools;
 use crate::capability::redis_client::{Redis, RedisClients};
@@ -138,7 +139,7 @@ impl Host {
             );
         }
         for trigger_type in &manifest.other_trigger_types {
-            tracing::warn!(trigger = %trigger_type, "Mosaic runs HTTP and Redis (message) triggers only; `[[trigger.{trigger_type}]]` entries are not run");
+            tracing::warn!(trigger = %trigger_type, "Mosaic runs HTTP, Redis (message) and MQTT triggers only; `[[trigger.{trigger_type}]]` entries are not run");
         }
         let state_root = options
             .state_dir
@@ -231,6 +232,7 @@ impl Host {
             )),
         ];
         tasks.extend(crate::trigger::messages::start(&dispatcher, stopped.clone()));
+        tasks.extend(crate::trigger::mqtt::start(&dispatcher, stopped.clone()));
         if let Some(cluster) = rollout.cluster() {
             tasks.extend(cluster.start(&pipeline, stopped));
         }
@@ -437,6 +439,7 @@ async fn build_capabilities(
             metrics.clone(),
         )),
         postgres: Arc::new(PgPools::new(metrics.clone())),
+        mqtt: Arc::new(Mqtt::new(metrics.clone())),
         unsupported: Arc::new(NoBackend),
         otel: Arc::new(Otel::default()),
         outbound: Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone())),

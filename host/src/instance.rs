@@ -75,6 +75,7 @@ capabilities! {
     sqlite: crate::capability::sqlite::Databases,
     postgres: crate::capability::postgres::PgPools,
     redis: crate::capability::redis_client::Redis,
+    mqtt: crate::capability::mqtt::Mqtt,
     unsupported: crate::capability::unsupported::NoBackend,
     otel: crate::capability::otel::Otel,
 }

@@ -29,6 +29,10 @@ pub struct Manifest {
     pub http_triggers: Vec<HttpTrigger>,
     /// `[[trigger.redis]]`: message subscriptions.
     pub redis_triggers: Vec<RedisTrigger>,
+    /// `[[trigger.mqtt]]`: MQTT subscriptions (Spin's MQTT trigger plugin).
+    pub mqtt_triggers: Vec<MqttTrigger>,
+    /// `[application.trigger.mqtt]`: the broker of the MQTT triggers.
+    pub mqtt_broker: Option<MqttBroker>,
     /// Trigger types Mosaic does not run that the manifest declares (e.g. `cron`).
     pub other_trigger_types: Vec<String>,
     /// Keys Mosaic does not use that ignoring changes nothing here (`component.x.tool`, a
@@ -80,6 +84,115 @@ pub struct HttpTrigger {
 pub struct RedisTrigger {
     pub component: String,
     pub channel: String,
+}
+
+/// `[[trigger.mqtt]]` (Spin's MQTT trigger plugin): the component receives every message on a
+/// topic that matches `topic` (MQTT wildcards: `+` one level, `#` the rest), subscribed at `qos`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTrigger {
+    pub component: String,
+    pub topic: String,
+    pub qos: u8,
+}
+
+/// `[application.trigger.mqtt]`: the broker the MQTT triggers subscribe at. `Debug` leaves the
+/// password out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MqttBroker {
+    /// `mqtt://HOST[:PORT]` (port 1883 by default).
+    pub address: String,
+    pub username: String,
+    pub password: String,
+    pub keep_alive_interval_secs: u64,
+}
+
+impl std::fmt::Debug for MqttBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttBroker")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("keep_alive_interval_secs", &self.keep_alive_interval_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A number the plugin's manifest spells as a string (`qos = "1"`) or as an integer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum NumberOrString {
+    Number(i64),
+    Text(String),
+}
+
+impl NumberOrString {
+    fn value(&self) -> Option<i64> {
+        match self {
+            NumberOrString::Number(n) => Some(*n),
+            NumberOrString::Text(text) => text.trim().parse().ok(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqttTrigger {
+    #[serde(default)]
+    id: Option<String>,
+    component: RawComponentRef,
+    topic: String,
+    qos: NumberOrString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqttBroker {
+    address: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    keep_alive_interval: NumberOrString,
+}
+
+/// Checks an MQTT topic filter: not empty, `+` alone in its level, `#` alone in the last one.
+pub fn check_mqtt_filter(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("the topic is empty".into());
+    }
+    let levels: Vec<&str> = topic.split('/').collect();
+    for (index, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || index + 1 != levels.len()) {
+            return Err(format!(
+                "`#` must be a level of its own and the last one, in \"{topic}\""
+            ));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!("`+` must be a level of its own, in \"{topic}\""));
+        }
+    }
+    Ok(())
+}
+
+fn check_mqtt_address(address: &str) -> Result<(), String> {
+    let rest = address
+        .strip_prefix("mqtt://")
+        .or_else(|| address.strip_prefix("tcp://"))
+        .ok_or_else(|| {
+            format!("\"{address}\" is not an MQTT address: give mqtt://HOST[:PORT] (mqtts is not supported)")
+        })?;
+    let authority = rest.trim_end_matches('/');
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    if host.is_empty() || authority.contains(['/', '?', '@']) {
+        return Err(format!("\"{address}\" is not an MQTT address: give mqtt://HOST[:PORT]"));
+    }
+    if let Some(port) = port {
+        port.parse::<u16>()
+            .map_err(|_| format!("\"{address}\": the port `{port}` is not a number"))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -358,7 +471,34 @@ impl Manifest {
         let mut http_triggers = Vec::new();
         let mut other_trigger_types = Vec::new();
         let mut redis_triggers = Vec::new();
+        let mut mqtt_triggers = Vec::new();
         for (trigger_type, entries) in raw.trigger {
+            if trigger_type == "mqtt" {
+                for (index, entry) in entries.into_iter().enumerate() {
+                    let key = format!("trigger.mqtt[{index}]");
+                    let trigger: RawMqttTrigger = toml::Value::Table(entry)
+                        .try_into()
+                        .map_err(|err: toml::de::Error| fail(format!("`{key}`: {}", err.message())))?;
+                    let _ = &trigger.id;
+                    check_mqtt_filter(&trigger.topic).map_err(|why| fail(format!("`{key}.topic`: {why}")))?;
+                    let qos = match trigger.qos.value() {
+                        Some(qos @ 0..=2) => qos as u8,
+                        _ => return Err(fail(format!("`{key}.qos`: the QoS is 0, 1 or 2 (e.g. qos = \"1\")"))),
+                    };
+                    let component = component_name(trigger.component, &key).map_err(fail)?;
+                    if !raw.component.contains_key(&component) {
+                        return Err(fail(format!(
+                            "`{key}.component`: no `[component.{component}]` is declared"
+                        )));
+                    }
+                    mqtt_triggers.push(MqttTrigger {
+                        component,
+                        topic: trigger.topic,
+                        qos,
+                    });
+                }
+                continue;
+            }
             if trigger_type == "redis" {
                 for (index, entry) in entries.into_iter().enumerate() {
                     let key = format!("trigger.redis[{index}]");
@@ -433,6 +573,39 @@ impl Manifest {
             }
         }
 
+        let mqtt_broker = match raw.application.trigger.as_ref().and_then(|t| t.get("mqtt")) {
+            Some(value) => {
+                let key = "application.trigger.mqtt";
+                let broker: RawMqttBroker = value
+                    .clone()
+                    .try_into()
+                    .map_err(|err: toml::de::Error| fail(format!("`{key}`: {}", err.message())))?;
+                check_mqtt_address(&broker.address).map_err(|why| fail(format!("`{key}.address`: {why}")))?;
+                let keep_alive = match broker.keep_alive_interval.value() {
+                    Some(secs @ 0..=65535) => secs as u64,
+                    _ => {
+                        return Err(fail(format!(
+                            "`{key}.keep_alive_interval`: seconds from 0 to 65535 (e.g. keep_alive_interval = \"30\")"
+                        )))
+                    }
+                };
+                Some(MqttBroker {
+                    address: broker.address,
+                    username: broker.username,
+                    password: broker.password,
+                    keep_alive_interval_secs: keep_alive,
+                })
+            }
+            None => None,
+        };
+        if !mqtt_triggers.is_empty() && mqtt_broker.is_none() {
+            return Err(fail(
+                "`trigger.mqtt`: MQTT triggers need their broker in `[application.trigger.mqtt]` \
+                 (address, username, password, keep_alive_interval)"
+                    .into(),
+            ));
+        }
+
         let dir = path
             .parent()
             .map(Path::to_owned)
@@ -445,6 +618,8 @@ impl Manifest {
             variables: raw.variables,
             http_triggers,
             redis_triggers,
+            mqtt_triggers,
+            mqtt_broker,
             other_trigger_types,
             ignored_keys,
             components: raw.component,
@@ -492,6 +667,15 @@ impl Manifest {
         components.sort();
         components.dedup();
         components.into_iter().filter_map(|c| self.subscription_of(c)).collect()
+    }
+
+    /// The `[[trigger.mqtt]]` entries of a component.
+    pub fn mqtt_triggers_of(&self, component: &str) -> Vec<MqttTrigger> {
+        self.mqtt_triggers
+            .iter()
+            .filter(|t| t.component == component)
+            .cloned()
+            .collect()
     }
 
     pub fn route_of(&self, component: &str) -> Option<&HttpRoute> {
@@ -723,6 +907,46 @@ source = "users.wasm"
         );
         let err = parse(&format!("{HEAD}[[trigger.redis]]\ncomponent = \"sub\"\n{component}")).unwrap_err();
         assert!(err.contains("trigger.redis[0]") && err.contains("channel"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_triggers_parse_in_the_plugins_format() {
+        let component = "[component.sub]\nsource = \"s.wasm\"\n";
+        let broker = "[application.trigger.mqtt]\naddress = \"mqtt://localhost:1883\"\nusername = \"admin\"\npassword = \"pw\"\nkeep_alive_interval = \"30\"\n";
+        let manifest = parse(&format!(
+            "{HEAD}{broker}[[trigger.mqtt]]\nid = \"t1\"\ncomponent = \"sub\"\ntopic = \"a/+/c\"\nqos = \"1\"\n\
+             [[trigger.mqtt]]\ncomponent = \"sub\"\ntopic = \"b/#\"\nqos = 2\n{component}"
+        ))
+        .unwrap();
+        assert!(manifest.other_trigger_types.is_empty());
+        let parsed = manifest.mqtt_broker.clone().unwrap();
+        assert_eq!(parsed.keep_alive_interval_secs, 30);
+        assert!(!format!("{parsed:?}").contains("pw"));
+        let triggers = manifest.mqtt_triggers_of("sub");
+        assert_eq!((triggers[0].topic.as_str(), triggers[0].qos), ("a/+/c", 1));
+        assert_eq!((triggers[1].topic.as_str(), triggers[1].qos), ("b/#", 2));
+
+        let err = parse(&format!(
+            "{HEAD}{broker}[[trigger.mqtt]]\ncomponent = \"sub\"\ntopic = \"a/#/c\"\nqos = \"1\"\n{component}"
+        ))
+        .unwrap_err();
+        assert!(err.contains("trigger.mqtt[0].topic"), "{err}");
+        let err = parse(&format!(
+            "{HEAD}{broker}[[trigger.mqtt]]\ncomponent = \"sub\"\ntopic = \"a\"\nqos = \"3\"\n{component}"
+        ))
+        .unwrap_err();
+        assert!(err.contains("trigger.mqtt[0].qos"), "{err}");
+        let err = parse(&format!(
+            "{HEAD}[[trigger.mqtt]]\ncomponent = \"sub\"\ntopic = \"a\"\nqos = \"0\"\n{component}"
+        ))
+        .unwrap_err();
+        assert!(err.contains("[application.trigger.mqtt]"), "{err}");
+        let bad_address = broker.replace("mqtt://localhost:1883", "http://x");
+        let err = parse(&format!(
+            "{HEAD}{bad_address}[[trigger.mqtt]]\ncomponent = \"sub\"\ntopic = \"a\"\nqos = \"0\"\n{component}"
+        ))
+        .unwrap_err();
+        assert!(err.contains("application.trigger.mqtt.address"), "{err}");
     }
 
     #[test]

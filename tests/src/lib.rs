@@ -84,6 +84,7 @@ impl AppDir {
             "subscriber",
             "spin7-caps",
             "ledger",
+            "mqtt-echo",
         ] {
             // Only the fixtures the manifest names need to be built.
             let placeholder = format!("{{{name}}}");

@@ -139,6 +139,11 @@ const SERVICES: &[Service] = &[
         check: Check::Listens("127.0.0.1:4222"),
     },
     Service {
+        module: "needs_mosquitto",
+        name: "Mosquitto",
+        check: Check::Listens("127.0.0.1:1883"),
+    },
+    Service {
         module: "needs_redis_server",
         name: "the redis-server binary",
         check: Check::Runs("redis-server"),
@@ -243,6 +248,7 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("spin7", "", "spin7"),
     ("spin7", "v2", "spin7-v2"),
     ("spin7-caps", "", "spin7-caps"),
+    ("mqtt-echo", "", "mqtt-echo"),
 ];
 
 fn build_all(root: &Path) -> Result<()> {

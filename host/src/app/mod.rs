@@ -68,6 +68,9 @@ pub struct Deployment {
     pub http: Option<ProxyPre<InstanceState>>,
     /// `fermyon:spin/inbound-redis`, when the component has a message subscription.
     pub subscriber: Option<SubscriberPre<InstanceState>>,
+    /// The MQTT trigger plugin's `handle-message`, when the component has `[[trigger.mqtt]]`
+    /// entries.
+    pub mqtt: Option<crate::capability::bindings::mqtt_handler::MqttHandlerPre<InstanceState>>,
     pub world: World,
     /// The reused instances that serve this version's requests (when it reuses instances),
     /// made on the first request; taken away when the version stops being live.
@@ -92,6 +95,7 @@ impl Deployment {
             deployed_at: SystemTime::now(),
             http,
             subscriber,
+            mqtt: None,
             world,
             pool: ArcSwapOption::empty(),
             pool_creation: Mutex::new(()),
@@ -99,6 +103,15 @@ impl Deployment {
             in_flight: AtomicU64::new(0),
             drained: Notify::new(),
         }
+    }
+
+    /// This version with the MQTT handler its `[[trigger.mqtt]]` entries call.
+    pub fn with_mqtt(
+        mut self,
+        mqtt: Option<crate::capability::bindings::mqtt_handler::MqttHandlerPre<InstanceState>>,
+    ) -> Self {
+        self.mqtt = mqtt;
+        self
     }
 
     /// The pool of reused instances, made by `make` if there is none.
@@ -337,6 +350,7 @@ impl App {
             key_value_stores: Arc::from(decl.key_value_stores.clone()),
             sqlite_databases: Arc::from(decl.sqlite_databases.clone()),
             subscription: self.manifest.subscription_of(component),
+            mqtt: !self.manifest.mqtt_triggers_of(component).is_empty(),
         }))
     }
 

@@ -20,7 +20,7 @@ wasmtime::component::bindgen!({
         "wasi:keyvalue/atomics.cas": crate::capability::key_value::CasHandle,
         "fermyon:spin/sqlite.connection": crate::capability::sqlite::OpenDatabase,
         "spin:sqlite/sqlite@3.0.0.connection": crate::capability::sqlite::OpenDatabase,
-        "fermyon:spin/mqtt.connection": crate::capability::unsupported::NoConnection,
+        "fermyon:spin/mqtt.connection": crate::capability::mqtt::MqttConnection,
         "fermyon:spin/mysql.connection": crate::capability::unsupported::NoConnection,
         "fermyon:spin/postgres.connection": crate::capability::postgres::PgConnection,
         "fermyon:spin/redis.connection": crate::capability::redis_client::RedisConnection,
@@ -32,7 +32,7 @@ wasmtime::component::bindgen!({
         "spin:postgres/postgres@4.2.0.connection": crate::capability::postgres::PgConnection,
         "spin:postgres/postgres@4.2.0.connection-builder": crate::capability::postgres::PgConnectionBuilder,
         "spin:redis/redis@3.0.0.connection": crate::capability::redis_client::RedisConnection,
-        "spin:mqtt/mqtt@3.0.0.connection": crate::capability::unsupported::NoConnection,
+        "spin:mqtt/mqtt@3.0.0.connection": crate::capability::mqtt::MqttConnection,
         "spin:mysql/mysql@3.0.0.connection": crate::capability::unsupported::NoConnection,
         // wasi:otel uses wasi:clocks@0.2.0's datetime: wasmtime-wasi's, not a copy.
         "wasi:clocks/wall-clock": wasmtime_wasi::p2::bindings::clocks::wall_clock,
@@ -143,4 +143,15 @@ pub mod subscriber {
             }
         }
     }
+}
+
+/// The export of a `[[trigger.mqtt]]` component: the handler of Spin's MQTT trigger plugin
+/// (`handle-message` of `spin:mqtt-trigger@3.0.0`, an async function called inside the store's
+/// event loop).
+pub mod mqtt_handler {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "mosaic:host/mqtt-handler",
+        exports: { default: async | store },
+    });
 }

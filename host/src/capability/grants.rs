@@ -27,13 +27,15 @@ pub struct ComponentSpec {
     pub sqlite_databases: Arc<[String]>,
     /// The channels of its `[[trigger.redis]]` entries, if it has any.
     pub subscription: Option<SubscriptionSpec>,
+    /// Whether it has `[[trigger.mqtt]]` entries (then it must export the MQTT handler).
+    pub mqtt: bool,
 }
 
 impl ComponentSpec {
     /// Whether the component must export `wasi:http/incoming-handler`: it has a route, or no
     /// trigger at all (then it is an HTTP component reached by `deploy --route`).
     pub fn serves_http(&self) -> bool {
-        self.route.is_some() || self.subscription.is_none()
+        self.route.is_some() || (self.subscription.is_none() && !self.mqtt)
     }
 }
 
@@ -50,6 +52,7 @@ impl ComponentSpec {
             key_value_stores: Arc::from(Vec::new()),
             sqlite_databases: Arc::from(Vec::new()),
             subscription: None,
+            mqtt: false,
         }
     }
 }

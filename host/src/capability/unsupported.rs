@@ -1,12 +1,11 @@
-//! The interfaces of the Spin platform world that Mosaic has no backend for yet: LLM, MQTT and
-//! MySQL (`fermyon:spin/*@2.0.0`, and Spin 4's `spin:mqtt/mqtt@3.0.0` and
-//! `spin:mysql/mysql@3.0.0`). They are linked, so that a
+//! The interfaces of the Spin platform world that Mosaic has no backend for yet: LLM and MySQL
+//! (`fermyon:spin/*@2.0.0`, and Spin 4's `spin:mysql/mysql@3.0.0`). They are linked, so that a
 //! component importing them deploys and runs like under Spin (some SDKs import the whole world
 //! whatever the code uses), and every call returns an error value naming what is missing. A
 //! deploy of a component that imports one of them gets a warning.
 //!
 //! Connections can never be opened, so the connection resources are an uninhabited type. As in
-//! Spin, an MQTT or MySQL open checks the address against `allowed_outbound_hosts` first: one
+//! Spin, a MySQL open checks the address against `allowed_outbound_hosts` first: one
 //! not granted is `connection-failed("address ADDR is not permitted")`.
 
 use std::sync::Arc;
@@ -18,9 +17,7 @@ use wasmtime::component::Accessor;
 
 use crate::capability::with_view;
 
-use crate::capability::bindings::{
-    spin_llm as llm, spin_mqtt as mqtt, spin_mqtt3 as mqtt3, spin_mysql as mysql, spin_mysql3 as mysql3,
-};
+use crate::capability::bindings::{spin_llm as llm, spin_mysql as mysql, spin_mysql3 as mysql3};
 
 /// The app-wide state of the interfaces without a backend: there is none.
 #[derive(Debug, Default)]
@@ -70,16 +67,14 @@ impl super::GuestCapability for NoBackend {
         }
     }
 
-    /// Links the LLM, MQTT and MySQL interfaces, 2.0 and Spin 4's (`rdbms-types` comes with
+    /// Links the LLM and MySQL interfaces, 2.0 and Spin 4's (`rdbms-types` comes with
     /// PostgreSQL).
     fn add_to_linker<T: super::HasInstance<NoBackendAccess> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
         use wasmtime::component::HasSelf;
         llm::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
-        mqtt::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
         mysql::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
-        mqtt3::add_to_linker::<T, NoBackendImports>(linker, no_backend_view::<T>)?;
         mysql3::add_to_linker::<T, NoBackendImports>(linker, no_backend_view::<T>)?;
         Ok(())
     }
@@ -91,9 +86,7 @@ pub enum NoConnection {}
 /// The interfaces linked without a backend, by import name prefix, for the deploy warning.
 pub const WITHOUT_BACKEND: &[(&str, &str)] = &[
     ("fermyon:spin/llm", "LLM inferencing"),
-    ("fermyon:spin/mqtt", "MQTT"),
     ("fermyon:spin/mysql", "MySQL"),
-    ("spin:mqtt/mqtt", "MQTT"),
     ("spin:mysql/mysql", "MySQL"),
 ];
 
@@ -117,34 +110,6 @@ impl llm::Host for NoBackendAccess {
         _text: Vec<String>,
     ) -> Result<llm::EmbeddingsResult, llm::Error> {
         Err(llm::Error::RuntimeError(missing("LLM embeddings")))
-    }
-}
-
-impl mqtt::Host for NoBackendAccess {}
-
-impl mqtt::HostConnection for NoBackendAccess {
-    async fn open(
-        &mut self,
-        address: String,
-        _user: String,
-        _password: String,
-        _keep_alive: u64,
-    ) -> Result<Resource<NoConnection>, mqtt::Error> {
-        Err(mqtt::Error::ConnectionFailed(self.refuse_open(&address, "MQTT")))
-    }
-
-    async fn publish(
-        &mut self,
-        _c: Resource<NoConnection>,
-        _topic: String,
-        _payload: Vec<u8>,
-        _qos: mqtt::Qos,
-    ) -> Result<(), mqtt::Error> {
-        Err(mqtt::Error::Other(missing("MQTT")))
-    }
-
-    async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
-        Ok(())
     }
 }
 
@@ -185,37 +150,6 @@ macro_rules! no_rdbms_connection {
 }
 
 no_rdbms_connection!(mysql, "MySQL", ());
-
-impl mqtt3::Host for NoBackendAccess {}
-
-impl mqtt3::HostConnection for NoBackendAccess {
-    async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
-        Ok(())
-    }
-}
-
-impl<T> mqtt3::HostConnectionWithStore<T> for NoBackendImports {
-    async fn open(
-        accessor: &Accessor<T, Self>,
-        address: String,
-        _username: String,
-        _password: String,
-        _keep_alive_interval_in_secs: u64,
-    ) -> Result<Resource<NoConnection>, mqtt3::Error> {
-        let refusal = with_view(accessor, |access| access.refuse_open(&address, "MQTT"));
-        Err(mqtt3::Error::ConnectionFailed(refusal))
-    }
-
-    async fn publish(
-        _accessor: &Accessor<T, Self>,
-        _c: Resource<NoConnection>,
-        _topic: String,
-        _payload: Vec<u8>,
-        _qos: mqtt3::Qos,
-    ) -> Result<(), mqtt3::Error> {
-        Err(mqtt3::Error::Other(missing("MQTT")))
-    }
-}
 
 impl mysql3::Host for NoBackendAccess {}
 

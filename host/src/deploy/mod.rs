@@ -338,7 +338,14 @@ impl Pipeline {
         clock.done(Step::Compile);
 
         let (http, subscriber) = self.link(&spec, &component)?;
-        let world = world_of(&component, app.engine(), http.as_ref(), subscriber.is_some());
+        let mqtt = self.link_mqtt(&spec, &component)?;
+        let mut world = world_of(&component, app.engine(), http.as_ref(), subscriber.is_some());
+        if mqtt.is_some() {
+            world
+                .entry_points
+                .push("handle-message (spin:mqtt-trigger@3.0.0)".into());
+            world.wasi = crate::app::Wasi::V0_3;
+        }
         let warnings = grant_warnings(&component, app.engine(), &spec);
         for warning in &warnings {
             tracing::warn!(component = %name, "{warning}");
@@ -351,7 +358,7 @@ impl Pipeline {
             ));
         }
         clock.done(Step::Validate);
-        let deployment = Arc::new(Deployment::new(digest.clone(), http, subscriber, world));
+        let deployment = Arc::new(Deployment::new(digest.clone(), http, subscriber, world).with_mqtt(mqtt));
         Ok(Validated {
             spec,
             digest,
@@ -425,6 +432,37 @@ impl Pipeline {
             None => None,
         };
         Ok((http, subscriber))
+    }
+
+    /// The MQTT handler of a component with `[[trigger.mqtt]]` entries: the `handle-message`
+    /// export of Spin's MQTT trigger plugin (`spin:mqtt-trigger@3.0.0`).
+    fn link_mqtt(
+        &self,
+        spec: &ComponentSpec,
+        component: &wasmtime::component::Component,
+    ) -> Result<Option<crate::capability::bindings::mqtt_handler::MqttHandlerPre<InstanceState>>, DeployError> {
+        if !spec.mqtt {
+            return Ok(None);
+        }
+        let name = &spec.name;
+        let instance_pre = self
+            .app
+            .linker
+            .instantiate_pre(component)
+            .map_err(|err| DeployError::at(name, Step::Validate, format!("{:#}", anyhow::Error::from(err))))?;
+        crate::capability::bindings::mqtt_handler::MqttHandlerPre::new(instance_pre)
+            .map(Some)
+            .map_err(|err| {
+                DeployError::at(
+                    name,
+                    Step::Validate,
+                    format!(
+                        "it has [[trigger.mqtt]] entries but does not export `handle-message` of \
+                         `spin:mqtt-trigger@3.0.0` (the spin-mqtt-sdk's #[mqtt_component], spin-trigger-mqtt 0.8): {}",
+                        anyhow::Error::from(err)
+                    ),
+                )
+            })
     }
 
     /// Step 5: the new version starts (and answers its `[probe.NAME]`, if it has one) before

@@ -1,9 +1,10 @@
 //! How work reaches a component: incoming HTTP requests (and in-process chained requests),
-//! and messages of its `[[trigger.redis]]` subscription. Both go through one [`Dispatcher`].
+//! messages of its `[[trigger.redis]]` subscription and of its `[[trigger.mqtt]]` topics. Both go through one [`Dispatcher`].
 
 pub mod body;
 pub mod http;
 pub mod messages;
+pub mod mqtt;
 pub mod probe;
 
 use std::sync::Arc;

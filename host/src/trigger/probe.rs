@@ -31,7 +31,10 @@ impl Probe for TriggerProbe {
                 (Some(ProxyPre::P2(pre)), _) => pre.instance_pre().instantiate_async(&mut store).await.map(drop),
                 (Some(ProxyPre::P3(pre)), _) => pre.instance_pre().instantiate_async(&mut store).await.map(drop),
                 (None, Some(pre)) => pre.instantiate_async(&mut store).await.map(drop),
-                (None, None) => Ok(()),
+                (None, None) => match &deployment.mqtt {
+                    Some(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                    None => Ok(()),
+                },
             }
         };
         match tokio::time::timeout(timeout, instantiating).await {

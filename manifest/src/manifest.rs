@@ -373,6 +373,7 @@ impl Manifest {
         self.components.retain(|name, _| keep(name));
         self.http_triggers.retain(|trigger| keep(&trigger.component));
         self.redis_triggers.retain(|trigger| keep(&trigger.component));
+        self.mqtt_triggers.retain(|trigger| keep(&trigger.component));
         Ok(())
     }
 

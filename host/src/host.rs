@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::capability::http_outbound::OutboundPolicies;
 use crate::capability::key_value::KeyValueStores;
 use crate::capability::messaging::Messaging;
+use crate::capability::mysql::MysqlPools;
 use crate::capability::otel::Otel;
 use crate::capability::postgres::PgPools;
 use crate::capability::redis_client::{Redis, RedisClients};
@@ -379,6 +380,7 @@ async fn build_capabilities(
             metrics.clone(),
         )),
         postgres: Arc::new(PgPools::new(metrics.clone())),
+        mysql: Arc::new(MysqlPools::new(metrics.clone())),
         unsupported: Arc::new(NoBackend),
         otel: Arc::new(Otel::default()),
         outbound: Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone())),

@@ -16,6 +16,7 @@ pub mod grants;
 pub mod http_outbound;
 pub mod key_value;
 pub mod messaging;
+pub mod mysql;
 pub mod otel;
 pub mod postgres;
 pub mod redis_client;

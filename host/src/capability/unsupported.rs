@@ -1,12 +1,11 @@
-//! The interfaces of the Spin platform world that Mosaic has no backend for yet: LLM, MQTT and
-//! MySQL (`fermyon:spin/*@2.0.0`, and Spin 4's `spin:mqtt/mqtt@3.0.0` and
-//! `spin:mysql/mysql@3.0.0`). They are linked, so that a
+//! The interfaces of the Spin platform world that Mosaic has no backend for yet: LLM and MQTT
+//! (`fermyon:spin/*@2.0.0`, and Spin 4's `spin:mqtt/mqtt@3.0.0`). They are linked, so that a
 //! component importing them deploys and runs like under Spin (some SDKs import the whole world
 //! whatever the code uses), and every call returns an error value naming what is missing. A
 //! deploy of a component that imports one of them gets a warning.
 //!
 //! Connections can never be opened, so the connection resources are an uninhabited type. As in
-//! Spin, an MQTT or MySQL open checks the address against `allowed_outbound_hosts` first: one
+//! Spin, an MQTT open checks the address against `allowed_outbound_hosts` first: one
 //! not granted is `connection-failed("address ADDR is not permitted")`.
 
 use std::sync::Arc;
@@ -18,9 +17,7 @@ use wasmtime::component::Accessor;
 
 use crate::capability::with_view;
 
-use crate::capability::bindings::{
-    spin_llm as llm, spin_mqtt as mqtt, spin_mqtt3 as mqtt3, spin_mysql as mysql, spin_mysql3 as mysql3,
-};
+use crate::capability::bindings::{spin_llm as llm, spin_mqtt as mqtt, spin_mqtt3 as mqtt3};
 
 /// The app-wide state of the interfaces without a backend: there is none.
 #[derive(Debug, Default)]
@@ -70,17 +67,14 @@ impl super::GuestCapability for NoBackend {
         }
     }
 
-    /// Links the LLM, MQTT and MySQL interfaces, 2.0 and Spin 4's (`rdbms-types` comes with
-    /// PostgreSQL).
+    /// Links the LLM and MQTT interfaces, 2.0 and Spin 4's.
     fn add_to_linker<T: super::HasInstance<NoBackendAccess> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
         use wasmtime::component::HasSelf;
         llm::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
         mqtt::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
-        mysql::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
         mqtt3::add_to_linker::<T, NoBackendImports>(linker, no_backend_view::<T>)?;
-        mysql3::add_to_linker::<T, NoBackendImports>(linker, no_backend_view::<T>)?;
         Ok(())
     }
 }
@@ -92,9 +86,7 @@ pub enum NoConnection {}
 pub const WITHOUT_BACKEND: &[(&str, &str)] = &[
     ("fermyon:spin/llm", "LLM inferencing"),
     ("fermyon:spin/mqtt", "MQTT"),
-    ("fermyon:spin/mysql", "MySQL"),
     ("spin:mqtt/mqtt", "MQTT"),
-    ("spin:mysql/mysql", "MySQL"),
 ];
 
 fn missing(what: &str) -> String {
@@ -148,44 +140,6 @@ impl mqtt::HostConnection for NoBackendAccess {
     }
 }
 
-macro_rules! no_rdbms_connection {
-    ($module:ident, $what:literal, $execute:ty) => {
-        impl $module::Host for NoBackendAccess {}
-
-        impl $module::HostConnection for NoBackendAccess {
-            async fn open(&mut self, address: String) -> Result<Resource<NoConnection>, $module::Error> {
-                Err($module::Error::ConnectionFailed(
-                    self.refuse_open(&address, $what),
-                ))
-            }
-
-            async fn query(
-                &mut self,
-                _c: Resource<NoConnection>,
-                _statement: String,
-                _params: Vec<$module::ParameterValue>,
-            ) -> Result<$module::RowSet, $module::Error> {
-                Err($module::Error::Other(missing($what)))
-            }
-
-            async fn execute(
-                &mut self,
-                _c: Resource<NoConnection>,
-                _statement: String,
-                _params: Vec<$module::ParameterValue>,
-            ) -> Result<$execute, $module::Error> {
-                Err($module::Error::Other(missing($what)))
-            }
-
-            async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
-                Ok(())
-            }
-        }
-    };
-}
-
-no_rdbms_connection!(mysql, "MySQL", ());
-
 impl mqtt3::Host for NoBackendAccess {}
 
 impl mqtt3::HostConnection for NoBackendAccess {
@@ -214,44 +168,5 @@ impl<T> mqtt3::HostConnectionWithStore<T> for NoBackendImports {
         _qos: mqtt3::Qos,
     ) -> Result<(), mqtt3::Error> {
         Err(mqtt3::Error::Other(missing("MQTT")))
-    }
-}
-
-impl mysql3::Host for NoBackendAccess {}
-
-impl mysql3::HostConnection for NoBackendAccess {
-    async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
-        Ok(())
-    }
-}
-
-type MysqlRows = (
-    Vec<mysql3::Column>,
-    wasmtime::component::StreamReader<mysql3::Row>,
-    wasmtime::component::FutureReader<Result<(), mysql3::Error>>,
-);
-
-impl<T> mysql3::HostConnectionWithStore<T> for NoBackendImports {
-    async fn open(accessor: &Accessor<T, Self>, address: String) -> Result<Resource<NoConnection>, mysql3::Error> {
-        let refusal = with_view(accessor, |access| access.refuse_open(&address, "MySQL"));
-        Err(mysql3::Error::ConnectionFailed(refusal))
-    }
-
-    async fn query(
-        _accessor: &Accessor<T, Self>,
-        _c: Resource<NoConnection>,
-        _statement: String,
-        _params: Vec<mysql3::ParameterValue>,
-    ) -> Result<MysqlRows, mysql3::Error> {
-        Err(mysql3::Error::Other(missing("MySQL")))
-    }
-
-    async fn execute(
-        _accessor: &Accessor<T, Self>,
-        _c: Resource<NoConnection>,
-        _statement: String,
-        _params: Vec<mysql3::ParameterValue>,
-    ) -> Result<(), mysql3::Error> {
-        Err(mysql3::Error::Other(missing("MySQL")))
     }
 }

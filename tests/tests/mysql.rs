@@ -424,6 +424,21 @@ mod needs_mysql {
             "{}",
             wrong.body
         );
+        // This build has no TLS: an address that requires it cannot be opened.
+        let tls = my_at(
+            &client,
+            &base,
+            "granted",
+            &format!("{ADDRESS}?ssl-mode=REQUIRED"),
+            "",
+            "SELECT 1",
+        )
+        .await;
+        assert!(
+            tls.body.starts_with("open: Error::ConnectionFailed(") && tls.body.contains("TLS"),
+            "{}",
+            tls.body
+        );
         let opened = caps(&client, &base, false, "", "").await;
         assert_eq!(opened.body, "opened");
         let url = format!("{base}/caps/mysql?addr=mysql://root:hunter2@10.1.2.3/test");

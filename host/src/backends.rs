@@ -1,6 +1,7 @@
 //! Openers for the services more than one part of the host stands on: an embedded SQLite file
 //! (key-value's embedded store, the SQLite databases), a Redis server (key-value's Redis
-//! store, the Redis client) and a PostgreSQL server (the guests' pools, the cluster store).
+//! store, the Redis client), a PostgreSQL server (the guests' pools, the cluster store) and a
+//! MySQL server (the guests' pools).
 //! The capabilities stay apart; the connection settings live here once.
 
 use std::collections::HashMap;
@@ -64,6 +65,69 @@ pub fn redact_postgres(address: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// How long a MySQL connect (or the wait for a pooled connection) may take.
+pub const MYSQL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connect options of a MySQL address (`mysql://user:password@host:port/db`), with the
+/// server's own session defaults (sqlx would set `sql_mode` and `time_zone`; Spin does not)
+/// and without TLS unless the address asks for it (`ssl-mode=...`), as in Spin. A `socket=`
+/// parameter is refused: it would reach a local socket past the host the grant names.
+pub fn mysql_options(address: &str) -> Result<sqlx::mysql::MySqlConnectOptions, String> {
+    let shown = redact_mysql(address);
+    if !address.starts_with("mysql://") {
+        return Err(format!(
+            "`{shown}` is not a MySQL address: expected mysql://USER:PASSWORD@HOST:PORT/DATABASE"
+        ));
+    }
+    let query = address.split_once('?').map(|(_, query)| query).unwrap_or("");
+    let given = |names: &[&str]| {
+        query.split('&').any(|pair| {
+            let key = pair.split('=').next().unwrap_or("").to_ascii_lowercase();
+            names.contains(&key.as_str())
+        })
+    };
+    if given(&["socket"]) {
+        return Err(format!("`{shown}`: a MySQL address may not name a socket"));
+    }
+    let mut options = sqlx::mysql::MySqlConnectOptions::from_str(address)
+        .map_err(|err| format!("`{shown}` is not a MySQL address: {}", redact_mysql(&err.to_string())))?
+        .pipes_as_concat(false)
+        .no_engine_substitution(false);
+    if !given(&["timezone", "time-zone"]) {
+        options = options.timezone(None);
+    }
+    if !given(&["sslmode", "ssl-mode"]) {
+        options = options.ssl_mode(sqlx::mysql::MySqlSslMode::Disabled);
+    }
+    Ok(options)
+}
+
+/// A pool of up to `max_size` connections to the MySQL server at `address`, opened lazily:
+/// a connection is checked before it is handed out (a broken one is replaced) and goes back
+/// with `ROLLBACK`, so a transaction its user left open never reaches the next user.
+pub fn mysql_pool(address: &str, max_size: u32) -> Result<sqlx::MySqlPool, String> {
+    let options = mysql_options(address)?;
+    Ok(sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(max_size)
+        .min_connections(0)
+        .acquire_timeout(MYSQL_CONNECT_TIMEOUT)
+        .test_before_acquire(true)
+        .after_release(|connection, _| {
+            Box::pin(async move {
+                // A connection that cannot roll back is closed rather than reused.
+                Ok(sqlx::Executor::execute(&mut *connection, sqlx::raw_sql("ROLLBACK"))
+                    .await
+                    .is_ok())
+            })
+        })
+        .connect_lazy_with(options))
+}
+
+/// A MySQL address without its password, for messages.
+pub fn redact_mysql(address: &str) -> String {
+    redact_postgres(address)
 }
 
 /// A pool on the SQLite file at `path` (created with its directory if missing): WAL mode,

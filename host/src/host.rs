@@ -18,6 +18,7 @@ use crate::capability::http_outbound::OutboundPolicies;
 use crate::capability::key_value::KeyValueStores;
 use crate::capability::messaging::Messaging;
 use crate::capability::mqtt::Mqtt;
+use crate::capability::mysql::MysqlPools;
 use crate::capability::otel::Otel;
 use crate::capability::postgres::PgPools;
 use crate::capability::redis_client::{Redis, RedisClients};
@@ -440,6 +441,7 @@ async fn build_capabilities(
         )),
         postgres: Arc::new(PgPools::new(metrics.clone())),
         mqtt: Arc::new(Mqtt::new(metrics.clone())),
+        mysql: Arc::new(MysqlPools::new(metrics.clone())),
         unsupported: Arc::new(NoBackend),
         otel: Arc::new(Otel::default()),
         outbound: Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone())),

@@ -74,6 +74,7 @@ capabilities! {
     key_value: crate::capability::key_value::KeyValueStores,
     sqlite: crate::capability::sqlite::Databases,
     postgres: crate::capability::postgres::PgPools,
+    mysql: crate::capability::mysql::MysqlPools,
     redis: crate::capability::redis_client::Redis,
     mqtt: crate::capability::mqtt::Mqtt,
     unsupported: crate::capability::unsupported::NoBackend,

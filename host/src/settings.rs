@@ -23,7 +23,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub limits: Limits,
     /// Per component: where its `migrations/<component>/` go when that is not its SQLite
-    /// database, e.g. `[migrations.users] postgres = "host=127.0.0.1 user=postgres dbname=users"`.
+    /// database, e.g. `[migrations.users] postgres = "host=127.0.0.1 user=postgres dbname=users"`
+    /// or `[migrations.users] mysql = "mysql://root@127.0.0.1:3306/users"`.
     pub migrations: std::collections::BTreeMap<String, MigrationTarget>,
     pub messaging: MessagingSettings,
     /// The policy of outbound HTTP requests: timeouts, retries, circuit breaker.
@@ -255,11 +256,13 @@ impl ClusterSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MigrationTarget {
-    /// A PostgreSQL address (URL or key-value form).
-    pub postgres: String,
+/// The database a component's migrations go to: exactly one of `postgres = "..."` (a
+/// PostgreSQL address, URL or key-value form) and `mysql = "mysql://USER:PASSWORD@HOST:PORT/DB"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationTarget {
+    Postgres(String),
+    Mysql(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -579,6 +582,21 @@ mod tests {
         }
         let err = toml::from_str::<Settings>("[probe.x]\npath = \"/h\"\nstatus = 200\n").unwrap_err();
         assert!(err.to_string().contains("status"), "{err}");
+    }
+
+    #[test]
+    fn a_migration_target_is_exactly_one_database() {
+        let settings: Settings =
+            toml::from_str("[migrations.a]\npostgres = \"host=db\"\n[migrations.b]\nmysql = \"mysql://root@db/b\"\n")
+                .unwrap();
+        assert_eq!(settings.migrations["a"], MigrationTarget::Postgres("host=db".into()));
+        assert_eq!(
+            settings.migrations["b"],
+            MigrationTarget::Mysql("mysql://root@db/b".into())
+        );
+        assert!(toml::from_str::<Settings>("[migrations.a]\npostgres = \"x\"\nmysql = \"y\"\n").is_err());
+        assert!(toml::from_str::<Settings>("[migrations.a]\n").is_err());
+        assert!(toml::from_str::<Settings>("[migrations.a]\nsqlserver = \"x\"\n").is_err());
     }
 
     #[test]

@@ -327,9 +327,7 @@ mod needs_postgres {
         let mut settings = Settings::default();
         settings.migrations.insert(
             "granted".into(),
-            mosaic::settings::MigrationTarget {
-                postgres: address.clone(),
-            },
+            mosaic::settings::MigrationTarget::Postgres(address.clone()),
         );
         let host = dir.start(settings).await;
         let base = format!("http://{}", host.http_addr());

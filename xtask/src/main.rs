@@ -124,6 +124,11 @@ const SERVICES: &[Service] = &[
         check: Check::Listens("127.0.0.1:5432"),
     },
     Service {
+        module: "needs_mysql",
+        name: "MySQL",
+        check: Check::Listens("127.0.0.1:3306"),
+    },
+    Service {
         module: "needs_redis",
         name: "Redis",
         check: Check::Listens("127.0.0.1:6379"),

@@ -364,21 +364,37 @@ impl App {
             return Ok(Vec::new());
         }
         let (target, applied) = if let Some(target) = self.settings.migrations.get(&spec.name) {
-            let connection = self
-                .capabilities()
-                .postgres
-                .connect(&target.postgres)
-                .await
-                .map_err(|err| err.message())?;
-            (
-                "PostgreSQL",
-                connection.migrate(&migrations).await.map_err(|err| err.message())?,
-            )
+            match target {
+                crate::settings::MigrationTarget::Postgres(address) => {
+                    let connection = self
+                        .capabilities()
+                        .postgres
+                        .connect(address)
+                        .await
+                        .map_err(|err| err.message())?;
+                    (
+                        "PostgreSQL",
+                        connection.migrate(&migrations).await.map_err(|err| err.message())?,
+                    )
+                }
+                crate::settings::MigrationTarget::Mysql(address) => {
+                    let connection = self
+                        .capabilities()
+                        .mysql
+                        .connect(address)
+                        .await
+                        .map_err(|err| err.message())?;
+                    (
+                        "MySQL",
+                        connection.migrate(&migrations).await.map_err(|err| err.message())?,
+                    )
+                }
+            }
         } else {
             let Some(label) = spec.sqlite_databases.first() else {
                 return Err(format!(
                     "{} holds migrations, but component `{}` has no sqlite_databases to apply them to \
-                     (or name a PostgreSQL database in mosaic.toml: [migrations.{}] postgres = \"...\")",
+                     (or name a PostgreSQL or MySQL database in mosaic.toml: [migrations.{}] postgres = \"...\" or mysql = \"...\")",
                     dir.display(),
                     spec.name,
                     spec.name

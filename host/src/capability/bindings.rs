@@ -10,6 +10,7 @@ wasmtime::component::bindgen!({
         "spin:key-value/key-value@3.0.0.[method]store.get-keys": trappable,
         "spin:sqlite/sqlite@3.1.0.[method]connection.execute-async": trappable,
         "spin:postgres/postgres@4.2.0.[method]connection.query-async": trappable,
+        "spin:mysql/mysql@3.0.0.[method]connection.query": trappable,
         // A builder the resource table cannot hold is a trap too (the constructor has no error).
         "spin:postgres/postgres@4.2.0.[constructor]connection-builder": async | trappable,
         default: async,
@@ -21,7 +22,7 @@ wasmtime::component::bindgen!({
         "fermyon:spin/sqlite.connection": crate::capability::sqlite::OpenDatabase,
         "spin:sqlite/sqlite@3.0.0.connection": crate::capability::sqlite::OpenDatabase,
         "fermyon:spin/mqtt.connection": crate::capability::mqtt::MqttConnection,
-        "fermyon:spin/mysql.connection": crate::capability::unsupported::NoConnection,
+        "fermyon:spin/mysql.connection": crate::capability::mysql::MysqlConnection,
         "fermyon:spin/postgres.connection": crate::capability::postgres::PgConnection,
         "fermyon:spin/redis.connection": crate::capability::redis_client::RedisConnection,
         "spin:postgres/postgres@3.0.0.connection": crate::capability::postgres::PgConnection,
@@ -33,7 +34,7 @@ wasmtime::component::bindgen!({
         "spin:postgres/postgres@4.2.0.connection-builder": crate::capability::postgres::PgConnectionBuilder,
         "spin:redis/redis@3.0.0.connection": crate::capability::redis_client::RedisConnection,
         "spin:mqtt/mqtt@3.0.0.connection": crate::capability::mqtt::MqttConnection,
-        "spin:mysql/mysql@3.0.0.connection": crate::capability::unsupported::NoConnection,
+        "spin:mysql/mysql@3.0.0.connection": crate::capability::mysql::MysqlConnection,
         // wasi:otel uses wasi:clocks@0.2.0's datetime: wasmtime-wasi's, not a copy.
         "wasi:clocks/wall-clock": wasmtime_wasi::p2::bindings::clocks::wall_clock,
         "wasi:clocks/monotonic-clock": wasmtime_wasi::p2::bindings::clocks::monotonic_clock,

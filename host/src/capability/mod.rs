@@ -17,6 +17,7 @@ pub mod http_outbound;
 pub mod key_value;
 pub mod messaging;
 pub mod mqtt;
+pub mod mysql;
 pub mod otel;
 pub mod postgres;
 pub mod redis_client;

@@ -1,47 +1,19 @@
-//! The interfaces of the Spin platform world that Mosaic has no backend for yet: LLM and MySQL
-//! (`fermyon:spin/*@2.0.0`, and Spin 4's `spin:mysql/mysql@3.0.0`). They are linked, so that a
-//! component importing them deploys and runs like under Spin (some SDKs import the whole world
-//! whatever the code uses), and every call returns an error value naming what is missing. A
-//! deploy of a component that imports one of them gets a warning.
-//!
-//! Connections can never be opened, so the connection resources are an uninhabited type. As in
-//! Spin, a MySQL open checks the address against `allowed_outbound_hosts` first: one
-//! not granted is `connection-failed("address ADDR is not permitted")`.
+//! The interface of the Spin platform world that Mosaic has no backend for yet: LLM
+//! (`fermyon:spin/llm@2.0.0`). It is linked, so that a component importing it deploys and runs
+//! like under Spin (some SDKs import the whole world whatever the code uses), and every call
+//! returns an error value naming what is missing. A deploy of a component that imports it gets
+//! a warning.
 
 use std::sync::Arc;
 
-use mosaic_manifest::allowed_hosts::AllowedHosts;
-use wasmtime::component::Resource;
-
-use wasmtime::component::Accessor;
-
-use crate::capability::with_view;
-
-use crate::capability::bindings::{spin_llm as llm, spin_mysql as mysql, spin_mysql3 as mysql3};
+use crate::capability::bindings::spin_llm as llm;
 
 /// The app-wide state of the interfaces without a backend: there is none.
 #[derive(Debug, Default)]
 pub struct NoBackend;
 
-/// What an instance holds of them: its grants, checked before saying there is no backend.
-pub struct NoBackendAccess {
-    allowed: Arc<AllowedHosts>,
-}
-
-impl NoBackendAccess {
-    /// `connection-failed("address ADDR is not permitted")` (Spin's words) unless `address`
-    /// is in the component's `allowed_outbound_hosts`; else the error that there is no backend.
-    fn refuse_open(&self, address: &str, what: &str) -> String {
-        let granted = address.parse::<http::Uri>().ok().is_some_and(|uri| {
-            matches!((uri.scheme_str(), uri.host()), (Some(scheme), Some(host)) if self.allowed.allows(scheme, host, uri.port_u16()))
-        });
-        if granted {
-            missing(what)
-        } else {
-            format!("address {address} is not permitted")
-        }
-    }
-}
+/// What an instance holds of them: nothing.
+pub struct NoBackendAccess;
 
 /// Nothing to check for readiness.
 impl super::Capability for NoBackend {}
@@ -50,45 +22,25 @@ fn no_backend_view<T: super::HasInstance<NoBackendAccess>>(data: &mut T) -> &mut
     data.instance_parts().state
 }
 
-/// The `HasData` marker of the Spin 4 interfaces without a backend (their functions are
-/// concurrent calls, implemented on the marker).
-pub struct NoBackendImports;
-
-impl wasmtime::component::HasData for NoBackendImports {
-    type Data<'a> = &'a mut NoBackendAccess;
-}
-
 impl super::GuestCapability for NoBackend {
     type Instance = NoBackendAccess;
 
-    fn instance(self: &Arc<Self>, component: &super::grants::ComponentSpec) -> NoBackendAccess {
-        NoBackendAccess {
-            allowed: component.allowed_hosts.clone(),
-        }
+    fn instance(self: &Arc<Self>, _component: &super::grants::ComponentSpec) -> NoBackendAccess {
+        NoBackendAccess
     }
 
-    /// Links the LLM and MySQL interfaces, 2.0 and Spin 4's (`rdbms-types` comes with
-    /// PostgreSQL).
+    /// Links the LLM interface.
     fn add_to_linker<T: super::HasInstance<NoBackendAccess> + Send + 'static>(
         linker: &mut wasmtime::component::Linker<T>,
     ) -> anyhow::Result<()> {
         use wasmtime::component::HasSelf;
         llm::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
-        mysql::add_to_linker::<T, HasSelf<NoBackendAccess>>(linker, no_backend_view::<T>)?;
-        mysql3::add_to_linker::<T, NoBackendImports>(linker, no_backend_view::<T>)?;
         Ok(())
     }
 }
 
-/// A connection of an interface without a backend: never constructed.
-pub enum NoConnection {}
-
 /// The interfaces linked without a backend, by import name prefix, for the deploy warning.
-pub const WITHOUT_BACKEND: &[(&str, &str)] = &[
-    ("fermyon:spin/llm", "LLM inferencing"),
-    ("fermyon:spin/mysql", "MySQL"),
-    ("spin:mysql/mysql", "MySQL"),
-];
+pub const WITHOUT_BACKEND: &[(&str, &str)] = &[("fermyon:spin/llm", "LLM inferencing")];
 
 fn missing(what: &str) -> String {
     format!("Mosaic has no {what} backend yet, so this call is not available; see the README's list of supported interfaces")
@@ -110,82 +62,5 @@ impl llm::Host for NoBackendAccess {
         _text: Vec<String>,
     ) -> Result<llm::EmbeddingsResult, llm::Error> {
         Err(llm::Error::RuntimeError(missing("LLM embeddings")))
-    }
-}
-
-macro_rules! no_rdbms_connection {
-    ($module:ident, $what:literal, $execute:ty) => {
-        impl $module::Host for NoBackendAccess {}
-
-        impl $module::HostConnection for NoBackendAccess {
-            async fn open(&mut self, address: String) -> Result<Resource<NoConnection>, $module::Error> {
-                Err($module::Error::ConnectionFailed(
-                    self.refuse_open(&address, $what),
-                ))
-            }
-
-            async fn query(
-                &mut self,
-                _c: Resource<NoConnection>,
-                _statement: String,
-                _params: Vec<$module::ParameterValue>,
-            ) -> Result<$module::RowSet, $module::Error> {
-                Err($module::Error::Other(missing($what)))
-            }
-
-            async fn execute(
-                &mut self,
-                _c: Resource<NoConnection>,
-                _statement: String,
-                _params: Vec<$module::ParameterValue>,
-            ) -> Result<$execute, $module::Error> {
-                Err($module::Error::Other(missing($what)))
-            }
-
-            async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
-                Ok(())
-            }
-        }
-    };
-}
-
-no_rdbms_connection!(mysql, "MySQL", ());
-
-impl mysql3::Host for NoBackendAccess {}
-
-impl mysql3::HostConnection for NoBackendAccess {
-    async fn drop(&mut self, _c: Resource<NoConnection>) -> wasmtime::Result<()> {
-        Ok(())
-    }
-}
-
-type MysqlRows = (
-    Vec<mysql3::Column>,
-    wasmtime::component::StreamReader<mysql3::Row>,
-    wasmtime::component::FutureReader<Result<(), mysql3::Error>>,
-);
-
-impl<T> mysql3::HostConnectionWithStore<T> for NoBackendImports {
-    async fn open(accessor: &Accessor<T, Self>, address: String) -> Result<Resource<NoConnection>, mysql3::Error> {
-        let refusal = with_view(accessor, |access| access.refuse_open(&address, "MySQL"));
-        Err(mysql3::Error::ConnectionFailed(refusal))
-    }
-
-    async fn query(
-        _accessor: &Accessor<T, Self>,
-        _c: Resource<NoConnection>,
-        _statement: String,
-        _params: Vec<mysql3::ParameterValue>,
-    ) -> Result<MysqlRows, mysql3::Error> {
-        Err(mysql3::Error::Other(missing("MySQL")))
-    }
-
-    async fn execute(
-        _accessor: &Accessor<T, Self>,
-        _c: Resource<NoConnection>,
-        _statement: String,
-        _params: Vec<mysql3::ParameterValue>,
-    ) -> Result<(), mysql3::Error> {
-        Err(mysql3::Error::Other(missing("MySQL")))
     }
 }

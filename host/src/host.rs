@@ -288,6 +288,71 @@ impl Host {
     }
 }
 
+/// What `mosaic migrate` applied to one component's database.
+#[derive(Debug, Clone)]
+pub struct Migrated {
+    pub component: String,
+    /// `SQLite`, `PostgreSQL`, `MySQL`, or `none` for a component without migrations.
+    pub database: &'static str,
+    pub applied: Vec<String>,
+}
+
+/// `mosaic migrate`: applies every component's `migrations/<component>/` to its database, as
+/// `mosaic up` does before it serves, and runs nothing else (no component is loaded, no broker
+/// opened). The databases are where `mosaic up` with the same options finds them: a runtime
+/// config's `[sqlite_database.LABEL] path`, else the state directory; `[migrations.NAME]` of
+/// the settings for PostgreSQL and MySQL. Stops at the first failure, which names the file.
+pub async fn migrate(options: HostOptions) -> anyhow::Result<Vec<Migrated>> {
+    let mut manifest = Manifest::load(&options.manifest)?;
+    if !options.run.components.is_empty() {
+        manifest
+            .retain_components(&options.run.components)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let settings = match options.settings {
+        Some(settings) => settings,
+        None => Settings::load_beside(&options.manifest)?,
+    };
+    let runtime_config = match &options.runtime_config_file {
+        Some(path) => RuntimeConfig::load(path).map_err(anyhow::Error::msg)?,
+        None => RuntimeConfig::default(),
+    };
+    let state_root = options
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| StateDir::beside(&options.manifest));
+    let metrics: Arc<crate::observe::Metrics> = Arc::default();
+    let sqlite = Databases::new(
+        runtime_config.sqlite_databases,
+        state_root.join("sqlite"),
+        metrics.clone(),
+    );
+    let postgres = PgPools::new(metrics.clone());
+    let mysql = MysqlPools::new(metrics);
+    let backends = crate::app::migrate::MigrationBackends {
+        sqlite: &sqlite,
+        postgres: &postgres,
+        mysql: &mysql,
+    };
+    let plan = crate::app::migrate::MigrationPlan {
+        manifest_dir: &manifest.dir,
+        targets: &settings.migrations,
+    };
+    let mut outcomes = Vec::new();
+    for (name, decl) in &manifest.components {
+        let (database, applied) = plan
+            .apply(&backends, name, &decl.sqlite_databases)
+            .await
+            .map_err(|err| anyhow::anyhow!("component `{name}`: {err}"))?;
+        outcomes.push(Migrated {
+            component: name.clone(),
+            database,
+            applied,
+        });
+    }
+    Ok(outcomes)
+}
+
 /// Joins the cluster of `[cluster]` and converges on its desired versions before serving, so a
 /// new host never answers with an outdated version.
 async fn join_cluster(

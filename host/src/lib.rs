@@ -31,4 +31,4 @@ pub mod stop;
 pub mod trigger;
 pub mod watch;
 
-pub use host::{Host, HostOptions};
+pub use host::{Host, HostOptions, Migrated};

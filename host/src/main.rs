@@ -125,6 +125,19 @@ enum Command {
     Up(ServeArgs),
     /// Serve the application and rebuild + redeploy a component whenever its files change.
     Watch(ServeArgs),
+    /// Apply every component's migrations/<component>/ to its database and exit, as `mosaic up`
+    /// does before it serves (e.g. to prepare the databases a Spin runtime config names).
+    Migrate {
+        /// Spin runtime configuration: the files of the SQLite databases.
+        #[arg(long)]
+        runtime_config_file: Option<PathBuf>,
+        /// Mosaic's own settings ([migrations.NAME] for PostgreSQL and MySQL) [default: mosaic.toml beside the manifest].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only this component (repeatable).
+        #[arg(short = 'c', long = "component-id", value_name = "ID")]
+        component_ids: Vec<String>,
+    },
     /// Replace a component with a new version (or add one with --route).
     Deploy {
         component: String,
@@ -227,6 +240,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => serve(&cli.manifest, cli.state_dir, args, false).await,
         Command::Watch(args) => serve(&cli.manifest, cli.state_dir, args, true).await,
+        Command::Migrate {
+            runtime_config_file,
+            config,
+            component_ids,
+        } => {
+            let settings = match &config {
+                Some(path) => Some(mosaic::settings::Settings::load(path)?),
+                None => None,
+            };
+            let outcomes = mosaic::host::migrate(HostOptions {
+                manifest: cli.manifest.clone(),
+                state_dir: cli.state_dir,
+                settings,
+                runtime_config_file,
+                run: mosaic::host::RunOptions {
+                    components: component_ids,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .await?;
+            print!("{}", migrated_text(&outcomes));
+            Ok(())
+        }
         Command::Deploy { component, file, route } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
@@ -374,6 +411,27 @@ async fn serve(manifest: &Path, state_dir: Option<PathBuf>, args: ServeArgs, wat
     host.shutdown().await;
     drop(temporary);
     Ok(())
+}
+
+/// One line per component: what was applied, or that its database was up to date.
+fn migrated_text(outcomes: &[mosaic::Migrated]) -> String {
+    let mut out = String::new();
+    for outcome in outcomes {
+        let line = match (outcome.database, outcome.applied.as_slice()) {
+            ("none", _) => continue,
+            (database, []) => format!("{}: {database} database up to date\n", outcome.component),
+            (database, applied) => format!(
+                "{}: applied to its {database} database: {}\n",
+                outcome.component,
+                applied.join(", ")
+            ),
+        };
+        out.push_str(&line);
+    }
+    if out.is_empty() {
+        out.push_str("no component has migrations (migrations/<component>/NNNN_name.sql beside the manifest)\n");
+    }
+    out
 }
 
 /// `--temp`'s state directory: removed when the host has stopped.

@@ -39,6 +39,12 @@ pub fn check_pattern(pattern: &str) -> Result<(), TopicError> {
     check_words(pattern, true)
 }
 
+/// Whether a `[[trigger.redis]]` channel is a pattern (a word is `*` or `#`) rather than one
+/// channel's name. Spin would take it literally.
+pub fn has_wildcard(pattern: &str) -> bool {
+    pattern.split('.').any(|word| word == "*" || word == "#")
+}
+
 fn check_words(name: &str, wildcards: bool) -> Result<(), TopicError> {
     let what = if wildcards { "channel pattern" } else { "channel" };
     if name.is_empty() {
@@ -170,6 +176,8 @@ mod tests {
         }
         assert!(check_topic(&"a".repeat(256)).is_err());
         assert!(check_pattern("order.*").is_ok() && check_pattern("#").is_ok() && check_pattern("a.#.b").is_ok());
+        assert!(has_wildcard("order.*") && has_wildcard("#") && has_wildcard("a.#.b"));
+        assert!(!has_wildcard("order.created") && !has_wildcard("orders"));
         assert!(check_pattern("a.b*").is_err() && check_pattern("a..b").is_err());
     }
 }

@@ -574,3 +574,51 @@ async fn a_delivery_count_at_its_maximum_still_delivers_the_message() {
     assert!(settled, "the handled message was acked");
     host.shutdown().await;
 }
+
+/// Spin subscribes to a `[[trigger.redis]]` channel literally; Mosaic reads `*` and `#` as
+/// wildcards. The application still gets Mosaic's matching, and a warning, once per such
+/// channel, at start-up and at each deploy of the subscriber; an exact channel gets none.
+#[test]
+fn a_wildcard_channel_is_warned_about_at_start_and_at_deploy() {
+    mosaic_tests::LogCapture::run(|log| async move {
+        let sink = Sink::start().await;
+        let manifest = sink.manifest("order.*")
+            + "[[trigger.redis]]\nchannel = \"payment.completed\"\ncomponent = \"subscriber\"\n";
+        let dir = AppDir::new(&manifest);
+        let host = dir.start(settings(broker(BrokerKind::Embedded))).await;
+        let warning = "subscribes to the channel pattern `order.*`";
+        let warnings = |text: &str, what: &str| text.lines().filter(|line| line.contains(what)).count();
+        let text = log.text();
+        assert_eq!(warnings(&text, warning), 1, "one warning at start-up:\n{text}");
+        assert!(
+            text.lines()
+                .any(|line| line.contains(" WARN ") && line.contains(warning) && line.contains("Spin subscribes")),
+            "{text}"
+        );
+        assert_eq!(
+            warnings(&text, "channel pattern `payment.completed`"),
+            0,
+            "an exact channel is not a pattern:\n{text}"
+        );
+
+        // Mosaic's matching is unchanged: `order.created` reaches the `order.*` subscriber.
+        let base = format!("http://{}", host.http_addr());
+        publish(&client(), &base, "order.created", "wild-1")
+            .await
+            .expect("publish");
+        assert!(
+            sink.wait_for(Duration::from_secs(20), |s| s.handled("wild-1") == 1)
+                .await
+        );
+
+        let report = host
+            .pipeline()
+            .deploy(deploy_request("subscriber", "subscriber-v2"))
+            .await
+            .expect("deploy");
+        let in_report: Vec<&String> = report.warnings.iter().filter(|w| w.contains(warning)).collect();
+        assert_eq!(in_report.len(), 1, "the deploy reports it: {:?}", report.warnings);
+        assert_eq!(warnings(&log.text(), warning), 2, "and logs it once more");
+        host.shutdown().await;
+    });
+}

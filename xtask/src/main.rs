@@ -37,6 +37,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench breaker    latency of calls to a dead dependency, outbound breaker off vs open; adds to bench/README.md
   bench cluster    requests/s on 1, 2 and 3 hosts of a cluster (PostgreSQL on 127.0.0.1:5432), and the time a
                    deploy takes to reach every host; adds to bench/README.md
+  spin-data        prepare the reference application's data for Spin: apply migrations/<service>/ to the
+                   SQLite files spin-runtime-config.toml names (mosaic migrate), so that `spin up
+                   --runtime-config-file spin-runtime-config.toml` finds its tables (README: Under Spin)
   fuzz [SECONDS]   run each fuzz target of fuzz/ for SECONDS (default 30); installs cargo-fuzz if missing
   component-imports FILE
                    print the top-level imports and exports of the component FILE (interface names such
@@ -69,6 +72,10 @@ fn main() -> Result<()> {
             build_all(&root)?;
             bench::run(&root, &args[1..])
         }
+        Some("spin-data") => match &args[1..] {
+            [] => spin_data(&root),
+            _ => bail!("usage: cargo xtask spin-data"),
+        },
         Some("fuzz") => fuzz::run_all(&root, &args[1..]),
         Some("component-imports") => match &args[1..] {
             [file] => component::print(Path::new(file)),
@@ -237,6 +244,27 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     let result = cargo_test(&with(&extra));
     eprintln!("not run (not answering): {}", names(&missing));
     result
+}
+
+/// The runtime config for running the reference application under Spin.
+const SPIN_RUNTIME_CONFIG: &str = "spin-runtime-config.toml";
+
+/// `cargo xtask spin-data`: the host's own migration runner (`mosaic migrate`, sqlx's SQLite)
+/// applies `migrations/<service>/` to the database files of the Spin runtime config. Run from
+/// the workspace root, as `spin up` is: Spin takes a database's relative path from there.
+fn spin_data(root: &Path) -> Result<()> {
+    run(Command::new(cargo())
+        .current_dir(root)
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "mosaic",
+            "--",
+            "migrate",
+            "--runtime-config-file",
+        ])
+        .arg(SPIN_RUNTIME_CONFIG))
 }
 
 /// One build of a guest crate: (package, features, output name in target/fixtures).

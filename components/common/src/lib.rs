@@ -3,7 +3,7 @@
 //! service over `http://NAME.spin.internal`, publishing events, and the health answer. The
 //! spin-sdk 7 services have the same on top of `shared` in `common7`.
 
-pub use shared::{jwt, now_unix, Answer, Reply, USER_HEADER};
+pub use shared::{events, jwt, now_unix, Answer, Reply, USER_HEADER};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -1,11 +1,12 @@
 //! The notifications service of the reference application (docs/reference-app.md): turns the
-//! events of orders and payments (`order.*`, `payment.*`) into the e-mails it would send, and
+//! events of orders and payments (each channel of `shared::events`) into the e-mails it would send, and
 //! records them; `GET /notifications?user=ID` lists a user's, oldest first.
 //!
 //! The broker delivers at least once, so a notification is keyed by the event's `event_id`: a
 //! redelivered event is recorded once. A payload that is not an event is dropped (retrying
 //! cannot fix it); a database that fails is an error, so the broker delivers the event again.
 
+use common::events;
 use serde::{Deserialize, Serialize};
 use spin_sdk::http::{IntoResponse, Method, Request, Response};
 use spin_sdk::http_component;
@@ -143,26 +144,26 @@ fn email_for(event: &Event) -> Option<(String, String)> {
     let total = money(event.total_cents);
     let amount = money(event.amount_cents);
     let email = match event.kind.as_str() {
-        "order.created" => (
+        events::ORDER_CREATED => (
             format!("Order {order} received"),
             format!("We received your order {order} of {total} and are processing it."),
         ),
-        "order.confirmed" => (
+        events::ORDER_CONFIRMED => (
             format!("Order {order} confirmed"),
             format!("Your order {order} of {total} is confirmed."),
         ),
-        "order.cancelled" => (
+        events::ORDER_CANCELLED => (
             format!("Order {order} cancelled"),
             format!(
                 "Your order {order} of {total} was cancelled: {}.",
                 event.reason.as_deref().unwrap_or("no reason given")
             ),
         ),
-        "payment.completed" => (
+        events::PAYMENT_COMPLETED => (
             format!("Payment for order {order} received"),
             format!("We received your payment of {amount} for order {order}."),
         ),
-        "payment.failed" => (
+        events::PAYMENT_FAILED => (
             format!("Payment for order {order} failed"),
             format!("Your payment of {amount} for order {order} was declined."),
         ),

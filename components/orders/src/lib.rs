@@ -7,6 +7,7 @@
 //! Every change of state is published (`order.created`, `order.confirmed`, `order.cancelled`);
 //! a publish that fails is logged and does not fail the order.
 
+use common::events;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use spin_sdk::http::{IntoResponse, Method, Request, Response};
@@ -82,7 +83,7 @@ async fn place_order(req: &Request) -> Result<Response, Response> {
 
     let db = database()?;
     let mut order = insert_pending_order(&db, user_id, total_cents, items)?;
-    publish_event("order.created", &order);
+    publish_event(events::ORDER_CREATED, &order);
 
     // Step 1: reserve the stock. A 409 reserved nothing (all or nothing); any other failure
     // may have reserved it before failing, so the release (idempotent) runs then too.
@@ -105,7 +106,7 @@ async fn place_order(req: &Request) -> Result<Response, Response> {
     )
     .map_err(|err| database_failed(format!("cannot confirm order {}: {err}", order.id)))?;
     order.status = "confirmed".to_string();
-    publish_event("order.confirmed", &order);
+    publish_event(events::ORDER_CONFIRMED, &order);
     Ok(common::json(201, &order))
 }
 
@@ -278,7 +279,7 @@ fn cancel(db: &Connection, order: &mut Order, failure: StepFailure) -> Response 
     }
     order.status = "cancelled".to_string();
     order.reason = Some(failure.reason.clone());
-    publish_event("order.cancelled", order);
+    publish_event(events::ORDER_CANCELLED, order);
     let mut answer = serde_json::to_value(&*order).unwrap_or_else(|_| serde_json::json!({}));
     answer["error"] = Json::from(failure.error);
     answer["detail"] = Json::from(failure.reason);

@@ -5,6 +5,7 @@
 //! `payment.completed` or `payment.failed`. A repeat for the same order answers the recorded
 //! payment with the status code of the first answer and draws nothing.
 
+use common::events;
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 use spin_sdk::http::{IntoResponse, Method, Request, Response};
@@ -162,9 +163,9 @@ fn charge(req: &Request) -> Response {
 /// the payment is answered all the same.
 fn announce(payment: &Payment) {
     let kind = if payment.is_completed() {
-        "payment.completed"
+        events::PAYMENT_COMPLETED
     } else {
-        "payment.failed"
+        events::PAYMENT_FAILED
     };
     let event = PaymentEvent {
         event_id: format!("payment-{}-{}", payment.order_id, payment.status),

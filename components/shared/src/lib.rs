@@ -4,6 +4,7 @@
 //! path and query parsing, the caller's header, HS256 JSON Web Tokens, and what another
 //! service answered. No spin-sdk here: a component links one SDK generation only.
 
+pub mod events;
 pub mod jwt;
 
 use serde::de::DeserializeOwned;

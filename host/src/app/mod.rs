@@ -2,6 +2,7 @@
 //! swapped atomically) and the router that maps paths to components.
 
 pub mod files;
+pub mod migrate;
 pub mod runtime_config;
 
 // The manifest and route parsers live in the `mosaic-manifest` crate (fuzzed on their own).
@@ -354,55 +355,20 @@ impl App {
         }))
     }
 
-    /// Applies `migrations/<component>/` to the component's database: the PostgreSQL address
-    /// `[migrations.NAME]` of mosaic.toml names, or else the first label of its
-    /// `sqlite_databases`. Returns the migrations applied now.
+    /// Applies `migrations/<component>/` to the component's database ([`migrate::MigrationPlan`]).
+    /// Returns the migrations applied now.
     pub async fn migrate(&self, spec: &ComponentSpec) -> Result<Vec<String>, String> {
-        let dir = self.manifest.dir.join("migrations").join(&spec.name);
-        let migrations = crate::capability::sqlite::migrations::load(&dir).map_err(|err| err.0)?;
-        if migrations.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (target, applied) = if let Some(target) = self.settings.migrations.get(&spec.name) {
-            match target {
-                crate::settings::MigrationTarget::Postgres(address) => {
-                    let connection = self
-                        .capabilities()
-                        .postgres
-                        .connect(address)
-                        .await
-                        .map_err(|err| err.message())?;
-                    (
-                        "PostgreSQL",
-                        connection.migrate(&migrations).await.map_err(|err| err.message())?,
-                    )
-                }
-                crate::settings::MigrationTarget::Mysql(address) => {
-                    let connection = self
-                        .capabilities()
-                        .mysql
-                        .connect(address)
-                        .await
-                        .map_err(|err| err.message())?;
-                    (
-                        "MySQL",
-                        connection.migrate(&migrations).await.map_err(|err| err.message())?,
-                    )
-                }
-            }
-        } else {
-            let Some(label) = spec.sqlite_databases.first() else {
-                return Err(format!(
-                    "{} holds migrations, but component `{}` has no sqlite_databases to apply them to \
-                     (or name a PostgreSQL or MySQL database in mosaic.toml: [migrations.{}] postgres = \"...\" or mysql = \"...\")",
-                    dir.display(),
-                    spec.name,
-                    spec.name
-                ));
-            };
-            let database = self.capabilities().sqlite.open(label).await.map_err(|err| err.0)?;
-            ("SQLite", database.migrate(&migrations).await.map_err(|err| err.0)?)
+        let capabilities = self.capabilities();
+        let plan = migrate::MigrationPlan {
+            manifest_dir: &self.manifest.dir,
+            targets: &self.settings.migrations,
         };
+        let backends = migrate::MigrationBackends {
+            sqlite: &capabilities.sqlite,
+            postgres: &capabilities.postgres,
+            mysql: &capabilities.mysql,
+        };
+        let (target, applied) = plan.apply(&backends, &spec.name, &spec.sqlite_databases).await?;
         if !applied.is_empty() {
             tracing::info!(component = %spec.name, database = target, ?applied, "migrations applied");
         }

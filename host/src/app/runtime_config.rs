@@ -9,6 +9,10 @@
 //! [key_value_store.cache]
 //! type = "spin"            # embedded SQLite
 //! path = "data/cache.db"   # relative to the runtime config file; default: the state directory
+//!
+//! [sqlite_database.users]
+//! type = "spin"
+//! path = ".spin/users.db"  # relative to the current directory (as Spin); default: the state directory
 //! ```
 
 use std::collections::BTreeMap;
@@ -90,8 +94,10 @@ impl RuntimeConfig {
                     database.kind
                 ));
             }
+            // As in Spin: a relative database path is from the current directory (a
+            // key-value store's is from the runtime config file's directory).
             if let Some(file) = database.path {
-                sqlite_databases.insert(label, base.join(file));
+                sqlite_databases.insert(label, std::path::absolute(&file).unwrap_or(file));
             }
         }
         Ok(Self {
@@ -125,6 +131,19 @@ mod tests {
                 path: Some("/app/cache.db".into())
             }
         );
+    }
+
+    #[test]
+    fn database_paths_are_from_the_current_directory_as_in_spin() {
+        let config = RuntimeConfig::parse(
+            Path::new("/app/config/rc.toml"),
+            "[sqlite_database.users]\ntype = \"spin\"\npath = \".spin/users.db\"\n\
+             [sqlite_database.orders]\ntype = \"spin\"\npath = \"/data/orders.db\"\n",
+        )
+        .unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(config.sqlite_databases["users"], here.join(".spin/users.db"));
+        assert_eq!(config.sqlite_databases["orders"], Path::new("/data/orders.db"));
     }
 
     #[test]

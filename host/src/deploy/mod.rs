@@ -346,7 +346,8 @@ impl Pipeline {
                 .push("handle-message (spin:mqtt-trigger@3.0.0)".into());
             world.wasi = crate::app::Wasi::V0_3;
         }
-        let warnings = grant_warnings(&component, app.engine(), &spec);
+        let mut warnings = grant_warnings(&component, app.engine(), &spec);
+        warnings.extend(literal_channel_warnings(&spec));
         for warning in &warnings {
             tracing::warn!(component = %name, "{warning}");
         }
@@ -656,6 +657,29 @@ impl Pipeline {
             }),
         }
     }
+}
+
+/// One warning per `[[trigger.redis]]` channel of the component that holds a wildcard: Mosaic
+/// reads it as a pattern, Spin subscribes to it literally (a Redis `SUBSCRIBE`), so the same
+/// application would receive those messages under Mosaic only.
+fn literal_channel_warnings(spec: &ComponentSpec) -> Vec<String> {
+    let Some(subscription) = &spec.subscription else {
+        return Vec::new();
+    };
+    subscription
+        .patterns
+        .iter()
+        .filter(|pattern| mosaic_manifest::topics::has_wildcard(pattern))
+        .map(|pattern| {
+            format!(
+                "`{}` subscribes to the channel pattern `{pattern}` ([[trigger.redis]]): Mosaic matches it as a \
+                 pattern (`*` one word, `#` zero or more), but Spin subscribes to the channel named `{pattern}` \
+                 literally, so under Spin this trigger receives none of those messages; to behave the same on \
+                 both, give one [[trigger.redis]] per exact channel (docs/messaging.md)",
+                spec.name
+            )
+        })
+        .collect()
 }
 
 /// Imports that will be refused on every call because the manifest grants nothing for them.

@@ -23,6 +23,7 @@ pub mod host;
 pub mod instance;
 pub mod instance_pool;
 pub mod listener;
+pub mod migrations;
 pub mod observe;
 pub mod rollout;
 pub mod settings;

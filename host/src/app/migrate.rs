@@ -34,19 +34,19 @@ impl MigrationPlan<'_> {
         sqlite_databases: &[String],
     ) -> Result<(&'static str, Vec<String>), String> {
         let dir = self.manifest_dir.join("migrations").join(component);
-        let migrations = crate::capability::sqlite::migrations::load(&dir).map_err(|err| err.0)?;
+        let migrations = crate::migrations::load(&dir).map_err(|err| err.0)?;
         if migrations.is_empty() {
             return Ok(("none", Vec::new()));
         }
         match self.targets.get(component) {
             Some(MigrationTarget::Postgres(address)) => {
                 let connection = backends.postgres.connect(address).await.map_err(|err| err.message())?;
-                let applied = connection.migrate(&migrations).await.map_err(|err| err.message())?;
+                let applied = connection.migrate(&migrations).await.map_err(|err| err.0)?;
                 Ok(("PostgreSQL", applied))
             }
             Some(MigrationTarget::Mysql(address)) => {
                 let connection = backends.mysql.connect(address).await.map_err(|err| err.message())?;
-                let applied = connection.migrate(&migrations).await.map_err(|err| err.message())?;
+                let applied = connection.migrate(&migrations).await.map_err(|err| err.0)?;
                 Ok(("MySQL", applied))
             }
             None => {

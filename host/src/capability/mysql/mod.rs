@@ -258,64 +258,78 @@ impl MysqlConnection {
             .map_err(self.fail())
     }
 
-    /// Applies the migrations not applied yet, each with its record in `_mosaic_migrations`
-    /// (in a transaction, though MySQL commits at each DDL statement); an applied migration
-    /// whose text changed is refused.
+    /// Applies the migrations not applied yet ([`crate::migrations::apply_pending`]); each runs
+    /// in a transaction with its record, though MySQL commits at each DDL statement.
     pub async fn migrate(
         &self,
-        migrations: &[crate::capability::sqlite::migrations::Migration],
-    ) -> Result<Vec<String>, MysqlError> {
+        migrations: &[crate::migrations::Migration],
+    ) -> Result<Vec<String>, crate::migrations::MigrationError> {
         let mut connection = self.connection.lock().await;
-        let fail = self.fail();
-        connection
+        let mut store = MysqlMigrations {
+            address: &self.address,
+            connection: &mut connection,
+        };
+        crate::migrations::apply_pending(&mut store, migrations).await
+    }
+}
+
+struct MysqlMigrations<'a> {
+    address: &'a str,
+    connection: &'a mut PoolConnection<MySql>,
+}
+
+impl crate::migrations::MigrationStore for MysqlMigrations<'_> {
+    fn describe(&self) -> String {
+        format!("the MySQL database {}", self.address)
+    }
+
+    async fn applied(&mut self) -> Result<Vec<crate::migrations::AppliedMigration>, String> {
+        let fail = |err| MysqlError::from_query(err, self.address).message();
+        self.connection
             .execute(sqlx::raw_sql(
                 "CREATE TABLE IF NOT EXISTS _mosaic_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
                  checksum TEXT NOT NULL, applied_at_unix_ms BIGINT NOT NULL)",
             ))
             .await
-            .map_err(&fail)?;
-        let applied: Vec<(i64, String, String)> =
-            sqlx::query_as("SELECT version, name, checksum FROM _mosaic_migrations")
-                .fetch_all(&mut **connection)
-                .await
-                .map_err(&fail)?;
-        let mut newly = Vec::new();
-        for migration in migrations {
-            if let Some((_, name, checksum)) = applied.iter().find(|(version, ..)| *version == migration.version) {
-                if *checksum != migration.checksum {
-                    return Err(MysqlError::Other(format!(
-                        "migration {} was applied (as {name}) with different content; never edit an applied migration: \
-                         restore it and add a new one",
-                        migration.name
-                    )));
-                }
-                continue;
-            }
-            connection.execute(sqlx::raw_sql("BEGIN")).await.map_err(&fail)?;
-            let outcome = async {
-                connection.execute(sqlx::raw_sql(&migration.sql)).await.map_err(|err| {
-                    MysqlError::Other(format!("migration {} failed: {}", migration.name, fail(err).message()))
-                })?;
-                sqlx::query(
-                    "INSERT INTO _mosaic_migrations (version, name, checksum, applied_at_unix_ms) VALUES (?, ?, ?, ?)",
-                )
-                .bind(migration.version)
-                .bind(&migration.name)
-                .bind(&migration.checksum)
-                .bind(crate::clock::now_unix_ms() as i64)
-                .execute(&mut **connection)
-                .await
-                .map_err(&fail)?;
-                connection.execute(sqlx::raw_sql("COMMIT")).await.map_err(&fail)
-            }
-            .await;
-            if let Err(err) = outcome {
-                let _ = connection.execute(sqlx::raw_sql("ROLLBACK")).await;
-                return Err(err);
-            }
-            newly.push(migration.name.clone());
+            .map_err(fail)?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as("SELECT version, name, checksum FROM _mosaic_migrations")
+            .fetch_all(&mut **self.connection)
+            .await
+            .map_err(fail)?;
+        Ok(rows
+            .into_iter()
+            .map(|(version, name, checksum)| crate::migrations::AppliedMigration {
+                version,
+                name,
+                checksum,
+            })
+            .collect())
+    }
+
+    async fn apply(&mut self, migration: &crate::migrations::Migration, applied_at_unix_ms: i64) -> Result<(), String> {
+        let address = self.address;
+        let fail = |err| MysqlError::from_query(err, address).message();
+        let connection = &mut *self.connection;
+        connection.execute(sqlx::raw_sql("BEGIN")).await.map_err(fail)?;
+        let outcome = async {
+            connection.execute(sqlx::raw_sql(&migration.sql)).await.map_err(fail)?;
+            sqlx::query(
+                "INSERT INTO _mosaic_migrations (version, name, checksum, applied_at_unix_ms) VALUES (?, ?, ?, ?)",
+            )
+            .bind(migration.version)
+            .bind(&migration.name)
+            .bind(&migration.checksum)
+            .bind(applied_at_unix_ms)
+            .execute(&mut **connection)
+            .await
+            .map_err(fail)?;
+            connection.execute(sqlx::raw_sql("COMMIT")).await.map_err(fail)
         }
-        Ok(newly)
+        .await;
+        if outcome.is_err() {
+            let _ = connection.execute(sqlx::raw_sql("ROLLBACK")).await;
+        }
+        outcome.map(drop)
     }
 }
 

@@ -288,66 +288,72 @@ impl PgConnection {
         })
     }
 
-    /// Applies the migrations not applied yet, each in a transaction with its record in
-    /// `_mosaic_migrations`; an applied migration whose text changed is refused.
+    /// Applies the migrations not applied yet ([`crate::migrations::apply_pending`]), each in a
+    /// transaction with its record.
     pub async fn migrate(
         &self,
-        migrations: &[crate::capability::sqlite::migrations::Migration],
-    ) -> Result<Vec<String>, PgError> {
-        let fail = PgError::from_query;
-        self.client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS _mosaic_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
-                 checksum TEXT NOT NULL, applied_at_unix_ms BIGINT NOT NULL)",
-            )
-            .await
-            .map_err(fail)?;
-        let applied = self
-            .client
-            .query("SELECT version, name, checksum FROM _mosaic_migrations", &[])
-            .await
-            .map_err(fail)?;
-        let mut newly = Vec::new();
-        for migration in migrations {
-            if let Some(row) = applied.iter().find(|row| row.get::<_, i64>(0) == migration.version) {
-                if row.get::<_, String>(2) != migration.checksum {
-                    return Err(PgError::Other(format!(
-                        "migration {} was applied (as {}) with different content; never edit an applied migration: \
-                         restore it and add a new one",
-                        migration.name,
-                        row.get::<_, String>(1)
-                    )));
-                }
-                continue;
-            }
-            self.client.batch_execute("BEGIN").await.map_err(fail)?;
-            let outcome = async {
-                self.client.batch_execute(&migration.sql).await.map_err(|err| {
-                    PgError::Other(format!("migration {} failed: {}", migration.name, PgError::from_query(err).message()))
-                })?;
-                self.client
-                    .execute(
-                        "INSERT INTO _mosaic_migrations (version, name, checksum, applied_at_unix_ms) VALUES ($1, $2, $3, $4)",
-                        &[&migration.version, &migration.name, &migration.checksum, &(crate::clock::now_unix_ms() as i64)],
-                    )
-                    .await
-                    .map_err(fail)?;
-                self.client.batch_execute("COMMIT").await.map_err(fail)
-            }
-            .await;
-            if let Err(err) = outcome {
-                let _ = self.client.batch_execute("ROLLBACK").await;
-                return Err(err);
-            }
-            newly.push(migration.name.clone());
-        }
-        Ok(newly)
+        migrations: &[crate::migrations::Migration],
+    ) -> Result<Vec<String>, crate::migrations::MigrationError> {
+        crate::migrations::apply_pending(&mut PgMigrations(&self.client), migrations).await
     }
 
     pub async fn execute(&self, statement: &str, params: &[PgValue]) -> Result<u64, PgError> {
         let bound = Self::bind(params)?;
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
         self.client.execute(statement, &refs).await.map_err(PgError::from_query)
+    }
+}
+
+struct PgMigrations<'a>(&'a Object);
+
+impl crate::migrations::MigrationStore for PgMigrations<'_> {
+    fn describe(&self) -> String {
+        "the PostgreSQL database".to_string()
+    }
+
+    async fn applied(&mut self) -> Result<Vec<crate::migrations::AppliedMigration>, String> {
+        let fail = |err| PgError::from_query(err).message();
+        self.0
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS _mosaic_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+                 checksum TEXT NOT NULL, applied_at_unix_ms BIGINT NOT NULL)",
+            )
+            .await
+            .map_err(fail)?;
+        let rows = self
+            .0
+            .query("SELECT version, name, checksum FROM _mosaic_migrations", &[])
+            .await
+            .map_err(fail)?;
+        Ok(rows
+            .iter()
+            .map(|row| crate::migrations::AppliedMigration {
+                version: row.get(0),
+                name: row.get(1),
+                checksum: row.get(2),
+            })
+            .collect())
+    }
+
+    async fn apply(&mut self, migration: &crate::migrations::Migration, applied_at_unix_ms: i64) -> Result<(), String> {
+        let fail = |err| PgError::from_query(err).message();
+        self.0.batch_execute("BEGIN").await.map_err(fail)?;
+        let outcome = async {
+            self.0.batch_execute(&migration.sql).await.map_err(fail)?;
+            self.0
+                .execute(
+                    "INSERT INTO _mosaic_migrations (version, name, checksum, applied_at_unix_ms) VALUES ($1, $2, $3, $4)",
+                    &[&migration.version, &migration.name, &migration.checksum, &applied_at_unix_ms],
+                )
+                .await
+                .map_err(fail)?;
+            self.0.batch_execute("COMMIT").await.map_err(fail)
+        }
+        .await;
+        if outcome.is_err() {
+            let _ = self.0.batch_execute("ROLLBACK").await;
+        }
+        outcome
     }
 }
 

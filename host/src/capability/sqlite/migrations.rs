@@ -1,65 +1,10 @@
-//! Migrations: `migrations/<component>/NNNN_name.sql` beside the manifest, applied in order to
-//! the component's SQLite database (the first label of its `sqlite_databases`) at start-up and
-//! at every deploy of it, before the probe. Each runs once, in a transaction with its record in
-//! `_mosaic_migrations`; an applied migration whose text changed is refused.
+//! SQLite as a [`MigrationStore`], and `mosaic up --sqlite`'s scripts.
 
-use std::path::Path;
-
-use sqlx::{Connection, Executor};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, Executor, Sqlite};
 
 use super::{Database, SqlError};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Migration {
-    pub version: i64,
-    pub name: String,
-    pub sql: String,
-    pub checksum: String,
-}
-
-/// The migrations of one component, in order; empty when it has no folder.
-pub fn load(dir: &Path) -> Result<Vec<Migration>, SqlError> {
-    if !dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let entries = std::fs::read_dir(dir).map_err(|err| SqlError(format!("cannot read {}: {err}", dir.display())))?;
-    let mut migrations = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let file_name = entry.file_name().to_string_lossy().to_string();
-        let Some(stem) = file_name.strip_suffix(".sql") else {
-            continue;
-        };
-        let (number, _) = stem.split_once('_').unwrap_or((stem, ""));
-        let version: i64 = number.parse().map_err(|_| {
-            SqlError(format!(
-                "{}: a migration is named NNNN_name.sql (e.g. 0001_create_users.sql); `{file_name}` does not start with a number",
-                dir.display()
-            ))
-        })?;
-        let sql =
-            std::fs::read_to_string(&path).map_err(|err| SqlError(format!("cannot read {}: {err}", path.display())))?;
-        if let Some(twin) = migrations.iter().find(|m: &&Migration| m.version == version) {
-            return Err(SqlError(format!(
-                "{}: `{file_name}` and `{}` have the same number {version}",
-                dir.display(),
-                twin.name
-            )));
-        }
-        let checksum = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(sql.as_bytes()))
-        };
-        migrations.push(Migration {
-            version,
-            name: file_name,
-            sql,
-            checksum,
-        });
-    }
-    migrations.sort_by_key(|m| m.version);
-    Ok(migrations)
-}
+use crate::migrations::{AppliedMigration, Migration, MigrationError, MigrationStore};
 
 impl Database {
     /// Runs every statement of `script` in one transaction (`mosaic up --sqlite`).
@@ -74,64 +19,75 @@ impl Database {
     }
 
     /// Applies the migrations not applied yet; returns their names.
-    pub async fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, SqlError> {
-        let fail = |err: sqlx::Error| SqlError(format!("database `{}`: {err}", self.label));
-        let mut connection = self.pool.acquire().await.map_err(fail)?;
+    pub async fn migrate(&self, migrations: &[Migration]) -> Result<Vec<String>, MigrationError> {
+        let connection = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|err| MigrationError(self.failed(err).0))?;
+        let mut store = SqliteMigrations {
+            label: &self.label,
+            connection,
+        };
+        crate::migrations::apply_pending(&mut store, migrations).await
+    }
+}
+
+struct SqliteMigrations<'a> {
+    label: &'a str,
+    connection: PoolConnection<Sqlite>,
+}
+
+impl MigrationStore for SqliteMigrations<'_> {
+    fn describe(&self) -> String {
+        format!("database `{}`", self.label)
+    }
+
+    async fn applied(&mut self) -> Result<Vec<AppliedMigration>, String> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS _mosaic_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
              checksum TEXT NOT NULL, applied_at_unix_ms INTEGER NOT NULL)",
         )
-        .execute(&mut *connection)
+        .execute(&mut *self.connection)
         .await
-        .map_err(fail)?;
-        let applied: Vec<(i64, String, String)> =
-            sqlx::query_as("SELECT version, name, checksum FROM _mosaic_migrations")
-                .fetch_all(&mut *connection)
-                .await
-                .map_err(fail)?;
-        let mut newly = Vec::new();
-        for migration in migrations {
-            if let Some((_, name, checksum)) = applied.iter().find(|(version, _, _)| *version == migration.version) {
-                if *checksum != migration.checksum {
-                    return Err(SqlError(format!(
-                        "migration {} of database `{}` was applied (as {name}) with different content; never edit an \
-                         applied migration: restore it and add a new one",
-                        migration.name, self.label
-                    )));
-                }
-                continue;
-            }
-            let mut transaction = connection.begin().await.map_err(fail)?;
-            // A plain string runs every statement of the file.
-            (&mut *transaction)
-                .execute(migration.sql.as_str())
-                .await
-                .map_err(|err| {
-                    SqlError(format!(
-                        "migration {} of database `{}` failed: {err}",
-                        migration.name, self.label
-                    ))
-                })?;
-            sqlx::query(
-                "INSERT INTO _mosaic_migrations (version, name, checksum, applied_at_unix_ms) VALUES (?, ?, ?, ?)",
-            )
+        .map_err(|err| err.to_string())?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as("SELECT version, name, checksum FROM _mosaic_migrations")
+            .fetch_all(&mut *self.connection)
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok(rows
+            .into_iter()
+            .map(|(version, name, checksum)| AppliedMigration {
+                version,
+                name,
+                checksum,
+            })
+            .collect())
+    }
+
+    async fn apply(&mut self, migration: &Migration, applied_at_unix_ms: i64) -> Result<(), String> {
+        let mut transaction = self.connection.begin().await.map_err(|err| err.to_string())?;
+        // A plain string runs every statement of the file.
+        (&mut *transaction)
+            .execute(migration.sql.as_str())
+            .await
+            .map_err(|err| err.to_string())?;
+        sqlx::query("INSERT INTO _mosaic_migrations (version, name, checksum, applied_at_unix_ms) VALUES (?, ?, ?, ?)")
             .bind(migration.version)
             .bind(&migration.name)
             .bind(&migration.checksum)
-            .bind(crate::clock::now_unix_ms() as i64)
+            .bind(applied_at_unix_ms)
             .execute(&mut *transaction)
             .await
-            .map_err(fail)?;
-            transaction.commit().await.map_err(fail)?;
-            newly.push(migration.name.clone());
-        }
-        Ok(newly)
+            .map_err(|err| err.to_string())?;
+        transaction.commit().await.map_err(|err| err.to_string())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::migrations::load;
 
     fn temp(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("mosaic-migrations-{name}-{}", std::process::id()));

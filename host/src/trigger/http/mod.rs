@@ -466,24 +466,20 @@ pub async fn serve(
         .header_read_timeout(settings.header_read_timeout())
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
+    let secure = tls.is_some();
     let service_for = |client: SocketAddr| {
         let dispatcher = dispatcher.clone();
-        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let dispatcher = dispatcher.clone();
+            if secure {
+                mark_https(&mut request);
+            }
             async move { Ok::<_, std::convert::Infallible>(dispatcher.handle(request, client).await) }
         })
     };
     match tls {
         Some(acceptor) => {
             let listener = crate::listener::TlsListener { listener, acceptor };
-            let service_for = |client: SocketAddr| {
-                let dispatcher = dispatcher.clone();
-                hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    let dispatcher = dispatcher.clone();
-                    mark_https(&mut request);
-                    async move { Ok::<_, std::convert::Infallible>(dispatcher.handle(request, client).await) }
-                })
-            };
             crate::listener::serve("https", listener, builder, service_for, limits, shutdown).await
         }
         None => crate::listener::serve("http", listener, builder, service_for, limits, shutdown).await,

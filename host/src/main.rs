@@ -245,6 +245,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             component_ids,
         } => {
+            if cli.manifest.extension().is_some_and(|ext| ext == "wasm") {
+                anyhow::bail!(
+                    "`mosaic migrate -f {}`: a single component has no migrations; give the spin.toml whose \
+                     migrations/<component>/ folders should be applied",
+                    cli.manifest.display()
+                );
+            }
             let settings = match &config {
                 Some(path) => Some(mosaic::settings::Settings::load(path)?),
                 None => None,

@@ -173,3 +173,17 @@ async fn mosaic_migrate_fills_the_files_of_the_spin_runtime_config() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn mosaic_migrate_of_a_single_component_says_what_to_give_instead() {
+    let output = std::process::Command::new(mosaic_tests::mosaic_bin())
+        .args(["-f", "app.wasm", "migrate"])
+        .output()
+        .expect("run mosaic migrate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("a single component has no migrations") && stderr.contains("spin.toml"),
+        "{stderr}"
+    );
+}

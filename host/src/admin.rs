@@ -4,7 +4,9 @@
 //! | method | path | |
 //! |---|---|---|
 //! | POST | `/v1/components/NAME/deploy[?route=/x/...]` | body: the component file |
-//! | POST | `/v1/components/NAME/rollback` | |
+//! | POST | `/v1/components/NAME/deploy?canary=PERCENT[&sticky=HEADER][&max_error_rate=R][&min_requests=N][&window_ms=MS][&promote_after_ms=MS][&steps=P,P][&step_every_ms=MS]` | a canary (docs/canary.md) |
+//! | POST | `/v1/components/NAME/promote` | the canary becomes the live version |
+//! | POST | `/v1/components/NAME/rollback` | during a canary: ends it |
 //! | GET | `/v1/status` | |
 //! | GET | `/v1/components/NAME/history` | |
 //! | GET | `/v1/cluster` | cluster mode: desired versions, every host's versions |
@@ -45,6 +47,25 @@ pub struct ComponentStatus {
     /// Its reused instances alive now, serving or idle (0: a fresh instance per request).
     #[serde(default)]
     pub instances: usize,
+    /// The canary in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// A canary beside the live (stable) version.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CanaryStatus {
+    pub version: String,
+    /// Its share of new requests, in percent; the stable version has the rest.
+    pub share_percent: f64,
+    pub sticky: Option<String>,
+    pub started_at_unix_ms: u64,
+    pub in_flight: u64,
+    /// Requests (or deliveries) and failures in the error-rate window, per version.
+    pub window_seconds: f64,
+    pub stable: crate::app::canary::Counts,
+    pub canary: crate::app::canary::Counts,
+    pub policy: crate::app::canary::CanaryPolicy,
 }
 
 /// The answer of `GET /v1/components/NAME/history`.
@@ -141,13 +162,19 @@ async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::b
             let in_flight: Vec<(String, String, u64)> = app
                 .slots()
                 .iter()
-                .map(|slot| {
-                    let live = slot.live.load();
-                    (
-                        slot.spec.name.clone(),
-                        live.short_digest().to_string(),
-                        live.in_flight(),
-                    )
+                .flat_map(|slot| {
+                    let live = slot.live.load_full();
+                    let canary = slot.canary.load_full().map(|canary| canary.deployment.clone());
+                    std::iter::once(live)
+                        .chain(canary)
+                        .map(|version| {
+                            (
+                                slot.spec.name.clone(),
+                                version.short_digest().to_string(),
+                                version.in_flight(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
                 })
                 .collect();
             let mut scrape = Scrape::default();
@@ -213,9 +240,20 @@ async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::b
                 }
             };
             let route = query_value(&query, "route");
-            let request = DeployRequest::deploy(&name, Vec::from(body), route);
+            let request = match crate::app::canary::CanaryPolicy::from_query(|key| query_value(&query, key)) {
+                Ok(None) => DeployRequest::deploy(&name, Vec::from(body), route),
+                Ok(Some(_)) if route.is_some() => {
+                    return bad_deploy_request(
+                        &name,
+                        "a canary needs a live version: drop `route` (or deploy without a canary first)",
+                    )
+                }
+                Ok(Some(policy)) => DeployRequest::canary(&name, Vec::from(body), policy),
+                Err(reason) => return bad_deploy_request(&name, &reason),
+            };
             deploy_answer(rollout.deploy(request).await)
         }
+        (Method::POST, ["v1", "components", name, "promote"]) => deploy_answer(rollout.promote(name)),
         (Method::POST, ["v1", "components", name, "rollback"]) => deploy_answer(rollout.rollback(name).await),
         (Method::GET, ["v1", "cluster"]) => match rollout.cluster() {
             Some(cluster) => match cluster.status().await {
@@ -359,6 +397,17 @@ fn deploy_answer(outcome: Result<deploy::DeployReport, DeployError>) -> HttpResp
     }
 }
 
+fn bad_deploy_request(name: &str, reason: &str) -> HttpResponse {
+    json(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({
+            "error": "deploy failed",
+            "step": "receive",
+            "detail": format!("deploy of `{name}` failed at step `receive`: {reason}; the previous version keeps serving"),
+        }),
+    )
+}
+
 pub fn status(app: &App) -> Vec<ComponentStatus> {
     app.slots()
         .iter()
@@ -379,6 +428,20 @@ pub fn status(app: &App) -> Vec<ComponentStatus> {
                 errors: slot.stats.errors.load(std::sync::atomic::Ordering::Relaxed),
                 world: live.world.to_string(),
                 instances: live.pooled_instances(),
+                canary: slot.canary.load_full().map(|canary| {
+                    let (stable, counts) = canary.counts();
+                    CanaryStatus {
+                        version: canary.deployment.digest.to_string(),
+                        share_percent: canary.share() as f64 / 100.0,
+                        sticky: canary.policy.sticky.clone(),
+                        started_at_unix_ms: canary.started_at_unix_ms,
+                        in_flight: canary.deployment.in_flight(),
+                        window_seconds: canary.policy.window_ms as f64 / 1000.0,
+                        stable,
+                        canary: counts,
+                        policy: canary.policy.clone(),
+                    }
+                }),
             }
         })
         .collect()

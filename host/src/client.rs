@@ -71,6 +71,31 @@ impl AdminClient {
         self.typed(Method::POST, &path, Bytes::from(bytes)).await
     }
 
+    /// `POST /v1/components/NAME/deploy?canary=...`: the new version as a canary.
+    pub async fn deploy_canary(
+        &self,
+        component: &str,
+        bytes: Vec<u8>,
+        policy: &crate::app::canary::CanaryPolicy,
+    ) -> anyhow::Result<DeployReport> {
+        let query: Vec<String> = policy
+            .to_query()
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value)) => format!("{key}={}", encode_query(value)),
+                None => pair.to_string(),
+            })
+            .collect();
+        let path = format!("/v1/components/{component}/deploy?{}", query.join("&"));
+        self.typed(Method::POST, &path, Bytes::from(bytes)).await
+    }
+
+    /// `POST /v1/components/NAME/promote`.
+    pub async fn promote(&self, component: &str) -> anyhow::Result<DeployReport> {
+        let path = format!("/v1/components/{component}/promote");
+        self.typed(Method::POST, &path, Bytes::new()).await
+    }
+
     /// `POST /v1/components/NAME/rollback`.
     pub async fn rollback(&self, component: &str) -> anyhow::Result<DeployReport> {
         let path = format!("/v1/components/{component}/rollback");

@@ -282,6 +282,9 @@ impl Host {
         // timeout.
         for slot in self.app.slots() {
             slot.live.load().retire_instances();
+            if let Some(canary) = slot.canary.load_full() {
+                canary.deployment.retire_instances();
+            }
         }
         self.app.state.clear_endpoint();
         tracing::info!("stopped");
@@ -386,6 +389,8 @@ async fn join_cluster(
 async fn restore(pipeline: &Pipeline) -> anyhow::Result<()> {
     let app = pipeline.app().clone();
     let entries = journal::read(&app.state.journal_path()).context("cannot read the deploy journal")?;
+    // Canaries in progress come back once every stable version is loaded.
+    let mut canaries = Vec::new();
     for name in app.manifest.components.keys() {
         let Some(path) = app.manifest.source_path(name) else {
             continue;
@@ -403,10 +408,15 @@ async fn restore(pipeline: &Pipeline) -> anyhow::Result<()> {
             .rev()
             .find(|entry| entry.action == Action::Manifest)
             .is_some_and(|entry| entry.digest == manifest_digest);
-        let last_journaled = history.last().map(|entry| entry.digest.clone());
+        let last_journaled = history.last().map(|entry| entry.live_digest().clone());
         let (bytes, record) = match last_journaled {
             Some(last) if manifest_unchanged => match std::fs::read(app.state.source_of(last.as_str())) {
-                Ok(bytes) => (bytes, false),
+                Ok(bytes) => {
+                    if let Some(canary) = journal::canary_in_progress(&history) {
+                        canaries.push((name.clone(), canary.clone()));
+                    }
+                    (bytes, false)
+                }
                 Err(err) => {
                     tracing::warn!(component = %name, error = %err, "the journal's last version is gone from the state directory; loading the manifest's source");
                     (manifest_bytes, true)
@@ -426,12 +436,20 @@ async fn restore(pipeline: &Pipeline) -> anyhow::Result<()> {
         let history = journal::history(&entries, name);
         let Some(last) = history.last() else { continue };
         let route = history.iter().rev().find_map(|entry| entry.route.clone());
-        match std::fs::read(app.state.source_of(last.digest.as_str())) {
-            Ok(bytes) => load(pipeline, name, bytes, route, false).await?,
+        match std::fs::read(app.state.source_of(last.live_digest().as_str())) {
+            Ok(bytes) => {
+                load(pipeline, name, bytes, route, false).await?;
+                if let Some(canary) = journal::canary_in_progress(&history) {
+                    canaries.push((name.to_string(), canary.clone()));
+                }
+            }
             Err(err) => {
                 tracing::warn!(component = %name, error = %err, "cannot restore a deployed component: its source is gone from the state directory")
             }
         }
+    }
+    for (name, canary) in canaries {
+        pipeline.restore_canary(&name, &canary).await;
     }
     Ok(())
 }

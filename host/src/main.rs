@@ -138,15 +138,19 @@ enum Command {
         #[arg(short = 'c', long = "component-id", value_name = "ID")]
         component_ids: Vec<String>,
     },
-    /// Replace a component with a new version (or add one with --route).
+    /// Replace a component with a new version (or add one with --route), or run it as a canary.
     Deploy {
         component: String,
         file: PathBuf,
         /// Route for a component that is not in the manifest yet, e.g. /hello/...
         #[arg(long)]
         route: Option<String>,
+        #[command(flatten)]
+        canary: CanaryArgs,
     },
-    /// Go back to the version the current one replaced.
+    /// Make the canary of a component its live version.
+    Promote { component: String },
+    /// Go back to the version the current one replaced; during a canary, end the canary.
     Rollback { component: String },
     /// Every component: version, deployed at, in-flight, requests, errors.
     Status {
@@ -160,6 +164,79 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+}
+
+/// `mosaic deploy ... --canary PERCENT` and its decisions (docs/canary.md).
+#[derive(clap::Args)]
+struct CanaryArgs {
+    /// Run the new version as a canary taking about PERCENT of the new requests (and message
+    /// deliveries); the live version keeps the rest.
+    #[arg(long, value_name = "PERCENT")]
+    canary: Option<f64>,
+    /// Keep every request with the same value of this header on one version.
+    #[arg(long, value_name = "HEADER", requires = "canary")]
+    sticky: Option<String>,
+    /// Roll the canary back once more than this share (0..1) of its requests failed in the window [default: 0.05].
+    #[arg(long, value_name = "RATE", requires = "canary")]
+    max_error_rate: Option<f64>,
+    /// Judge the canary only once it had this many requests in the window [default: 20].
+    #[arg(long, value_name = "N", requires = "canary")]
+    min_requests: Option<u64>,
+    /// The sliding window of the error rate [default: 60s].
+    #[arg(long, value_name = "DURATION", requires = "canary")]
+    window: Option<String>,
+    /// Promote a canary that stayed healthy this long (e.g. 10m).
+    #[arg(long, value_name = "DURATION", requires = "canary")]
+    promote_after: Option<String>,
+    /// Raise the share in these steps, in percent (e.g. 5,25,50,100; 100 promotes).
+    #[arg(long, value_name = "P,P,...", requires = "canary", requires = "step_every")]
+    steps: Option<String>,
+    /// The time between steps (e.g. 2m).
+    #[arg(long, value_name = "DURATION", requires = "steps")]
+    step_every: Option<String>,
+}
+
+impl CanaryArgs {
+    fn policy(&self) -> anyhow::Result<Option<mosaic::app::canary::CanaryPolicy>> {
+        use mosaic::app::canary::{parse_duration, CanaryPolicy};
+        let Some(percent) = self.canary else {
+            return Ok(None);
+        };
+        let millis = |flag: &str, text: &str| -> anyhow::Result<u64> {
+            let duration = parse_duration(text).map_err(|err| anyhow::anyhow!("--{flag}: {err}"))?;
+            Ok(duration.as_millis() as u64)
+        };
+        let mut policy = CanaryPolicy::new(percent);
+        policy.sticky = self.sticky.clone();
+        if let Some(rate) = self.max_error_rate {
+            policy.max_error_rate = rate;
+        }
+        if let Some(min) = self.min_requests {
+            policy.min_requests = min;
+        }
+        if let Some(window) = &self.window {
+            policy.window_ms = millis("window", window)?;
+        }
+        if let Some(after) = &self.promote_after {
+            policy.promote_after_ms = Some(millis("promote-after", after)?);
+        }
+        if let Some(steps) = &self.steps {
+            policy.steps = steps
+                .split(',')
+                .map(|step| {
+                    step.trim()
+                        .trim_end_matches('%')
+                        .parse::<f64>()
+                        .map_err(|_| anyhow::anyhow!("--steps: `{step}` is not a percentage"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
+        if let Some(every) = &self.step_every {
+            policy.step_every_ms = Some(millis("step-every", every)?);
+        }
+        policy.check().map_err(anyhow::Error::msg)?;
+        Ok(Some(policy))
+    }
 }
 
 #[derive(Subcommand)]
@@ -271,14 +348,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", migrated_text(&outcomes));
             Ok(())
         }
-        Command::Deploy { component, file, route } => {
+        Command::Deploy {
+            component,
+            file,
+            route,
+            canary,
+        } => {
+            let policy = canary.policy()?;
+            if policy.is_some() && route.is_some() {
+                anyhow::bail!("--canary runs beside a live version; a component added with --route has none yet: deploy it without --canary first");
+            }
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
-            let report = client
-                .deploy(&component, bytes, route.as_deref())
-                .await
-                .map_err(explain)?;
+            let report = match &policy {
+                Some(policy) => client.deploy_canary(&component, bytes, policy).await,
+                None => client.deploy(&component, bytes, route.as_deref()).await,
+            }
+            .map_err(explain)?;
             print!("{}", report_text("deployed", &report));
+            Ok(())
+        }
+        Command::Promote { component } => {
+            let client = AdminClient::discover(&cli.manifest, cli.state_dir.as_deref())?;
+            let report = client.promote(&component).await.map_err(explain)?;
+            print!("{}", report_text("promoted", &report));
             Ok(())
         }
         Command::Rollback { component } => {
@@ -552,11 +645,28 @@ fn report_text(verb: &str, report: &DeployReport) -> String {
         "" => String::new(),
         world => format!(", {world}"),
     };
-    let mut out = format!(
-        "{verb} `{}`: version {}{replacing} ({compiled}{world})\n",
-        report.component,
-        short(&report.digest),
-    );
+    let mut out = match report.action {
+        mosaic::deploy::journal::Action::Canary => format!(
+            "canary of `{}`: version {} takes its share of new requests beside {} ({compiled}{world}); \
+             `mosaic status` shows both, `mosaic promote {}` or `mosaic rollback {}` ends it\n",
+            report.component,
+            short(&report.digest),
+            report.previous.as_ref().map(short).unwrap_or_default(),
+            report.component,
+            report.component,
+        ),
+        mosaic::deploy::journal::Action::CanaryRollback | mosaic::deploy::journal::Action::AutoRollback => format!(
+            "ended the canary of `{}`: every new request goes to version {} again; the canary {} drains\n",
+            report.component,
+            short(&report.digest),
+            report.previous.as_ref().map(short).unwrap_or_default(),
+        ),
+        _ => format!(
+            "{verb} `{}`: version {}{replacing} ({compiled}{world})\n",
+            report.component,
+            short(&report.digest),
+        ),
+    };
     for warning in &report.warnings {
         out.push_str(&format!("warning: {warning}\n"));
     }
@@ -581,6 +691,24 @@ fn status_text(status: &[ComponentStatus]) -> String {
             component.instances,
             component.world,
         ));
+        if let Some(canary) = &component.canary {
+            let rate =
+                |counts: &mosaic::app::canary::Counts| format!("{} of {} failed", counts.errors, counts.requests);
+            out.push_str(&format!(
+                "  canary {} takes {}% of new requests{} (stable {} the rest); last {:.0} s: canary {}, stable {}\n",
+                short(&canary.version),
+                canary.share_percent,
+                canary
+                    .sticky
+                    .as_ref()
+                    .map(|header| format!(", sticky by {header}"))
+                    .unwrap_or_default(),
+                short(&component.version),
+                canary.window_seconds,
+                rate(&canary.canary),
+                rate(&canary.stable),
+            ));
+        }
     }
     out
 }
@@ -591,15 +719,26 @@ fn history_text(history: &ComponentHistory) -> String {
     if history.history.is_empty() {
         return format!("no deployments of `{}` are recorded\n", history.component);
     }
-    let live = history
-        .current
-        .as_ref()
-        .and_then(|current| history.history.iter().rposition(|entry| &entry.digest == current));
+    let live = history.current.as_ref().and_then(|current| {
+        history
+            .history
+            .iter()
+            .rposition(|entry| entry.action.changes_live() && &entry.digest == current)
+    });
     let mut out = String::new();
     for (index, entry) in history.history.iter().enumerate() {
         let marker = if Some(index) == live { "  <- live" } else { "" };
+        let detail = match (&entry.canary, &entry.reason, &entry.previous) {
+            (Some(canary), _, Some(stable)) => format!(
+                "  {}% of new requests (stable {})",
+                canary.share_bp as f64 / 100.0,
+                short(stable)
+            ),
+            (_, Some(reason), _) => format!("  {reason}"),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "{}  {:<9} {}{marker}\n",
+            "{}  {:<15} {}{marker}{detail}\n",
             format_unix_ms(entry.at_unix_ms),
             entry.action.as_str(),
             short(&entry.digest)
@@ -663,6 +802,8 @@ mod tests {
             action,
             route: None,
             at_unix_ms,
+            canary: None,
+            reason: None,
         }
     }
 
@@ -689,9 +830,9 @@ mod tests {
         };
         assert_eq!(
             history_text(&history),
-            "1970-01-01 00:00:00  manifest  111111111111\n\
-             1970-01-01 00:00:01  deploy    222222222222\n\
-             1970-01-01 00:00:02  rollback  111111111111  <- live\n"
+            "1970-01-01 00:00:00  manifest        111111111111\n\
+             1970-01-01 00:00:01  deploy          222222222222\n\
+             1970-01-01 00:00:02  rollback        111111111111  <- live\n"
         );
         let empty = ComponentHistory {
             component: "ghost".into(),

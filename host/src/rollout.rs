@@ -48,6 +48,11 @@ impl Rollout {
         }
     }
 
+    /// Makes the canary of `component` its live version (canaries run on one host only).
+    pub fn promote(&self, component: &str) -> Result<DeployReport, DeployError> {
+        self.pipeline.promote(component)
+    }
+
     pub async fn rollback(&self, component: &str) -> Result<DeployReport, DeployError> {
         match &self.cluster {
             Some(cluster) => cluster.rollback(&self.pipeline, component).await,

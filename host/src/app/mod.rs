@@ -1,6 +1,7 @@
 //! The running application: its manifest, the component slots (one live deployment each,
 //! swapped atomically) and the router that maps paths to components.
 
+pub mod canary;
 pub mod files;
 pub mod migrate;
 pub mod runtime_config;
@@ -202,11 +203,29 @@ pub struct SlotStats {
     pub errors: AtomicU64,
 }
 
-/// A named place where one version of a component is live.
+/// A named place where one version of a component is live, and, during a canary, a second
+/// version takes a share of the new requests.
 pub struct ComponentSlot {
     pub spec: ComponentSpec,
     pub live: ArcSwap<Deployment>,
+    pub canary: ArcSwapOption<canary::Canary>,
     pub stats: SlotStats,
+}
+
+/// The version a request or a delivery runs on; during a canary, which of the two it is, so
+/// that its outcome counts for that one.
+pub struct Picked {
+    pub deployment: Arc<Deployment>,
+    pub canary: Option<(Arc<canary::Canary>, canary::Arm)>,
+}
+
+impl Picked {
+    /// Counts the outcome for the canary's judgement (nothing without a canary).
+    pub fn record(&self, failed: bool) {
+        if let Some((canary, arm)) = &self.canary {
+            canary.record(*arm, failed);
+        }
+    }
 }
 
 impl ComponentSlot {
@@ -214,7 +233,31 @@ impl ComponentSlot {
         Self {
             spec,
             live: ArcSwap::new(deployment),
+            canary: ArcSwapOption::empty(),
             stats: SlotStats::default(),
+        }
+    }
+
+    /// The version a new request runs on: the live one, or during a canary the canary's for
+    /// its share (`sticky` gives the value of the canary's sticky header, if it has one).
+    pub fn pick<'h>(&self, sticky: impl FnOnce(&http::HeaderName) -> Option<&'h [u8]>) -> Picked {
+        let Some(canary) = self.canary.load_full() else {
+            return Picked {
+                deployment: self.live.load_full(),
+                canary: None,
+            };
+        };
+        let value = canary.sticky_header().and_then(sticky);
+        if canary.takes(value) {
+            Picked {
+                deployment: canary.deployment.clone(),
+                canary: Some((canary, canary::Arm::Canary)),
+            }
+        } else {
+            Picked {
+                deployment: self.live.load_full(),
+                canary: Some((canary, canary::Arm::Stable)),
+            }
         }
     }
 }

@@ -10,12 +10,23 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     /// The manifest's source file, loaded at start-up because it changed since last time.
     Manifest,
     Deploy,
     Rollback,
+    /// A canary started: `digest` takes a share of the requests, `previous` stays live.
+    Canary,
+    /// A canary's share was raised (`canary.share_bp`).
+    CanaryStep,
+    /// The canary became the live version; `previous` is the stable one it replaced.
+    Promote,
+    /// A canary ended without promotion by an operator's rollback: `digest` (the stable
+    /// version) serves everything again, `previous` is the canary.
+    CanaryRollback,
+    /// The same, decided by the canary's error rate (`reason` says why).
+    AutoRollback,
 }
 
 impl Action {
@@ -24,8 +35,32 @@ impl Action {
             Action::Manifest => "manifest",
             Action::Deploy => "deploy",
             Action::Rollback => "rollback",
+            Action::Canary => "canary",
+            Action::CanaryStep => "canary_step",
+            Action::Promote => "promote",
+            Action::CanaryRollback => "canary_rollback",
+            Action::AutoRollback => "auto_rollback",
         }
     }
+
+    /// Whether the entry's `digest` became the live version (a canary entry leaves the live
+    /// version as it was; an ended canary's entry names the live version, which it did not change).
+    pub fn changes_live(&self) -> bool {
+        matches!(
+            self,
+            Action::Manifest | Action::Deploy | Action::Rollback | Action::Promote
+        )
+    }
+}
+
+/// A canary's split as journaled, so that a restart comes back to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryRecord {
+    pub policy: crate::app::canary::CanaryPolicy,
+    /// Its share of new requests, in basis points (10,000: all).
+    pub share_bp: u32,
+    /// The step of `policy.steps` reached (0: the first share).
+    pub step: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +73,30 @@ pub struct JournalEntry {
     /// The route of a component added by `deploy --route` (absent for manifest components).
     pub route: Option<String>,
     pub at_unix_ms: u64,
+    /// A canary's split (`canary`, `canary_step`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryRecord>,
+    /// Why (an automatic rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl JournalEntry {
+    /// The version that serves (all, or the stable share of) the component after this entry.
+    pub fn live_digest(&self) -> &Digest {
+        match (&self.action, &self.previous) {
+            (Action::Canary | Action::CanaryStep, Some(stable)) => stable,
+            _ => &self.digest,
+        }
+    }
+}
+
+/// The canary in progress after `history` (a component's entries, oldest first), if any.
+pub fn canary_in_progress<'a>(history: &[&'a JournalEntry]) -> Option<&'a JournalEntry> {
+    history
+        .last()
+        .copied()
+        .filter(|entry| matches!(entry.action, Action::Canary | Action::CanaryStep) && entry.canary.is_some())
 }
 
 pub fn append(path: &Path, entry: &JournalEntry) -> std::io::Result<()> {
@@ -89,6 +148,8 @@ mod tests {
             action: Action::Deploy,
             route: None,
             at_unix_ms: 1,
+            canary: None,
+            reason: None,
         };
         append(&path, &entry).unwrap();
         std::fs::OpenOptions::new()

@@ -5,6 +5,7 @@
 //! deploys of one component at once: the second gets [`DeployError::Conflict`].
 
 pub mod artifacts;
+mod canary;
 pub mod journal;
 pub mod snapshots;
 
@@ -116,6 +117,8 @@ pub struct DeployRequest {
     pub probe: ProbeStep,
     /// Whether to append a journal entry (not when a start-up restores a journaled version).
     pub record: bool,
+    /// Instead of the flip, the new version takes a share of the requests as a canary.
+    pub canary: Option<crate::app::canary::CanaryPolicy>,
 }
 
 impl DeployRequest {
@@ -129,6 +132,17 @@ impl DeployRequest {
             action: Action::Deploy,
             probe: ProbeStep::Refuse,
             record: true,
+            canary: None,
+        }
+    }
+
+    /// A new version as a canary of the live one: it takes `policy.percent` of the new
+    /// requests once it passed every step up to the probe.
+    pub fn canary(component: &str, bytes: Vec<u8>, policy: crate::app::canary::CanaryPolicy) -> Self {
+        Self {
+            action: Action::Canary,
+            canary: Some(policy),
+            ..Self::deploy(component, bytes, None)
         }
     }
 
@@ -267,6 +281,7 @@ impl Pipeline {
         let mut clock = StepClock::new();
         // 1. receive (the admin API caps the upload at limits.max_component_bytes)
         let spec = self.spec_for(&name, request.route.as_deref())?;
+        self.check_canary_request(&name, &request)?;
         clock.done(Step::Receive);
         // 2. validate and 3. compile
         let mut version = self.validate_and_compile(spec, request.bytes, &mut clock).await?;
@@ -280,6 +295,10 @@ impl Pipeline {
         // 5. probe
         self.probe_step(&mut version, request.probe).await?;
         clock.done(Step::Probe);
+        if let Some(policy) = request.canary {
+            // 6. instead of the flip: the new version takes its share beside the live one.
+            return self.start_canary(version, policy, request.record, migrations, clock);
+        }
         // 6. flip
         let (previous, previous_digest) = self.flip(&version);
         let draining = previous.as_ref().map(|p| p.in_flight()).unwrap_or(0);
@@ -525,7 +544,7 @@ impl Pipeline {
             // A first load after a restart replaces what the journal last recorded.
             None => journal::read(&self.app.state.journal_path())
                 .ok()
-                .and_then(|entries| journal::history(&entries, name).last().map(|e| e.digest.clone()))
+                .and_then(|entries| journal::history(&entries, name).last().map(|e| e.live_digest().clone()))
                 .filter(|last| *last != version.digest),
         };
         (previous, previous_digest)
@@ -544,6 +563,8 @@ impl Pipeline {
                 _ => None,
             },
             at_unix_ms: crate::clock::now_unix_ms(),
+            canary: None,
+            reason: None,
         };
         journal::append(&self.app.state.journal_path(), &entry).map_err(|err| {
             // The flip already happened; the version serves but a restart would not know it.
@@ -590,7 +611,7 @@ impl Pipeline {
         let target = journal::history(&entries, component)
             .into_iter()
             .rev()
-            .find(|entry| entry.digest == current)
+            .find(|entry| entry.action.changes_live() && entry.digest == current)
             .and_then(|entry| entry.previous.clone());
         let Some(target) = target else {
             return Err(DeployError::NotFound {
@@ -608,8 +629,16 @@ impl Pipeline {
         Ok((target, bytes))
     }
 
-    /// Deploys the version that the current one replaced.
+    /// Deploys the version that the current one replaced; during a canary, ends the canary
+    /// instead (the live version never stopped serving).
     pub async fn rollback(&self, component: &str) -> Result<DeployReport, DeployError> {
+        if self
+            .app
+            .slot(component)
+            .is_some_and(|slot| slot.canary.load().is_some())
+        {
+            return self.end_canary(component, Action::CanaryRollback, None);
+        }
         let (_, bytes) = self.previous_version(component)?;
         self.deploy(DeployRequest::rollback(component, bytes)).await
     }

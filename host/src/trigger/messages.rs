@@ -183,7 +183,9 @@ async fn deliver_once(
         return Err(format!("component `{subscriber}` is not loaded"));
     };
     count(&slot.stats.requests);
-    let deployment = slot.live.load_full();
+    // A delivery has no header: during a canary it goes to the canary for its share, at random.
+    let picked = slot.pick(|_| None);
+    let deployment = picked.deployment.clone();
     let version = deployment.short_digest().to_string();
     tracing::Span::current().record("version", version.as_str());
     let timeout = app.settings.limits.request_timeout();
@@ -194,6 +196,7 @@ async fn deliver_once(
     if outcome.is_err() {
         count(&slot.stats.errors);
     }
+    picked.record(outcome.is_err());
     outcome.map(|()| version)
 }
 

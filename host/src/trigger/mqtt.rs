@@ -164,7 +164,8 @@ async fn deliver(trigger: &Dispatcher, component: &str, topic: String, payload: 
         return;
     };
     count(&slot.stats.requests);
-    let deployment = slot.live.load_full();
+    let picked = slot.pick(|_| None);
+    let deployment = picked.deployment.clone();
     let version = deployment.short_digest().to_string();
     tracing::Span::current().record("version", version.as_str());
     let timeout = app.settings.limits.request_timeout();
@@ -202,6 +203,7 @@ async fn deliver(trigger: &Dispatcher, component: &str, topic: String, payload: 
     .await;
     app.metrics
         .record_request(component, &version, started.elapsed(), outcome.is_err());
+    picked.record(outcome.is_err());
     match outcome {
         Ok(()) => tracing::debug!(%version, elapsed = ?started.elapsed(), "MQTT message handled"),
         Err(reason) => {

@@ -97,7 +97,8 @@ impl Dispatcher {
             );
         };
         count(&slot.stats.requests);
-        let deployment = slot.live.load_full();
+        let picked = slot.pick(|sticky| request.headers().get(sticky).map(HeaderValue::as_bytes));
+        let deployment = picked.deployment.clone();
         let mut request = request;
         let trace = TraceContext::continue_or_start(request.headers());
         if let Ok(value) = HeaderValue::from_str(&trace.header_value()) {
@@ -138,6 +139,10 @@ impl Dispatcher {
             .record_request(component, version.short_digest(), started.elapsed(), failed);
         if failed {
             count(&slot.stats.errors);
+        }
+        // A refusal at admission says nothing of the version the request would have run on.
+        if !matches!(outcome, Err(ServeError::Busy { .. })) {
+            picked.record(failed);
         }
         match outcome {
             Ok(response) => response,

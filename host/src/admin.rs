@@ -50,6 +50,9 @@ pub struct ComponentStatus {
     /// The canary in progress, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
+    /// How the last canary ended since the host started (`auto_rollback of VERSION: why`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_canary: Option<String>,
 }
 
 /// A canary beside the live (stable) version.
@@ -442,6 +445,7 @@ pub fn status(app: &App) -> Vec<ComponentStatus> {
                         policy: canary.policy.clone(),
                     }
                 }),
+                last_canary: slot.last_canary.load_full().map(|ended| ended.to_string()),
             }
         })
         .collect()

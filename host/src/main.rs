@@ -695,7 +695,7 @@ fn status_text(status: &[ComponentStatus]) -> String {
             let rate =
                 |counts: &mosaic::app::canary::Counts| format!("{} of {} failed", counts.errors, counts.requests);
             out.push_str(&format!(
-                "  canary {} takes {}% of new requests{} (stable {} the rest); last {:.0} s: canary {}, stable {}\n",
+                "  canary {} takes {}% of new requests{} (stable {} {}%); last {:.0} s: canary {}, stable {}\n",
                 short(&canary.version),
                 canary.share_percent,
                 canary
@@ -704,10 +704,13 @@ fn status_text(status: &[ComponentStatus]) -> String {
                     .map(|header| format!(", sticky by {header}"))
                     .unwrap_or_default(),
                 short(&component.version),
+                100.0 - canary.share_percent,
                 canary.window_seconds,
                 rate(&canary.canary),
                 rate(&canary.stable),
             ));
+        } else if let Some(ended) = &component.last_canary {
+            out.push_str(&format!("  last canary: {ended}\n"));
         }
     }
     out

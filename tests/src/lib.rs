@@ -76,6 +76,7 @@ impl AppDir {
             "spin7",
             "probe-v2",
             "probe-unhealthy",
+            "probe-broken",
             "probe",
             "plain",
             "counter",

@@ -1,7 +1,8 @@
 //! Canary releases: a second version takes a share of the new requests (and deliveries), and
 //! is promoted or rolled back, by an operator or by its numbers; a restart keeps the split.
 //! The `probe` fixture says which version answered in `x-probe-version` (v1, v2);
-//! `probe-unhealthy` answers 503 on /health.
+//! `probe-broken` answers 500 on every route (and passes its deploy probe, which only
+//! instantiates it).
 
 use std::time::Duration;
 
@@ -53,23 +54,23 @@ async fn a_canary_takes_about_its_share_of_new_requests() {
     let http = client();
     let report = host
         .pipeline()
-        .deploy(canary_of("probe-v2", CanaryPolicy::new(30.0)))
+        .deploy(canary_of("probe-v2", CanaryPolicy::new(20.0)))
         .await
         .expect("canary");
     assert_eq!(report.action, Action::Canary);
     let mut on_canary = 0;
-    for _ in 0..400 {
+    for _ in 0..1000 {
         let (version, status) = version_at(&http, &format!("{base}/probe/count"), None).await;
-        assert_eq!(status, 200);
+        assert_eq!(status, 200, "no request fails");
         on_canary += usize::from(version == "v2");
     }
-    // 30% of 400 is 120; 80..=160 is more than four standard deviations either way.
-    assert!((80..=160).contains(&on_canary), "{on_canary} of 400 on the canary");
+    // 20% of 1,000 is 200; 120..=280 is more than six standard deviations either way.
+    assert!((120..=280).contains(&on_canary), "{on_canary} of 1000 on the canary");
     let status = mosaic::admin::status(host.app());
     let probe = status.iter().find(|c| c.name == "probe").expect("probe");
     let canary = probe.canary.as_ref().expect("status shows the canary");
-    assert_eq!(canary.share_percent, 30.0);
-    assert_eq!(canary.stable.requests + canary.canary.requests, 400);
+    assert_eq!(canary.share_percent, 20.0);
+    assert_eq!(canary.stable.requests + canary.canary.requests, 1000);
     assert_eq!(canary.canary.requests, on_canary as u64);
     assert_eq!(actions(&host, "probe"), [Action::Manifest, Action::Canary]);
 
@@ -90,7 +91,7 @@ async fn a_sticky_header_keeps_each_client_on_one_version() {
     let base = format!("http://{}", host.http_addr());
     let http = client();
     let mut policy = CanaryPolicy::new(50.0);
-    policy.sticky = Some("x-user-id".into());
+    policy.sticky = Some("x-user".into());
     host.pipeline()
         .deploy(canary_of("probe-v2", policy))
         .await
@@ -98,9 +99,9 @@ async fn a_sticky_header_keeps_each_client_on_one_version() {
     let mut seen = std::collections::BTreeSet::new();
     for user in 0..40 {
         let user = format!("user-{user}");
-        let (first, _) = version_at(&http, &format!("{base}/probe/count"), Some(("x-user-id", &user))).await;
+        let (first, _) = version_at(&http, &format!("{base}/probe/count"), Some(("x-user", &user))).await;
         for _ in 0..4 {
-            let (again, _) = version_at(&http, &format!("{base}/probe/count"), Some(("x-user-id", &user))).await;
+            let (again, _) = version_at(&http, &format!("{base}/probe/count"), Some(("x-user", &user))).await;
             assert_eq!(again, first, "{user} moved between versions");
         }
         seen.insert(first);
@@ -176,16 +177,20 @@ async fn a_failing_canary_is_rolled_back_at_once_and_says_why() {
     let host = dir.start(Settings::default()).await;
     let base = format!("http://{}", host.http_addr());
     let http = client();
-    let mut policy = CanaryPolicy::new(50.0);
-    policy.min_requests = 10;
+    // The default policy: more than 5% of at least 20 requests in 60 s.
     host.pipeline()
-        .deploy(canary_of("probe-unhealthy", policy))
+        .deploy(canary_of("probe-broken", CanaryPolicy::new(30.0)))
         .await
-        .expect("canary (no [probe.probe]: nothing calls /health at deploy)");
+        .expect("canary (no [probe.probe]: the deploy only instantiates it)");
     let slot = host.app().slot("probe").unwrap();
+    let mut served_by_canary = 0;
     let mut sent = 0;
-    while slot.canary.load().is_some() && sent < 400 {
-        version_at(&http, &format!("{base}/probe/health"), None).await;
+    while slot.canary.load().is_some() && sent < 1000 {
+        let (version, status) = version_at(&http, &format!("{base}/probe/count"), None).await;
+        if version == "broken" {
+            assert_eq!(status, 500);
+            served_by_canary += 1;
+        }
         sent += 1;
     }
     assert!(
@@ -195,23 +200,95 @@ async fn a_failing_canary_is_rolled_back_at_once_and_says_why() {
         .await,
         "rolled back and journaled"
     );
-    assert!(sent < 400, "the rollback came within {sent} requests");
+    assert!(
+        served_by_canary < 100,
+        "the canary served {served_by_canary} requests before its rollback"
+    );
+    for _ in 0..50 {
+        assert_eq!(
+            version_at(&http, &format!("{base}/probe/count"), None).await,
+            ("v1".to_string(), 200)
+        );
+    }
     let entries = journal::read(&host.app().state.journal_path()).expect("journal");
     let last = entries.last().expect("entry");
-    assert_eq!(last.action, Action::AutoRollback);
     let reason = last.reason.as_deref().unwrap_or_default();
     assert!(
-        reason.starts_with("auto-rollback: ") && reason.contains("requests failed"),
+        reason.starts_with("auto-rollback: 20 of 20 requests failed"),
         "{reason}"
     );
-    for _ in 0..20 {
-        assert_eq!(version_at(&http, &format!("{base}/probe/health"), None).await.1, 200);
-    }
+    let status = mosaic::admin::status(host.app());
+    let probe = status.iter().find(|c| c.name == "probe").expect("probe");
+    let ended = probe.last_canary.as_deref().unwrap_or_default();
+    assert!(
+        ended.starts_with("auto_rollback of ") && ended.contains(reason),
+        "{ended}"
+    );
     let metrics = mosaic_tests::admin(&host, "GET", "/metrics", Vec::new()).await.body;
     assert!(
         metrics.contains(r#"mosaic_deploys_total{component="probe",action="auto_rollback",outcome="ok"} 1"#),
         "{metrics}"
     );
+    host.shutdown().await;
+}
+
+/// Requests sent without pause by two clients until `stop`; returns (sent, failed).
+fn load(base: &str) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<(u64, u64)>) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let url = format!("{base}/probe/count");
+    let task = tokio::spawn(async move {
+        let clients = (0..2).map(|_| {
+            let (url, stopped, http) = (url.clone(), stopped.clone(), client());
+            tokio::spawn(async move {
+                let (mut sent, mut failed) = (0, 0);
+                while !*stopped.borrow() {
+                    let request = hyper::Request::get(&url)
+                        .body(Full::new(Bytes::new()))
+                        .expect("request");
+                    let ok = matches!(http.request(request).await, Ok(response) if response.status() == 200);
+                    sent += 1;
+                    failed += u64::from(!ok);
+                }
+                (sent, failed)
+            })
+        });
+        let mut total = (0, 0);
+        for client in clients.collect::<Vec<_>>() {
+            let (sent, failed) = client.await.expect("load client");
+            total = (total.0 + sent, total.1 + failed);
+        }
+        total
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_and_rollback_under_load_fail_no_request() {
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let (stop, task) = load(&base);
+    let pause = || tokio::time::sleep(Duration::from_millis(300));
+    pause().await;
+    host.pipeline()
+        .deploy(canary_of("probe-v2", CanaryPolicy::new(50.0)))
+        .await
+        .expect("canary");
+    pause().await;
+    host.pipeline().promote("probe").expect("promote");
+    pause().await;
+    host.pipeline()
+        .deploy(canary_of("probe", CanaryPolicy::new(50.0)))
+        .await
+        .expect("a canary of v1 over v2");
+    pause().await;
+    let ended = host.pipeline().rollback("probe").await.expect("rollback");
+    assert_eq!(ended.action, Action::CanaryRollback);
+    pause().await;
+    stop.send(true).expect("stop");
+    let (sent, failed) = task.await.expect("load");
+    assert!(sent > 100, "the load ran: {sent} requests");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
     host.shutdown().await;
 }
 

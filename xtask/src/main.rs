@@ -272,6 +272,7 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("probe", "", "probe"),
     ("probe", "v2", "probe-v2"),
     ("probe", "unhealthy", "probe-unhealthy"),
+    ("probe", "broken", "probe-broken"),
     ("ledger", "", "ledger"),
     ("plain", "", "plain"),
     ("counter", "", "counter"),
@@ -345,12 +346,16 @@ fn build_components(root: &Path) -> Result<()> {
     };
     // A second version of `products` (feature v2: it adds a field), to swap in: the tests and
     // the README's tour deploy it. Built first, because the v1 build below writes the same file.
-    build(&["-p", "products", "--features", "v2"])?;
+    // And a bad build of it (`broken`: healthy, but a 500 on every other route), for the
+    // canary walkthrough of the README.
     let built = workspace.join("target/wasm32-wasip2/release/products.wasm");
     let fixtures = root.join("target/fixtures");
     std::fs::create_dir_all(&fixtures)?;
-    std::fs::copy(&built, fixtures.join("products-v2.wasm"))
-        .with_context(|| format!("cannot copy {}", built.display()))?;
+    for feature in ["v2", "broken"] {
+        build(&["-p", "products", "--features", feature])?;
+        std::fs::copy(&built, fixtures.join(format!("products-{feature}.wasm")))
+            .with_context(|| format!("cannot copy {}", built.display()))?;
+    }
     build(&["--workspace"])?;
     eprintln!(
         "components built into {}",

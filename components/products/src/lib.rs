@@ -56,6 +56,8 @@ fn route(req: &Request) -> Response {
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (req.method(), segments.as_slice()) {
         (Method::Get, ["health"]) => common::health(SERVICE, DATABASE),
+        // A bad build for the canary walkthrough (README): healthy, but every answer a 500.
+        _ if cfg!(feature = "broken") => common::error(500, "internal error", "a bug in this build"),
         (Method::Get, ["products"]) => list_products(),
         (Method::Post, ["products"]) => create_product(req),
         (Method::Get, ["products", id]) => match common::id(id, "product") {

@@ -309,6 +309,8 @@ pub struct Canary {
     pub started_at_unix_ms: u64,
     /// When the share last changed: `promote_after` and `step_every` count from here.
     last_change: Mutex<Instant>,
+    /// Woken when an outcome makes the canary fail, so that its supervisor ends it at once.
+    pub failed: tokio::sync::Notify,
 }
 
 impl Canary {
@@ -326,6 +328,7 @@ impl Canary {
             step: AtomicU32::new(step),
             started_at_unix_ms: crate::clock::now_unix_ms(),
             last_change: Mutex::new(Instant::now()),
+            failed: tokio::sync::Notify::new(),
         }
     }
 
@@ -374,8 +377,15 @@ impl Canary {
         bucket < share
     }
 
+    /// Counts one outcome. A failure of the canary that crosses its limit takes it out of the
+    /// split at once (share 0: no new request reaches it) and wakes its supervisor, which ends
+    /// it; nothing waits for the next look.
     pub fn record(&self, arm: Arm, failed: bool) {
         self.window.record(arm, failed, Instant::now());
+        if failed && arm == Arm::Canary && self.failing().is_some() {
+            self.share.store(0, Ordering::Relaxed);
+            self.failed.notify_one();
+        }
     }
 
     /// (stable, canary) requests and failures in the window.

@@ -209,6 +209,8 @@ pub struct ComponentSlot {
     pub spec: ComponentSpec,
     pub live: ArcSwap<Deployment>,
     pub canary: ArcSwapOption<canary::Canary>,
+    /// How the last canary ended (`auto_rollback of VERSION: why`), for `mosaic status`.
+    pub last_canary: ArcSwapOption<String>,
     pub stats: SlotStats,
 }
 
@@ -234,6 +236,7 @@ impl ComponentSlot {
             spec,
             live: ArcSwap::new(deployment),
             canary: ArcSwapOption::empty(),
+            last_canary: ArcSwapOption::empty(),
             stats: SlotStats::default(),
         }
     }

@@ -126,6 +126,10 @@ impl Pipeline {
         let (slot, canary) = self.canary_of(component)?;
         let previous = slot.live.swap(canary.deployment.clone());
         slot.canary.store(None);
+        slot.last_canary.store(Some(Arc::new(format!(
+            "promote of {}",
+            canary.deployment.short_digest()
+        ))));
         previous.retire_instances();
         let draining = previous.in_flight();
         let digest = canary.deployment.digest.clone();
@@ -184,6 +188,12 @@ impl Pipeline {
         let draining = canary.deployment.in_flight();
         let stable = slot.live.load_full();
         let ended = canary.deployment.digest.clone();
+        slot.last_canary.store(Some(Arc::new(format!(
+            "{} of {}: {}",
+            action.as_str(),
+            ended.short(),
+            reason.as_deref().unwrap_or("by the operator")
+        ))));
         match &reason {
             Some(reason) => {
                 tracing::warn!(%component, canary = %ended.short(), stable = %stable.short_digest(), "{reason}")
@@ -325,7 +335,10 @@ impl Pipeline {
         let component = slot.spec.name.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(SUPERVISION_TICK).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(SUPERVISION_TICK) => {}
+                    _ = canary.failed.notified() => {}
+                }
                 let current = slot.canary.load_full();
                 if !current.as_ref().is_some_and(|current| Arc::ptr_eq(current, &canary)) {
                     return;

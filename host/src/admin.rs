@@ -166,18 +166,14 @@ async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::b
                 .slots()
                 .iter()
                 .flat_map(|slot| {
-                    let live = slot.live.load_full();
                     let canary = slot.canary.load_full().map(|canary| canary.deployment.clone());
-                    std::iter::once(live)
-                        .chain(canary)
-                        .map(|version| {
-                            (
-                                slot.spec.name.clone(),
-                                version.short_digest().to_string(),
-                                version.in_flight(),
-                            )
-                        })
-                        .collect::<Vec<_>>()
+                    std::iter::once(slot.live.load_full()).chain(canary).map(|version| {
+                        (
+                            slot.spec.name.clone(),
+                            version.short_digest().to_string(),
+                            version.in_flight(),
+                        )
+                    })
                 })
                 .collect();
             let mut scrape = Scrape::default();

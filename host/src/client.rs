@@ -79,12 +79,9 @@ impl AdminClient {
         policy: &crate::app::canary::CanaryPolicy,
     ) -> anyhow::Result<DeployReport> {
         let query: Vec<String> = policy
-            .to_query()
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, value)) => format!("{key}={}", encode_query(value)),
-                None => pair.to_string(),
-            })
+            .query_pairs()
+            .into_iter()
+            .map(|(key, value)| format!("{key}={}", encode_query(&value)))
             .collect();
         let path = format!("/v1/components/{component}/deploy?{}", query.join("&"));
         self.typed(Method::POST, &path, Bytes::from(bytes)).await

@@ -54,6 +54,45 @@ pub struct HostOptions {
     pub run: RunOptions,
 }
 
+impl HostOptions {
+    /// The manifest, with only the components of `-c` when it names some.
+    fn load_manifest(&self) -> anyhow::Result<Manifest> {
+        let mut manifest = Manifest::load(&self.manifest)?;
+        if !self.run.components.is_empty() {
+            manifest
+                .retain_components(&self.run.components)
+                .map_err(anyhow::Error::msg)?;
+        }
+        Ok(manifest)
+    }
+
+    /// The settings given, or mosaic.toml beside the manifest; checked.
+    fn load_settings(&self) -> anyhow::Result<Settings> {
+        let settings = match &self.settings {
+            Some(settings) => settings.clone(),
+            None => Settings::load_beside(&self.manifest)?,
+        };
+        settings
+            .check()
+            .map_err(|message| anyhow::anyhow!("invalid Mosaic settings: {message}"))?;
+        Ok(settings)
+    }
+
+    fn load_runtime_config(&self) -> anyhow::Result<RuntimeConfig> {
+        match &self.runtime_config_file {
+            Some(path) => RuntimeConfig::load(path).map_err(anyhow::Error::msg),
+            None => Ok(RuntimeConfig::default()),
+        }
+    }
+
+    /// `--state-dir`, or `.mosaic/` beside the manifest.
+    fn state_root(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| StateDir::beside(&self.manifest))
+    }
+}
+
 /// `spin up`'s flags that change one run of the application, never its files.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -87,13 +126,8 @@ pub struct Host {
 
 impl Host {
     pub async fn start(options: HostOptions) -> anyhow::Result<Host> {
-        let mut manifest = Manifest::load(&options.manifest)?;
+        let mut manifest = options.load_manifest()?;
         let run = &options.run;
-        if !run.components.is_empty() {
-            manifest
-                .retain_components(&run.components)
-                .map_err(anyhow::Error::msg)?;
-        }
         for decl in manifest.components.values_mut() {
             decl.environment.extend(run.environment.iter().cloned());
         }
@@ -112,26 +146,17 @@ impl Host {
             Some(files) => Some(crate::listener::tls_acceptor(files)?),
             None => None,
         };
-        let mut settings = match options.settings {
-            Some(settings) => settings,
-            None => Settings::load_beside(&options.manifest)?,
-        };
-        settings
-            .check()
-            .map_err(|message| anyhow::anyhow!("invalid Mosaic settings: {message}"))?;
+        let mut settings = options.load_settings()?;
         if let Some(listen) = options.listen {
             settings.http.listen = listen;
         }
         if let Some(listen) = options.admin_listen {
             settings.admin.listen = listen;
         }
-        if let Some(cluster) = options.cluster {
+        if let Some(cluster) = options.cluster.clone() {
             settings.cluster.postgres = Some(cluster);
         }
-        let runtime_config = match &options.runtime_config_file {
-            Some(path) => RuntimeConfig::load(path).map_err(anyhow::Error::msg)?,
-            None => RuntimeConfig::default(),
-        };
+        let runtime_config = options.load_runtime_config()?;
         if !manifest.ignored_keys.is_empty() {
             tracing::warn!(
                 manifest = %options.manifest.display(),
@@ -142,10 +167,7 @@ impl Host {
         for trigger_type in &manifest.other_trigger_types {
             tracing::warn!(trigger = %trigger_type, "Mosaic runs HTTP, Redis (message) and MQTT triggers only; `[[trigger.{trigger_type}]]` entries are not run");
         }
-        let state_root = options
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| StateDir::beside(&options.manifest));
+        let state_root = options.state_root();
         let state = StateDir::open(state_root.clone())
             .with_context(|| format!("cannot create the state directory {}", state_root.display()))?;
 
@@ -306,24 +328,10 @@ pub struct Migrated {
 /// config's `[sqlite_database.LABEL] path`, else the state directory; `[migrations.NAME]` of
 /// the settings for PostgreSQL and MySQL. Stops at the first failure, which names the file.
 pub async fn migrate(options: HostOptions) -> anyhow::Result<Vec<Migrated>> {
-    let mut manifest = Manifest::load(&options.manifest)?;
-    if !options.run.components.is_empty() {
-        manifest
-            .retain_components(&options.run.components)
-            .map_err(anyhow::Error::msg)?;
-    }
-    let settings = match options.settings {
-        Some(settings) => settings,
-        None => Settings::load_beside(&options.manifest)?,
-    };
-    let runtime_config = match &options.runtime_config_file {
-        Some(path) => RuntimeConfig::load(path).map_err(anyhow::Error::msg)?,
-        None => RuntimeConfig::default(),
-    };
-    let state_root = options
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| StateDir::beside(&options.manifest));
+    let manifest = options.load_manifest()?;
+    let settings = options.load_settings()?;
+    let runtime_config = options.load_runtime_config()?;
+    let state_root = options.state_root();
     let metrics: Arc<crate::observe::Metrics> = Arc::default();
     let sqlite = Databases::new(
         runtime_config.sqlite_databases,

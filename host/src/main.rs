@@ -197,45 +197,35 @@ struct CanaryArgs {
 }
 
 impl CanaryArgs {
+    /// The policy these flags ask for, read by the same parser as the admin API's query (the
+    /// durations as milliseconds), so that both accept and refuse the same.
     fn policy(&self) -> anyhow::Result<Option<mosaic::app::canary::CanaryPolicy>> {
-        use mosaic::app::canary::{parse_duration, CanaryPolicy};
-        let Some(percent) = self.canary else {
-            return Ok(None);
-        };
-        let millis = |flag: &str, text: &str| -> anyhow::Result<u64> {
-            let duration = parse_duration(text).map_err(|err| anyhow::anyhow!("--{flag}: {err}"))?;
-            Ok(duration.as_millis() as u64)
-        };
-        let mut policy = CanaryPolicy::new(percent);
-        policy.sticky = self.sticky.clone();
-        if let Some(rate) = self.max_error_rate {
-            policy.max_error_rate = rate;
-        }
-        if let Some(min) = self.min_requests {
-            policy.min_requests = min;
-        }
-        if let Some(window) = &self.window {
-            policy.window_ms = millis("window", window)?;
-        }
-        if let Some(after) = &self.promote_after {
-            policy.promote_after_ms = Some(millis("promote-after", after)?);
-        }
-        if let Some(steps) = &self.steps {
-            policy.steps = steps
-                .split(',')
-                .map(|step| {
-                    step.trim()
-                        .trim_end_matches('%')
-                        .parse::<f64>()
-                        .map_err(|_| anyhow::anyhow!("--steps: `{step}` is not a percentage"))
+        let millis = |flag: &str, text: &Option<String>| -> anyhow::Result<Option<String>> {
+            text.as_deref()
+                .map(|text| {
+                    mosaic::app::canary::parse_duration(text)
+                        .map(|duration| duration.as_millis().to_string())
+                        .map_err(|err| anyhow::anyhow!("--{flag}: {err}"))
                 })
-                .collect::<anyhow::Result<_>>()?;
-        }
-        if let Some(every) = &self.step_every {
-            policy.step_every_ms = Some(millis("step-every", every)?);
-        }
-        policy.check().map_err(anyhow::Error::msg)?;
-        Ok(Some(policy))
+                .transpose()
+        };
+        let values = [
+            ("canary", self.canary.map(|percent| percent.to_string())),
+            ("sticky", self.sticky.clone()),
+            ("max_error_rate", self.max_error_rate.map(|rate| rate.to_string())),
+            ("min_requests", self.min_requests.map(|min| min.to_string())),
+            ("window_ms", millis("window", &self.window)?),
+            ("promote_after_ms", millis("promote-after", &self.promote_after)?),
+            ("steps", self.steps.clone()),
+            ("step_every_ms", millis("step-every", &self.step_every)?),
+        ];
+        let value = |key: &str| {
+            values
+                .iter()
+                .find(|(name, _)| *name == key)
+                .and_then(|(_, v)| v.clone())
+        };
+        mosaic::app::canary::CanaryPolicy::from_query(value).map_err(anyhow::Error::msg)
     }
 }
 

@@ -337,6 +337,32 @@ impl LogCapture {
     }
 }
 
+/// A fixture's query of typed parameters (`p=TYPE:VALUE&p=...`, as the probe's and
+/// spin7-caps' `/pg` and `/mysql` read them) with every value percent-encoded, so that a value
+/// may hold `&`, `=`, `:`, spaces or any byte. The fixtures decode each value.
+pub fn encode_typed_params(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.strip_prefix("p=").and_then(|p| p.split_once(':')) {
+            Some((ty, value)) => {
+                let value: String = value
+                    .bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
+                format!("p={ty}:{value}")
+            }
+            None => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Fails the test unless a real backend answers at `addr` (a TCP connect within 1 s).
 ///
 /// A test that needs a service is `#[ignore = "needs NAME on ADDR"]` and sits in a module

@@ -33,33 +33,12 @@ source = "{spin7-caps}"
 allowed_outbound_hosts = ["mysql://127.0.0.1:3306"]
 "#;
 
-/// Percent-encodes the value of every `p=TYPE:VALUE` pair.
-fn encode(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.strip_prefix("p=").and_then(|p| p.split_once(':')) {
-            Some((ty, value)) => {
-                let value: String = value
-                    .bytes()
-                    .map(|b| {
-                        if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
-                            (b as char).to_string()
-                        } else {
-                            format!("%{b:02X}")
-                        }
-                    })
-                    .collect();
-                format!("p={ty}:{value}")
-            }
-            None => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// The probe's `/mysql` (spin-sdk 5.2) on `component`, at `address`.
 async fn my_at(client: &HttpClient, base: &str, component: &str, address: &str, query: &str, statement: &str) -> Reply {
-    let url = format!("{base}/{component}/mysql?addr={address}&{}", encode(query));
+    let url = format!(
+        "{base}/{component}/mysql?addr={address}&{}",
+        mosaic_tests::encode_typed_params(query)
+    );
     send(client, "POST", &url, statement.to_string()).await.unwrap()
 }
 
@@ -70,7 +49,10 @@ async fn my(client: &HttpClient, base: &str, query: &str, statement: &str) -> Re
 /// spin7-caps' `/mysql` (spin-sdk 7): `execute` or a query.
 async fn caps(client: &HttpClient, base: &str, execute: bool, query: &str, statement: &str) -> Reply {
     let path = if execute { "mysql/execute" } else { "mysql" };
-    let url = format!("{base}/caps/{path}?addr={ADDRESS}&{}", encode(query));
+    let url = format!(
+        "{base}/caps/{path}?addr={ADDRESS}&{}",
+        mosaic_tests::encode_typed_params(query)
+    );
     send(client, "POST", &url, statement.to_string()).await.unwrap()
 }
 

@@ -25,32 +25,11 @@ source = "{probe}"
 allowed_outbound_hosts = ["postgres://10.1.2.3:5432"]
 "#;
 
-/// Percent-encodes the value of every `p=TYPE:VALUE` pair.
-fn encode(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.strip_prefix("p=").and_then(|p| p.split_once(':')) {
-            Some((ty, value)) => {
-                let value: String = value
-                    .bytes()
-                    .map(|b| {
-                        if b.is_ascii_alphanumeric() || b"-.,_".contains(&b) {
-                            (b as char).to_string()
-                        } else {
-                            format!("%{b:02X}")
-                        }
-                    })
-                    .collect();
-                format!("p={ty}:{value}")
-            }
-            None => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 async fn pg(client: &HttpClient, base: &str, component: &str, query: &str, statement: &str) -> Reply {
-    let url = format!("{base}/{component}/pg?addr={ADDRESS}&{}", encode(query));
+    let url = format!(
+        "{base}/{component}/pg?addr={ADDRESS}&{}",
+        mosaic_tests::encode_typed_params(query)
+    );
     send(client, "POST", &url, statement.to_string()).await.unwrap()
 }
 

@@ -121,28 +121,28 @@ impl CanaryPolicy {
 }
 
 impl CanaryPolicy {
-    /// The admin API's query form of the policy (`canary=10&sticky=x-user-id&...`).
-    pub fn to_query(&self) -> String {
+    /// The admin API's query parameters of the policy (`canary`, `sticky`, ...), unencoded.
+    pub fn query_pairs(&self) -> Vec<(&'static str, String)> {
         let mut pairs = vec![
-            format!("canary={}", self.percent),
-            format!("max_error_rate={}", self.max_error_rate),
-            format!("min_requests={}", self.min_requests),
-            format!("window_ms={}", self.window_ms),
+            ("canary", self.percent.to_string()),
+            ("max_error_rate", self.max_error_rate.to_string()),
+            ("min_requests", self.min_requests.to_string()),
+            ("window_ms", self.window_ms.to_string()),
         ];
         if let Some(sticky) = &self.sticky {
-            pairs.push(format!("sticky={sticky}"));
+            pairs.push(("sticky", sticky.clone()));
         }
         if let Some(after) = self.promote_after_ms {
-            pairs.push(format!("promote_after_ms={after}"));
+            pairs.push(("promote_after_ms", after.to_string()));
         }
         if !self.steps.is_empty() {
             let steps: Vec<String> = self.steps.iter().map(f64::to_string).collect();
-            pairs.push(format!("steps={}", steps.join(",")));
+            pairs.push(("steps", steps.join(",")));
         }
         if let Some(every) = self.step_every_ms {
-            pairs.push(format!("step_every_ms={every}"));
+            pairs.push(("step_every_ms", every.to_string()));
         }
-        pairs.join("&")
+        pairs
     }
 
     /// The policy of a deploy's query, if it asks for a canary (`canary=PERCENT`); `value`
@@ -513,14 +513,8 @@ mod tests {
         policy.promote_after_ms = Some(30_000);
         policy.steps = vec![25.0, 50.0, 100.0];
         policy.step_every_ms = Some(1_000);
-        let query = policy.to_query();
-        let value = |key: &str| {
-            query
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_string())
-        };
+        let pairs = policy.query_pairs();
+        let value = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
         assert_eq!(CanaryPolicy::from_query(value), Ok(Some(policy)));
         assert_eq!(CanaryPolicy::from_query(|_| None), Ok(None));
         let err = CanaryPolicy::from_query(|key| (key == "canary").then(|| "lots".to_string())).unwrap_err();

@@ -288,16 +288,6 @@ impl Pipeline {
         Ok((slot, canary))
     }
 
-    fn count(&self, component: &str, action: &str, outcome: &Result<DeployReport, DeployError>) {
-        let label = match outcome {
-            Ok(_) => "ok",
-            Err(DeployError::Conflict { .. }) => "conflict",
-            Err(DeployError::NotFound { .. }) => "not-found",
-            Err(DeployError::Failed { .. }) => "journal",
-        };
-        self.app.metrics.record_deploy(component, action, label);
-    }
-
     fn append(
         &self,
         component: &str,

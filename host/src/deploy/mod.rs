@@ -263,14 +263,20 @@ impl Pipeline {
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
         let (component, action) = (request.component.clone(), request.action.as_str());
         let outcome = self.run(request).await;
-        let label = match &outcome {
+        self.count(&component, action, &outcome);
+        outcome
+    }
+
+    /// Counts a deploy, promotion or rollback in `mosaic_deploys_total`: `ok`, or the step
+    /// that failed, `conflict` or `not-found`.
+    fn count(&self, component: &str, action: &str, outcome: &Result<DeployReport, DeployError>) {
+        let label = match outcome {
             Ok(_) => "ok".to_string(),
             Err(DeployError::Failed { step, .. }) => step.to_string(),
             Err(DeployError::Conflict { .. }) => "conflict".to_string(),
             Err(DeployError::NotFound { .. }) => "not-found".to_string(),
         };
-        self.app.metrics.record_deploy(&component, action, &label);
-        outcome
+        self.app.metrics.record_deploy(component, action, &label);
     }
 
     async fn run(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {

@@ -252,7 +252,7 @@ async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::b
             };
             deploy_answer(rollout.deploy(request).await)
         }
-        (Method::POST, ["v1", "components", name, "promote"]) => deploy_answer(rollout.promote(name)),
+        (Method::POST, ["v1", "components", name, "promote"]) => deploy_answer(rollout.promote(name).await),
         (Method::POST, ["v1", "components", name, "rollback"]) => deploy_answer(rollout.rollback(name).await),
         (Method::GET, ["v1", "cluster"]) => match rollout.cluster() {
             Some(cluster) => match cluster.status().await {

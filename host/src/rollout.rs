@@ -48,9 +48,12 @@ impl Rollout {
         }
     }
 
-    /// Makes the canary of `component` its live version (canaries run on one host only).
-    pub fn promote(&self, component: &str) -> Result<DeployReport, DeployError> {
-        self.pipeline.promote(component)
+    /// Makes the canary of `component` its live version (on every host, in cluster mode).
+    pub async fn promote(&self, component: &str) -> Result<DeployReport, DeployError> {
+        match &self.cluster {
+            Some(cluster) => cluster.promote(&self.pipeline, component).await,
+            None => self.pipeline.promote(component),
+        }
     }
 
     pub async fn rollback(&self, component: &str) -> Result<DeployReport, DeployError> {

@@ -374,6 +374,185 @@ mod needs_postgres {
         a.shutdown().await;
     }
 
+    /// The canary of `component` as `host` runs it: (version, share in percent).
+    fn canary_on(host: &mosaic::Host, component: &str) -> Option<(String, f64)> {
+        let status = mosaic::admin::status(host.app());
+        let component = status.into_iter().find(|c| c.name == component)?;
+        component.canary.map(|canary| (canary.version, canary.share_percent))
+    }
+
+    /// How the last canary of `component` ended on `host`, if one did.
+    fn last_canary_on(host: &mosaic::Host, component: &str) -> Option<String> {
+        let status = mosaic::admin::status(host.app());
+        status.into_iter().find(|c| c.name == component)?.last_canary
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL on 127.0.0.1:5432"]
+    async fn a_canary_through_one_host_runs_on_every_host_steps_together_and_is_promoted_everywhere() {
+        require_postgres();
+        let dir = AppDir::new(TWO_COMPONENTS);
+        let settings = cluster_settings(&unique("cluster"));
+        let a = dir.start_in(settings.clone(), None, "state-a").await;
+        let b = dir.start_in(settings.clone(), None, "state-b").await;
+        let (base_a, base_b) = (format!("http://{}", a.http_addr()), format!("http://{}", b.http_addr()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops: Vec<LoadLoop> = [&base_a, &base_b]
+            .into_iter()
+            .map(|base| LoadLoop::start(base.clone(), stop.clone()))
+            .collect();
+
+        let v2 = std::fs::read(fixture("probe-v2")).expect("probe-v2 fixture");
+        let path = "/v1/components/probe/deploy?canary=20&steps=60&step_every_ms=2000";
+        let started = admin(&a, "POST", path, v2).await;
+        assert_eq!(started.status, 200, "{}", started.body);
+        assert_eq!(started.json()["action"], "canary");
+        let v2_digest = started.json()["digest"].as_str().expect("digest").to_string();
+        let on_b_at_20 = mosaic_tests::eventually(Duration::from_secs(10), || {
+            canary_on(&b, "probe") == Some((v2_digest.clone(), 20.0))
+        })
+        .await;
+        assert!(on_b_at_20, "host B runs the canary started through A, at its share");
+        let cluster = admin(&b, "GET", "/v1/cluster", Vec::new()).await.json();
+        assert_eq!(cluster["canaries"]["probe"]["digest"], v2_digest.as_str(), "{cluster}");
+
+        // The step is taken once, by whichever host is first, and reaches both.
+        let both_at_60 = mosaic_tests::eventually(Duration::from_secs(10), || {
+            canary_on(&a, "probe").is_some_and(|(_, share)| share == 60.0)
+                && canary_on(&b, "probe").is_some_and(|(_, share)| share == 60.0)
+        })
+        .await;
+        assert!(
+            both_at_60,
+            "A: {:?}, B: {:?}",
+            canary_on(&a, "probe"),
+            canary_on(&b, "probe")
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..60 {
+            let answer = hello(&client(), &base_b).await.expect("b answers");
+            seen.insert(if answer.contains("v2") { "v2" } else { "v1" });
+        }
+        assert_eq!(seen.len(), 2, "host B splits between both versions: {seen:?}");
+
+        // Promoted through B: the canary is the live version of both hosts and the desired one.
+        let promoted = admin(&b, "POST", "/v1/components/probe/promote", Vec::new()).await;
+        assert_eq!(promoted.status, 200, "{}", promoted.body);
+        let promoted_on_a = mosaic_tests::eventually(Duration::from_secs(10), || {
+            canary_on(&a, "probe").is_none() && a.app().slot("probe").unwrap().live.load().digest.as_str() == v2_digest
+        })
+        .await;
+        assert!(
+            promoted_on_a,
+            "host A promoted the canary too: {:?}",
+            canary_on(&a, "probe")
+        );
+        let cluster = admin(&a, "GET", "/v1/cluster", Vec::new()).await.json();
+        assert_eq!(cluster["desired"]["probe"], v2_digest.as_str(), "{cluster}");
+        assert!(
+            cluster["canaries"].as_object().is_some_and(|c| c.is_empty()),
+            "{cluster}"
+        );
+        for base in [&base_a, &base_b] {
+            assert!(hello(&client(), base).await.expect("answers").contains("v2"));
+        }
+        // And the way back from the promotion is the stable version, on every host.
+        let rolled_back = admin(&a, "POST", "/v1/components/probe/rollback", Vec::new()).await;
+        assert_eq!(rolled_back.status, 200, "{}", rolled_back.body);
+        assert!(until_serving(&base_b, "v1", Duration::from_secs(20)).await.is_some());
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        for (n, load) in loops.into_iter().enumerate() {
+            let (answered, failures) = load.finish().await;
+            assert!(answered > 0, "loop {n} made requests");
+            assert!(
+                failures.is_empty(),
+                "loop {n}: {} failed, first: {:?}",
+                failures.len(),
+                failures.first()
+            );
+        }
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL on 127.0.0.1:5432"]
+    async fn every_hosts_errors_decide_a_canary_and_its_automatic_rollback_reaches_every_host() {
+        require_postgres();
+        let dir = AppDir::new(TWO_COMPONENTS);
+        let settings = cluster_settings(&unique("cluster"));
+        let a = dir.start_in(settings.clone(), None, "state-a").await;
+        let b = dir.start_in(settings.clone(), None, "state-b").await;
+        let (base_a, base_b) = (format!("http://{}", a.http_addr()), format!("http://{}", b.http_addr()));
+        // Every request goes to the canary, which answers 500 everywhere; 20 are needed to judge.
+        let broken = std::fs::read(fixture("probe-broken")).expect("probe-broken fixture");
+        let path = "/v1/components/probe/deploy?canary=100&min_requests=20";
+        let started = admin(&a, "POST", path, broken).await;
+        assert_eq!(started.status, 200, "{}", started.body);
+        assert!(
+            mosaic_tests::eventually(Duration::from_secs(10), || canary_on(&b, "probe").is_some()).await,
+            "host B runs the canary"
+        );
+        let fail_on = |base: String| async move {
+            let mut failed = 0;
+            for _ in 0..12 {
+                failed += u32::from(hello(&client(), &base).await.is_err());
+            }
+            failed
+        };
+        assert_eq!(fail_on(base_a.clone()).await, 12, "the canary fails every request");
+        // 12 failures of 20 needed: host A alone does not decide.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(canary_on(&a, "probe").is_some(), "{:?}", last_canary_on(&a, "probe"));
+        // Host B's own 12 are not 20 either; with A's, they are.
+        let failed_on_b = fail_on(base_b.clone()).await;
+        assert!(
+            (8..12).contains(&failed_on_b),
+            "B rolls back once the cluster's failures reach 20 ({failed_on_b} of B's failed)"
+        );
+        let ended_on_both = mosaic_tests::eventually(Duration::from_secs(10), || {
+            [&a, &b].iter().all(|host| {
+                canary_on(host, "probe").is_none()
+                    && last_canary_on(host, "probe").is_some_and(|ended| ended.starts_with("auto_rollback"))
+            })
+        })
+        .await;
+        assert!(
+            ended_on_both,
+            "A: {:?}, B: {:?}",
+            last_canary_on(&a, "probe"),
+            last_canary_on(&b, "probe")
+        );
+        let why = last_canary_on(&a, "probe").unwrap_or_default();
+        assert!(why.contains("requests failed"), "the reason reaches host A: {why}");
+        for base in [&base_a, &base_b] {
+            for _ in 0..10 {
+                assert!(hello(&client(), base)
+                    .await
+                    .expect("the stable version answers")
+                    .contains("v1"));
+            }
+        }
+        for host in [&a, &b] {
+            let metrics = get(&client(), &format!("http://{}/metrics", host.admin_addr()))
+                .await
+                .body;
+            assert!(
+                metrics.contains("mosaic_deploys_total{component=\"probe\",action=\"auto_rollback\",outcome=\"ok\"} 1"),
+                "{metrics}"
+            );
+        }
+        let cluster = admin(&b, "GET", "/v1/cluster", Vec::new()).await.json();
+        assert!(
+            cluster["canaries"].as_object().is_some_and(|c| c.is_empty()),
+            "{cluster}"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
     mod needs_rabbitmq {
         use super::*;
 

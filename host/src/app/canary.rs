@@ -229,6 +229,13 @@ pub struct Counts {
 }
 
 impl Counts {
+    pub fn plus(self, other: Counts) -> Counts {
+        Counts {
+            requests: self.requests + other.requests,
+            errors: self.errors + other.errors,
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         if self.requests == 0 {
             0.0
@@ -311,6 +318,9 @@ pub struct Canary {
     last_change: Mutex<Instant>,
     /// Woken when an outcome makes the canary fail, so that its supervisor ends it at once.
     pub failed: tokio::sync::Notify,
+    /// In cluster mode, the other hosts' (stable, canary) counts in their windows, as the
+    /// cluster store last had them: every host's outcomes decide.
+    peers: Mutex<(Counts, Counts)>,
 }
 
 impl Canary {
@@ -329,6 +339,7 @@ impl Canary {
             started_at_unix_ms: crate::clock::now_unix_ms(),
             last_change: Mutex::new(Instant::now()),
             failed: tokio::sync::Notify::new(),
+            peers: Mutex::default(),
         }
     }
 
@@ -383,14 +394,32 @@ impl Canary {
     pub fn record(&self, arm: Arm, failed: bool) {
         self.window.record(arm, failed, Instant::now());
         if failed && arm == Arm::Canary && self.failing().is_some() {
-            self.share.store(0, Ordering::Relaxed);
+            self.withdraw();
             self.failed.notify_one();
         }
     }
 
-    /// (stable, canary) requests and failures in the window.
+    /// (stable, canary) requests and failures in the window, of every host that runs the
+    /// canary: what it is judged on.
     pub fn counts(&self) -> (Counts, Counts) {
+        let (stable, canary) = self.local_counts();
+        let (peer_stable, peer_canary) = *self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        (stable.plus(peer_stable), canary.plus(peer_canary))
+    }
+
+    /// (stable, canary) requests and failures in the window on this host.
+    pub fn local_counts(&self) -> (Counts, Counts) {
         self.window.totals(Instant::now())
+    }
+
+    /// The other hosts' counts (cluster mode), added to this host's when the canary is judged.
+    pub fn set_peer_counts(&self, stable: Counts, canary: Counts) {
+        *self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = (stable, canary);
+    }
+
+    /// Takes the canary out of the split (no new request reaches it) until it is ended.
+    pub fn withdraw(&self) {
+        self.share.store(0, Ordering::Relaxed);
     }
 
     /// Why the canary must be rolled back now, if it must.

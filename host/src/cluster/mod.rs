@@ -12,6 +12,10 @@
 //!   so each host swaps with no failed request, exactly as a single host does.
 //! - Each reconcile also reports what the host runs (its heartbeat), which `mosaic status`
 //!   shows per host while a rollout happens. A new host converges before it serves.
+//! - A canary through any host is written to the store once it runs there; every host runs it
+//!   with the store's share. Each host's supervisor shares its counts through the store and
+//!   judges on the sum; its decisions (a step, a promotion, an automatic rollback) become the
+//!   cluster's with a conditional write, then every host follows them.
 
 pub mod store;
 
@@ -23,12 +27,13 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::app::canary::{basis_points, Canary, Counts};
 use crate::deploy::journal::Action;
-use crate::deploy::{DeployError, DeployReport, DeployRequest, Pipeline, Step};
+use crate::deploy::{CanaryCoordinator, CanaryDecision, DeployError, DeployReport, DeployRequest, Pipeline, Step};
 use crate::digest::{short, Digest};
 use crate::settings::ClusterSettings;
 use crate::stop::stopped;
-use store::{ClusterStore, Desired, HostReport, NewDesired, StoreError};
+use store::{ClusterCanary, ClusterStore, Desired, HostReport, NewCanary, NewDesired, StoreError};
 
 /// Longest wait between two attempts to reach the store's notification channel.
 const LISTEN_RETRY_MAX: Duration = Duration::from_secs(10);
@@ -58,6 +63,9 @@ pub struct ClusterStatus {
     pub this_host: String,
     /// component → desired digest.
     pub desired: BTreeMap<String, String>,
+    /// component → the canary every host runs beside it.
+    #[serde(default)]
+    pub canaries: BTreeMap<String, ClusterCanary>,
     pub hosts: Vec<HostStatus>,
 }
 
@@ -141,10 +149,87 @@ impl Cluster {
         let route = request.route.clone();
         let action = request.action.clone();
         let source = Arc::new(request.bytes.clone());
+        let policy = request.canary.clone();
         let report = pipeline.deploy(request).await?;
-        self.publish(pipeline, &report, &source, route.as_deref(), &action)
-            .await?;
+        match policy {
+            Some(policy) => self.publish_canary(pipeline, &report, &source, &policy).await?,
+            None => {
+                self.publish(pipeline, &report, &source, route.as_deref(), &action)
+                    .await?
+            }
+        }
         Ok(report)
+    }
+
+    /// Writes a canary this host now runs as the cluster's; if the store cannot take it, this
+    /// host ends it (the stable version serves everything again).
+    async fn publish_canary(
+        &self,
+        pipeline: &Pipeline,
+        report: &DeployReport,
+        source: &[u8],
+        policy: &crate::app::canary::CanaryPolicy,
+    ) -> Result<(), DeployError> {
+        let stable = report.previous.as_ref().map(Digest::as_str).unwrap_or_default();
+        let stable_source = std::fs::read(pipeline.app().state.source_of(stable)).ok();
+        let canary = NewCanary {
+            component: &report.component,
+            digest: report.digest.as_str(),
+            source,
+            stable,
+            stable_source: stable_source.as_deref(),
+            policy,
+            share_bp: basis_points(policy.percent),
+        };
+        match self.store.start_canary(&canary, &self.host_name).await {
+            Ok(()) => {
+                self.wake.notify_one();
+                tracing::info!(component = %report.component, canary = %report.digest.short(), "canary of the cluster");
+                Ok(())
+            }
+            Err(err) => {
+                let reason = format!("the cluster did not take the canary: {err}");
+                let _ = pipeline.end_canary(&report.component, Action::CanaryRollback, Some(reason.clone()));
+                Err(DeployError::at(
+                    &report.component,
+                    Step::Cluster,
+                    format!("{err}; this host ended the canary"),
+                ))
+            }
+        }
+    }
+
+    /// Promotes the canary of `component` on every host.
+    pub async fn promote(&self, pipeline: &Pipeline, component: &str) -> Result<DeployReport, DeployError> {
+        let lock = self.lock_of(component);
+        let Ok(_held) = lock.try_lock() else {
+            return Err(DeployError::Conflict {
+                component: component.to_string(),
+            });
+        };
+        let digest = local_canary(pipeline, component)?.deployment.digest.clone();
+        let promoted = self
+            .store
+            .promote_canary(component, digest.as_str(), &self.host_name)
+            .await
+            .map_err(|err| DeployError::at(component, Step::Cluster, err.to_string()))?;
+        if !promoted {
+            return Err(self.not_the_clusters_canary(component, &digest));
+        }
+        self.wake.notify_one();
+        pipeline.promote(component)
+    }
+
+    fn not_the_clusters_canary(&self, component: &str, digest: &Digest) -> DeployError {
+        self.wake.notify_one();
+        DeployError::NotFound {
+            component: component.to_string(),
+            reason: format!(
+                "the cluster has no canary {} of it in progress (another host ended or replaced it); \
+                 this host follows the cluster at its next reconcile",
+                digest.short()
+            ),
+        }
     }
 
     /// Rolls the whole cluster back: to the version the desired one replaced (or, before any
@@ -156,6 +241,26 @@ impl Cluster {
                 component: component.to_string(),
             });
         };
+        if let Ok(canary) = local_canary(pipeline, component) {
+            // During a canary, a rollback ends it on every host.
+            let digest = canary.deployment.digest.clone();
+            let ended = self
+                .store
+                .end_canary(
+                    component,
+                    digest.as_str(),
+                    Action::CanaryRollback.as_str(),
+                    None,
+                    &self.host_name,
+                )
+                .await
+                .map_err(|err| DeployError::at(component, Step::Cluster, err.to_string()))?;
+            if !ended {
+                return Err(self.not_the_clusters_canary(component, &digest));
+            }
+            self.wake.notify_one();
+            return pipeline.end_canary(component, Action::CanaryRollback, None);
+        }
         let store_failed = |err: StoreError| DeployError::at(component, Step::Cluster, err.to_string());
         let target = self.store.rollback_target(component).await.map_err(store_failed)?;
         let source = match target {
@@ -255,10 +360,128 @@ impl Cluster {
     /// host right now), then reports what this host runs.
     pub async fn reconcile(&self, pipeline: &Pipeline) -> Result<(), StoreError> {
         let desired = self.store.desired().await?;
+        let canaries = self.store.canaries().await?;
+        // A canary this host runs that the cluster promoted, ended or changed goes first: a
+        // plain deploy is refused while a canary is in progress.
+        for slot in pipeline.app().slots() {
+            if let Some(local) = slot.canary.load_full() {
+                let name = &slot.spec.name;
+                let in_store = canaries.iter().find(|canary| canary.component == *name);
+                let wanted = desired.iter().find(|wanted| wanted.component == *name);
+                self.follow_canary_end(pipeline, name, &local, in_store, wanted).await;
+            }
+        }
         for wanted in &desired {
             self.converge(pipeline, wanted).await;
         }
+        for canary in &canaries {
+            self.follow_canary(pipeline, canary).await;
+        }
         self.report(pipeline).await
+    }
+
+    /// Brings this host's canary of `component` to the cluster's: the store's share, or its
+    /// end (promoted: the desired version is the canary; else rolled back, saying why).
+    async fn follow_canary_end(
+        &self,
+        pipeline: &Pipeline,
+        component: &str,
+        local: &Arc<Canary>,
+        in_store: Option<&ClusterCanary>,
+        desired: Option<&Desired>,
+    ) {
+        let lock = self.lock_of(component);
+        let Ok(_held) = lock.try_lock() else { return };
+        let digest = &local.deployment.digest;
+        let outcome = match in_store {
+            Some(canary) if canary.digest == digest.as_str() => {
+                if (canary.share_bp, canary.step) == (local.share(), local.step()) || local.share() == 0 {
+                    return;
+                }
+                let step = CanaryDecision::Step {
+                    share_bp: canary.share_bp,
+                    step: canary.step,
+                };
+                pipeline.apply_canary_decision(component, local, step)
+            }
+            _ if desired.is_some_and(|wanted| wanted.digest == digest.as_str()) => {
+                pipeline.promote(component).map(drop)
+            }
+            _ => {
+                let reason = match self.store.canary_end(component, digest.as_str()).await {
+                    Ok(Some((action, reason, by))) => {
+                        let why = reason.unwrap_or_else(|| "by an operator".to_string());
+                        (
+                            action == Action::AutoRollback.as_str(),
+                            format!("{why} (decided on host {by})"),
+                        )
+                    }
+                    Ok(None) => (false, "the cluster runs another canary or none".to_string()),
+                    Err(err) => {
+                        tracing::debug!(%component, error = %err, "cannot read how the cluster's canary ended");
+                        return;
+                    }
+                };
+                let action = if reason.0 {
+                    Action::AutoRollback
+                } else {
+                    Action::CanaryRollback
+                };
+                local.withdraw();
+                pipeline.end_canary(component, action, Some(reason.1)).map(drop)
+            }
+        };
+        match outcome {
+            Ok(()) | Err(DeployError::Conflict { .. }) => {}
+            Err(err) => self.set_error(component, Some(err.to_string())),
+        }
+    }
+
+    /// Starts on this host a canary of the cluster it does not run yet, at the store's share.
+    async fn follow_canary(&self, pipeline: &Pipeline, canary: &ClusterCanary) {
+        let app = pipeline.app();
+        let Some(slot) = app.slot(&canary.component) else {
+            return;
+        };
+        if slot.canary.load().is_some() {
+            return;
+        }
+        let live = slot.live.load().digest.clone();
+        if live.as_str() != canary.stable {
+            self.set_error(
+                &canary.component,
+                Some(format!(
+                    "the cluster's canary {} runs beside {}, but this host serves {}",
+                    short(&canary.digest),
+                    short(&canary.stable),
+                    live.short()
+                )),
+            );
+            return;
+        }
+        let lock = self.lock_of(&canary.component);
+        let Ok(_held) = lock.try_lock() else { return };
+        let bytes = match self.source_of(pipeline, &canary.digest).await {
+            Ok(bytes) => bytes,
+            Err(reason) => {
+                self.set_error(&canary.component, Some(format!("receive: {reason}")));
+                return;
+            }
+        };
+        let request = DeployRequest::canary(&canary.component, bytes, canary.policy.clone());
+        match pipeline.deploy(request).await {
+            Ok(_) => {
+                if let Some(started) = slot.canary.load_full() {
+                    if started.share() != canary.share_bp {
+                        started.set_share(canary.share_bp, canary.step);
+                    }
+                }
+                self.set_error(&canary.component, None);
+                tracing::info!(component = %canary.component, canary = %short(&canary.digest), by = %canary.updated_by, "now running the cluster's canary");
+            }
+            Err(DeployError::Conflict { .. }) => {}
+            Err(err) => self.set_error(&canary.component, Some(err.to_string())),
+        }
     }
 
     async fn converge(&self, pipeline: &Pipeline, wanted: &Desired) {
@@ -332,6 +555,7 @@ impl Cluster {
     /// The desired versions and every host's, for `mosaic status`.
     pub async fn status(&self) -> Result<ClusterStatus, StoreError> {
         let desired = self.store.desired().await?;
+        let canaries = self.store.canaries().await?;
         let hosts = self.store.hosts().await?;
         let now = now_ms();
         let timeout = i64::try_from(self.settings.host_timeout_ms).unwrap_or(i64::MAX);
@@ -339,6 +563,10 @@ impl Cluster {
             namespace: self.store.namespace.clone(),
             this_host: self.host_name.clone(),
             desired: desired.into_iter().map(|d| (d.component, d.digest)).collect(),
+            canaries: canaries
+                .into_iter()
+                .map(|canary| (canary.component.clone(), canary))
+                .collect(),
             hosts: hosts
                 .into_iter()
                 .map(|report| {
@@ -454,6 +682,82 @@ impl Cluster {
         driver.abort();
         Err("the notification connection closed".into())
     }
+}
+
+#[async_trait::async_trait]
+impl CanaryCoordinator for Cluster {
+    async fn exchange_counts(&self, component: &str, canary: &Canary) -> Result<(Counts, Counts), String> {
+        // A host that stopped reporting for longer than this is gone; its counts with it.
+        let since = now_ms() - i64::try_from(self.settings.host_timeout_ms).unwrap_or(i64::MAX / 2);
+        self.store
+            .exchange_canary_counts(
+                component,
+                canary.deployment.digest.as_str(),
+                &self.host_name,
+                canary.local_counts(),
+                since,
+            )
+            .await
+            .map_err(|err| err.to_string())
+    }
+
+    async fn decide(
+        &self,
+        pipeline: &Pipeline,
+        component: &str,
+        canary: &Arc<Canary>,
+        decision: CanaryDecision,
+    ) -> Result<(), String> {
+        if let CanaryDecision::End { .. } = decision {
+            // Whatever the store says, it serves nothing new from now on.
+            canary.withdraw();
+        }
+        let lock = self.lock_of(component);
+        let _held = lock.lock().await;
+        let still_running = pipeline
+            .app()
+            .slot(component)
+            .and_then(|slot| slot.canary.load_full())
+            .is_some_and(|current| Arc::ptr_eq(&current, canary));
+        if !still_running {
+            return Ok(());
+        }
+        let digest = canary.deployment.digest.as_str();
+        let taken = match &decision {
+            CanaryDecision::Step { share_bp, .. } => {
+                self.store
+                    .step_canary(component, digest, canary.step(), *share_bp, &self.host_name)
+                    .await
+            }
+            CanaryDecision::Promote => self.store.promote_canary(component, digest, &self.host_name).await,
+            CanaryDecision::End { action, reason } => {
+                self.store
+                    .end_canary(component, digest, action.as_str(), reason.as_deref(), &self.host_name)
+                    .await
+            }
+        }
+        .map_err(|err| err.to_string())?;
+        self.wake.notify_one();
+        if !taken {
+            // Another host decided first; the reconciler brings this host to what it decided.
+            return Ok(());
+        }
+        pipeline
+            .apply_canary_decision(component, canary, decision)
+            .map_err(|err| err.to_string())
+    }
+}
+
+/// The canary of `component` this host runs.
+fn local_canary(pipeline: &Pipeline, component: &str) -> Result<Arc<Canary>, DeployError> {
+    pipeline
+        .app()
+        .slot(component)
+        .and_then(|slot| slot.canary.load_full())
+        .ok_or_else(|| DeployError::NotFound {
+            component: component.to_string(),
+            reason: "no canary is in progress (start one with `mosaic deploy NAME FILE --canary PERCENT`)".into(),
+        })
 }
 
 /// The machine's host name, for the default host name in the cluster.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use deadpool_postgres::Pool;
 use serde::Serialize;
 
+use crate::app::canary::{CanaryPolicy, Counts};
 use crate::backends::redact_postgres;
 
 /// The `LISTEN`/`NOTIFY` channel; the payload is the namespace whose desired versions changed.
@@ -44,6 +45,32 @@ CREATE TABLE IF NOT EXISTS mosaic_rollouts (
     by_host TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS mosaic_rollouts_by_component ON mosaic_rollouts (namespace, component, id);
+ALTER TABLE mosaic_rollouts ADD COLUMN IF NOT EXISTS reason TEXT;
+CREATE TABLE IF NOT EXISTS mosaic_canaries (
+    namespace TEXT NOT NULL,
+    component TEXT NOT NULL,
+    digest TEXT NOT NULL REFERENCES mosaic_sources (digest),
+    stable TEXT NOT NULL,
+    policy JSONB NOT NULL,
+    share_bp INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    started_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    updated_by TEXT NOT NULL,
+    PRIMARY KEY (namespace, component)
+);
+CREATE TABLE IF NOT EXISTS mosaic_canary_counts (
+    namespace TEXT NOT NULL,
+    component TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    host TEXT NOT NULL,
+    stable_requests BIGINT NOT NULL,
+    stable_errors BIGINT NOT NULL,
+    canary_requests BIGINT NOT NULL,
+    canary_errors BIGINT NOT NULL,
+    reported_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (namespace, component, digest, host)
+);
 CREATE TABLE IF NOT EXISTS mosaic_hosts (
     namespace TEXT NOT NULL,
     host TEXT NOT NULL,
@@ -100,6 +127,32 @@ pub struct NewDesired<'a> {
     /// The version it replaces where the store has none yet (the host's own, e.g. the
     /// manifest's), with its source, so that a rollback can go back to it on every host.
     pub replaced: Option<(&'a str, &'a [u8])>,
+}
+
+/// A canary every host of the namespace runs beside the stable version of its component.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ClusterCanary {
+    pub component: String,
+    pub digest: String,
+    pub stable: String,
+    pub policy: CanaryPolicy,
+    pub share_bp: u32,
+    pub step: u32,
+    pub started_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub updated_by: String,
+}
+
+/// A canary that starts in the cluster: its source, and the stable version's (the way back on
+/// every host after a promotion).
+pub struct NewCanary<'a> {
+    pub component: &'a str,
+    pub digest: &'a str,
+    pub source: &'a [u8],
+    pub stable: &'a str,
+    pub stable_source: Option<&'a [u8]>,
+    pub policy: &'a CanaryPolicy,
+    pub share_bp: u32,
 }
 
 pub struct ClusterStore {
@@ -193,7 +246,7 @@ impl ClusterStore {
     /// Makes `change` the desired version of its component on every host, in one transaction,
     /// and notifies the hosts. Returns the digest it replaced in the store, if any.
     pub async fn set_desired(&self, change: &NewDesired<'_>, by_host: &str) -> Result<Option<String>, StoreError> {
-        let now = crate::capability::messaging::now_unix_ms() as i64;
+        let now = now_ms();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|err| self.failed("begin", err))?;
         let store_source = |digest: &str, source: &[u8]| {
@@ -287,6 +340,7 @@ impl ClusterStore {
             .query_opt(
                 "SELECT d.digest, (SELECT r.previous FROM mosaic_rollouts r \
                    WHERE r.namespace = d.namespace AND r.component = d.component AND r.digest = d.digest \
+                   AND r.action NOT IN ('canary', 'canary_step', 'canary_rollback', 'auto_rollback') \
                    ORDER BY r.id DESC LIMIT 1) \
                  FROM mosaic_desired d WHERE d.namespace = $1 AND d.component = $2",
                 &[&self.namespace, &component],
@@ -374,4 +428,342 @@ impl ClusterStore {
             .await
             .map_err(|err| self.failed("forget silent hosts", err))
     }
+
+    /// Every canary in progress in the namespace.
+    pub async fn canaries(&self) -> Result<Vec<ClusterCanary>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT component, digest, stable, policy, share_bp, step, started_at_ms, updated_at_ms, updated_by \
+                 FROM mosaic_canaries WHERE namespace = $1 ORDER BY component",
+                &[&self.namespace],
+            )
+            .await
+            .map_err(|err| self.failed("read the canaries", err))?;
+        rows.iter()
+            .map(|row| {
+                let policy: serde_json::Value = row.get(3);
+                let policy = serde_json::from_value(policy).map_err(|err| {
+                    StoreError(format!(
+                        "the cluster store's canary of `{}` has a policy this host cannot read: {err}",
+                        row.get::<_, String>(0)
+                    ))
+                })?;
+                Ok(ClusterCanary {
+                    component: row.get(0),
+                    digest: row.get(1),
+                    stable: row.get(2),
+                    policy,
+                    share_bp: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
+                    step: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
+                    started_at_ms: row.get(6),
+                    updated_at_ms: row.get(7),
+                    updated_by: row.get(8),
+                })
+            })
+            .collect()
+    }
+
+    /// Starts `canary` on every host: refused while another canary of the component is in
+    /// progress, or when the cluster's desired version is not the canary's stable one.
+    pub async fn start_canary(&self, canary: &NewCanary<'_>, by_host: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|err| self.failed("begin", err))?;
+        let sources = [
+            (canary.digest, Some(canary.source)),
+            (canary.stable, canary.stable_source),
+        ];
+        for (digest, source) in sources {
+            let Some(source) = source else { continue };
+            tx.execute(
+                "INSERT INTO mosaic_sources (digest, source, stored_at_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (digest) DO NOTHING",
+                &[&digest, &source, &now],
+            )
+            .await
+            .map_err(|err| self.failed("store the component source", err))?;
+        }
+        let desired: Option<String> = tx
+            .query_opt(
+                "SELECT digest FROM mosaic_desired WHERE namespace = $1 AND component = $2 FOR UPDATE",
+                &[&self.namespace, &canary.component],
+            )
+            .await
+            .map_err(|err| self.failed("read the desired version", err))?
+            .map(|row| row.get(0));
+        if let Some(desired) = desired.filter(|desired| desired != canary.stable) {
+            return Err(StoreError(format!(
+                "the cluster's desired version of `{}` is {}, not the {} this host runs; wait until \
+                 this host has converged (mosaic status) and start the canary again",
+                canary.component,
+                crate::digest::short(&desired),
+                crate::digest::short(canary.stable)
+            )));
+        }
+        let policy = serde_json::to_value(canary.policy).unwrap_or_default();
+        let share = i32::try_from(canary.share_bp).unwrap_or(i32::MAX);
+        let inserted = tx
+            .execute(
+                "INSERT INTO mosaic_canaries (namespace, component, digest, stable, policy, share_bp, step, \
+                 started_at_ms, updated_at_ms, updated_by) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7, $8) \
+                 ON CONFLICT (namespace, component) DO NOTHING",
+                &[
+                    &self.namespace,
+                    &canary.component,
+                    &canary.digest,
+                    &canary.stable,
+                    &policy,
+                    &share,
+                    &now,
+                    &by_host,
+                ],
+            )
+            .await
+            .map_err(|err| self.failed("record the canary", err))?;
+        if inserted == 0 {
+            let by: Option<String> = tx
+                .query_opt(
+                    "SELECT updated_by FROM mosaic_canaries WHERE namespace = $1 AND component = $2",
+                    &[&self.namespace, &canary.component],
+                )
+                .await
+                .map_err(|err| self.failed("read the canary", err))?
+                .map(|row| row.get(0));
+            return Err(StoreError(format!(
+                "another canary of `{}` is in progress in the cluster (through host {}); promote or roll it back first",
+                canary.component,
+                by.unwrap_or_default()
+            )));
+        }
+        self.record_rollout(
+            &tx,
+            canary.component,
+            canary.digest,
+            Some(canary.stable),
+            "canary",
+            None,
+            by_host,
+        )
+        .await?;
+        self.notify_and_commit(tx).await
+    }
+
+    /// Raises the share of the canary `digest` from step `from_step`; false when the store's
+    /// canary is another one or already past that step (another host raised it).
+    pub async fn step_canary(
+        &self,
+        component: &str,
+        digest: &str,
+        from_step: u32,
+        share_bp: u32,
+        by_host: &str,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|err| self.failed("begin", err))?;
+        let (from, share) = (
+            i32::try_from(from_step).unwrap_or(i32::MAX),
+            i32::try_from(share_bp).unwrap_or(0),
+        );
+        let updated = tx
+            .execute(
+                "UPDATE mosaic_canaries SET share_bp = $5, step = step + 1, updated_at_ms = $6, updated_by = $7 \
+                 WHERE namespace = $1 AND component = $2 AND digest = $3 AND step = $4",
+                &[&self.namespace, &component, &digest, &from, &share, &now_ms(), &by_host],
+            )
+            .await
+            .map_err(|err| self.failed("raise the canary's share", err))?;
+        if updated == 0 {
+            return Ok(false);
+        }
+        self.record_rollout(&tx, component, digest, None, "canary_step", None, by_host)
+            .await?;
+        self.notify_and_commit(tx).await.map(|()| true)
+    }
+
+    /// Ends the canary `digest` on every host without promoting it (`action` is
+    /// `canary_rollback` or `auto_rollback`, `reason` why); false when it is not the store's.
+    pub async fn end_canary(
+        &self,
+        component: &str,
+        digest: &str,
+        action: &str,
+        reason: Option<&str>,
+        by_host: &str,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|err| self.failed("begin", err))?;
+        let Some(stable) = self.take_canary(&tx, component, digest).await? else {
+            return Ok(false);
+        };
+        self.record_rollout(&tx, component, &stable, Some(digest), action, reason, by_host)
+            .await?;
+        self.notify_and_commit(tx).await.map(|()| true)
+    }
+
+    /// Makes the canary `digest` the desired version of every host (the stable one stays the
+    /// way back); false when it is not the store's canary.
+    pub async fn promote_canary(&self, component: &str, digest: &str, by_host: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|err| self.failed("begin", err))?;
+        let Some(stable) = self.take_canary(&tx, component, digest).await? else {
+            return Ok(false);
+        };
+        tx.execute(
+            "INSERT INTO mosaic_desired (namespace, component, digest, route, action, generation, updated_at_ms, updated_by) \
+             VALUES ($1, $2, $3, NULL, 'promote', 1, $4, $5) \
+             ON CONFLICT (namespace, component) DO UPDATE SET digest = EXCLUDED.digest, action = EXCLUDED.action, \
+             generation = mosaic_desired.generation + 1, updated_at_ms = EXCLUDED.updated_at_ms, \
+             updated_by = EXCLUDED.updated_by",
+            &[&self.namespace, &component, &digest, &now, &by_host],
+        )
+        .await
+        .map_err(|err| self.failed("write the desired version", err))?;
+        self.record_rollout(&tx, component, digest, Some(&stable), "promote", None, by_host)
+            .await?;
+        self.notify_and_commit(tx).await.map(|()| true)
+    }
+
+    /// How the cluster's last canary `digest` of `component` ended, if it was rolled back:
+    /// (action, reason, host).
+    pub async fn canary_end(
+        &self,
+        component: &str,
+        digest: &str,
+    ) -> Result<Option<(String, Option<String>, String)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT action, reason, by_host FROM mosaic_rollouts WHERE namespace = $1 AND component = $2 \
+                 AND previous = $3 AND action IN ('canary_rollback', 'auto_rollback') ORDER BY id DESC LIMIT 1",
+                &[&self.namespace, &component, &digest],
+            )
+            .await
+            .map_err(|err| self.failed("read the rollout log", err))?;
+        Ok(row.map(|row| (row.get(0), row.get(1), row.get(2))))
+    }
+
+    /// Records this host's (stable, canary) counts of the canary `digest` and returns the sum
+    /// of the other hosts' that reported since `since_ms`.
+    pub async fn exchange_canary_counts(
+        &self,
+        component: &str,
+        digest: &str,
+        host: &str,
+        (stable, canary): (Counts, Counts),
+        since_ms: i64,
+    ) -> Result<(Counts, Counts), StoreError> {
+        let client = self.client().await?;
+        let number = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        client
+            .execute(
+                "INSERT INTO mosaic_canary_counts (namespace, component, digest, host, stable_requests, stable_errors, \
+                 canary_requests, canary_errors, reported_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (namespace, component, digest, host) DO UPDATE SET \
+                 stable_requests = EXCLUDED.stable_requests, stable_errors = EXCLUDED.stable_errors, \
+                 canary_requests = EXCLUDED.canary_requests, canary_errors = EXCLUDED.canary_errors, \
+                 reported_at_ms = EXCLUDED.reported_at_ms",
+                &[
+                    &self.namespace,
+                    &component,
+                    &digest,
+                    &host,
+                    &number(stable.requests),
+                    &number(stable.errors),
+                    &number(canary.requests),
+                    &number(canary.errors),
+                    &now_ms(),
+                ],
+            )
+            .await
+            .map_err(|err| self.failed("record this host's canary counts", err))?;
+        let row = client
+            .query_one(
+                "SELECT COALESCE(SUM(stable_requests), 0)::BIGINT, COALESCE(SUM(stable_errors), 0)::BIGINT, \
+                 COALESCE(SUM(canary_requests), 0)::BIGINT, COALESCE(SUM(canary_errors), 0)::BIGINT \
+                 FROM mosaic_canary_counts WHERE namespace = $1 AND component = $2 AND digest = $3 \
+                 AND host <> $4 AND reported_at_ms >= $5",
+                &[&self.namespace, &component, &digest, &host, &since_ms],
+            )
+            .await
+            .map_err(|err| self.failed("read the other hosts' canary counts", err))?;
+        let count = |index: usize| u64::try_from(row.get::<_, i64>(index)).unwrap_or(0);
+        Ok((
+            Counts {
+                requests: count(0),
+                errors: count(1),
+            },
+            Counts {
+                requests: count(2),
+                errors: count(3),
+            },
+        ))
+    }
+
+    /// Removes the canary `digest` of `component` and its counts; its stable version, if it
+    /// was the store's canary.
+    async fn take_canary(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        component: &str,
+        digest: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let stable = tx
+            .query_opt(
+                "DELETE FROM mosaic_canaries WHERE namespace = $1 AND component = $2 AND digest = $3 RETURNING stable",
+                &[&self.namespace, &component, &digest],
+            )
+            .await
+            .map_err(|err| self.failed("end the canary", err))?
+            .map(|row| row.get(0));
+        tx.execute(
+            "DELETE FROM mosaic_canary_counts WHERE namespace = $1 AND component = $2 AND digest = $3",
+            &[&self.namespace, &component, &digest],
+        )
+        .await
+        .map_err(|err| self.failed("forget the canary's counts", err))?;
+        Ok(stable)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_rollout(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        component: &str,
+        digest: &str,
+        previous: Option<&str>,
+        action: &str,
+        reason: Option<&str>,
+        by_host: &str,
+    ) -> Result<(), StoreError> {
+        tx.execute(
+            "INSERT INTO mosaic_rollouts (namespace, component, digest, previous, action, at_ms, by_host, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &self.namespace,
+                &component,
+                &digest,
+                &previous,
+                &action,
+                &now_ms(),
+                &by_host,
+                &reason,
+            ],
+        )
+        .await
+        .map_err(|err| self.failed("record the rollout", err))?;
+        Ok(())
+    }
+
+    async fn notify_and_commit(&self, tx: deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.namespace])
+            .await
+            .map_err(|err| self.failed("notify the hosts", err))?;
+        tx.commit().await.map_err(|err| self.failed("commit the change", err))
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::clock::now_unix_ms_i64()
 }

@@ -6,16 +6,55 @@
 //! restart comes back to the same split ([`Pipeline::restore_canary`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::journal::{self, Action, CanaryRecord, JournalEntry};
 use super::{DeployError, DeployReport, DeployRequest, Pipeline, Step, StepClock, Validated};
-use crate::app::canary::{basis_points, Canary, CanaryPolicy, ALL};
+use crate::app::canary::{basis_points, Canary, CanaryPolicy, Counts, ALL};
 use crate::app::ComponentSlot;
 use crate::digest::Digest;
 
 /// How often a canary's supervisor looks at its numbers and its clock.
 const SUPERVISION_TICK: Duration = Duration::from_millis(100);
+
+/// How often, in cluster mode, a supervisor shares its host's counts and reads the others'.
+const COUNT_EXCHANGE_EVERY: Duration = Duration::from_millis(250);
+
+/// What a canary's supervisor decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CanaryDecision {
+    /// Raise the share to `share_bp`, step `step` of the policy.
+    Step {
+        share_bp: u32,
+        step: u32,
+    },
+    Promote,
+    /// End it in the stable version (`canary_rollback` or `auto_rollback`), saying why.
+    End {
+        action: Action,
+        reason: Option<String>,
+    },
+}
+
+/// Where the decisions about a canary are agreed when several hosts run it (cluster mode):
+/// every host counts its own outcomes and reads the others', and a decision any host's
+/// supervisor takes is the cluster's once the coordinator has it, then made on every host.
+#[async_trait::async_trait]
+pub trait CanaryCoordinator: Send + Sync {
+    /// Shares this host's counts of `canary` and returns the other hosts' (stable, canary).
+    async fn exchange_counts(&self, component: &str, canary: &Canary) -> Result<(Counts, Counts), String>;
+
+    /// Makes `decision` the cluster's, then applies it on this host
+    /// ([`Pipeline::apply_canary_decision`]); when another host decided otherwise first, this
+    /// host follows that instead.
+    async fn decide(
+        &self,
+        pipeline: &Pipeline,
+        component: &str,
+        canary: &Arc<Canary>,
+        decision: CanaryDecision,
+    ) -> Result<(), String>;
+}
 
 impl Pipeline {
     /// A canary needs a live version to split with and no other canary in progress; while one
@@ -45,13 +84,6 @@ impl Pipeline {
                 name,
                 Step::Receive,
                 format!("`{name}` has no live version to run a canary beside; deploy it first (without --canary)"),
-            ));
-        }
-        if self.app.settings.cluster.postgres.is_some() {
-            return Err(DeployError::at(
-                name,
-                Step::Receive,
-                "canaries run on one host; in cluster mode deploy without --canary",
             ));
         }
         Ok(())
@@ -160,7 +192,7 @@ impl Pipeline {
     /// Ends the canary of `component` without promoting it: every new request goes to the
     /// stable version again, the canary drains. `action` says who decided (`canary_rollback`
     /// for an operator, `auto_rollback` with its `reason`).
-    pub(super) fn end_canary(
+    pub fn end_canary(
         &self,
         component: &str,
         action: Action,
@@ -319,11 +351,14 @@ impl Pipeline {
 
     /// The canary's supervisor: while `canary` is the slot's canary, it rolls it back once it
     /// fails, raises its share at each `step_every`, and promotes it when a step reaches 100%
-    /// or it stayed healthy for `promote_after`.
+    /// or it stayed healthy for `promote_after`. In cluster mode its decisions go through the
+    /// coordinator, and the other hosts' counts are added to this host's.
     fn supervise(&self, slot: Arc<ComponentSlot>, canary: Arc<Canary>) {
         let pipeline = self.clone();
         let component = slot.spec.name.clone();
         tokio::spawn(async move {
+            let mut last_exchange: Option<Instant> = None;
+            let mut last_error: Option<String> = None;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(SUPERVISION_TICK) => {}
@@ -333,49 +368,110 @@ impl Pipeline {
                 if !current.as_ref().is_some_and(|current| Arc::ptr_eq(current, &canary)) {
                     return;
                 }
-                if let Some(reason) = canary.failing() {
-                    match pipeline.end_canary(&component, Action::AutoRollback, Some(reason)) {
-                        Err(DeployError::Conflict { .. }) => continue,
-                        _ => return,
-                    }
-                }
-                let policy = &canary.policy;
-                let next_step = canary.step() as usize;
-                if let (Some(every), Some(share)) = (policy.step_every_ms, policy.steps.get(next_step)) {
-                    if canary.since_last_change() >= Duration::from_millis(every) {
-                        let share = basis_points(*share);
-                        if share >= ALL {
-                            match pipeline.promote(&component) {
-                                Err(DeployError::Conflict { .. }) => continue,
-                                _ => return,
+                let coordinator = pipeline.canary_coordinator.get().cloned();
+                if let Some(coordinator) = &coordinator {
+                    if last_exchange.is_none_or(|at| at.elapsed() >= COUNT_EXCHANGE_EVERY) {
+                        last_exchange = Some(Instant::now());
+                        match coordinator.exchange_counts(&component, &canary).await {
+                            Ok((stable, counts)) => canary.set_peer_counts(stable, counts),
+                            Err(err) => {
+                                tracing::debug!(%component, error = %err, "cannot exchange the canary's counts; judging on this host's alone")
                             }
                         }
-                        // Journaled first: a restart comes back at the share the journal says.
-                        let stable = slot.live.load().digest.clone();
-                        let record = CanaryRecord {
-                            policy: policy.clone(),
-                            share_bp: share,
-                            step: next_step as u32 + 1,
-                        };
-                        let digest = canary.deployment.digest.clone();
-                        let journaled =
-                            pipeline.append(&component, digest, Some(stable), Action::CanaryStep, Some(record), None);
-                        let outcome = if journaled.is_ok() { "ok" } else { "journal" };
-                        pipeline.app.metrics.record_deploy(&component, "canary_step", outcome);
-                        canary.set_share(share, next_step as u32 + 1);
-                        tracing::info!(%component, share_percent = share as f64 / 100.0, "canary share raised");
                     }
-                    continue;
                 }
-                if let Some(after) = policy.promote_after_ms {
-                    if canary.since_last_change() >= Duration::from_millis(after) {
-                        match pipeline.promote(&component) {
-                            Err(DeployError::Conflict { .. }) => continue,
-                            _ => return,
-                        }
+                let Some(decision) = next_decision(&canary) else {
+                    continue;
+                };
+                let outcome = match &coordinator {
+                    Some(coordinator) => coordinator.decide(&pipeline, &component, &canary, decision).await,
+                    None => pipeline
+                        .apply_canary_decision(&component, &canary, decision)
+                        .map_err(|err| err.to_string()),
+                };
+                // A decision that could not be made now is taken again at the next look; a
+                // canary that must end serves nothing new meanwhile.
+                match outcome {
+                    Ok(()) => last_error = None,
+                    Err(err) if last_error.as_ref() != Some(&err) => {
+                        tracing::warn!(%component, error = %err, "the canary's supervisor could not act; retrying");
+                        last_error = Some(err);
                     }
+                    Err(_) => {}
                 }
             }
         });
     }
+
+    /// Makes a supervisor's decision on this host: journals a step and raises the share, or
+    /// promotes, or ends the canary.
+    pub fn apply_canary_decision(
+        &self,
+        component: &str,
+        canary: &Arc<Canary>,
+        decision: CanaryDecision,
+    ) -> Result<(), DeployError> {
+        match decision {
+            CanaryDecision::Step { share_bp, step } => {
+                let Some(slot) = self.app.slot(component) else {
+                    return Err(DeployError::at(component, Step::Flip, "the component is gone"));
+                };
+                // Journaled first: a restart comes back at the share the journal says.
+                let record = CanaryRecord {
+                    policy: canary.policy.clone(),
+                    share_bp,
+                    step,
+                };
+                let stable = slot.live.load().digest.clone();
+                let digest = canary.deployment.digest.clone();
+                let journaled = self.append(component, digest, Some(stable), Action::CanaryStep, Some(record), None);
+                let outcome = if journaled.is_ok() { "ok" } else { "journal" };
+                self.app.metrics.record_deploy(component, "canary_step", outcome);
+                canary.set_share(share_bp, step);
+                tracing::info!(%component, share_percent = share_bp as f64 / 100.0, "canary share raised");
+                Ok(())
+            }
+            CanaryDecision::Promote => self.promote(component).map(drop),
+            CanaryDecision::End { action, reason } => {
+                canary.withdraw();
+                self.end_canary(component, action, reason).map(drop)
+            }
+        }
+    }
+
+    /// The coordinator of this host's canaries in cluster mode (set once, when the host joins).
+    pub fn coordinate_canaries_through(&self, coordinator: Arc<dyn CanaryCoordinator>) {
+        if self.canary_coordinator.set(coordinator).is_err() {
+            tracing::warn!("a second canary coordinator was ignored");
+        }
+    }
+}
+
+/// What the supervisor of `canary` must do now, if anything: roll it back when it fails, raise
+/// it at each `step_every` (promote at 100%), promote it once healthy for `promote_after`.
+fn next_decision(canary: &Canary) -> Option<CanaryDecision> {
+    if let Some(reason) = canary.failing() {
+        return Some(CanaryDecision::End {
+            action: Action::AutoRollback,
+            reason: Some(reason),
+        });
+    }
+    let policy = &canary.policy;
+    let next_step = canary.step() as usize;
+    if let (Some(every), Some(share)) = (policy.step_every_ms, policy.steps.get(next_step)) {
+        if canary.since_last_change() < Duration::from_millis(every) {
+            return None;
+        }
+        let share_bp = basis_points(*share);
+        return Some(if share_bp >= ALL {
+            CanaryDecision::Promote
+        } else {
+            CanaryDecision::Step {
+                share_bp,
+                step: next_step as u32 + 1,
+            }
+        });
+    }
+    let after = policy.promote_after_ms?;
+    (canary.since_last_change() >= Duration::from_millis(after)).then_some(CanaryDecision::Promote)
 }

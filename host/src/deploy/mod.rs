@@ -23,6 +23,7 @@ use crate::capability::bindings::subscriber::SubscriberPre;
 use crate::digest::Digest;
 use crate::instance::InstanceState;
 use crate::settings::ProbeSettings;
+pub use canary::{CanaryCoordinator, CanaryDecision};
 use journal::{Action, JournalEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,11 +249,17 @@ struct Validated {
 pub struct Pipeline {
     app: Arc<App>,
     probe: Arc<dyn Probe>,
+    /// In cluster mode, where canary decisions are agreed between hosts.
+    canary_coordinator: Arc<std::sync::OnceLock<Arc<dyn CanaryCoordinator>>>,
 }
 
 impl Pipeline {
     pub fn new(app: Arc<App>, probe: Arc<dyn Probe>) -> Self {
-        Self { app, probe }
+        Self {
+            app,
+            probe,
+            canary_coordinator: Arc::default(),
+        }
     }
 
     pub fn app(&self) -> &Arc<App> {

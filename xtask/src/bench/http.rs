@@ -35,6 +35,8 @@ const WASMTIME_P2_REUSE: &str = "wasmtime serve, WASI 0.2, --max-instance-reuse-
 const MOSAIC_P3: &str = "Mosaic, WASI 0.3 (reuse: 128, 16 at once)";
 const WASMTIME_P3: &str = "wasmtime serve, WASI 0.3 (reuse: 128, 16 at once)";
 const NATIVE: &str = "native hyper (ceiling)";
+const MOSAIC_NO_CANARY: &str = "Mosaic, probe fixture, no canary";
+const MOSAIC_CANARY: &str = "Mosaic, probe fixture, 50% canary of its v2";
 
 pub(super) fn run(root: &Path) -> Result<()> {
     build_release_host(root)?;
@@ -160,7 +162,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
             pid: native.0.id(),
         },
     ];
-    for target in &targets {
+    let measure = |target: &Target, rows: &mut Vec<_>| -> Result<()> {
         for connections in CONNECTIONS {
             runtime.block_on(load_get(&[target.addr], target.path, connections, WARMUP))?;
             let before = (Instant::now(), cpu_snapshot(&[target.pid])?);
@@ -176,9 +178,28 @@ pub(super) fn run(root: &Path) -> Result<()> {
             );
             rows.push((target.name, connections, stats, cpu));
         }
+        Ok(())
+    };
+    for target in &targets {
+        measure(target, &mut rows)?;
     }
     drop((serve_p2, serve_p2_reuse, serve_p3));
     drop(native);
+
+    // The cost of a canary split on the request path: the probe fixture alone, then with a 50%
+    // canary of its v2 (the same code) taking half of the requests; the canary then ends.
+    let probe_target = |name| Target {
+        name,
+        addr: mosaic_addr,
+        path: "/probe/hello",
+        pid: host.0.id(),
+    };
+    measure(&probe_target(MOSAIC_NO_CANARY), &mut rows)?;
+    let (admin, token) = admin_endpoint(&work.join(".mosaic"))?;
+    let v2 = Bytes::from(std::fs::read(&probe_v2)?);
+    runtime.block_on(admin_call(admin, &token, "/v1/components/probe/deploy?canary=50", v2))?;
+    measure(&probe_target(MOSAIC_CANARY), &mut rows)?;
+    runtime.block_on(admin_call(admin, &token, "/v1/components/probe/rollback", Bytes::new()))?;
 
     let (cold, warm) = runtime.block_on(swap_latency(&work, mosaic_addr, &probe, &probe_v2))?;
     drop(host);
@@ -236,6 +257,13 @@ pub(super) fn run(root: &Path) -> Result<()> {
             ratio(MOSAIC_P2, NATIVE, c),
         ));
     }
+    ratios.push_str(&format!(
+        "- a 50% canary on the request path, requests/s with it / without it: {:.2}x at 1 connection, \
+         {:.2}x at 32; server CPU a request at 32 connections {:.2}x\n",
+        ratio(MOSAIC_CANARY, MOSAIC_NO_CANARY, 1),
+        ratio(MOSAIC_CANARY, MOSAIC_NO_CANARY, 32),
+        cpu_ratio(MOSAIC_CANARY, MOSAIC_NO_CANARY),
+    ));
     let swap = format!(
         "| artifact cache | samples | median | min | max |\n|---|---:|---:|---:|---:|\n{}{}",
         swap_row("cold (compile)", &cold),
@@ -243,7 +271,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     );
     let report = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench http` (do not edit by hand). One run, on this machine: {cpu}, {cores} cores shared by the load generator and the server.\n\n\
-         ## HTTP: one hello component\n\nWASI 0.2: the same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, with a fresh instance per request (both servers' default) and with instance reuse (Mosaic: `[instance_reuse.NAME] max_instance_reuse_count = 128`; wasmtime: `--max-instance-reuse-count 128`). WASI 0.3: the spin-sdk 7 fixture (`tests/fixtures/spin7`, `GET /hello`) under both, with their default reuse (128 requests per instance, 16 at once). A native hyper hello is the ceiling. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row. Server CPU a request: the server process's user and kernel time (/proc) over the measured seconds, divided by the requests it answered; it is what the server spends whatever the load generator leaves it, so it compares servers more steadily than requests/s on 2 shared cores.\n\n{table}\n{ratios}\n\
+         ## HTTP: one hello component\n\nWASI 0.2: the same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, with a fresh instance per request (both servers' default) and with instance reuse (Mosaic: `[instance_reuse.NAME] max_instance_reuse_count = 128`; wasmtime: `--max-instance-reuse-count 128`). WASI 0.3: the spin-sdk 7 fixture (`tests/fixtures/spin7`, `GET /hello`) under both, with their default reuse (128 requests per instance, 16 at once). A native hyper hello is the ceiling. The canary rows: the probe fixture (`GET /probe/hello`) alone, then with a 50% canary of its v2 (`deploy --canary 50`), which takes half of the requests. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row. Server CPU a request: the server process's user and kernel time (/proc) over the measured seconds, divided by the requests it answered; it is what the server spends whatever the load generator leaves it, so it compares servers more steadily than requests/s on 2 shared cores.\n\n{table}\n{ratios}\n\
          ## Swap latency\n\nOn the probe fixture (`tests/fixtures/probe`, {probe_kb} KB, v1 and v2): from the start of the deploy call (`POST /v1/components/probe/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
         probe_kb = size_kb(&probe),
         cores = cores(),

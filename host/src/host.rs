@@ -401,6 +401,10 @@ async fn restore(pipeline: &Pipeline) -> anyhow::Result<()> {
     // Canaries in progress come back once every stable version is loaded.
     let mut canaries = Vec::new();
     for name in app.manifest.components.keys() {
+        if app.manifest.is_dependency_only(name) {
+            // It runs composed into the components that depend on it.
+            continue;
+        }
         let Some(path) = app.manifest.source_path(name) else {
             continue;
         };

@@ -15,6 +15,7 @@ pub mod capability;
 pub mod client;
 pub mod clock;
 pub mod cluster;
+pub mod compose;
 pub mod deploy;
 pub mod digest;
 pub mod engine;

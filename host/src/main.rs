@@ -590,6 +590,16 @@ fn cluster_text(cluster: &ClusterStatus) -> String {
             ));
         }
     }
+    for canary in cluster.canaries.values() {
+        out.push_str(&format!(
+            "canary of {} on every host: {} at {}% beside {} (last changed through {})\n",
+            canary.component,
+            short(&canary.digest),
+            canary.share_bp as f64 / 100.0,
+            short(&canary.stable),
+            canary.updated_by
+        ));
+    }
     out
 }
 

@@ -1,5 +1,5 @@
 //! The parsers of everything an application author writes in `spin.toml`: the manifest itself
-//! ([`manifest`]), HTTP route patterns and the router ([`routes`]), `allowed_outbound_hosts`
+//! ([`manifest`]) and its component dependencies ([`dependencies`]), HTTP route patterns and the router ([`routes`]), `allowed_outbound_hosts`
 //! ([`allowed_hosts`]), message channel names and patterns ([`topics`]) and `{{ variable }}`
 //! templates ([`template`]).
 //!
@@ -9,6 +9,7 @@
 //! None of them may panic on any input.
 
 pub mod allowed_hosts;
+pub mod dependencies;
 pub mod manifest;
 pub mod routes;
 pub mod template;

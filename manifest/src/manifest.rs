@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::allowed_hosts::AllowedHosts;
+use crate::dependencies::Dependency;
 use crate::routes::RoutePattern;
 use crate::topics::{check_pattern, SubscriptionSpec};
 
@@ -226,6 +227,9 @@ struct RawHttpTrigger {
     executor: Option<toml::Table>,
     #[serde(default)]
     static_response: Option<toml::Table>,
+    /// Spin 4.1's trigger dependencies (`dependencies.middleware = [...]`).
+    #[serde(default)]
+    dependencies: Option<toml::Table>,
     /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
@@ -276,7 +280,10 @@ pub struct ComponentDecl {
     #[serde(default)]
     pub dependencies_inherit_configuration: bool,
     #[serde(default)]
-    pub dependencies: Option<toml::Table>,
+    dependencies: Option<toml::Table>,
+    /// `dependencies`, parsed and checked (paths resolved against the manifest's directory).
+    #[serde(skip)]
+    pub resolved_dependencies: Vec<Dependency>,
     /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
     #[serde(flatten)]
     pub(crate) unknown: BTreeMap<String, toml::Value>,
@@ -393,7 +400,7 @@ impl Manifest {
             path: path.to_owned(),
             message,
         };
-        let raw: RawManifest = toml::from_str(text).map_err(|err| fail(err.to_string()))?;
+        let mut raw: RawManifest = toml::from_str(text).map_err(|err| fail(err.to_string()))?;
         match raw.spin_manifest_version {
             toml::Value::Integer(2) => {}
             toml::Value::Integer(1) | toml::Value::String(_) => {
@@ -453,12 +460,6 @@ impl Manifest {
                          set `source` to the path of a .wasm file"
                     )))
                 }
-            }
-            if decl.dependencies.as_ref().is_some_and(|deps| !deps.is_empty()) {
-                return Err(fail(format!(
-                    "`{key}.dependencies`: component dependencies are not supported yet; \
-                     compose the component with `wasm-tools compose` and point `source` at the result"
-                )));
             }
             for variable in decl.variables.keys() {
                 check_variable_name(variable).map_err(|why| fail(format!("`{key}.variables.{variable}`: {why}")))?;
@@ -533,6 +534,15 @@ impl Manifest {
                     .map_err(|err: toml::de::Error| fail(format!("`{key}`: {}", err.message())))?;
                 let _ = (&trigger.id, &trigger.static_response);
                 ignored_keys.extend(trigger.unknown.keys().map(|unknown| format!("{key}.{unknown}")));
+                if let Some(dependencies) = trigger.dependencies.as_ref().filter(|deps| !deps.is_empty()) {
+                    let kinds: Vec<&str> = dependencies.keys().map(String::as_str).collect();
+                    return Err(fail(format!(
+                        "`{key}.dependencies` ({}): HTTP middleware is not supported by Mosaic yet, and \
+                         serving the route without it could skip what it does (authentication, for one); \
+                         remove it to serve the component alone",
+                        kinds.join(", ")
+                    )));
+                }
                 if let Some(executor) = &trigger.executor {
                     let kind = executor.get("type").and_then(|v| v.as_str()).unwrap_or("");
                     if kind != "spin" && kind != "wasi" {
@@ -612,6 +622,26 @@ impl Manifest {
             .map(Path::to_owned)
             .filter(|dir| !dir.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
+        let sources: BTreeMap<String, Option<PathBuf>> = raw
+            .component
+            .iter()
+            .map(|(name, decl)| {
+                let path = match &decl.source {
+                    ComponentSource::Path(path) => Some(dir.join(path)),
+                    _ => None,
+                };
+                (name.clone(), path)
+            })
+            .collect();
+        for (name, decl) in raw.component.iter_mut() {
+            if let Some(table) = decl.dependencies.as_ref().filter(|deps| !deps.is_empty()) {
+                let key = format!("component.{name}");
+                decl.resolved_dependencies =
+                    crate::dependencies::parse(&key, table, decl.dependencies_inherit_configuration, &dir, &sources)
+                        .map_err(fail)?;
+            }
+        }
+        crate::dependencies::check_cycles(&raw.component).map_err(fail)?;
         Ok(Manifest {
             path: path.to_owned(),
             dir,
@@ -633,6 +663,28 @@ impl Manifest {
             ComponentSource::Path(path) => Some(self.dir.join(path)),
             _ => None,
         }
+    }
+
+    /// The components that name `component` as a dependency (`component = "..."`).
+    pub fn dependents_of(&self, component: &str) -> Vec<String> {
+        self.components
+            .iter()
+            .filter(|(_, decl)| {
+                decl.resolved_dependencies.iter().any(|dependency| {
+                    matches!(&dependency.source, crate::dependencies::DependencySource::Component { name, .. } if name == component)
+                })
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Whether `component` is only a dependency of others: no trigger reaches it, so it runs
+    /// only composed into its dependents, as in Spin.
+    pub fn is_dependency_only(&self, component: &str) -> bool {
+        let triggered = self.http_triggers.iter().any(|t| t.component == component)
+            || self.redis_triggers.iter().any(|t| t.component == component)
+            || self.mqtt_triggers.iter().any(|t| t.component == component);
+        !triggered && !self.dependents_of(component).is_empty()
     }
 
     /// The directory a component's build runs in.

@@ -86,6 +86,9 @@ impl AppDir {
             "spin7-caps",
             "ledger",
             "mqtt-echo",
+            "greeter-v2",
+            "greeter",
+            "greeted",
         ] {
             // Only the fixtures the manifest names need to be built.
             let placeholder = format!("{{{name}}}");

@@ -283,6 +283,9 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("spin7", "v2", "spin7-v2"),
     ("spin7-caps", "", "spin7-caps"),
     ("mqtt-echo", "", "mqtt-echo"),
+    ("greeter", "", "greeter"),
+    ("greeter", "v2", "greeter-v2"),
+    ("greeted", "", "greeted"),
 ];
 
 fn build_all(root: &Path) -> Result<()> {

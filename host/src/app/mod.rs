@@ -398,6 +398,7 @@ impl App {
             sqlite_databases: Arc::from(decl.sqlite_databases.clone()),
             subscription: self.manifest.subscription_of(component),
             mqtt: !self.manifest.mqtt_triggers_of(component).is_empty(),
+            dependencies: Arc::from(decl.resolved_dependencies.clone()),
         }))
     }
 

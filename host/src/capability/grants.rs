@@ -29,6 +29,8 @@ pub struct ComponentSpec {
     pub subscription: Option<SubscriptionSpec>,
     /// Whether it has `[[trigger.mqtt]]` entries (then it must export the MQTT handler).
     pub mqtt: bool,
+    /// Its `[component.NAME.dependencies]`, composed into every version of it.
+    pub dependencies: Arc<[mosaic_manifest::dependencies::Dependency]>,
 }
 
 impl ComponentSpec {
@@ -53,6 +55,7 @@ impl ComponentSpec {
             sqlite_databases: Arc::from(Vec::new()),
             subscription: None,
             mqtt: false,
+            dependencies: Arc::from(Vec::new()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Validation of an uploaded file and the compile step with its cache: a compiled artifact is
-//! stored by the digest of its source, so a restart or a rollback never compiles again.
+//! stored by the digest of its source (with its dependencies, of every part), so a restart or
+//! a rollback never compiles again.
 
 use std::path::Path;
 
@@ -25,9 +26,14 @@ pub fn check_is_component(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Loads the cached artifact of `digest`, or compiles `bytes` and caches the result.
-/// Returns the component and whether the cache was hit. Blocking: run it off the runtime.
-pub fn load_or_compile(engine: &Engine, artifact: &Path, bytes: &[u8]) -> Result<(Component, bool), String> {
+/// Loads the cached artifact at `artifact`, or compiles what `source` gives (the component, or
+/// its composition with its dependencies) and caches the result. Returns the component and
+/// whether the cache was hit. Blocking: run it off the runtime.
+pub fn load_or_compile(
+    engine: &Engine,
+    artifact: &Path,
+    source: impl FnOnce() -> Result<std::borrow::Cow<'static, [u8]>, String>,
+) -> Result<(Component, bool), String> {
     if artifact.exists() {
         // SAFETY: the artifact was written by `Component::serialize` of this host into its own
         // state directory under the digest of its source; wasmtime checks that it was built
@@ -41,8 +47,9 @@ pub fn load_or_compile(engine: &Engine, artifact: &Path, bytes: &[u8]) -> Result
             ),
         }
     }
-    let mapped = super::snapshots::map_snapshot_names(bytes)?;
-    let component = Component::new(engine, mapped.as_deref().unwrap_or(bytes)).map_err(|err| format!("{err:#}"))?;
+    let bytes = source()?;
+    let mapped = super::snapshots::map_snapshot_names(&bytes)?;
+    let component = Component::new(engine, mapped.as_deref().unwrap_or(&bytes)).map_err(|err| format!("{err:#}"))?;
     match component.serialize() {
         Ok(serialized) => {
             if let Err(err) = crate::state::write_private(artifact, &serialized) {

@@ -352,12 +352,24 @@ impl Pipeline {
         let name = spec.name.clone();
         let digest = Digest::of(&bytes);
         artifacts::check_is_component(&bytes).map_err(|reason| DeployError::at(&name, Step::Validate, reason))?;
+        let parts = dependency_parts(&spec)?;
         let engine = app.engine().clone();
-        let artifact = app.state.artifact_of(digest.as_str());
+        // A composed component is cached under the digest of all its parts.
+        let artifact = match parts.is_empty() {
+            true => app.state.artifact_of(digest.as_str()),
+            false => app
+                .state
+                .artifact_of(crate::compose::composed_digest(&digest, &parts).as_str()),
+        };
         let bytes = Arc::new(bytes);
         let compile_bytes = bytes.clone();
+        let composing = name.clone();
+        let source = move || match parts.is_empty() {
+            true => Ok(std::borrow::Cow::Owned(compile_bytes.to_vec())),
+            false => crate::compose::compose(&composing, &compile_bytes, &parts).map(std::borrow::Cow::Owned),
+        };
         let (component, cached) =
-            tokio::task::spawn_blocking(move || artifacts::load_or_compile(&engine, &artifact, &compile_bytes))
+            tokio::task::spawn_blocking(move || artifacts::load_or_compile(&engine, &artifact, source))
                 .await
                 .map_err(|err| DeployError::at(&name, Step::Compile, format!("the compiler task failed: {err}")))?
                 .map_err(|reason| {
@@ -369,8 +381,16 @@ impl Pipeline {
                 })?;
         clock.done(Step::Compile);
 
-        let (http, subscriber) = self.link(&spec, &component)?;
-        let mqtt = self.link_mqtt(&spec, &component)?;
+        let with_denials = crate::compose::deny::linker_for(&app.linker, &component, app.engine()).map_err(|err| {
+            DeployError::at(
+                &name,
+                Step::Validate,
+                format!("cannot link the denied imports of its dependencies: {err:#}"),
+            )
+        })?;
+        let linker = with_denials.as_ref().unwrap_or(&app.linker);
+        let (http, subscriber) = self.link(linker, &spec, &component)?;
+        let mqtt = self.link_mqtt(linker, &spec, &component)?;
         let mut world = world_of(&component, app.engine(), http.as_ref(), subscriber.is_some());
         if mqtt.is_some() {
             world
@@ -379,6 +399,7 @@ impl Pipeline {
             world.wasi = crate::app::Wasi::V0_3;
         }
         let mut warnings = grant_warnings(&component, app.engine(), &spec);
+        warnings.extend(crate::compose::denial_warnings(&component, app.engine(), &spec));
         warnings.extend(literal_channel_warnings(&spec));
         for warning in &warnings {
             tracing::warn!(component = %name, "{warning}");
@@ -406,11 +427,12 @@ impl Pipeline {
     #[allow(clippy::type_complexity)]
     fn link(
         &self,
+        linker: &wasmtime::component::Linker<InstanceState>,
         spec: &ComponentSpec,
         component: &wasmtime::component::Component,
     ) -> Result<(Option<ProxyPre<InstanceState>>, Option<SubscriberPre<InstanceState>>), DeployError> {
         let name = &spec.name;
-        let instance_pre = self.app.linker.instantiate_pre(component).map_err(|err| {
+        let instance_pre = linker.instantiate_pre(component).map_err(|err| {
             DeployError::at(
                 name,
                 Step::Validate,
@@ -471,6 +493,7 @@ impl Pipeline {
     /// export of Spin's MQTT trigger plugin (`spin:mqtt-trigger@3.0.0`).
     fn link_mqtt(
         &self,
+        linker: &wasmtime::component::Linker<InstanceState>,
         spec: &ComponentSpec,
         component: &wasmtime::component::Component,
     ) -> Result<Option<crate::capability::bindings::mqtt_handler::MqttHandlerPre<InstanceState>>, DeployError> {
@@ -478,9 +501,7 @@ impl Pipeline {
             return Ok(None);
         }
         let name = &spec.name;
-        let instance_pre = self
-            .app
-            .linker
+        let instance_pre = linker
             .instantiate_pre(component)
             .map_err(|err| DeployError::at(name, Step::Validate, format!("{:#}", anyhow::Error::from(err))))?;
         crate::capability::bindings::mqtt_handler::MqttHandlerPre::new(instance_pre)
@@ -660,6 +681,23 @@ impl Pipeline {
     /// `--route`), and its route.
     fn spec_for(&self, name: &str, route: Option<&str>) -> Result<ComponentSpec, DeployError> {
         let app = &self.app;
+        if app.manifest.is_dependency_only(name) {
+            return Err(DeployError::at(
+                name,
+                Step::Receive,
+                format!(
+                    "`{name}` runs only as a dependency of {}, composed into {}; deploying a dependency by \
+                     itself is not supported yet: rebuild its source file and deploy the components that \
+                     depend on it (each is composed again with it)",
+                    app.manifest.dependents_of(name).join(", "),
+                    if app.manifest.dependents_of(name).len() == 1 {
+                        "it"
+                    } else {
+                        "each"
+                    }
+                ),
+            ));
+        }
         let existing = app
             .spec_for(name)
             .map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
@@ -823,4 +861,38 @@ fn world_of(
         }
     }
     crate::app::World { wasi, entry_points }
+}
+
+/// The code of every dependency of `spec`, read from its file; an error names the dependency.
+fn dependency_parts(spec: &ComponentSpec) -> Result<Vec<crate::compose::Part>, DeployError> {
+    spec.dependencies
+        .iter()
+        .map(|dependency| {
+            let path = dependency.source.path();
+            let bytes = std::fs::read(path).map_err(|err| {
+                DeployError::at(
+                    &spec.name,
+                    Step::Validate,
+                    format!(
+                        "cannot read its dependency `{}` ({}): {err}; build it, or fix the path in \
+                         [component.{}.dependencies]",
+                        dependency.name,
+                        path.display(),
+                        spec.name
+                    ),
+                )
+            })?;
+            artifacts::check_is_component(&bytes).map_err(|reason| {
+                DeployError::at(
+                    &spec.name,
+                    Step::Validate,
+                    format!("its dependency `{}` ({}): {reason}", dependency.name, path.display()),
+                )
+            })?;
+            Ok(crate::compose::Part {
+                dependency: dependency.clone(),
+                bytes,
+            })
+        })
+        .collect()
 }

@@ -1,0 +1,321 @@
+//! Component dependencies (`[component.NAME.dependencies]`): each dependency's exports satisfy
+//! the imports of the component its key names, composed with the Bytecode Alliance's composition
+//! graph (`wac-graph`) into one component before it is compiled, at start-up and at each deploy.
+//!
+//! A dependency uses only the grants it inherits (`inherit_configuration`): each of its imports
+//! of a capability it does not inherit is renamed (`mosaic-denied-wasi:keyvalue/store`) in the
+//! composition, and the host answers those imports with denials ([`deny`]): an error value
+//! (`access-denied` where the interface has one) or nothing (an empty environment, no
+//! preopened directory), never the parent's grant.
+//!
+//! The composed artifact is cached under a digest of every part (the component, each
+//! dependency's bytes, key, export and inheritance), so a restart or a rollback neither
+//! composes nor compiles again.
+
+pub mod deny;
+
+use std::collections::BTreeSet;
+
+use mosaic_manifest::dependencies::{Dependency, Inherit};
+use sha2::Digest as _;
+use wac_graph::types::Package;
+use wac_graph::{CompositionGraph, EncodeOptions};
+
+use crate::digest::Digest;
+
+/// What the namespace of an import a dependency may not use starts with: `wasi:keyvalue/store`
+/// becomes `mosaic-denied-wasi:keyvalue/store`, which the host answers with denials.
+pub const DENIED_PREFIX: &str = "mosaic-denied-";
+
+/// Capability interfaces (unversioned) and the grant a dependency needs to reach each, as
+/// `inherit_configuration` names the grants. An import of one of them by a dependency that
+/// does not inherit its grant is denied.
+pub const CAPABILITY_INTERFACES: &[(&str, &str)] = &[
+    ("fermyon:spin/llm", "ai_models"),
+    ("fermyon:spin/http", "allowed_outbound_hosts"),
+    ("fermyon:spin/mysql", "allowed_outbound_hosts"),
+    ("fermyon:spin/postgres", "allowed_outbound_hosts"),
+    ("fermyon:spin/redis", "allowed_outbound_hosts"),
+    ("fermyon:spin/mqtt", "allowed_outbound_hosts"),
+    ("spin:mqtt/mqtt", "allowed_outbound_hosts"),
+    ("spin:mysql/mysql", "allowed_outbound_hosts"),
+    ("spin:postgres/postgres", "allowed_outbound_hosts"),
+    ("spin:redis/redis", "allowed_outbound_hosts"),
+    ("wasi:http/outgoing-handler", "allowed_outbound_hosts"),
+    ("wasi:http/client", "allowed_outbound_hosts"),
+    ("wasi:sockets/ip-name-lookup", "allowed_outbound_hosts"),
+    ("wasi:sockets/tcp-create-socket", "allowed_outbound_hosts"),
+    ("wasi:sockets/udp-create-socket", "allowed_outbound_hosts"),
+    ("wasi:cli/environment", "environment"),
+    ("wasi:filesystem/preopens", "files"),
+    ("fermyon:spin/key-value", "key_value_stores"),
+    ("spin:key-value/key-value", "key_value_stores"),
+    ("wasi:keyvalue/store", "key_value_stores"),
+    ("fermyon:spin/sqlite", "sqlite_databases"),
+    ("spin:sqlite/sqlite", "sqlite_databases"),
+    ("fermyon:spin/config", "variables"),
+    ("fermyon:spin/variables", "variables"),
+    ("spin:variables/variables", "variables"),
+    ("wasi:config/store", "variables"),
+];
+
+/// The grant `import` (`ns:pkg/iface@version`) needs, if it is a capability interface.
+pub fn grant_of(import: &str) -> Option<&'static str> {
+    let unversioned = import.split_once('@').map_or(import, |(name, _)| name);
+    CAPABILITY_INTERFACES
+        .iter()
+        .find(|(interface, _)| *interface == unversioned)
+        .map(|(_, grant)| *grant)
+}
+
+/// The name a denied import takes in the composition: `mosaic-denied-ns:pkg/iface@version`.
+pub fn denied_name(import: &str) -> String {
+    format!("{DENIED_PREFIX}{import}")
+}
+
+/// The import a denied name stands for (the inverse of [`denied_name`]).
+pub fn original_of_denied(name: &str) -> Option<&str> {
+    name.strip_prefix(DENIED_PREFIX)
+        .filter(|original| original.contains(':'))
+}
+
+/// A dependency with its code, as read for one composition.
+pub struct Part {
+    pub dependency: Dependency,
+    pub bytes: Vec<u8>,
+}
+
+/// The digest the composed artifact of `parent` (of digest `parent_digest`) with `parts` is
+/// cached under: every part's bytes and how it is wired.
+pub fn composed_digest(parent_digest: &Digest, parts: &[Part]) -> Digest {
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"mosaic-composition-v1\n");
+    hasher.update(parent_digest.as_str().as_bytes());
+    for part in parts {
+        let dependency = &part.dependency;
+        hasher.update(b"\n");
+        hasher.update(dependency.name.text.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(dependency.export.as_deref().unwrap_or("").as_bytes());
+        hasher.update(b"\n");
+        match &dependency.inherit {
+            Inherit::All => hasher.update(b"inherit all"),
+            Inherit::Only(grants) => hasher.update(format!("inherit {grants:?}").as_bytes()),
+        }
+        hasher.update(b"\n");
+        hasher.update(Digest::of(&part.bytes).as_str().as_bytes());
+    }
+    Digest::from_hex(hex::encode(hasher.finalize()))
+}
+
+/// Composes `parent` (the code of component `component`) with its dependencies: every import
+/// a dependency's key names is satisfied by that dependency's export of the same name (or its
+/// `export`); everything else stays an import of the result. Errors name the component, the
+/// dependency and the import.
+pub fn compose(component: &str, parent: &[u8], parts: &[Part]) -> Result<Vec<u8>, String> {
+    let mut graph = CompositionGraph::new();
+    let failed = |what: String| move |err: anyhow::Error| format!("{what}: {err:#}");
+    let parent_package = Package::from_bytes("mosaic:component", None, parent.to_vec(), graph.types_mut())
+        .map_err(failed(format!("`{component}` cannot be read as a component")))?;
+    let parent_id = graph
+        .register_package(parent_package)
+        .map_err(|err| format!("`{component}` cannot be composed: {err}"))?;
+    let parent_world = graph[parent_id].ty();
+    let parent_imports: Vec<String> = graph.types()[parent_world].imports.keys().cloned().collect();
+    let parent_exports: Vec<String> = graph.types()[parent_world].exports.keys().cloned().collect();
+    let parent_instance = graph.instantiate(parent_id);
+    let mut satisfied = BTreeSet::new();
+    // One import per denied interface, shared by every dependency that may not use it.
+    let mut denied_nodes = std::collections::HashMap::new();
+    for (index, part) in parts.iter().enumerate() {
+        let dependency = &part.dependency;
+        let about = format!(
+            "dependency `{}` of `{component}` ({})",
+            dependency.name,
+            dependency.source.describe()
+        );
+        let package = Package::from_bytes(
+            &format!("mosaic:dependency{index}"),
+            None,
+            part.bytes.clone(),
+            graph.types_mut(),
+        )
+        .map_err(failed(format!("{about} is not a component")))?;
+        let package_id = graph
+            .register_package(package)
+            .map_err(|err| format!("{about} cannot be composed: {err}"))?;
+        let world = graph[package_id].ty();
+        let imports: Vec<(String, wac_graph::types::ItemKind)> = graph.types()[world]
+            .imports
+            .iter()
+            .map(|(name, kind)| (name.clone(), *kind))
+            .collect();
+        let exports: Vec<String> = graph.types()[world].exports.keys().cloned().collect();
+        let instance = graph.instantiate(package_id);
+        // Each denied import is a copy of its interface under the denied name (the same
+        // interface id would be merged with the host's), and so is every import that uses its
+        // types (`wasi:keyvalue/atomics` works on `store`'s buckets), rewired to the copies.
+        let denied = denied_imports_of(graph.types(), &imports, &dependency.inherit);
+        let mut copies = std::collections::HashMap::new();
+        for (import, kind) in &imports {
+            let (true, wac_graph::types::ItemKind::Instance(interface)) = (denied.contains(import), kind) else {
+                continue;
+            };
+            let name = denied_name(import);
+            let mut copy = graph.types()[*interface].clone();
+            copy.id = Some(name.clone());
+            for used in copy.uses.values_mut() {
+                if let Some(copied) = copies.get(&used.interface) {
+                    used.interface = *copied;
+                }
+            }
+            let copy = graph.types_mut().add_interface(copy);
+            copies.insert(*interface, copy);
+            let node = match denied_nodes.get(&name) {
+                Some(node) => *node,
+                None => {
+                    let node = graph
+                        .import(name.clone(), wac_graph::types::ItemKind::Instance(copy))
+                        .map_err(|err| format!("{about}: cannot deny `{import}`: {err}"))?;
+                    denied_nodes.insert(name, node);
+                    node
+                }
+            };
+            graph
+                .set_instantiation_argument(instance, import, node)
+                .map_err(|err| format!("{about}: cannot deny `{import}`: {err}"))?;
+        }
+        let matching: Vec<&String> = parent_imports
+            .iter()
+            .filter(|import| dependency.name.matches(import))
+            .collect();
+        if matching.is_empty() {
+            return Err(format!(
+                "{about} satisfies no import of `{component}`: it imports {}",
+                list_or_nothing(&parent_imports)
+            ));
+        }
+        for import in matching {
+            if !satisfied.insert(import.clone()) {
+                return Err(format!(
+                    "`{import}` of `{component}` is named by two dependencies; keep one"
+                ));
+            }
+            let export = dependency.export.clone().unwrap_or_else(|| import.clone());
+            if !exports.contains(&export) {
+                return Err(format!(
+                    "{about} does not export `{export}`, which `{component}` imports; it exports {}",
+                    list_or_nothing(&exports)
+                ));
+            }
+            let alias = graph
+                .alias_instance_export(instance, &export)
+                .map_err(|err| format!("{about}: cannot use its export `{export}`: {err}"))?;
+            graph
+                .set_instantiation_argument(parent_instance, import, alias)
+                .map_err(|err| {
+                    format!("{about}: its export `{export}` does not fit the import `{import}` of `{component}`: {err}")
+                })?;
+        }
+    }
+    for export in &parent_exports {
+        let alias = graph
+            .alias_instance_export(parent_instance, export)
+            .map_err(|err| format!("`{component}`: cannot re-export `{export}`: {err}"))?;
+        graph
+            .export(alias, export.clone())
+            .map_err(|err| format!("`{component}`: cannot re-export `{export}`: {err}"))?;
+    }
+    graph
+        .encode(EncodeOptions::default())
+        .map_err(|err| format!("`{component}` and its dependencies cannot be composed: {err:#}"))
+}
+
+/// One warning per capability a dependency of `spec` imports without inheriting its grant: its
+/// calls are denied. Read from the composed component's imports, so a cached artifact says
+/// the same as a fresh composition.
+pub fn denial_warnings(
+    component: &wasmtime::component::Component,
+    engine: &wasmtime::Engine,
+    spec: &crate::capability::grants::ComponentSpec,
+) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .filter_map(|(name, _)| original_of_denied(name))
+        .filter_map(|interface| Some((interface, grant_of(interface)?)))
+        .map(|(interface, grant)| {
+            format!(
+                "a dependency of `{}` imports `{interface}` but does not inherit `{grant}`: its calls \
+                 are denied (inherit_configuration = [\"{grant}\"] in its [component.{}.dependencies] \
+                 entry allows them)",
+                spec.name, spec.name
+            )
+        })
+        .collect()
+}
+
+/// The imports of a dependency it may not use: the capabilities whose grant it does not
+/// inherit, and every import that uses types of one of those.
+fn denied_imports_of(
+    types: &wac_graph::types::Types,
+    imports: &[(String, wac_graph::types::ItemKind)],
+    inherit: &Inherit,
+) -> BTreeSet<String> {
+    let mut denied: BTreeSet<String> = imports
+        .iter()
+        .filter(|(import, _)| grant_of(import).is_some_and(|grant| !inherit.includes(grant)))
+        .map(|(import, _)| import.clone())
+        .collect();
+    loop {
+        let users: Vec<String> = imports
+            .iter()
+            .filter(|(import, _)| !denied.contains(import))
+            .filter(|(_, kind)| match kind {
+                wac_graph::types::ItemKind::Instance(interface) => types[*interface]
+                    .uses
+                    .values()
+                    .any(|used| types[used.interface].id.as_ref().is_some_and(|id| denied.contains(id))),
+                _ => false,
+            })
+            .map(|(import, _)| import.clone())
+            .collect();
+        if users.is_empty() {
+            return denied;
+        }
+        denied.extend(users);
+    }
+}
+
+fn list_or_nothing(names: &[String]) -> String {
+    if names.is_empty() {
+        "nothing".to_string()
+    } else {
+        names
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denied_names_go_back_to_their_interface() {
+        for import in [
+            "fermyon:spin/key-value@2.0.0",
+            "wasi:filesystem/preopens@0.2.6",
+            "spin:key-value/key-value@3.0.0",
+            "wasi:cli/environment",
+        ] {
+            let denied = denied_name(import);
+            assert!(denied.starts_with("mosaic-denied-"), "{denied}");
+            assert_eq!(original_of_denied(&denied), Some(import));
+        }
+        assert_eq!(grant_of("wasi:keyvalue/store@0.2.0-draft2"), Some("key_value_stores"));
+        assert_eq!(grant_of("wasi:io/streams@0.2.6"), None);
+    }
+}

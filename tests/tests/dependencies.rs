@@ -1,0 +1,264 @@
+//! Component dependencies (`[component.NAME.dependencies]`): the `greeted` fixture imports
+//! `mosaic:fixtures/greeting@0.1.0`, which the `greeter` fixture exports; Mosaic composes them
+//! at load and at deploy. `greeter` counts visits in the key-value store `default`, which it
+//! reaches only if it inherits `key_value_stores`.
+
+use mosaic::settings::Settings;
+use mosaic_tests::{client, fixture, get, AppDir};
+
+/// `greeted` at `/greeted/...` with `greeter` from a file; `INHERIT` is replaced by the
+/// dependency's extra fields.
+const FROM_A_FILE: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "deps"
+[[trigger.http]]
+route = "/greeted/..."
+component = "greeted"
+[component.greeted]
+source = "{greeted}"
+key_value_stores = ["default"]
+[component.greeted.dependencies]
+"mosaic:fixtures/greeting" = { path = "greeter.wasm" INHERIT }
+"#;
+
+/// An app directory with the greeter fixture copied in as `greeter.wasm` (next to spin.toml).
+fn app_with_greeter(inherit: &str) -> AppDir {
+    let dir = AppDir::new(&FROM_A_FILE.replace("INHERIT", inherit));
+    std::fs::copy(fixture("greeter"), dir.path.join("greeter.wasm")).expect("copy the greeter");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_from_a_file_serves_through_the_composition_and_inherits_nothing_by_default() {
+    let dir = app_with_greeter("");
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let http = client();
+    let greeted = get(&http, &format!("{base}/greeted/greet?name=ann")).await;
+    assert_eq!(greeted.status, 200, "{}", greeted.body);
+    assert_eq!(greeted.body, "hello, ann, from greeter v1");
+    // Its parent may use the store `default`; the dependency did not inherit that grant, so
+    // its `wasi:keyvalue/store.open` answers access-denied (an error value, not a trap).
+    let visits = get(&http, &format!("{base}/greeted/visits")).await;
+    assert_eq!(visits.status, 403, "{}", visits.body);
+    assert!(visits.body.contains("AccessDenied"), "{}", visits.body);
+    // The deploy says so, naming the interface and the grant.
+    let report = host
+        .pipeline()
+        .deploy(mosaic_tests::deploy_request("greeted", "greeted"))
+        .await
+        .expect("the same version again");
+    assert!(report.cached, "composed and compiled once: {:?}", report.timings_ms);
+    let warning = report
+        .warnings
+        .iter()
+        .find(|warning| warning.contains("wasi:keyvalue/store"))
+        .unwrap_or_else(|| panic!("{:?}", report.warnings));
+    assert!(warning.contains("key_value_stores"), "{warning}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_that_inherits_key_value_stores_uses_its_parents_store() {
+    let dir = app_with_greeter(r#", inherit_configuration = ["key_value_stores"]"#);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let http = client();
+    for expected in ["1", "2"] {
+        let visits = get(&http, &format!("{base}/greeted/visits")).await;
+        assert_eq!(visits.status, 200, "{}", visits.body);
+        assert_eq!(visits.body, expected);
+    }
+    host.shutdown().await;
+}
+
+const ON_ANOTHER_COMPONENT: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "deps"
+[[trigger.http]]
+route = "/greeted/..."
+component = "greeted"
+[component.greeted]
+source = "{greeted}"
+key_value_stores = ["default"]
+[component.greeted.dependencies]
+"mosaic:fixtures@0.1.0" = { component = "greeter", inherit_configuration = true }
+[component.greeter]
+source = "{greeter}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_on_another_component_of_the_app_by_package_name() {
+    let dir = AppDir::new(ON_ANOTHER_COMPONENT);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let http = client();
+    assert_eq!(
+        get(&http, &format!("{base}/greeted/greet?name=bo")).await.body,
+        "hello, bo, from greeter v1"
+    );
+    let visits = get(&http, &format!("{base}/greeted/visits")).await;
+    assert_eq!(
+        (visits.status, visits.body.as_str()),
+        (200, "1"),
+        "it inherits everything"
+    );
+    // The dependency has no trigger: it is not a service of its own.
+    assert!(host.app().slot("greeter").is_none());
+    let refused = host
+        .pipeline()
+        .deploy(mosaic_tests::deploy_request("greeter", "greeter-v2"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("dependency of greeted"), "{refused}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_composition_is_cached_by_every_part_and_a_new_dependency_build_composes_again() {
+    let dir = app_with_greeter("");
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let http = client();
+    assert_eq!(get(&http, &format!("{base}/greeted/version")).await.body, "v1");
+    // A new build of the dependency: the same `greeted` is composed and compiled again.
+    std::fs::copy(fixture("greeter-v2"), dir.path.join("greeter.wasm")).expect("copy v2");
+    let report = host
+        .pipeline()
+        .deploy(mosaic_tests::deploy_request("greeted", "greeted"))
+        .await
+        .expect("deploy");
+    assert!(!report.cached, "another part, another artifact");
+    assert_eq!(get(&http, &format!("{base}/greeted/version")).await.body, "v2");
+    host.shutdown().await;
+
+    // A restart finds both compositions cached: nothing is composed or compiled again.
+    let artifacts = || {
+        std::fs::read_dir(dir.state_dir().join("artifacts"))
+            .expect("artifacts")
+            .count()
+    };
+    let before = artifacts();
+    let host = dir.start(Settings::default()).await;
+    assert_eq!(artifacts(), before, "no new artifact at the restart");
+    let base = format!("http://{}", host.http_addr());
+    assert_eq!(get(&http, &format!("{base}/greeted/version")).await.body, "v2");
+    host.shutdown().await;
+}
+
+/// Starts the app of `manifest` and returns why it did not start.
+async fn refusal(dir: &AppDir) -> String {
+    match dir.try_start_in(Settings::default(), None, None).await {
+        Ok(host) => {
+            host.shutdown().await;
+            panic!("the host started")
+        }
+        Err(err) => format!("{err:#}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_dependencies_are_refused_naming_the_component_and_the_import() {
+    // The dependency's file is missing.
+    let missing = AppDir::new(&FROM_A_FILE.replace("INHERIT", ""));
+    let why = refusal(&missing).await;
+    assert!(why.contains("greeted") && why.contains("greeter.wasm"), "{why}");
+
+    // A key that names no import of the component.
+    let unmatched = AppDir::new(
+        &FROM_A_FILE
+            .replace("\"mosaic:fixtures/greeting\"", "\"mosaic:other/greeting\"")
+            .replace("INHERIT", ""),
+    );
+    std::fs::copy(fixture("greeter"), unmatched.path.join("greeter.wasm")).expect("copy");
+    let why = refusal(&unmatched).await;
+    assert!(
+        why.contains("mosaic:other/greeting") && why.contains("satisfies no import"),
+        "{why}"
+    );
+
+    // An import no dependency satisfies: the component alone does not link.
+    let unsatisfied = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "deps"
+[[trigger.http]]
+route = "/greeted/..."
+component = "greeted"
+[component.greeted]
+source = "{greeted}"
+"#,
+    );
+    let why = refusal(&unsatisfied).await;
+    assert!(why.contains("mosaic:fixtures/greeting@0.1.0"), "{why}");
+
+    // A cycle of component dependencies, and a registry source.
+    let cycle = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "deps"
+[[trigger.http]]
+route = "/..."
+component = "a"
+[component.a]
+source = "{greeted}"
+[component.a.dependencies]
+"mosaic:fixtures/greeting" = { component = "b" }
+[component.b]
+source = "{greeter}"
+[component.b.dependencies]
+"mosaic:fixtures/other" = { component = "a" }
+"#,
+    );
+    let why = refusal(&cycle).await;
+    assert!(why.contains("cycle") && why.contains("a → b → a"), "{why}");
+    let registry = AppDir::new(&FROM_A_FILE.replace("{ path = \"greeter.wasm\" INHERIT }", "\"0.1.0\""));
+    let why = refusal(&registry).await;
+    assert!(why.contains("registry") && why.contains("path ="), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_whose_dependency_is_gone_fails_and_the_running_version_keeps_serving() {
+    let dir = app_with_greeter("");
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    std::fs::remove_file(dir.path.join("greeter.wasm")).expect("remove the dependency");
+    let err = host
+        .pipeline()
+        .deploy(mosaic_tests::deploy_request("greeted", "greeted"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read its dependency"), "{err}");
+    assert_eq!(
+        get(&client(), &format!("{base}/greeted/greet?name=cy")).await.body,
+        "hello, cy, from greeter v1"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_middleware_is_refused_rather_than_skipped() {
+    let dir = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "mw"
+[[trigger.http]]
+route = "/..."
+component = "greeted"
+dependencies.middleware = [{ component = "greeter" }]
+[component.greeted]
+source = "{greeted}"
+[component.greeter]
+source = "{greeter}"
+"#,
+    );
+    let why = refusal(&dir).await;
+    assert!(why.contains("middleware") && why.contains("trigger.http[0]"), "{why}");
+}

@@ -186,8 +186,11 @@ pub(super) fn run(root: &Path) -> Result<()> {
     drop((serve_p2, serve_p2_reuse, serve_p3));
     drop(native);
 
-    // The cost of a canary split on the request path: the probe fixture alone, then with a 50%
-    // canary of its v2 (the same code) taking half of the requests; the canary then ends.
+    let (cold, warm) = runtime.block_on(swap_latency(&work, mosaic_addr, &probe, &probe_v2))?;
+
+    // The cost of a canary split on the request path (after the swaps, which need v2's
+    // artifact out of the cache): the probe fixture alone (v1, live after the last swap), then
+    // with a 50% canary of its v2 (the same code) taking half of the requests.
     let probe_target = |name| Target {
         name,
         addr: mosaic_addr,
@@ -200,8 +203,6 @@ pub(super) fn run(root: &Path) -> Result<()> {
     runtime.block_on(admin_call(admin, &token, "/v1/components/probe/deploy?canary=50", v2))?;
     measure(&probe_target(MOSAIC_CANARY), &mut rows)?;
     runtime.block_on(admin_call(admin, &token, "/v1/components/probe/rollback", Bytes::new()))?;
-
-    let (cold, warm) = runtime.block_on(swap_latency(&work, mosaic_addr, &probe, &probe_v2))?;
     drop(host);
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -85,6 +85,21 @@ impl LoadLoop {
     }
 }
 
+/// Stops the load loops and checks that each made requests and none failed.
+async fn stop_and_check(stop: &AtomicBool, loops: Vec<LoadLoop>) {
+    stop.store(true, Ordering::SeqCst);
+    for (n, load) in loops.into_iter().enumerate() {
+        let (answered, failures) = load.finish().await;
+        assert!(answered > 0, "loop {n} made requests");
+        assert!(
+            failures.is_empty(),
+            "loop {n}: {} failed, first: {:?}",
+            failures.len(),
+            failures.first()
+        );
+    }
+}
+
 /// Waits until `base` answers with `version` in its hello; returns how long that took.
 async fn until_serving(base: &str, version: &str, limit: Duration) -> Option<Duration> {
     let started = Instant::now();
@@ -288,17 +303,7 @@ mod needs_postgres {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
 
-        stop.store(true, Ordering::SeqCst);
-        for (n, load) in loops.into_iter().enumerate() {
-            let (answered, failures) = load.finish().await;
-            assert!(answered > 0, "loop {n} made requests");
-            assert!(
-                failures.is_empty(),
-                "loop {n}: {} failed, first: {:?}",
-                failures.len(),
-                failures.first()
-            );
-        }
+        stop_and_check(&stop, loops).await;
         a.shutdown().await;
         b.shutdown().await;
     }
@@ -462,17 +467,7 @@ mod needs_postgres {
         assert!(until_serving(&base_b, "v1", Duration::from_secs(20)).await.is_some());
 
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.store(true, Ordering::SeqCst);
-        for (n, load) in loops.into_iter().enumerate() {
-            let (answered, failures) = load.finish().await;
-            assert!(answered > 0, "loop {n} made requests");
-            assert!(
-                failures.is_empty(),
-                "loop {n}: {} failed, first: {:?}",
-                failures.len(),
-                failures.first()
-            );
-        }
+        stop_and_check(&stop, loops).await;
         a.shutdown().await;
         b.shutdown().await;
     }
@@ -645,17 +640,7 @@ mod needs_postgres {
                 "{} of {MESSAGES} messages handled",
                 sink.handled_count()
             );
-            stop.store(true, Ordering::SeqCst);
-            for (n, load) in loops.into_iter().enumerate() {
-                let (answered, failures) = load.finish().await;
-                assert!(answered > 0, "loop {n} made requests");
-                assert!(
-                    failures.is_empty(),
-                    "loop {n}: {} failed, first: {:?}",
-                    failures.len(),
-                    failures.first()
-                );
-            }
+            stop_and_check(&stop, loops).await;
 
             // `mosaic status` through any host shows all three on v2.
             let status = mosaic_cli(&dir, "state-b", &["status"]);

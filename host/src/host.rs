@@ -381,6 +381,8 @@ async fn join_cluster(
     let cluster = crate::cluster::Cluster::join(&settings.cluster, &namespace, http_addr, admin_addr)
         .await
         .map_err(|err| anyhow::anyhow!("cannot join the cluster: {err}"))?;
+    // Canaries restored from the journal before this line were supervised alone until now; a
+    // decision one took in that window is undone by the reconcile below if the cluster differs.
     pipeline.coordinate_canaries_through(cluster.clone());
     if app.capabilities().messaging.broker.kind() == "embedded" {
         tracing::warn!("cluster mode with the embedded broker: each host keeps its own messages (published on one host, handled there only); set [messaging] broker = \"rabbitmq\" or \"nats\" to share them");

@@ -207,17 +207,41 @@ impl Cluster {
                 component: component.to_string(),
             });
         };
-        let digest = local_canary(pipeline, component)?.deployment.digest.clone();
+        let canary = local_canary(pipeline, component)?;
         let promoted = self
-            .store
-            .promote_canary(component, digest.as_str(), &self.host_name)
+            .record_decision(component, &canary, &CanaryDecision::Promote)
             .await
             .map_err(|err| DeployError::at(component, Step::Cluster, err.to_string()))?;
         if !promoted {
-            return Err(self.not_the_clusters_canary(component, &digest));
+            return Err(self.not_the_clusters_canary(component, &canary.deployment.digest));
         }
         self.wake.notify_one();
         pipeline.promote(component)
+    }
+
+    /// Makes `decision` about this host's `canary` the cluster's, if the store's canary is
+    /// still that one (and, for a step, still at its step); false when another host decided
+    /// first.
+    async fn record_decision(
+        &self,
+        component: &str,
+        canary: &Canary,
+        decision: &CanaryDecision,
+    ) -> Result<bool, StoreError> {
+        let digest = canary.deployment.digest.as_str();
+        match decision {
+            CanaryDecision::Step { share_bp, .. } => {
+                self.store
+                    .step_canary(component, digest, canary.step(), *share_bp, &self.host_name)
+                    .await
+            }
+            CanaryDecision::Promote => self.store.promote_canary(component, digest, &self.host_name).await,
+            CanaryDecision::End { action, reason } => {
+                self.store
+                    .end_canary(component, digest, action.as_str(), reason.as_deref(), &self.host_name)
+                    .await
+            }
+        }
     }
 
     fn not_the_clusters_canary(&self, component: &str, digest: &Digest) -> DeployError {
@@ -243,20 +267,16 @@ impl Cluster {
         };
         if let Ok(canary) = local_canary(pipeline, component) {
             // During a canary, a rollback ends it on every host.
-            let digest = canary.deployment.digest.clone();
+            let operators = CanaryDecision::End {
+                action: Action::CanaryRollback,
+                reason: None,
+            };
             let ended = self
-                .store
-                .end_canary(
-                    component,
-                    digest.as_str(),
-                    Action::CanaryRollback.as_str(),
-                    None,
-                    &self.host_name,
-                )
+                .record_decision(component, &canary, &operators)
                 .await
                 .map_err(|err| DeployError::at(component, Step::Cluster, err.to_string()))?;
             if !ended {
-                return Err(self.not_the_clusters_canary(component, &digest));
+                return Err(self.not_the_clusters_canary(component, &canary.deployment.digest));
             }
             self.wake.notify_one();
             return pipeline.end_canary(component, Action::CanaryRollback, None);
@@ -722,21 +742,10 @@ impl CanaryCoordinator for Cluster {
         if !still_running {
             return Ok(());
         }
-        let digest = canary.deployment.digest.as_str();
-        let taken = match &decision {
-            CanaryDecision::Step { share_bp, .. } => {
-                self.store
-                    .step_canary(component, digest, canary.step(), *share_bp, &self.host_name)
-                    .await
-            }
-            CanaryDecision::Promote => self.store.promote_canary(component, digest, &self.host_name).await,
-            CanaryDecision::End { action, reason } => {
-                self.store
-                    .end_canary(component, digest, action.as_str(), reason.as_deref(), &self.host_name)
-                    .await
-            }
-        }
-        .map_err(|err| err.to_string())?;
+        let taken = self
+            .record_decision(component, canary, &decision)
+            .await
+            .map_err(|err| err.to_string())?;
         self.wake.notify_one();
         if !taken {
             // Another host decided first; the reconciler brings this host to what it decided.

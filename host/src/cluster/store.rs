@@ -249,43 +249,15 @@ impl ClusterStore {
         let now = now_ms();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|err| self.failed("begin", err))?;
-        let store_source = |digest: &str, source: &[u8]| {
-            let (digest, source) = (digest.to_string(), source.to_vec());
-            let tx = &tx;
-            async move {
-                tx.execute(
-                    "INSERT INTO mosaic_sources (digest, source, stored_at_ms) VALUES ($1, $2, $3) \
-                     ON CONFLICT (digest) DO NOTHING",
-                    &[&digest, &source, &now],
-                )
-                .await
-            }
-        };
-        store_source(change.digest, change.source)
-            .await
-            .map_err(|err| self.failed("store the component source", err))?;
-        let current: Option<String> = tx
-            .query_opt(
-                "SELECT digest FROM mosaic_desired WHERE namespace = $1 AND component = $2 FOR UPDATE",
-                &[&self.namespace, &change.component],
-            )
-            .await
-            .map_err(|err| self.failed("read the desired version", err))?
-            .map(|row| row.get(0));
+        self.store_source(&tx, change.digest, change.source).await?;
+        let current = self.desired_for_update(&tx, change.component).await?;
         let previous = match (&current, change.replaced) {
             (Some(current), _) => Some(current.clone()),
             (None, Some((digest, source))) if digest != change.digest => {
-                store_source(digest, source)
-                    .await
-                    .map_err(|err| self.failed("store the replaced source", err))?;
+                self.store_source(&tx, digest, source).await?;
                 // The version every host ran before the first cluster-wide change.
-                tx.execute(
-                    "INSERT INTO mosaic_rollouts (namespace, component, digest, previous, action, at_ms, by_host) \
-                     VALUES ($1, $2, $3, NULL, 'manifest', $4, $5)",
-                    &[&self.namespace, &change.component, &digest, &now, &by_host],
-                )
-                .await
-                .map_err(|err| self.failed("record the rollout", err))?;
+                self.record_rollout(&tx, change.component, digest, None, "manifest", None, by_host)
+                    .await?;
                 Some(digest.to_string())
             }
             (None, _) => None,
@@ -308,27 +280,17 @@ impl ClusterStore {
         )
         .await
         .map_err(|err| self.failed("write the desired version", err))?;
-        tx.execute(
-            "INSERT INTO mosaic_rollouts (namespace, component, digest, previous, action, at_ms, by_host) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &self.namespace,
-                &change.component,
-                &change.digest,
-                &previous,
-                &change.action,
-                &now,
-                &by_host,
-            ],
+        self.record_rollout(
+            &tx,
+            change.component,
+            change.digest,
+            previous.as_deref(),
+            change.action,
+            None,
+            by_host,
         )
-        .await
-        .map_err(|err| self.failed("record the rollout", err))?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.namespace])
-            .await
-            .map_err(|err| self.failed("notify the hosts", err))?;
-        tx.commit()
-            .await
-            .map_err(|err| self.failed("commit the desired version", err))?;
+        .await?;
+        self.notify_and_commit(tx).await?;
         Ok(previous)
     }
 
@@ -470,28 +432,11 @@ impl ClusterStore {
         let now = now_ms();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|err| self.failed("begin", err))?;
-        let sources = [
-            (canary.digest, Some(canary.source)),
-            (canary.stable, canary.stable_source),
-        ];
-        for (digest, source) in sources {
-            let Some(source) = source else { continue };
-            tx.execute(
-                "INSERT INTO mosaic_sources (digest, source, stored_at_ms) VALUES ($1, $2, $3) \
-                 ON CONFLICT (digest) DO NOTHING",
-                &[&digest, &source, &now],
-            )
-            .await
-            .map_err(|err| self.failed("store the component source", err))?;
+        self.store_source(&tx, canary.digest, canary.source).await?;
+        if let Some(stable_source) = canary.stable_source {
+            self.store_source(&tx, canary.stable, stable_source).await?;
         }
-        let desired: Option<String> = tx
-            .query_opt(
-                "SELECT digest FROM mosaic_desired WHERE namespace = $1 AND component = $2 FOR UPDATE",
-                &[&self.namespace, &canary.component],
-            )
-            .await
-            .map_err(|err| self.failed("read the desired version", err))?
-            .map(|row| row.get(0));
+        let desired = self.desired_for_update(&tx, canary.component).await?;
         if let Some(desired) = desired.filter(|desired| desired != canary.stable) {
             return Err(StoreError(format!(
                 "the cluster's desired version of `{}` is {}, not the {} this host runs; wait until \
@@ -699,6 +644,39 @@ impl ClusterStore {
                 errors: count(3),
             },
         ))
+    }
+
+    /// Stores the source of `digest` (once: sources are kept by digest).
+    async fn store_source(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        digest: &str,
+        source: &[u8],
+    ) -> Result<(), StoreError> {
+        tx.execute(
+            "INSERT INTO mosaic_sources (digest, source, stored_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (digest) DO NOTHING",
+            &[&digest, &source, &now_ms()],
+        )
+        .await
+        .map_err(|err| self.failed("store a component source", err))?;
+        Ok(())
+    }
+
+    /// The desired version of `component`, locked until the transaction ends.
+    async fn desired_for_update(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        component: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(tx
+            .query_opt(
+                "SELECT digest FROM mosaic_desired WHERE namespace = $1 AND component = $2 FOR UPDATE",
+                &[&self.namespace, &component],
+            )
+            .await
+            .map_err(|err| self.failed("read the desired version", err))?
+            .map(|row| row.get(0)))
     }
 
     /// Removes the canary `digest` of `component` and its counts; its stable version, if it

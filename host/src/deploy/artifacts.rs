@@ -32,7 +32,7 @@ pub fn check_is_component(bytes: &[u8]) -> Result<(), String> {
 pub fn load_or_compile(
     engine: &Engine,
     artifact: &Path,
-    source: impl FnOnce() -> Result<std::borrow::Cow<'static, [u8]>, String>,
+    source: impl FnOnce() -> Result<std::sync::Arc<Vec<u8>>, String>,
 ) -> Result<(Component, bool), String> {
     if artifact.exists() {
         // SAFETY: the artifact was written by `Component::serialize` of this host into its own

@@ -365,8 +365,8 @@ impl Pipeline {
         let compile_bytes = bytes.clone();
         let composing = name.clone();
         let source = move || match parts.is_empty() {
-            true => Ok(std::borrow::Cow::Owned(compile_bytes.to_vec())),
-            false => crate::compose::compose(&composing, &compile_bytes, &parts).map(std::borrow::Cow::Owned),
+            true => Ok(compile_bytes),
+            false => crate::compose::compose(&composing, &compile_bytes, &parts).map(Arc::new),
         };
         let (component, cached) =
             tokio::task::spawn_blocking(move || artifacts::load_or_compile(&engine, &artifact, source))
@@ -682,6 +682,7 @@ impl Pipeline {
     fn spec_for(&self, name: &str, route: Option<&str>) -> Result<ComponentSpec, DeployError> {
         let app = &self.app;
         if app.manifest.is_dependency_only(name) {
+            let dependents = app.manifest.dependents_of(name);
             return Err(DeployError::at(
                 name,
                 Step::Receive,
@@ -689,12 +690,8 @@ impl Pipeline {
                     "`{name}` runs only as a dependency of {}, composed into {}; deploying a dependency by \
                      itself is not supported yet: rebuild its source file and deploy the components that \
                      depend on it (each is composed again with it)",
-                    app.manifest.dependents_of(name).join(", "),
-                    if app.manifest.dependents_of(name).len() == 1 {
-                        "it"
-                    } else {
-                        "each"
-                    }
+                    dependents.join(", "),
+                    if dependents.len() == 1 { "it" } else { "each" }
                 ),
             ));
         }

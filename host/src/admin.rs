@@ -130,6 +130,19 @@ fn authorized(token: &str, request: &hyper::Request<hyper::body::Incoming>) -> b
             == 0
 }
 
+/// How long a refused request's body is read for before the connection is given up.
+const REFUSED_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads and drops the body of a request that is refused before its body is needed (up to
+/// `limit` bytes and [`REFUSED_BODY_READ_TIMEOUT`]). Answering with the body unread makes hyper
+/// close the connection with unread bytes in the socket, and the kernel then resets it: a client
+/// still sending its upload (a deploy with a wrong token) sees "connection reset" instead of
+/// the 401 that says what to fix.
+async fn discard_body(body: hyper::body::Incoming, limit: u64) {
+    let read = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect();
+    let _ = tokio::time::timeout(REFUSED_BODY_READ_TIMEOUT, read).await;
+}
+
 /// `value` as a JSON answer; a 500 naming the failure if it does not serialise (never a 200
 /// with an empty body, which a client would read as a success).
 fn json(status: StatusCode, value: &impl Serialize) -> HttpResponse {
@@ -192,6 +205,7 @@ async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::b
         _ => {}
     }
     if !authorized(token, &request) {
+        discard_body(request.into_body(), app.settings.limits.max_component_bytes).await;
         return json_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

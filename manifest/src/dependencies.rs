@@ -185,6 +185,7 @@ pub fn parse(
     sources: &BTreeMap<String, Option<PathBuf>>,
 ) -> Result<Vec<Dependency>, String> {
     let mut dependencies = Vec::new();
+    let depender = key.trim_start_matches("component.");
     for (name_text, value) in table {
         let at = format!("`{key}.dependencies.\"{name_text}\"`");
         let name = DependencyName::parse(name_text).map_err(|why| format!("{at}: {why}"))?;
@@ -199,103 +200,11 @@ pub fn parse(
                 ))
             }
         };
-        let text = |field: &str| -> Result<Option<String>, String> {
-            match entry.get(field) {
-                None => Ok(None),
-                Some(toml::Value::String(value)) => Ok(Some(value.clone())),
-                Some(_) => Err(format!("{at}.{field} must be a string")),
-            }
+        let inherit_default = match inherit_default {
+            true => Inherit::All,
+            false => Inherit::Only(Vec::new()),
         };
-        let known = [
-            "path",
-            "component",
-            "export",
-            "inherit_configuration",
-            "version",
-            "registry",
-            "package",
-            "url",
-            "digest",
-        ];
-        if let Some(unknown) = entry.keys().find(|field| !known.contains(&field.as_str())) {
-            return Err(format!(
-                "{at}: unknown key `{unknown}`; a dependency has `path` or `component`, and may have `export` and `inherit_configuration`"
-            ));
-        }
-        if let Some(url) = text("url")? {
-            return Err(format!(
-                "{at}: dependencies from a URL ({url}) are not fetched by Mosaic; download the file \
-                 (check its digest) and write {{ path = \"FILE.wasm\" }}"
-            ));
-        }
-        if let Some(version) = text("version")? {
-            let package = text("package")?.unwrap_or_else(|| name.text.clone());
-            return Err(registry_refusal(&at, &format!("{package} version {version}")));
-        }
-        let source = match (text("path")?, text("component")?) {
-            (Some(path), None) => DependencySource::Path(dir.join(path)),
-            (None, Some(component)) => {
-                if component == key.trim_start_matches("component.") {
-                    return Err(format!("{at}: a component cannot depend on itself"));
-                }
-                match sources.get(&component) {
-                    Some(Some(path)) => DependencySource::Component {
-                        name: component,
-                        path: path.clone(),
-                    },
-                    Some(None) => {
-                        return Err(format!(
-                            "{at}: component `{component}` has no local source file to compose"
-                        ))
-                    }
-                    None => {
-                        return Err(format!(
-                            "{at}: no `[component.{component}]` is declared (the dependency names it with `component`)"
-                        ))
-                    }
-                }
-            }
-            (Some(_), Some(_)) => return Err(format!("{at}: give `path` or `component`, not both")),
-            (None, None) => {
-                return Err(format!(
-                    "{at}: say where the dependency is: {{ path = \"dep.wasm\" }} or {{ component = \"other\" }}"
-                ))
-            }
-        };
-        let export = text("export")?;
-        if export.is_some() && name.is_package() {
-            return Err(format!(
-                "{at}: `export` picks one export for one interface; `{name}` names a whole package (name one of its interfaces)"
-            ));
-        }
-        let inherit = match entry.get("inherit_configuration") {
-            None => match inherit_default {
-                true => Inherit::All,
-                false => Inherit::Only(Vec::new()),
-            },
-            Some(toml::Value::Boolean(true)) => Inherit::All,
-            Some(toml::Value::Boolean(false)) => Inherit::Only(Vec::new()),
-            Some(toml::Value::Array(keys)) => {
-                let mut grants = Vec::new();
-                for grant in keys {
-                    match grant.as_str() {
-                        Some(grant) if GRANT_KEYS.contains(&grant) => grants.push(grant.to_string()),
-                        _ => {
-                            return Err(format!(
-                                "{at}.inherit_configuration: `{grant}` is not a grant; the grants are {}",
-                                GRANT_KEYS.join(", ")
-                            ))
-                        }
-                    }
-                }
-                Inherit::Only(grants)
-            }
-            Some(_) => {
-                return Err(format!(
-                    "{at}.inherit_configuration is true, false or a list of grants such as [\"key_value_stores\"]"
-                ))
-            }
-        };
+        let (source, export, inherit) = parse_entry(&at, entry, Some(&name), inherit_default, depender, dir, sources)?;
         dependencies.push(Dependency {
             name,
             source,
@@ -304,6 +213,172 @@ pub fn parse(
         });
     }
     Ok(dependencies)
+}
+
+/// The interface a middleware imports and exports (unversioned): it is called with the request,
+/// and calls the next in the chain through its import.
+pub const MIDDLEWARE_INTERFACE: &str = "wasi:http/handler";
+
+/// `dependencies.middleware` of `[[trigger.http]]` (Spin 4.1): the middleware that wraps the
+/// trigger's component `primary`, outermost (the first to see a request) first. Each is a
+/// [`Dependency`] named [`MIDDLEWARE_INTERFACE`]; it inherits none of the component's grants
+/// unless its `inherit_configuration` says so. `at` names the trigger in errors.
+pub fn parse_middleware(
+    at: &str,
+    value: &toml::Value,
+    primary: &str,
+    dir: &Path,
+    sources: &BTreeMap<String, Option<PathBuf>>,
+) -> Result<Vec<Dependency>, String> {
+    let shape = || {
+        format!(
+            "`{at}.dependencies.middleware` is a list such as [{{ component = \"auth\" }}, {{ path = \"mw.wasm\" }}], outermost first"
+        )
+    };
+    let toml::Value::Array(entries) = value else {
+        return Err(shape());
+    };
+    let name = DependencyName::parse(MIDDLEWARE_INTERFACE).expect("the middleware interface is a valid name");
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let at = format!("`{at}.dependencies.middleware[{index}]`");
+            let toml::Value::Table(entry) = entry else {
+                return Err(shape());
+            };
+            let (source, _, inherit) = parse_entry(&at, entry, None, Inherit::Only(Vec::new()), primary, dir, sources)?;
+            if matches!(&source, DependencySource::Component { name, .. } if name == primary) {
+                return Err(format!("{at}: `{primary}` cannot be its own middleware"));
+            }
+            Ok(Dependency {
+                name: name.clone(),
+                source,
+                export: None,
+                inherit,
+            })
+        })
+        .collect()
+}
+
+/// One entry of a dependency table (`name` is its key) or of a middleware list (no key, no
+/// `export`): where its code is, the export it satisfies the import with, what it inherits.
+fn parse_entry(
+    at: &str,
+    entry: &toml::Table,
+    name: Option<&DependencyName>,
+    inherit_default: Inherit,
+    depender: &str,
+    dir: &Path,
+    sources: &BTreeMap<String, Option<PathBuf>>,
+) -> Result<(DependencySource, Option<String>, Inherit), String> {
+    let text = |field: &str| -> Result<Option<String>, String> {
+        match entry.get(field) {
+            None => Ok(None),
+            Some(toml::Value::String(value)) => Ok(Some(value.clone())),
+            Some(_) => Err(format!("{at}.{field} must be a string")),
+        }
+    };
+    let mut known = vec![
+        "path",
+        "component",
+        "inherit_configuration",
+        "version",
+        "registry",
+        "package",
+        "url",
+        "digest",
+    ];
+    if name.is_some() {
+        known.push("export");
+    }
+    if let Some(unknown) = entry.keys().find(|field| !known.contains(&field.as_str())) {
+        return Err(match name {
+            Some(_) => format!(
+                "{at}: unknown key `{unknown}`; a dependency has `path` or `component`, and may have `export` and `inherit_configuration`"
+            ),
+            None => format!(
+                "{at}: unknown key `{unknown}`; a middleware has `path` or `component`, and may have `inherit_configuration`"
+            ),
+        });
+    }
+    if let Some(url) = text("url")? {
+        return Err(format!(
+            "{at}: dependencies from a URL ({url}) are not fetched by Mosaic; download the file \
+             (check its digest) and write {{ path = \"FILE.wasm\" }}"
+        ));
+    }
+    if let Some(version) = text("version")? {
+        let package = match (text("package")?, name) {
+            (Some(package), _) => package,
+            (None, Some(name)) => name.text.clone(),
+            (None, None) => "a package".to_string(),
+        };
+        return Err(registry_refusal(at, &format!("{package} version {version}")));
+    }
+    let source = match (text("path")?, text("component")?) {
+        (Some(path), None) => DependencySource::Path(dir.join(path)),
+        (None, Some(component)) => {
+            if component == depender && name.is_some() {
+                return Err(format!("{at}: a component cannot depend on itself"));
+            }
+            match sources.get(&component) {
+                Some(Some(path)) => DependencySource::Component {
+                    name: component,
+                    path: path.clone(),
+                },
+                Some(None) => {
+                    return Err(format!(
+                        "{at}: component `{component}` has no local source file to compose"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{at}: no `[component.{component}]` is declared (the entry names it with `component`)"
+                    ))
+                }
+            }
+        }
+        (Some(_), Some(_)) => return Err(format!("{at}: give `path` or `component`, not both")),
+        (None, None) => {
+            return Err(format!(
+                "{at}: say where its code is: {{ path = \"dep.wasm\" }} or {{ component = \"other\" }}"
+            ))
+        }
+    };
+    let export = text("export")?;
+    if export.is_some() && name.is_some_and(DependencyName::is_package) {
+        return Err(format!(
+            "{at}: `export` picks one export for one interface; `{}` names a whole package (name one of its interfaces)",
+            name.map(|name| name.text.as_str()).unwrap_or_default()
+        ));
+    }
+    let inherit = match entry.get("inherit_configuration") {
+        None => inherit_default,
+        Some(toml::Value::Boolean(true)) => Inherit::All,
+        Some(toml::Value::Boolean(false)) => Inherit::Only(Vec::new()),
+        Some(toml::Value::Array(keys)) => {
+            let mut grants = Vec::new();
+            for grant in keys {
+                match grant.as_str() {
+                    Some(grant) if GRANT_KEYS.contains(&grant) => grants.push(grant.to_string()),
+                    _ => {
+                        return Err(format!(
+                            "{at}.inherit_configuration: `{grant}` is not a grant; the grants are {}",
+                            GRANT_KEYS.join(", ")
+                        ))
+                    }
+                }
+            }
+            Inherit::Only(grants)
+        }
+        Some(_) => {
+            return Err(format!(
+                "{at}.inherit_configuration is true, false or a list of grants such as [\"key_value_stores\"]"
+            ))
+        }
+    };
+    Ok((source, export, inherit))
 }
 
 /// Refuses dependencies on other components that lead back to where they started.

@@ -284,6 +284,10 @@ pub struct ComponentDecl {
     /// `dependencies`, parsed and checked (paths resolved against the manifest's directory).
     #[serde(skip)]
     pub resolved_dependencies: Vec<Dependency>,
+    /// The `dependencies.middleware` of the HTTP trigger that reaches it, outermost first
+    /// (moved here from the trigger, as Spin does: see [`Manifest::parse`]).
+    #[serde(skip)]
+    pub middleware: Vec<Dependency>,
     /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
     #[serde(flatten)]
     pub(crate) unknown: BTreeMap<String, toml::Value>,
@@ -328,6 +332,114 @@ pub struct BuildDecl {
 pub enum BuildCommand {
     One(String),
     Many(Vec<String>),
+}
+
+/// Moves each HTTP trigger's middleware onto its component, as Spin does, so that a
+/// component's composition is its own: a component reached by other triggers as well is
+/// copied for the trigger with middleware (`NAME-for-TRIGGER_ID`, the trigger then names the
+/// copy), and the other triggers keep reaching it unwrapped.
+fn assign_middleware(
+    components: &mut BTreeMap<String, ComponentDecl>,
+    http_triggers: &mut [HttpTrigger],
+    redis_triggers: &[RedisTrigger],
+    mqtt_triggers: &[MqttTrigger],
+    pending: Vec<(usize, String, toml::Value)>,
+    dir: &Path,
+    sources: &BTreeMap<String, Option<PathBuf>>,
+) -> Result<(), String> {
+    let references = |component: &str, http_triggers: &[HttpTrigger]| {
+        http_triggers.iter().filter(|t| t.component == component).count()
+            + redis_triggers.iter().filter(|t| t.component == component).count()
+            + mqtt_triggers.iter().filter(|t| t.component == component).count()
+    };
+    for (index, id, value) in pending {
+        let at = format!("trigger.http[{index}]");
+        let primary = http_triggers[index].component.clone();
+        let middleware = crate::dependencies::parse_middleware(&at, &value, &primary, dir, sources)?;
+        if middleware.is_empty() {
+            continue;
+        }
+        let target = if references(&primary, http_triggers) == 1 {
+            primary.clone()
+        } else {
+            let base = format!("{primary}-for-{}", kebab_id(&id));
+            let mut name = base.clone();
+            let mut n = 1;
+            while components.contains_key(&name) {
+                n += 1;
+                name = format!("{base}-{n}");
+            }
+            let copy = components[&primary].clone();
+            components.insert(name.clone(), copy);
+            http_triggers[index].component = name.clone();
+            name
+        };
+        components
+            .get_mut(&target)
+            .expect("the trigger's component is declared")
+            .middleware = middleware;
+    }
+    Ok(())
+}
+
+/// A trigger id as part of a component name: lowercase words of letters and digits.
+fn kebab_id(id: &str) -> String {
+    let words: Vec<String> = id
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    match words.first() {
+        Some(first) if first.starts_with(|c: char| c.is_ascii_alphabetic()) => words.join("-"),
+        _ => format!("trigger-{}", words.join("-")),
+    }
+}
+
+/// Refuses, as Spin does, a component that another names as a dependency or middleware
+/// (`component = "..."`) while it has grants or dependencies of its own: composed, it runs
+/// with what it inherits from the component it is composed into, so they would not apply.
+fn check_composed_components(components: &BTreeMap<String, ComponentDecl>) -> Result<(), String> {
+    for (depender, decl) in components {
+        for dependency in decl.resolved_dependencies.iter().chain(&decl.middleware) {
+            let crate::dependencies::DependencySource::Component { name, .. } = &dependency.source else {
+                continue;
+            };
+            let Some(used) = components.get(name) else { continue };
+            let mut own: Vec<&str> = Vec::new();
+            for (grant, present) in [
+                ("ai_models", !used.ai_models.is_empty()),
+                ("allowed_outbound_hosts", !used.outbound_hosts().is_empty()),
+                (
+                    "dependencies",
+                    used.dependencies.as_ref().is_some_and(|deps| !deps.is_empty()),
+                ),
+                ("environment", !used.environment.is_empty()),
+                ("files", !used.files.is_empty()),
+                ("key_value_stores", !used.key_value_stores.is_empty()),
+                ("sqlite_databases", !used.sqlite_databases.is_empty()),
+                ("variables", !used.variables.is_empty()),
+            ] {
+                if present {
+                    own.push(grant);
+                }
+            }
+            if !own.is_empty() {
+                let role = if decl.middleware.contains(dependency) {
+                    "middleware"
+                } else {
+                    "a dependency"
+                };
+                return Err(format!(
+                    "`component.{name}` is {role} of `{depender}` but has {} of its own, which would not apply: \
+                     composed into `{depender}`, it runs with only what it inherits from it (grant them to \
+                     `{depender}` and list them in the entry's `inherit_configuration`; the dependencies of a \
+                     dependency are not composed: declare them on `{depender}`)",
+                    own.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl BuildCommand {
@@ -474,6 +586,8 @@ impl Manifest {
         let mut other_trigger_types = Vec::new();
         let mut redis_triggers = Vec::new();
         let mut mqtt_triggers = Vec::new();
+        // (index in http_triggers, trigger id, its `dependencies.middleware`)
+        let mut pending_middleware: Vec<(usize, String, toml::Value)> = Vec::new();
         for (trigger_type, entries) in raw.trigger {
             if trigger_type == "mqtt" {
                 for (index, entry) in entries.into_iter().enumerate() {
@@ -534,15 +648,17 @@ impl Manifest {
                     .map_err(|err: toml::de::Error| fail(format!("`{key}`: {}", err.message())))?;
                 let _ = (&trigger.id, &trigger.static_response);
                 ignored_keys.extend(trigger.unknown.keys().map(|unknown| format!("{key}.{unknown}")));
-                if let Some(dependencies) = trigger.dependencies.as_ref().filter(|deps| !deps.is_empty()) {
-                    let kinds: Vec<&str> = dependencies.keys().map(String::as_str).collect();
-                    return Err(fail(format!(
-                        "`{key}.dependencies` ({}): HTTP middleware is not supported by Mosaic yet, and \
-                         serving the route without it could skip what it does (authentication, for one); \
-                         remove it to serve the component alone",
-                        kinds.join(", ")
-                    )));
-                }
+                let middleware = match trigger.dependencies.as_ref().filter(|deps| !deps.is_empty()) {
+                    None => None,
+                    Some(dependencies) => {
+                        if let Some(other) = dependencies.keys().find(|kind| *kind != "middleware") {
+                            return Err(fail(format!(
+                                "`{key}.dependencies.{other}`: an HTTP trigger's only dependencies are `middleware`"
+                            )));
+                        }
+                        dependencies.get("middleware").cloned()
+                    }
+                };
                 if let Some(executor) = &trigger.executor {
                     let kind = executor.get("type").and_then(|v| v.as_str()).unwrap_or("");
                     if kind != "spin" && kind != "wasi" {
@@ -564,6 +680,10 @@ impl Manifest {
                         )))
                     }
                 };
+                if let Some(middleware) = middleware {
+                    let id = trigger.id.clone().unwrap_or_else(|| format!("http-trigger{index}"));
+                    pending_middleware.push((http_triggers.len(), id, middleware));
+                }
                 http_triggers.push(HttpTrigger { component, route });
             }
         }
@@ -641,7 +761,18 @@ impl Manifest {
                         .map_err(fail)?;
             }
         }
+        assign_middleware(
+            &mut raw.component,
+            &mut http_triggers,
+            &redis_triggers,
+            &mqtt_triggers,
+            pending_middleware,
+            &dir,
+            &sources,
+        )
+        .map_err(fail)?;
         crate::dependencies::check_cycles(&raw.component).map_err(fail)?;
+        check_composed_components(&raw.component).map_err(fail)?;
         Ok(Manifest {
             path: path.to_owned(),
             dir,
@@ -665,12 +796,12 @@ impl Manifest {
         }
     }
 
-    /// The components that name `component` as a dependency (`component = "..."`).
+    /// The components that name `component` as a dependency or a middleware (`component = "..."`).
     pub fn dependents_of(&self, component: &str) -> Vec<String> {
         self.components
             .iter()
             .filter(|(_, decl)| {
-                decl.resolved_dependencies.iter().any(|dependency| {
+                decl.resolved_dependencies.iter().chain(&decl.middleware).any(|dependency| {
                     matches!(&dependency.source, crate::dependencies::DependencySource::Component { name, .. } if name == component)
                 })
             })
@@ -859,6 +990,7 @@ fn check_variable_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dependencies::{DependencySource, Inherit};
 
     fn parse(text: &str) -> Result<Manifest, String> {
         Manifest::parse(Path::new("app/spin.toml"), text).map_err(|err| err.to_string())
@@ -1108,5 +1240,112 @@ environment = { X = "1" }
             ]
         );
         assert_eq!(manifest.other_trigger_types, ["cron"]);
+    }
+
+    #[test]
+    fn middleware_moves_onto_its_component_and_a_shared_component_is_copied_per_trigger() {
+        let text = r#"
+spin_manifest_version = 2
+[application]
+name = "mw"
+[[trigger.http]]
+route = "/guarded/..."
+component = "api"
+dependencies.middleware = [{ component = "auth" }, { path = "tag.wasm", inherit_configuration = ["key_value_stores"] }]
+[[trigger.http]]
+route = "/open/..."
+component = "api"
+[[trigger.http]]
+route = "/alone/..."
+component = "solo"
+dependencies.middleware = [{ component = "auth" }]
+[component.api]
+source = "api.wasm"
+key_value_stores = ["default"]
+[component.solo]
+source = "solo.wasm"
+[component.auth]
+source = "auth.wasm"
+"#;
+        let manifest = Manifest::parse(Path::new("/app/spin.toml"), text).unwrap();
+        let routed: Vec<(&str, String)> = manifest
+            .http_triggers
+            .iter()
+            .map(|t| (t.component.as_str(), format!("{:?}", t.route)))
+            .collect();
+        assert_eq!(routed[0].0, "api-for-http-trigger0", "{routed:?}");
+        assert_eq!(routed[1].0, "api", "the unwrapped route keeps the component");
+        assert_eq!(routed[2].0, "solo", "a component of one trigger is wrapped in place");
+        let copy = &manifest.components["api-for-http-trigger0"];
+        assert_eq!(copy.key_value_stores, ["default"], "the copy keeps the grants");
+        assert_eq!(copy.middleware.len(), 2);
+        assert!(matches!(&copy.middleware[0].source, DependencySource::Component { name, .. } if name == "auth"));
+        assert_eq!(
+            copy.middleware[0].inherit,
+            Inherit::Only(vec![]),
+            "nothing inherited by default"
+        );
+        assert_eq!(
+            copy.middleware[1].source,
+            DependencySource::Path(PathBuf::from("/app/tag.wasm"))
+        );
+        assert_eq!(
+            copy.middleware[1].inherit,
+            Inherit::Only(vec!["key_value_stores".into()])
+        );
+        assert!(manifest.components["api"].middleware.is_empty());
+        assert_eq!(manifest.components["solo"].middleware.len(), 1);
+        assert!(
+            manifest.is_dependency_only("auth"),
+            "a middleware has no service of its own"
+        );
+        assert_eq!(manifest.dependents_of("auth"), ["api-for-http-trigger0", "solo"]);
+    }
+
+    #[test]
+    fn bad_middleware_is_refused_with_what_to_write() {
+        let with = |middleware: &str, extra: &str| {
+            let text = format!(
+                "spin_manifest_version = 2\n[application]\nname = \"mw\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"api\"\n{middleware}\n[component.api]\nsource = \"api.wasm\"\n[component.auth]\nsource = \"auth.wasm\"\n{extra}"
+            );
+            Manifest::parse(Path::new("spin.toml"), &text).unwrap_err().to_string()
+        };
+        let cases = [
+            ("dependencies.middleware = { component = \"auth\" }", "", "is a list"),
+            (
+                "dependencies.middleware = [{ component = \"nope\" }]",
+                "",
+                "no `[component.nope]`",
+            ),
+            (
+                "dependencies.middleware = [{ component = \"api\" }]",
+                "",
+                "its own middleware",
+            ),
+            (
+                "dependencies.middleware = [{ version = \"1.0.0\", package = \"acme:auth\" }]",
+                "",
+                "registry",
+            ),
+            (
+                "dependencies.middleware = [{ component = \"auth\", export = \"x\" }]",
+                "",
+                "unknown key `export`",
+            ),
+            (
+                "dependencies.cache = [{ component = \"auth\" }]",
+                "",
+                "only dependencies are `middleware`",
+            ),
+            (
+                "dependencies.middleware = [{ component = \"auth\" }]",
+                "key_value_stores = [\"default\"]\n",
+                "key_value_stores of its own",
+            ),
+        ];
+        for (middleware, extra, expected) in cases {
+            let err = with(middleware, extra);
+            assert!(err.contains(expected), "{middleware}: {err}");
+        }
     }
 }

@@ -89,6 +89,8 @@ impl AppDir {
             "greeter-v2",
             "greeter",
             "greeted",
+            "middleware-auth",
+            "middleware-tagger",
         ] {
             // Only the fixtures the manifest names need to be built.
             let placeholder = format!("{{{name}}}");

@@ -241,24 +241,3 @@ async fn a_deploy_whose_dependency_is_gone_fails_and_the_running_version_keeps_s
     );
     host.shutdown().await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_middleware_is_refused_rather_than_skipped() {
-    let dir = AppDir::new(
-        r#"
-spin_manifest_version = 2
-[application]
-name = "mw"
-[[trigger.http]]
-route = "/..."
-component = "greeted"
-dependencies.middleware = [{ component = "greeter" }]
-[component.greeted]
-source = "{greeted}"
-[component.greeter]
-source = "{greeter}"
-"#,
-    );
-    let why = refusal(&dir).await;
-    assert!(why.contains("middleware") && why.contains("trigger.http[0]"), "{why}");
-}

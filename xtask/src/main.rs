@@ -286,6 +286,8 @@ const FIXTURES: &[(&str, &str, &str)] = &[
     ("greeter", "", "greeter"),
     ("greeter", "v2", "greeter-v2"),
     ("greeted", "", "greeted"),
+    ("middleware", "", "middleware-auth"),
+    ("middleware", "tagger", "middleware-tagger"),
 ];
 
 fn build_all(root: &Path) -> Result<()> {

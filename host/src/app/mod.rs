@@ -399,6 +399,7 @@ impl App {
             subscription: self.manifest.subscription_of(component),
             mqtt: !self.manifest.mqtt_triggers_of(component).is_empty(),
             dependencies: Arc::from(decl.resolved_dependencies.clone()),
+            middleware: Arc::from(decl.middleware.clone()),
         }))
     }
 

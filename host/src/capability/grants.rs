@@ -31,6 +31,8 @@ pub struct ComponentSpec {
     pub mqtt: bool,
     /// Its `[component.NAME.dependencies]`, composed into every version of it.
     pub dependencies: Arc<[mosaic_manifest::dependencies::Dependency]>,
+    /// The HTTP middleware of its trigger, outermost first, composed around every version.
+    pub middleware: Arc<[mosaic_manifest::dependencies::Dependency]>,
 }
 
 impl ComponentSpec {
@@ -56,6 +58,7 @@ impl ComponentSpec {
             subscription: None,
             mqtt: false,
             dependencies: Arc::from(Vec::new()),
+            middleware: Arc::from(Vec::new()),
         }
     }
 }

@@ -85,15 +85,23 @@ pub struct Part {
     pub bytes: Vec<u8>,
 }
 
-/// The digest the composed artifact of `parent` (of digest `parent_digest`) with `parts` is
-/// cached under: every part's bytes and how it is wired.
-pub fn composed_digest(parent_digest: &Digest, parts: &[Part]) -> Digest {
+/// The digest the composed artifact of `parent` (of digest `parent_digest`) with its
+/// `dependencies` and `middleware` is cached under: every part's bytes and how it is wired.
+pub fn composed_digest(parent_digest: &Digest, dependencies: &[Part], middleware: &[Part]) -> Digest {
     let mut hasher = sha2::Sha256::new();
     hasher.update(b"mosaic-composition-v1\n");
     hasher.update(parent_digest.as_str().as_bytes());
-    for part in parts {
+    let roles = dependencies
+        .iter()
+        .map(|part| ("dependency", part))
+        .chain(middleware.iter().map(|part| ("middleware", part)));
+    for (role, part) in roles {
         let dependency = &part.dependency;
         hasher.update(b"\n");
+        // Without middleware the digest is the one composition v1 always gave.
+        if role == "middleware" {
+            hasher.update(b"middleware\n");
+        }
         hasher.update(dependency.name.text.as_bytes());
         hasher.update(b"\n");
         hasher.update(dependency.export.as_deref().unwrap_or("").as_bytes());
@@ -108,39 +116,41 @@ pub fn composed_digest(parent_digest: &Digest, parts: &[Part]) -> Digest {
     Digest::from_hex(hex::encode(hasher.finalize()))
 }
 
-/// Composes `parent` (the code of component `component`) with its dependencies: every import
-/// a dependency's key names is satisfied by that dependency's export of the same name (or its
-/// `export`); everything else stays an import of the result. Errors name the component, the
-/// dependency and the import.
-pub fn compose(component: &str, parent: &[u8], parts: &[Part]) -> Result<Vec<u8>, String> {
-    let mut graph = CompositionGraph::new();
-    let failed = |what: String| move |err: anyhow::Error| format!("{what}: {err:#}");
-    let parent_package = Package::from_bytes("mosaic:component", None, parent.to_vec(), graph.types_mut())
-        .map_err(failed(format!("`{component}` cannot be read as a component")))?;
-    let parent_id = graph
-        .register_package(parent_package)
-        .map_err(|err| format!("`{component}` cannot be composed: {err}"))?;
-    let parent_world = graph[parent_id].ty();
-    let parent_imports: Vec<String> = graph.types()[parent_world].imports.keys().cloned().collect();
-    let parent_exports: Vec<String> = graph.types()[parent_world].exports.keys().cloned().collect();
-    let parent_instance = graph.instantiate(parent_id);
-    let mut satisfied = BTreeSet::new();
-    // One import per denied interface, shared by every dependency that may not use it.
-    let mut denied_nodes = std::collections::HashMap::new();
-    for (index, part) in parts.iter().enumerate() {
-        let dependency = &part.dependency;
-        let about = format!(
-            "dependency `{}` of `{component}` ({})",
-            dependency.name,
-            dependency.source.describe()
-        );
+/// Whether `name` is the WASI 0.3 HTTP handler interface middleware wraps: `wasi:http/handler`
+/// at 0.3.0 or at a 0.3.0 release candidate Spin 4.0 builds for.
+pub fn is_wasi_http_handler(name: &str) -> bool {
+    name.strip_prefix(mosaic_manifest::dependencies::MIDDLEWARE_INTERFACE)
+        .and_then(|rest| rest.strip_prefix('@'))
+        .is_some_and(|version| version == "0.3.0" || version.starts_with("0.3.0-"))
+}
+
+/// One part's package in a composition graph, instantiated: the imports it may not use are
+/// wired to the shared denied imports.
+struct Placed {
+    instance: wac_graph::NodeId,
+    imports: Vec<String>,
+    exports: Vec<String>,
+}
+
+/// The composition of one component with its dependencies and middleware.
+struct Composition {
+    graph: CompositionGraph,
+    /// One import per denied interface, shared by every part that may not use it.
+    denied_nodes: std::collections::HashMap<String, wac_graph::NodeId>,
+    parts: usize,
+}
+
+impl Composition {
+    fn place(&mut self, part: &Part, about: &str) -> Result<Placed, String> {
+        let graph = &mut self.graph;
         let package = Package::from_bytes(
-            &format!("mosaic:dependency{index}"),
+            &format!("mosaic:dependency{}", self.parts),
             None,
             part.bytes.clone(),
             graph.types_mut(),
         )
-        .map_err(failed(format!("{about} is not a component")))?;
+        .map_err(|err| format!("{about} is not a component: {err:#}"))?;
+        self.parts += 1;
         let package_id = graph
             .register_package(package)
             .map_err(|err| format!("{about} cannot be composed: {err}"))?;
@@ -155,7 +165,7 @@ pub fn compose(component: &str, parent: &[u8], parts: &[Part]) -> Result<Vec<u8>
         // Each denied import is a copy of its interface under the denied name (the same
         // interface id would be merged with the host's), and so is every import that uses its
         // types (`wasi:keyvalue/atomics` works on `store`'s buckets), rewired to the copies.
-        let denied = denied_imports_of(graph.types(), &imports, &dependency.inherit);
+        let denied = denied_imports_of(graph.types(), &imports, &part.dependency.inherit);
         let mut copies = std::collections::HashMap::new();
         for (import, kind) in &imports {
             let (true, wac_graph::types::ItemKind::Instance(interface)) = (denied.contains(import), kind) else {
@@ -171,13 +181,13 @@ pub fn compose(component: &str, parent: &[u8], parts: &[Part]) -> Result<Vec<u8>
             }
             let copy = graph.types_mut().add_interface(copy);
             copies.insert(*interface, copy);
-            let node = match denied_nodes.get(&name) {
+            let node = match self.denied_nodes.get(&name) {
                 Some(node) => *node,
                 None => {
                     let node = graph
                         .import(name.clone(), wac_graph::types::ItemKind::Instance(copy))
                         .map_err(|err| format!("{about}: cannot deny `{import}`: {err}"))?;
-                    denied_nodes.insert(name, node);
+                    self.denied_nodes.insert(name, node);
                     node
                 }
             };
@@ -185,6 +195,46 @@ pub fn compose(component: &str, parent: &[u8], parts: &[Part]) -> Result<Vec<u8>
                 .set_instantiation_argument(instance, import, node)
                 .map_err(|err| format!("{about}: cannot deny `{import}`: {err}"))?;
         }
+        Ok(Placed {
+            instance,
+            imports: imports.into_iter().map(|(name, _)| name).collect(),
+            exports,
+        })
+    }
+}
+
+/// Composes `parent` (the code of component `component`) with its dependencies and its HTTP
+/// middleware. Every import a dependency's key names is satisfied by that dependency's export
+/// of the same name (or its `export`); each middleware (outermost first) exports the WASI 0.3
+/// handler in place of the component's and calls the next one (the component last) through
+/// its import of it. Everything else stays an import of the result. Errors name the
+/// component, the dependency or middleware, and the import.
+pub fn compose(component: &str, parent: &[u8], dependencies: &[Part], middleware: &[Part]) -> Result<Vec<u8>, String> {
+    let mut composition = Composition {
+        graph: CompositionGraph::new(),
+        denied_nodes: std::collections::HashMap::new(),
+        parts: 0,
+    };
+    let graph = &mut composition.graph;
+    let parent_package = Package::from_bytes("mosaic:component", None, parent.to_vec(), graph.types_mut())
+        .map_err(|err| format!("`{component}` cannot be read as a component: {err:#}"))?;
+    let parent_id = graph
+        .register_package(parent_package)
+        .map_err(|err| format!("`{component}` cannot be composed: {err}"))?;
+    let parent_world = graph[parent_id].ty();
+    let parent_imports: Vec<String> = graph.types()[parent_world].imports.keys().cloned().collect();
+    let parent_exports: Vec<String> = graph.types()[parent_world].exports.keys().cloned().collect();
+    let parent_instance = graph.instantiate(parent_id);
+    let mut satisfied = BTreeSet::new();
+    for part in dependencies {
+        let dependency = &part.dependency;
+        let about = format!(
+            "dependency `{}` of `{component}` ({})",
+            dependency.name,
+            dependency.source.describe()
+        );
+        let placed = composition.place(part, &about)?;
+        let graph = &mut composition.graph;
         let matching: Vec<&String> = parent_imports
             .iter()
             .filter(|import| dependency.name.matches(import))
@@ -202,14 +252,14 @@ pub fn compose(component: &str, parent: &[u8], parts: &[Part]) -> Result<Vec<u8>
                 ));
             }
             let export = dependency.export.clone().unwrap_or_else(|| import.clone());
-            if !exports.contains(&export) {
+            if !placed.exports.contains(&export) {
                 return Err(format!(
                     "{about} does not export `{export}`, which `{component}` imports; it exports {}",
-                    list_or_nothing(&exports)
+                    list_or_nothing(&placed.exports)
                 ));
             }
             let alias = graph
-                .alias_instance_export(instance, &export)
+                .alias_instance_export(placed.instance, &export)
                 .map_err(|err| format!("{about}: cannot use its export `{export}`: {err}"))?;
             graph
                 .set_instantiation_argument(parent_instance, import, alias)
@@ -218,22 +268,68 @@ pub fn compose(component: &str, parent: &[u8], parts: &[Part]) -> Result<Vec<u8>
                 })?;
         }
     }
+    // The handler the outermost middleware exports in place of the component's.
+    let mut wrapped: Option<(String, wac_graph::NodeId)> = None;
+    if !middleware.is_empty() {
+        let Some(handler) = parent_exports.iter().find(|export| is_wasi_http_handler(export)) else {
+            return Err(format!(
+                "`{component}` has middleware, which wraps a WASI 0.3 HTTP handler (`wasi:http/handler@0.3.0`), \
+                 but it exports {}: build it with spin-sdk 7 (or another WASI 0.3 toolchain), or remove the \
+                 trigger's `dependencies.middleware`",
+                list_or_nothing(&parent_exports)
+            ));
+        };
+        let mut next = composition
+            .graph
+            .alias_instance_export(parent_instance, handler)
+            .map_err(|err| format!("`{component}`: cannot use its export `{handler}`: {err}"))?;
+        for (index, part) in middleware.iter().enumerate().rev() {
+            let about = format!(
+                "middleware {} of `{component}` ({})",
+                index + 1,
+                part.dependency.source.describe()
+            );
+            let placed = composition.place(part, &about)?;
+            let graph = &mut composition.graph;
+            if !placed.imports.contains(handler) || !placed.exports.contains(handler) {
+                return Err(format!(
+                    "{about} is not a middleware for it: a middleware imports and exports `{handler}` \
+                     (the world `wasi:http/middleware`); it imports {} and exports {}",
+                    list_or_nothing(&placed.imports),
+                    list_or_nothing(&placed.exports)
+                ));
+            }
+            graph
+                .set_instantiation_argument(placed.instance, handler, next)
+                .map_err(|err| {
+                    format!("{about}: the handler it calls does not fit `{handler}` of `{component}`: {err}")
+                })?;
+            next = graph
+                .alias_instance_export(placed.instance, handler)
+                .map_err(|err| format!("{about}: cannot use its export `{handler}`: {err}"))?;
+        }
+        wrapped = Some((handler.clone(), next));
+    }
+    let graph = &mut composition.graph;
     for export in &parent_exports {
-        let alias = graph
-            .alias_instance_export(parent_instance, export)
-            .map_err(|err| format!("`{component}`: cannot re-export `{export}`: {err}"))?;
+        let alias = match &wrapped {
+            Some((handler, outermost)) if handler == export => *outermost,
+            _ => graph
+                .alias_instance_export(parent_instance, export)
+                .map_err(|err| format!("`{component}`: cannot re-export `{export}`: {err}"))?,
+        };
         graph
             .export(alias, export.clone())
             .map_err(|err| format!("`{component}`: cannot re-export `{export}`: {err}"))?;
     }
     graph
         .encode(EncodeOptions::default())
-        .map_err(|err| format!("`{component}` and its dependencies cannot be composed: {err:#}"))
+        .map_err(|err| format!("`{component}`, its dependencies and middleware cannot be composed: {err:#}"))
 }
 
-/// One warning per capability a dependency of `spec` imports without inheriting its grant: its
-/// calls are denied. Read from the composed component's imports, so a cached artifact says
-/// the same as a fresh composition.
+/// One warning per capability a dependency or middleware of `spec` imports without inheriting
+/// its grant, where `spec` has that grant: its calls are denied. Read from the composed
+/// component's imports, so a cached artifact says the same as a fresh composition.
 pub fn denial_warnings(
     component: &wasmtime::component::Component,
     engine: &wasmtime::Engine,
@@ -244,15 +340,31 @@ pub fn denial_warnings(
         .imports(engine)
         .filter_map(|(name, _)| original_of_denied(name))
         .filter_map(|interface| Some((interface, grant_of(interface)?)))
+        // A grant the component itself lacks is no loss: inherited, it would give nothing.
+        .filter(|(_, grant)| component_has(spec, grant))
         .map(|(interface, grant)| {
             format!(
-                "a dependency of `{}` imports `{interface}` but does not inherit `{grant}`: its calls \
-                 are denied (inherit_configuration = [\"{grant}\"] in its [component.{}.dependencies] \
-                 entry allows them)",
+                "a dependency or middleware of `{}` imports `{interface}` but does not inherit `{grant}`: \
+                 its calls are denied (inherit_configuration = [\"{grant}\"] in its entry of \
+                 [component.{}.dependencies] or the trigger's dependencies.middleware allows them)",
                 spec.name, spec.name
             )
         })
         .collect()
+}
+
+/// Whether `spec` has the grant `grant` (a key of `inherit_configuration`) to give.
+fn component_has(spec: &crate::capability::grants::ComponentSpec, grant: &str) -> bool {
+    match grant {
+        "allowed_outbound_hosts" => !spec.allowed_hosts.is_empty(),
+        "environment" => !spec.environment.is_empty(),
+        "files" => spec.files_dir.is_some(),
+        "key_value_stores" => !spec.key_value_stores.is_empty(),
+        "sqlite_databases" => !spec.sqlite_databases.is_empty(),
+        "variables" => !spec.variables.is_empty(),
+        // ai_models: not in the spec (Mosaic has no LLM backend); say so when it is imported.
+        _ => true,
+    }
 }
 
 /// The imports of a dependency it may not use: the capabilities whose grant it does not

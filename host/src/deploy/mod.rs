@@ -352,21 +352,23 @@ impl Pipeline {
         let name = spec.name.clone();
         let digest = Digest::of(&bytes);
         artifacts::check_is_component(&bytes).map_err(|reason| DeployError::at(&name, Step::Validate, reason))?;
-        let parts = dependency_parts(&spec)?;
+        let dependencies = composed_parts(&spec, &spec.dependencies, PartRole::Dependency)?;
+        let middleware = composed_parts(&spec, &spec.middleware, PartRole::Middleware)?;
+        let composed = !dependencies.is_empty() || !middleware.is_empty();
         let engine = app.engine().clone();
         // A composed component is cached under the digest of all its parts.
-        let artifact = match parts.is_empty() {
-            true => app.state.artifact_of(digest.as_str()),
-            false => app
+        let artifact = match composed {
+            false => app.state.artifact_of(digest.as_str()),
+            true => app
                 .state
-                .artifact_of(crate::compose::composed_digest(&digest, &parts).as_str()),
+                .artifact_of(crate::compose::composed_digest(&digest, &dependencies, &middleware).as_str()),
         };
         let bytes = Arc::new(bytes);
         let compile_bytes = bytes.clone();
         let composing = name.clone();
-        let source = move || match parts.is_empty() {
-            true => Ok(compile_bytes),
-            false => crate::compose::compose(&composing, &compile_bytes, &parts).map(Arc::new),
+        let source = move || match composed {
+            false => Ok(compile_bytes),
+            true => crate::compose::compose(&composing, &compile_bytes, &dependencies, &middleware).map(Arc::new),
         };
         let (component, cached) =
             tokio::task::spawn_blocking(move || artifacts::load_or_compile(&engine, &artifact, source))
@@ -860,22 +862,41 @@ fn world_of(
     crate::app::World { wasi, entry_points }
 }
 
-/// The code of every dependency of `spec`, read from its file; an error names the dependency.
-fn dependency_parts(spec: &ComponentSpec) -> Result<Vec<crate::compose::Part>, DeployError> {
-    spec.dependencies
+#[derive(Clone, Copy)]
+enum PartRole {
+    Dependency,
+    Middleware,
+}
+
+/// The code of each of `parts` (`spec`'s dependencies or middleware), read from its file; an
+/// error names the part and where it is declared.
+fn composed_parts(
+    spec: &ComponentSpec,
+    parts: &[mosaic_manifest::dependencies::Dependency],
+    role: PartRole,
+) -> Result<Vec<crate::compose::Part>, DeployError> {
+    parts
         .iter()
-        .map(|dependency| {
+        .enumerate()
+        .map(|(index, dependency)| {
             let path = dependency.source.path();
+            let (what, declared) = match role {
+                PartRole::Middleware => (
+                    format!("middleware {}", index + 1),
+                    "its trigger's dependencies.middleware".to_string(),
+                ),
+                PartRole::Dependency => (
+                    format!("dependency `{}`", dependency.name),
+                    format!("[component.{}.dependencies]", spec.name),
+                ),
+            };
             let bytes = std::fs::read(path).map_err(|err| {
                 DeployError::at(
                     &spec.name,
                     Step::Validate,
                     format!(
-                        "cannot read its dependency `{}` ({}): {err}; build it, or fix the path in \
-                         [component.{}.dependencies]",
-                        dependency.name,
+                        "cannot read its {what} ({}): {err}; build it, or fix the path in {declared}",
                         path.display(),
-                        spec.name
                     ),
                 )
             })?;
@@ -883,7 +904,7 @@ fn dependency_parts(spec: &ComponentSpec) -> Result<Vec<crate::compose::Part>, D
                 DeployError::at(
                     &spec.name,
                     Step::Validate,
-                    format!("its dependency `{}` ({}): {reason}", dependency.name, path.display()),
+                    format!("its {what} ({}): {reason}", path.display()),
                 )
             })?;
             Ok(crate::compose::Part {

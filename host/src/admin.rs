@@ -53,6 +53,10 @@ pub struct ComponentStatus {
     /// How the last canary ended since the host started (`auto_rollback of VERSION: why`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_canary: Option<String>,
+    /// For a component that runs only as a dependency or middleware of others: those it is
+    /// composed into (its `version` is what they run; it serves nothing by itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub composed_into: Vec<String>,
 }
 
 /// A canary beside the live (stable) version.
@@ -456,8 +460,27 @@ pub fn status(app: &App) -> Vec<ComponentStatus> {
                     }
                 }),
                 last_canary: slot.last_canary.load_full().map(|ended| ended.to_string()),
+                composed_into: Vec::new(),
             }
         })
+        .chain(
+            app.dependency_versions()
+                .into_iter()
+                .map(|(name, version)| ComponentStatus {
+                    composed_into: app.manifest.dependents_of(&name),
+                    name,
+                    route: None,
+                    version: version.digest.to_string(),
+                    deployed_at_unix_ms: crate::clock::unix_ms_of(version.deployed_at),
+                    in_flight: 0,
+                    requests: 0,
+                    errors: 0,
+                    world: "dependency".to_string(),
+                    instances: 0,
+                    canary: None,
+                    last_canary: None,
+                }),
+        )
         .collect()
 }
 

@@ -402,11 +402,14 @@ async fn restore(pipeline: &Pipeline) -> anyhow::Result<()> {
     let entries = journal::read(&app.state.journal_path()).context("cannot read the deploy journal")?;
     // Canaries in progress come back once every stable version is loaded.
     let mut canaries = Vec::new();
-    for name in app.manifest.components.keys() {
-        if app.manifest.is_dependency_only(name) {
-            // It runs composed into the components that depend on it.
-            continue;
-        }
+    // The components that run only composed into others first: their dependents are composed
+    // with the version of theirs that runs (the journal's, when one was deployed).
+    let (dependencies, services): (Vec<&String>, Vec<&String>) = app
+        .manifest
+        .components
+        .keys()
+        .partition(|name| app.manifest.is_dependency_only(name));
+    for name in dependencies.into_iter().chain(services) {
         let Some(path) = app.manifest.source_path(name) else {
             continue;
         };
@@ -424,6 +427,13 @@ async fn restore(pipeline: &Pipeline) -> anyhow::Result<()> {
             .find(|entry| entry.action == Action::Manifest)
             .is_some_and(|entry| entry.digest == manifest_digest);
         let last_journaled = history.last().map(|entry| entry.live_digest().clone());
+        if app.manifest.is_dependency_only(name) {
+            let journaled = last_journaled
+                .filter(|_| manifest_unchanged)
+                .and_then(|last| std::fs::read(app.state.source_of(last.as_str())).ok());
+            pipeline.restore_dependency(name, manifest_bytes, journaled);
+            continue;
+        }
         let (bytes, record) = match last_journaled {
             Some(last) if manifest_unchanged => match std::fs::read(app.state.source_of(last.as_str())) {
                 Ok(bytes) => {

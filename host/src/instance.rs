@@ -16,7 +16,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capability::grants::ComponentSpec;
-use crate::capability::http_outbound::{ChainedRequests, OutboundHttp, OutboundPolicies};
+use crate::capability::http_outbound::{ChainPosition, ChainedRequests, OutboundHttp, OutboundPolicies};
 use crate::capability::{Capability, GuestCapability, HasInstance, InstanceParts};
 use crate::guest_log::{GuestOutput, GuestStream};
 use crate::observe::{LiveInstance, TraceContext};
@@ -179,10 +179,10 @@ impl InstanceFactory {
         &self,
         spec: &ComponentSpec,
         chained: Arc<dyn ChainedRequests>,
-        depth: u32,
+        chain: ChainPosition,
         timeout: Duration,
     ) -> anyhow::Result<Store<InstanceState>> {
-        self.store(spec, chained, depth, StoreDeadline::Trap(timeout))
+        self.store(spec, chained, chain, StoreDeadline::Trap(timeout))
     }
 
     /// A store for an instance that serves several requests (`crate::instance_pool`): the
@@ -192,17 +192,17 @@ impl InstanceFactory {
         &self,
         spec: &ComponentSpec,
         chained: Arc<dyn ChainedRequests>,
-        depth: u32,
+        chain: ChainPosition,
         request_timeout: Duration,
     ) -> anyhow::Result<Store<InstanceState>> {
-        self.store(spec, chained, depth, StoreDeadline::Yield(request_timeout))
+        self.store(spec, chained, chain, StoreDeadline::Yield(request_timeout))
     }
 
     fn store(
         &self,
         spec: &ComponentSpec,
         chained: Arc<dyn ChainedRequests>,
-        depth: u32,
+        chain: ChainPosition,
         deadline_kind: StoreDeadline,
     ) -> anyhow::Result<Store<InstanceState>> {
         let timeout = match deadline_kind {
@@ -223,7 +223,7 @@ impl InstanceFactory {
             component,
             allowed: spec.allowed_hosts.clone(),
             chained,
-            depth,
+            chain,
             policies: self.capabilities.outbound.clone(),
             deadline,
             trace: None,

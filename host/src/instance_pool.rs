@@ -32,7 +32,7 @@ use wasmtime_wasi_http::handler::{
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
 use crate::capability::grants::ComponentSpec;
-use crate::capability::http_outbound::ChainedRequests;
+use crate::capability::http_outbound::{ChainPosition, ChainedRequests};
 use crate::instance::{InstanceFactory, InstanceState};
 use crate::observe::TraceContext;
 use crate::settings::ReusePolicy;
@@ -57,15 +57,15 @@ pub struct RequestContext {
 }
 
 impl InstancePool {
-    /// `depth`: how many in-process hops led to the requests this pool serves (0 for the
-    /// listener's). `live` counts the pool's instances (a version's pools share one).
+    /// `chain`: where the requests this pool serves stand in their chain of in-process calls
+    /// (at the start, for the listener's). `live` counts the pool's instances (a version's pools share one).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         pre: ProxyPre<InstanceState>,
         factory: InstanceFactory,
         spec: ComponentSpec,
         chained: Arc<dyn ChainedRequests>,
-        depth: u32,
+        chain: ChainPosition,
         policy: ReusePolicy,
         request_timeout: Duration,
         live: Arc<AtomicUsize>,
@@ -77,7 +77,7 @@ impl InstancePool {
             factory,
             spec,
             chained,
-            depth,
+            chain,
             policy,
             request_timeout,
             retired: retired.clone(),
@@ -117,7 +117,7 @@ struct PoolState {
     factory: InstanceFactory,
     spec: ComponentSpec,
     chained: Arc<dyn ChainedRequests>,
-    depth: u32,
+    chain: ChainPosition,
     policy: ReusePolicy,
     request_timeout: Duration,
     retired: CancellationToken,
@@ -131,7 +131,12 @@ impl HandlerState for PoolState {
     async fn instantiate(&self) -> wasmtime::Result<Instance<InstanceState, Expiration, Worker>> {
         let mut store: Store<InstanceState> = self
             .factory
-            .new_reusable_store(&self.spec, self.chained.clone(), self.depth, self.request_timeout)
+            .new_reusable_store(
+                &self.spec,
+                self.chained.clone(),
+                self.chain.clone(),
+                self.request_timeout,
+            )
             .map_err(wasmtime::Error::from_anyhow)?;
         let proxy = match tokio::time::timeout(self.request_timeout, self.pre.instantiate_async(&mut store)).await {
             Ok(proxy) => proxy?,

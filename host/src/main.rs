@@ -667,6 +667,12 @@ fn report_text(verb: &str, report: &DeployReport) -> String {
             short(&report.digest),
         ),
     };
+    if !report.composed_into.is_empty() {
+        out.push_str(&format!(
+            "composed again into {}, which swapped with it as one\n",
+            report.composed_into.join(", ")
+        ));
+    }
     for warning in &report.warnings {
         out.push_str(&format!("warning: {warning}\n"));
     }
@@ -711,6 +717,9 @@ fn status_text(status: &[ComponentStatus]) -> String {
             ));
         } else if let Some(ended) = &component.last_canary {
             out.push_str(&format!("  last canary: {ended}\n"));
+        }
+        if !component.composed_into.is_empty() {
+            out.push_str(&format!("  composed into {}\n", component.composed_into.join(", ")));
         }
     }
     out

@@ -43,6 +43,9 @@ impl Rollout {
 
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
         match &self.cluster {
+            Some(_) if self.pipeline.app().manifest.is_dependency_only(&request.component) => {
+                Err(dependency_in_cluster(&request.component))
+            }
             Some(cluster) => cluster.deploy(&self.pipeline, request).await,
             None => self.pipeline.deploy(request).await,
         }
@@ -58,8 +61,25 @@ impl Rollout {
 
     pub async fn rollback(&self, component: &str) -> Result<DeployReport, DeployError> {
         match &self.cluster {
+            Some(_) if self.pipeline.app().manifest.is_dependency_only(component) => {
+                Err(dependency_in_cluster(component))
+            }
             Some(cluster) => cluster.rollback(&self.pipeline, component).await,
             None => self.pipeline.rollback(component).await,
         }
     }
+}
+
+/// The cluster store keeps one desired version per served component; a dependency's version
+/// would have to move every dependent's on every host at once, which it cannot say yet.
+fn dependency_in_cluster(component: &str) -> DeployError {
+    DeployError::at(
+        component,
+        crate::deploy::Step::Receive,
+        format!(
+            "`{component}` runs only composed into other components, and a deploy of such a component is not \
+             supported in cluster mode yet: replace its file and restart the hosts one by one, or deploy it \
+             on a host outside the cluster"
+        ),
+    )
 }

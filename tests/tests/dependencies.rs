@@ -107,13 +107,172 @@ async fn a_dependency_on_another_component_of_the_app_by_package_name() {
     );
     // The dependency has no trigger: it is not a service of its own.
     assert!(host.app().slot("greeter").is_none());
-    let refused = host
+    // Deploying it composes its dependent again with the new code.
+    let report = host
         .pipeline()
         .deploy(mosaic_tests::deploy_request("greeter", "greeter-v2"))
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(refused.contains("dependency of greeted"), "{refused}");
+        .expect("a deploy of the dependency");
+    assert_eq!(report.composed_into, ["greeted"]);
+    assert_eq!(get(&http, &format!("{base}/greeted/version")).await.body, "v2");
+    host.shutdown().await;
+}
+
+/// `a` and `b` (both the greeted fixture) each depend on the app's component `greeter`, and
+/// may call each other in-process.
+const SHARED_DEPENDENCY: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "deps"
+[[trigger.http]]
+route = "/a/..."
+component = "a"
+[[trigger.http]]
+route = "/b/..."
+component = "b"
+[component.a]
+source = "{greeted}"
+allowed_outbound_hosts = ["http://*.spin.internal"]
+[component.a.dependencies]
+"mosaic:fixtures/greeting" = { component = "greeter" }
+[component.b]
+source = "{greeted}"
+allowed_outbound_hosts = ["http://*.spin.internal"]
+[component.b.dependencies]
+"mosaic:fixtures/greeting" = { component = "greeter" }
+[component.greeter]
+source = "{greeter}"
+"#;
+
+/// What the load saw: every answer of `/a/chain?to=b` and `/b/chain?to=a` ("v1 v1": the
+/// dependency's build in the one asked and in the one it asked), and every failure.
+#[derive(Default)]
+struct ChainLoad {
+    answers: std::collections::BTreeMap<String, u64>,
+    failures: Vec<String>,
+}
+
+/// Asks both chains over and over from `clients` tasks until `stop`.
+fn chain_load(
+    base: &str,
+    clients: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<ChainLoad>> {
+    (0..clients)
+        .map(|task| {
+            let (base, stop) = (base.to_string(), stop.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let mut seen = ChainLoad::default();
+                let mut turn = task;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let url = match turn % 2 {
+                        0 => format!("{base}/a/chain?to=b"),
+                        _ => format!("{base}/b/chain?to=a"),
+                    };
+                    turn += 1;
+                    match mosaic_tests::send(&http, "GET", &url, bytes::Bytes::new()).await {
+                        Ok(reply) if reply.status == 200 => *seen.answers.entry(reply.body).or_default() += 1,
+                        Ok(reply) => seen.failures.push(format!("{url}: {} {}", reply.status, reply.body)),
+                        Err(err) => seen.failures.push(format!("{url}: {err}")),
+                    }
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_of_a_shared_dependency_swaps_every_dependent_as_one_and_its_rollback_restores_them() {
+    let dir = AppDir::new(SHARED_DEPENDENCY);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let http = client();
+    assert_eq!(get(&http, &format!("{base}/a/chain?to=b")).await.body, "v1 v1");
+    assert!(host.app().slot("greeter").is_none(), "no service of its own");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = chain_load(&base, 4, stop.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let report = host
+        .pipeline()
+        .deploy(mosaic_tests::deploy_request("greeter", "greeter-v2"))
+        .await
+        .expect("the deploy of the dependency");
+    assert_eq!(report.composed_into, ["a", "b"]);
+    assert!(!report.cached, "composed and compiled anew");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for path in ["a/version", "b/version"] {
+        assert_eq!(get(&http, &format!("{base}/{path}")).await.body, "v2", "{path}");
+    }
+    // `mosaic status` lists the dependency with the components it is composed into.
+    let status = mosaic::admin::status(host.app());
+    let greeter = status
+        .iter()
+        .find(|c| c.name == "greeter")
+        .expect("greeter in the status");
+    assert_eq!(greeter.version, report.digest.to_string());
+    assert_eq!(greeter.composed_into, ["a", "b"]);
+
+    // The rollback of the dependency takes the whole set back.
+    let back = host.pipeline().rollback("greeter").await.expect("rollback");
+    assert_eq!(back.composed_into, ["a", "b"]);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut answers = std::collections::BTreeMap::new();
+    let mut failures = Vec::new();
+    for task in load {
+        let seen = task.await.expect("a load task");
+        for (answer, count) in seen.answers {
+            *answers.entry(answer).or_insert(0u64) += count;
+        }
+        failures.extend(seen.failures);
+    }
+    assert!(failures.is_empty(), "failed requests under the swap: {failures:?}");
+    let mixed: Vec<_> = answers.keys().filter(|a| *a != "v1 v1" && *a != "v2 v2").collect();
+    assert!(mixed.is_empty(), "a chain saw both versions: {answers:?}");
+    assert!(
+        answers.contains_key("v1 v1") && answers.contains_key("v2 v2"),
+        "{answers:?}"
+    );
+    for path in ["a/version", "b/version"] {
+        assert_eq!(get(&http, &format!("{base}/{path}")).await.body, "v1", "{path}");
+    }
+
+    // A restart comes back with the dependency's deployed version, not its manifest file.
+    host.pipeline()
+        .deploy(mosaic_tests::deploy_request("greeter", "greeter-v2"))
+        .await
+        .expect("v2 again");
+    host.shutdown().await;
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    assert_eq!(get(&http, &format!("{base}/a/chain?to=b")).await.body, "v2 v2");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_deploy_that_does_not_compose_into_every_dependent_changes_nothing() {
+    let dir = AppDir::new(SHARED_DEPENDENCY);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let http = client();
+    // `plain` exports no mosaic:fixtures/greeting.
+    let err = host
+        .pipeline()
+        .deploy(mosaic_tests::deploy_request("greeter", "plain"))
+        .await
+        .unwrap_err();
+    let why = err.to_string();
+    assert_eq!(err.step(), Some(mosaic::deploy::Step::Validate), "{why}");
+    assert!(why.contains("greeter") && why.contains("composed into `a`"), "{why}");
+    assert!(why.contains("mosaic:fixtures/greeting"), "{why}");
+    assert_eq!(get(&http, &format!("{base}/a/chain?to=b")).await.body, "v1 v1");
+    assert!(
+        host.pipeline().rollback("greeter").await.is_err(),
+        "nothing to roll back to"
+    );
     host.shutdown().await;
 }
 

@@ -223,3 +223,26 @@ source = "{middleware-auth}"
     let why = refusal(&registry).await;
     assert!(why.contains("registry") && why.contains("path ="), "{why}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_of_a_middleware_composes_the_route_again_and_its_rollback_restores_it() {
+    let dir = app(r#"[{ component = "auth" }]"#);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    // The tagger in place of the auth middleware: the route no longer asks for a header.
+    let report = host
+        .pipeline()
+        .deploy(mosaic_tests::deploy_request("auth", "middleware-tagger"))
+        .await
+        .expect("the deploy of the middleware");
+    assert_eq!(report.composed_into, ["api-for-http-trigger0"]);
+    let open = get_with(&format!("{base}/guarded/hello"), &[]).await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    assert_eq!(values(&open, "x-middleware-response"), ["tagger"]);
+
+    host.pipeline().rollback("auth").await.expect("the rollback");
+    let refused = get_with(&format!("{base}/guarded/hello"), &[]).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert_eq!(values(&refused, "x-middleware-response"), ["auth"]);
+    host.shutdown().await;
+}

@@ -83,6 +83,11 @@ pub struct Deployment {
     pooled_instances: Arc<AtomicUsize>,
     in_flight: AtomicU64,
     drained: Notify,
+    /// The deploy set this version belongs to (0: none): the versions a dependency's deploy
+    /// flipped together share one tag, and so do the versions they replaced
+    /// ([`App::install_set`]). An in-process call of a tagged version goes to the version of
+    /// the same set in the callee, so that a chain never mixes the two sides of the flip.
+    pub set_tag: Arc<AtomicU64>,
 }
 
 impl Deployment {
@@ -104,7 +109,12 @@ impl Deployment {
             pooled_instances: Arc::new(AtomicUsize::new(0)),
             in_flight: AtomicU64::new(0),
             drained: Notify::new(),
+            set_tag: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    pub fn tag(&self) -> u64 {
+        self.set_tag.load(Ordering::SeqCst)
     }
 
     /// This version with the MQTT handler its `[[trigger.mqtt]]` entries call.
@@ -208,6 +218,9 @@ pub struct SlotStats {
 pub struct ComponentSlot {
     pub spec: ComponentSpec,
     pub live: ArcSwap<Deployment>,
+    /// The version the last deploy set replaced, still reached by the in-process calls of
+    /// chains that began on the other side of that flip (see [`Deployment::set_tag`]).
+    pub superseded: ArcSwapOption<Deployment>,
     pub canary: ArcSwapOption<canary::Canary>,
     /// How the last canary ended (`auto_rollback of VERSION: why`), for `mosaic status`.
     pub last_canary: ArcSwapOption<String>,
@@ -235,10 +248,30 @@ impl ComponentSlot {
         Self {
             spec,
             live: ArcSwap::new(deployment),
+            superseded: ArcSwapOption::empty(),
             canary: ArcSwapOption::empty(),
             last_canary: ArcSwapOption::empty(),
             stats: SlotStats::default(),
         }
+    }
+
+    /// The version an in-process call of a chain pinned to the deploy set `pin` runs on: the
+    /// live or the superseded version of that set, when the slot has one, else as [`Self::pick`].
+    pub fn pick_in_chain<'h>(&self, pin: u64, sticky: impl FnOnce(&http::HeaderName) -> Option<&'h [u8]>) -> Picked {
+        if pin != 0 {
+            let live = self.live.load_full();
+            let of_the_set = match live.tag() == pin {
+                true => Some(live),
+                false => self.superseded.load_full().filter(|old| old.tag() == pin),
+            };
+            if let Some(deployment) = of_the_set {
+                return Picked {
+                    deployment,
+                    canary: None,
+                };
+            }
+        }
+        self.pick(sticky)
     }
 
     /// The version a new request runs on: the live one, or during a canary the canary's for
@@ -277,6 +310,22 @@ pub struct App {
     slots: RwLock<BTreeMap<String, Arc<ComponentSlot>>>,
     router: ArcSwap<Router>,
     deploying: Mutex<HashSet<String>>,
+    /// The running version of each component that runs only composed into others.
+    dependency_versions: RwLock<BTreeMap<String, DependencyVersion>>,
+    /// Written while a deploy set flips, read while a request picks its version: no request
+    /// sees half a set.
+    set_flip: RwLock<()>,
+    /// The last deploy-set tag handed out.
+    set_tags: AtomicU64,
+}
+
+/// The running version of a component that runs only as a dependency or middleware of
+/// others: what they are composed with.
+#[derive(Clone)]
+pub struct DependencyVersion {
+    pub digest: Digest,
+    pub bytes: Arc<Vec<u8>>,
+    pub deployed_at: SystemTime,
 }
 
 /// Held while a deploy of one component runs; a second deploy of the same one is refused.
@@ -313,6 +362,9 @@ impl App {
             slots: RwLock::new(BTreeMap::new()),
             router: ArcSwap::from_pointee(router),
             deploying: Mutex::new(HashSet::new()),
+            dependency_versions: RwLock::new(BTreeMap::new()),
+            set_flip: RwLock::new(()),
+            set_tags: AtomicU64::new(0),
         }
     }
 
@@ -352,6 +404,60 @@ impl App {
         })
     }
 
+    /// The version of `slot` a request runs on (`pin`: the deploy set of the chain it is part
+    /// of, 0 for none); never one of half a deploy set's flip.
+    pub fn pick<'h>(
+        &self,
+        slot: &ComponentSlot,
+        pin: u64,
+        sticky: impl FnOnce(&http::HeaderName) -> Option<&'h [u8]>,
+    ) -> Picked {
+        let _not_mid_flip = self.set_flip.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.pick_in_chain(pin, sticky)
+    }
+
+    /// The running version of the dependency-only component `component`.
+    pub fn dependency_version(&self, component: &str) -> Option<DependencyVersion> {
+        self.dependency_versions.read().ok()?.get(component).cloned()
+    }
+
+    /// The running versions of every dependency-only component, by name.
+    pub fn dependency_versions(&self) -> BTreeMap<String, DependencyVersion> {
+        self.dependency_versions
+            .read()
+            .map(|versions| versions.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn set_dependency_version(&self, component: &str, version: DependencyVersion) {
+        if let Ok(mut versions) = self.dependency_versions.write() {
+            versions.insert(component.to_string(), version);
+        }
+    }
+
+    /// The flip of a deploy set: every one of `versions` (each with its component's spec)
+    /// becomes live at once, as seen by requests, and the versions they replace stay reachable
+    /// to the chains that began before (both sides get a tag of their own). Returns the
+    /// replaced versions.
+    pub fn install_set(&self, versions: &[(ComponentSpec, Arc<Deployment>)]) -> Vec<Arc<Deployment>> {
+        let _flip = self.set_flip.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = self.set_tags.fetch_add(2, Ordering::SeqCst) + 1;
+        let after = before + 1;
+        let mut replaced = Vec::new();
+        for (spec, deployment) in versions {
+            deployment.set_tag.store(after, Ordering::SeqCst);
+            let Some(slot) = self.slot(&spec.name) else {
+                continue;
+            };
+            let previous = slot.live.swap(deployment.clone());
+            previous.set_tag.store(before, Ordering::SeqCst);
+            previous.retire_instances();
+            slot.superseded.store(Some(previous.clone()));
+            replaced.push(previous);
+        }
+        replaced
+    }
+
     /// The flip: makes `deployment` the live version of the slot (creating the slot and its
     /// route for a new component) and returns the version it replaced.
     pub fn install(&self, spec: &ComponentSpec, deployment: Arc<Deployment>) -> Option<Arc<Deployment>> {
@@ -359,6 +465,8 @@ impl App {
         if let Some(slot) = existing {
             let previous = slot.live.swap(deployment);
             previous.retire_instances();
+            // A version of its own: no deploy set's chain is pinned to this slot any longer.
+            slot.superseded.store(None);
             return Some(previous);
         }
         let slot = Arc::new(ComponentSlot::new(spec.clone(), deployment));

@@ -138,6 +138,7 @@ impl Pipeline {
             timings_ms: clock.timings,
             draining: 0,
             world: version.deployment.world.to_string(),
+            composed_into: Vec::new(),
         })
     }
 
@@ -186,6 +187,7 @@ impl Pipeline {
             timings_ms: Vec::new(),
             draining,
             world: canary.deployment.world.to_string(),
+            composed_into: Vec::new(),
         })
     }
 
@@ -254,6 +256,7 @@ impl Pipeline {
             timings_ms: Vec::new(),
             draining,
             world: stable.world.to_string(),
+            composed_into: Vec::new(),
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 mod canary;
+mod dependency;
 pub mod journal;
 pub mod snapshots;
 
@@ -106,6 +107,10 @@ pub struct DeployReport {
     /// What the new version targets, e.g. `WASI 0.3 (wasi:http/handler@0.3.0)`.
     #[serde(default)]
     pub world: String,
+    /// For a dependency or middleware: the components it is composed into, which swapped
+    /// with it as one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub composed_into: Vec<String>,
 }
 
 pub struct DeployRequest {
@@ -288,6 +293,9 @@ impl Pipeline {
 
     async fn run(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
         let name = request.component.clone();
+        if self.app.manifest.is_dependency_only(&name) {
+            return self.deploy_dependency(request).await;
+        }
         let Some(_lock) = self.app.try_lock_deploy(&name) else {
             return Err(DeployError::Conflict { component: name });
         };
@@ -337,6 +345,7 @@ impl Pipeline {
             timings_ms: clock.timings,
             draining,
             world: version.deployment.world.to_string(),
+            composed_into: Vec::new(),
         })
     }
 
@@ -348,12 +357,28 @@ impl Pipeline {
         bytes: Vec<u8>,
         clock: &mut StepClock,
     ) -> Result<Validated, DeployError> {
+        self.validate_and_compile_with(spec, bytes, None, clock).await
+    }
+
+    /// [`Self::validate_and_compile`], composed with `replacing` (a dependency-only
+    /// component's name and new code) in place of that component's running version.
+    async fn validate_and_compile_with(
+        &self,
+        spec: ComponentSpec,
+        bytes: Vec<u8>,
+        replacing: Option<(&str, Arc<Vec<u8>>)>,
+        clock: &mut StepClock,
+    ) -> Result<Validated, DeployError> {
         let app = &self.app;
         let name = spec.name.clone();
         let digest = Digest::of(&bytes);
         artifacts::check_is_component(&bytes).map_err(|reason| DeployError::at(&name, Step::Validate, reason))?;
-        let dependencies = composed_parts(&spec, &spec.dependencies, PartRole::Dependency)?;
-        let middleware = composed_parts(&spec, &spec.middleware, PartRole::Middleware)?;
+        let code_of = |component: &str| match &replacing {
+            Some((replaced, bytes)) if *replaced == component => Some(bytes.clone()),
+            _ => app.dependency_version(component).map(|version| version.bytes),
+        };
+        let dependencies = composed_parts(&spec, &spec.dependencies, PartRole::Dependency, &code_of)?;
+        let middleware = composed_parts(&spec, &spec.middleware, PartRole::Middleware, &code_of)?;
         let composed = !dependencies.is_empty() || !middleware.is_empty();
         let engine = app.engine().clone();
         // A composed component is cached under the digest of all its parts.
@@ -630,13 +655,16 @@ impl Pipeline {
     /// The version the live one of `component` replaced, with its stored source.
     pub fn previous_version(&self, component: &str) -> Result<(Digest, Vec<u8>), DeployError> {
         let app = &self.app;
-        let Some(slot) = app.slot(component) else {
-            return Err(DeployError::NotFound {
-                component: component.to_string(),
-                reason: "no such component is deployed".into(),
-            });
+        let current = match (app.slot(component), app.dependency_version(component)) {
+            (Some(slot), _) => slot.live.load().digest.clone(),
+            (None, Some(dependency)) => dependency.digest,
+            (None, None) => {
+                return Err(DeployError::NotFound {
+                    component: component.to_string(),
+                    reason: "no such component is deployed".into(),
+                })
+            }
         };
-        let current = slot.live.load().digest.clone();
         let entries = journal::read(&app.state.journal_path()).map_err(|err| {
             DeployError::at(
                 component,
@@ -683,20 +711,6 @@ impl Pipeline {
     /// `--route`), and its route.
     fn spec_for(&self, name: &str, route: Option<&str>) -> Result<ComponentSpec, DeployError> {
         let app = &self.app;
-        if app.manifest.is_dependency_only(name) {
-            let dependents = app.manifest.dependents_of(name);
-            return Err(DeployError::at(
-                name,
-                Step::Receive,
-                format!(
-                    "`{name}` runs only as a dependency of {}, composed into {}; deploying a dependency by \
-                     itself is not supported yet: rebuild its source file and deploy the components that \
-                     depend on it (each is composed again with it)",
-                    dependents.join(", "),
-                    if dependents.len() == 1 { "it" } else { "each" }
-                ),
-            ));
-        }
         let existing = app
             .spec_for(name)
             .map_err(|reason| DeployError::at(name, Step::Receive, reason))?;
@@ -868,12 +882,14 @@ enum PartRole {
     Middleware,
 }
 
-/// The code of each of `parts` (`spec`'s dependencies or middleware), read from its file; an
-/// error names the part and where it is declared.
+/// The code of each of `parts` (`spec`'s dependencies or middleware): for another component
+/// of the app, its running version by `code_of` (what a deploy of it swapped in), else its
+/// file; an error names the part and where it is declared.
 fn composed_parts(
     spec: &ComponentSpec,
     parts: &[mosaic_manifest::dependencies::Dependency],
     role: PartRole,
+    code_of: &dyn Fn(&str) -> Option<Arc<Vec<u8>>>,
 ) -> Result<Vec<crate::compose::Part>, DeployError> {
     parts
         .iter()
@@ -890,6 +906,16 @@ fn composed_parts(
                     format!("[component.{}.dependencies]", spec.name),
                 ),
             };
+            let running = match &dependency.source {
+                mosaic_manifest::dependencies::DependencySource::Component { name, .. } => code_of(name),
+                mosaic_manifest::dependencies::DependencySource::Path(_) => None,
+            };
+            if let Some(bytes) = running {
+                return Ok(crate::compose::Part {
+                    dependency: dependency.clone(),
+                    bytes: bytes.to_vec(),
+                });
+            }
             let bytes = std::fs::read(path).map_err(|err| {
                 DeployError::at(
                     &spec.name,

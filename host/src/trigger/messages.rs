@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::app::{count, ComponentSpec, Deployment};
+use crate::capability::http_outbound::ChainPosition;
 use crate::capability::messaging::settings::DeliveryPolicy;
 use crate::capability::messaging::{now_unix_ms, Delivery, SubscriptionSpec};
 use crate::instance::DeadlineExceeded;
@@ -184,7 +185,7 @@ async fn deliver_once(
     };
     count(&slot.stats.requests);
     // A delivery has no header: during a canary it goes to the canary for its share, at random.
-    let picked = slot.pick(|_| None);
+    let picked = app.pick(&slot, 0, |_| None);
     let deployment = picked.deployment.clone();
     let version = deployment.short_digest().to_string();
     tracing::Span::current().record("version", version.as_str());
@@ -218,7 +219,12 @@ async fn call_handler(
     let mut store = trigger
         .app()
         .instances
-        .new_store(spec, trigger.chained(), 0, timeout)
+        .new_store(
+            spec,
+            trigger.chained(),
+            ChainPosition::start(deployment.set_tag.clone()),
+            timeout,
+        )
         .map_err(|err| format!("component `{name}` could not be instantiated: {err:#}"))?;
     // The handler's outbound calls and publishes carry on the publisher's trace.
     store.data_mut().set_trace(Some(trace.clone()));

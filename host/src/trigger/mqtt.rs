@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::app::count;
 use crate::capability::bindings::mqtt_handler::spin::mqtt_trigger::spin_mqtt_types::Metadata;
+use crate::capability::http_outbound::ChainPosition;
 use crate::capability::mqtt::client;
 use crate::instance::DeadlineExceeded;
 use crate::observe::TraceContext;
@@ -164,7 +165,7 @@ async fn deliver(trigger: &Dispatcher, component: &str, topic: String, payload: 
         return;
     };
     count(&slot.stats.requests);
-    let picked = slot.pick(|_| None);
+    let picked = app.pick(&slot, 0, |_| None);
     let deployment = picked.deployment.clone();
     let version = deployment.short_digest().to_string();
     tracing::Span::current().record("version", version.as_str());
@@ -177,7 +178,12 @@ async fn deliver(trigger: &Dispatcher, component: &str, topic: String, payload: 
         let _in_flight = deployment.enter();
         let mut store = app
             .instances
-            .new_store(&slot.spec, trigger.chained(), 0, timeout)
+            .new_store(
+                &slot.spec,
+                trigger.chained(),
+                ChainPosition::start(deployment.set_tag.clone()),
+                timeout,
+            )
             .map_err(|err| format!("component `{component}` could not be instantiated: {err:#}"))?;
         store.data_mut().set_trace(Some(trace.clone()));
         let run = async {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use wasmtime_wasi_http::handler::ProxyPre;
 
 use crate::app::{ComponentSpec, Deployment};
+use crate::capability::http_outbound::ChainPosition;
 use crate::deploy::Probe;
 use crate::settings::ProbeSettings;
 use crate::trigger::Dispatcher;
@@ -22,7 +23,12 @@ impl Probe for TriggerProbe {
         let timeout = app.settings.limits.probe_timeout();
         let mut store = app
             .instances
-            .new_store(spec, self.0.chained(), 0, timeout)
+            .new_store(
+                spec,
+                self.0.chained(),
+                ChainPosition::start(deployment.set_tag.clone()),
+                timeout,
+            )
             .map_err(|err| format!("{err:#}"))?;
         // One instance of the component, through whichever export it is served by: the HTTP
         // and the subscriber pre-instances are of the same component.

@@ -12,6 +12,7 @@ pub mod settings;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,12 +43,51 @@ pub enum ChainTarget {
 
 /// Serves chained requests without a socket. Implemented by the HTTP trigger.
 pub trait ChainedRequests: Send + Sync {
+    /// `depth`: the hops so far, this one included; `pin`: the deploy set the chain keeps to
+    /// (0: none), see [`ChainPosition`].
     fn serve_chained(
         &self,
         target: ChainTarget,
         request: http::Request<WasiBody>,
         depth: u32,
+        pin: u64,
     ) -> BoxFuture<Result<http::Response<WasiBody>, HttpError>>;
+}
+
+/// Where an instance's requests stand in a chain of in-process calls.
+///
+/// A chain keeps to one side of a deploy set's flip (a dependency's deploy swaps all its
+/// dependents at once): once a hop runs a version that belongs to a set, the later hops run
+/// the versions of the same set, so that a request never sees one dependent composed with the
+/// old dependency and another with the new.
+#[derive(Clone, Default)]
+pub struct ChainPosition {
+    /// How many in-process hops led here (0: a request from a listener, a delivery, a probe).
+    pub depth: u32,
+    /// The deploy set an earlier hop pinned the chain to (0: none).
+    pub pin: u64,
+    /// The deploy-set tag of the version the instance runs (0: none); read at each call,
+    /// since a flip tags the version it replaces.
+    pub version_tag: Arc<AtomicU64>,
+}
+
+impl ChainPosition {
+    /// The first hop of a chain, on a version tagged by `version_tag`.
+    pub fn start(version_tag: Arc<AtomicU64>) -> Self {
+        Self {
+            depth: 0,
+            pin: 0,
+            version_tag,
+        }
+    }
+
+    /// The pin its in-process calls carry: its own version's set, else the one it came with.
+    fn pin_onward(&self) -> u64 {
+        match self.version_tag.load(Ordering::SeqCst) {
+            0 => self.pin,
+            own => own,
+        }
+    }
 }
 
 /// Per-instance outbound HTTP state: who is calling, what they may reach, how to chain.
@@ -55,8 +95,8 @@ pub struct OutboundHttp {
     pub component: Arc<str>,
     pub allowed: Arc<AllowedHosts>,
     pub chained: Arc<dyn ChainedRequests>,
-    /// How many in-process hops led to the request this instance is serving.
-    pub depth: u32,
+    /// Where the request this instance serves stands in its chain of in-process calls.
+    pub chain: ChainPosition,
     /// The app's outbound policies and circuit breakers.
     pub policies: Arc<OutboundPolicies>,
     /// The end of the request this instance serves: no outbound attempt or retry goes past it.
@@ -125,7 +165,8 @@ impl WasiHttpHooks for OutboundHttp {
         }
         let target = self.target_of(request.uri());
         let chained = self.chained.clone();
-        let depth = self.depth;
+        let depth = self.chain.depth;
+        let pin = self.chain.pin_onward();
         let policies = self.policies.clone();
         let component = self.component.clone();
         let deadline = self.deadline;
@@ -142,7 +183,7 @@ impl WasiHttpHooks for OutboundHttp {
                                 // A task of its own: when the caller gives up at its timeout,
                                 // the callee's request still ends (and is counted) by its own
                                 // deadline.
-                                let serve = tokio::spawn(chained.serve_chained(target, request, depth + 1));
+                                let serve = tokio::spawn(chained.serve_chained(target, request, depth + 1, pin));
                                 let limit = options.first_byte_timeout.unwrap_or(Duration::MAX);
                                 let response = tokio::time::timeout(limit, serve)
                                     .await

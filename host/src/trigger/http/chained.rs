@@ -16,6 +16,7 @@ impl ChainedRequests for Dispatcher {
         target: ChainTarget,
         request: http::Request<WasiBody>,
         depth: u32,
+        pin: u64,
     ) -> BoxFuture<Result<http::Response<WasiBody>, HttpError>> {
         let dispatcher = self.clone();
         Box::pin(async move {
@@ -42,7 +43,7 @@ impl ChainedRequests for Dispatcher {
                 }
             };
             Ok(dispatcher
-                .serve_live(&component, request, route, IN_PROCESS_CLIENT, depth)
+                .serve_live(&component, request, route, IN_PROCESS_CLIENT, depth, pin)
                 .await)
         })
     }

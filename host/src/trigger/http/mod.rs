@@ -28,6 +28,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
 use crate::app::{count, ComponentSpec, Deployment, Wasi};
+use crate::capability::http_outbound::ChainPosition;
 use crate::instance::InstanceState;
 use crate::instance_pool::{InstancePool, PoolError, RequestContext};
 use crate::observe::{TraceContext, TRACEPARENT};
@@ -46,6 +47,8 @@ pub type HttpResponse = hyper::Response<HyperOutgoingBody>;
 pub struct Origin {
     pub client: SocketAddr,
     pub depth: u32,
+    /// The deploy set the chain keeps to (0: none): see `ChainPosition`.
+    pub pin: u64,
     pub trace: Option<TraceContext>,
 }
 
@@ -73,10 +76,11 @@ impl Dispatcher {
         };
         let route = RouteInfo::new(Some(pattern), matched);
         let component = component.to_string();
-        self.serve_live(&component, request, route, client, 0).await
+        self.serve_live(&component, request, route, client, 0, 0).await
     }
 
-    /// Serves a request on the live version of `component`, counting it in the slot's stats.
+    /// Serves a request on the live version of `component` (of the deploy set `pin`, for a
+    /// chained request pinned to one), counting it in the slot's stats.
     async fn serve_live<B>(
         &self,
         component: &str,
@@ -84,6 +88,7 @@ impl Dispatcher {
         route: RouteInfo,
         client: SocketAddr,
         depth: u32,
+        pin: u64,
     ) -> HttpResponse
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -97,7 +102,9 @@ impl Dispatcher {
             );
         };
         count(&slot.stats.requests);
-        let picked = slot.pick(|sticky| request.headers().get(sticky).map(HeaderValue::as_bytes));
+        let picked = self.app.pick(&slot, pin, |sticky| {
+            request.headers().get(sticky).map(HeaderValue::as_bytes)
+        });
         let deployment = picked.deployment.clone();
         let mut request = request;
         let trace = TraceContext::continue_or_start(request.headers());
@@ -110,6 +117,7 @@ impl Dispatcher {
         let origin = Origin {
             client,
             depth,
+            pin,
             trace: Some(trace),
         };
         let outcome = match self.admission.try_enter(component) {
@@ -217,14 +225,24 @@ impl Dispatcher {
         let component = spec.name.clone();
         let limits = &self.app.settings.limits;
         let in_flight = deployment.enter();
-        let Origin { client, depth, trace } = origin;
+        let Origin {
+            client,
+            depth,
+            pin,
+            trace,
+        } = origin;
+        let chain = ChainPosition {
+            depth,
+            pin,
+            version_tag: deployment.set_tag.clone(),
+        };
         let make = |policy: ReusePolicy, pre: ProxyPre<InstanceState>| {
             InstancePool::new(
                 pre,
                 self.app.instances.clone(),
                 spec.clone(),
                 self.chained(),
-                depth,
+                chain.clone(),
                 policy,
                 timeout,
                 deployment.pooled_instance_counter(),
@@ -284,7 +302,17 @@ impl Dispatcher {
         let component = spec.name.clone();
         let limits = &self.app.settings.limits;
         let in_flight = deployment.enter();
-        let Origin { client, depth, trace } = origin;
+        let Origin {
+            client,
+            depth,
+            pin,
+            trace,
+        } = origin;
+        let chain = ChainPosition {
+            depth,
+            pin,
+            version_tag: deployment.set_tag.clone(),
+        };
         let chained = self.chained();
         let instantiate_error = |detail: String| ServeError::Instantiate {
             component: component.clone(),
@@ -293,7 +321,7 @@ impl Dispatcher {
         let mut store = self
             .app
             .instances
-            .new_store(spec, chained, depth, timeout)
+            .new_store(spec, chained, chain, timeout)
             .map_err(|err| instantiate_error(format!("{err:#}")))?;
         store.data_mut().set_trace(trace);
 

@@ -32,6 +32,7 @@ impl Dispatcher {
         let origin = Origin {
             client: IN_PROCESS_CLIENT,
             depth: 0,
+            pin: 0,
             trace: None,
         };
         let timeout = probe.timeout(&self.app.settings.limits);

@@ -158,11 +158,12 @@ async fn rebuild_and_deploy(rollout: &Rollout, watcher: &mut Watcher, change: &C
             return;
         }
     };
-    if rollout
-        .app()
-        .slot(&name)
-        .is_some_and(|slot| slot.live.load().digest == Digest::of(&bytes))
-    {
+    let app = rollout.app();
+    let running = match app.slot(&name) {
+        Some(slot) => Some(slot.live.load().digest.clone()),
+        None => app.dependency_version(&name).map(|dependency| dependency.digest),
+    };
+    if running.is_some_and(|digest| digest == Digest::of(&bytes)) {
         tracing::info!(component = %name, "unchanged after the build; nothing to deploy");
         return;
     }

@@ -288,6 +288,10 @@ pub struct ComponentDecl {
     /// (moved here from the trigger, as Spin does: see [`Manifest::parse`]).
     #[serde(skip)]
     pub middleware: Vec<Dependency>,
+    /// For the copy a trigger with middleware gets of a component other triggers reach too:
+    /// the component it is a copy of.
+    #[serde(skip)]
+    pub copy_of: Option<String>,
     /// Keys Mosaic does not know, reported as ignored (a warning, never a refusal).
     #[serde(flatten)]
     pub(crate) unknown: BTreeMap<String, toml::Value>,
@@ -369,7 +373,8 @@ fn assign_middleware(
                 n += 1;
                 name = format!("{base}-{n}");
             }
-            let copy = components[&primary].clone();
+            let mut copy = components[&primary].clone();
+            copy.copy_of = Some(primary.clone());
             components.insert(name.clone(), copy);
             http_triggers[index].component = name.clone();
             name
@@ -805,6 +810,15 @@ impl Manifest {
                     matches!(&dependency.source, crate::dependencies::DependencySource::Component { name, .. } if name == component)
                 })
             })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The copies of `component` made for its triggers with middleware (see `assign_middleware`).
+    pub fn copies_of(&self, component: &str) -> Vec<String> {
+        self.components
+            .iter()
+            .filter(|(_, decl)| decl.copy_of.as_deref() == Some(component))
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -1294,6 +1308,7 @@ source = "auth.wasm"
             Inherit::Only(vec!["key_value_stores".into()])
         );
         assert!(manifest.components["api"].middleware.is_empty());
+        assert_eq!(manifest.copies_of("api"), ["api-for-http-trigger0"]);
         assert_eq!(manifest.components["solo"].middleware.len(), 1);
         assert!(
             manifest.is_dependency_only("auth"),

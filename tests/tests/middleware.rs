@@ -246,3 +246,34 @@ async fn a_deploy_of_a_middleware_composes_the_route_again_and_its_rollback_rest
     assert_eq!(values(&refused, "x-middleware-response"), ["auth"]);
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_of_a_component_reaches_its_copy_behind_middleware_and_so_does_its_rollback() {
+    let dir = app(r#"[{ component = "auth" }]"#);
+    let host = dir.start(Settings::default()).await;
+    let base = format!("http://{}", host.http_addr());
+    let auth = [("authorization", "Bearer t")];
+    let versions = || async {
+        (
+            get_with(&format!("{base}/open/version"), &[]).await.body,
+            get_with(&format!("{base}/guarded/version"), &auth).await.body,
+        )
+    };
+    assert_eq!(versions().await, ("v1".to_string(), "v1".to_string()));
+    let report = host
+        .pipeline()
+        .deploy(mosaic_tests::deploy_request("api", "spin7-v2"))
+        .await
+        .expect("deploy");
+    assert!(
+        !report.warnings.iter().any(|warning| warning.contains("kept its version")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(versions().await, ("v2".to_string(), "v2".to_string()));
+    // Still behind its middleware.
+    assert_eq!(get_with(&format!("{base}/guarded/version"), &[]).await.status, 401);
+    host.pipeline().rollback("api").await.expect("rollback");
+    assert_eq!(versions().await, ("v1".to_string(), "v1".to_string()));
+    host.shutdown().await;
+}

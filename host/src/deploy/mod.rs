@@ -271,11 +271,35 @@ impl Pipeline {
         &self.app
     }
 
-    /// Runs the whole pipeline for one component version, and counts the outcome.
+    /// Runs the whole pipeline for one component version, and counts the outcome. A new
+    /// version of a component that has copies for its routes with middleware goes to each copy
+    /// too, once it serves (a copy that refuses it keeps its version, and the report says so).
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployReport, DeployError> {
         let (component, action) = (request.component.clone(), request.action.as_str());
-        let outcome = self.run(request).await;
+        let copies = match (&request.action, &request.canary) {
+            (Action::Deploy | Action::Rollback, None) => self.app.manifest.copies_of(&component),
+            _ => Vec::new(),
+        };
+        let for_copies = (!copies.is_empty()).then(|| (request.bytes.clone(), request.action.clone(), request.probe));
+        let mut outcome = self.run(request).await;
         self.count(&component, action, &outcome);
+        if let (Ok(report), Some((bytes, copy_action, probe))) = (&mut outcome, for_copies) {
+            for copy in copies {
+                let request = DeployRequest {
+                    action: copy_action.clone(),
+                    probe,
+                    ..DeployRequest::deploy(&copy, bytes.clone(), None)
+                };
+                let copied = self.run(request).await;
+                self.count(&copy, action, &copied);
+                if let Err(err) = copied {
+                    tracing::warn!(component = %component, %copy, error = %err, "the copy for a route with middleware kept its version");
+                    report
+                        .warnings
+                        .push(format!("`{copy}` (its copy for a route with middleware) kept its version: {err}"));
+                }
+            }
+        }
         outcome
     }
 

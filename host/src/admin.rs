@@ -329,7 +329,8 @@ async fn readiness(rollout: &Rollout) -> HttpResponse {
     let app = rollout.app();
     let mut checks: Vec<Check> = Vec::new();
     for name in app.manifest.components.keys() {
-        if app.slot(name).is_none() {
+        // A dependency or middleware runs composed into others: loaded once its version is.
+        if app.slot(name).is_none() && app.dependency_version(name).is_none() {
             checks.push(Check {
                 name: format!("component {name}"),
                 outcome: Err("not loaded".into()),

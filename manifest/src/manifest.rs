@@ -493,7 +493,14 @@ impl Manifest {
                 known.join(", ")
             ));
         }
-        let keep = |name: &String| ids.contains(name);
+        // A component's copies for its routes with middleware go with it.
+        let kept: Vec<String> = self
+            .components
+            .iter()
+            .filter(|(name, decl)| ids.contains(name) || decl.copy_of.as_ref().is_some_and(|of| ids.contains(of)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let keep = |name: &String| kept.contains(name);
         self.components.retain(|name, _| keep(name));
         self.http_triggers.retain(|trigger| keep(&trigger.component));
         self.redis_triggers.retain(|trigger| keep(&trigger.component));
@@ -1315,6 +1322,12 @@ source = "auth.wasm"
             "a middleware has no service of its own"
         );
         assert_eq!(manifest.dependents_of("auth"), ["api-for-http-trigger0", "solo"]);
+        // `mosaic up -c api` keeps its copy, and the route to it.
+        let mut only_api = manifest.clone();
+        only_api.retain_components(&["api".to_string()]).unwrap();
+        let kept: Vec<&String> = only_api.components.keys().collect();
+        assert_eq!(kept, ["api", "api-for-http-trigger0"]);
+        assert_eq!(only_api.http_triggers.len(), 2);
     }
 
     #[test]

@@ -191,6 +191,12 @@ async fn a_deploy_of_a_shared_dependency_swaps_every_dependent_as_one_and_its_ro
     let http = client();
     assert_eq!(get(&http, &format!("{base}/a/chain?to=b")).await.body, "v1 v1");
     assert!(host.app().slot("greeter").is_none(), "no service of its own");
+    let ready = get(&http, &format!("http://{}/readyz", host.admin_addr())).await;
+    assert_eq!(
+        ready.status, 200,
+        "a dependency is loaded with its dependents: {}",
+        ready.body
+    );
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = chain_load(&base, 4, stop.clone());

@@ -266,7 +266,10 @@ async fn a_deploy_of_a_component_reaches_its_copy_behind_middleware_and_so_does_
         .await
         .expect("deploy");
     assert!(
-        !report.warnings.iter().any(|warning| warning.contains("kept its version")),
+        !report
+            .warnings
+            .iter()
+            .any(|warning| warning.contains("kept its version")),
         "{:?}",
         report.warnings
     );

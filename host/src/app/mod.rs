@@ -21,6 +21,7 @@ use wasmtime_wasi_http::handler::ProxyPre;
 
 use crate::capability::bindings::subscriber::SubscriberPre;
 pub use crate::capability::grants::ComponentSpec;
+use crate::capability::http_outbound::ChainPin;
 use crate::digest::Digest;
 use crate::instance::{Capabilities, InstanceFactory, InstanceState};
 use crate::instance_pool::InstancePool;
@@ -83,10 +84,10 @@ pub struct Deployment {
     pooled_instances: Arc<AtomicUsize>,
     in_flight: AtomicU64,
     drained: Notify,
-    /// The deploy set this version belongs to (0: none): the versions a dependency's deploy
-    /// flipped together share one tag, and so do the versions they replaced
-    /// ([`App::install_set`]). An in-process call of a tagged version goes to the version of
-    /// the same set in the callee, so that a chain never mixes the two sides of the flip.
+    /// The deploy set this version belongs to (0: none; set once): the versions a dependency's
+    /// deploy flipped together share one tag, and the untagged versions they replaced get one
+    /// of their own ([`App::install_set`]). An in-process call of a tagged version goes to the
+    /// version of the same side of the flip in the callee, so that a chain never mixes them.
     pub set_tag: Arc<AtomicU64>,
 }
 
@@ -220,11 +221,18 @@ pub struct ComponentSlot {
     pub live: ArcSwap<Deployment>,
     /// The version the last deploy set replaced, still reached by the in-process calls of
     /// chains that began on the other side of that flip (see [`Deployment::set_tag`]).
-    pub superseded: ArcSwapOption<Deployment>,
+    pub superseded: ArcSwapOption<Superseded>,
     pub canary: ArcSwapOption<canary::Canary>,
     /// How the last canary ended (`auto_rollback of VERSION: why`), for `mosaic status`.
     pub last_canary: ArcSwapOption<String>,
     pub stats: SlotStats,
+}
+
+/// A version a deploy set replaced, and the tags of the versions replaced with it: a chain
+/// pinned to any of them was on the old side of the flip.
+pub struct Superseded {
+    pub deployment: Arc<Deployment>,
+    pub old_side: Vec<u64>,
 }
 
 /// The version a request or a delivery runs on; during a canary, which of the two it is, so
@@ -262,7 +270,11 @@ impl ComponentSlot {
             let live = self.live.load_full();
             let of_the_set = match live.tag() == pin {
                 true => Some(live),
-                false => self.superseded.load_full().filter(|old| old.tag() == pin),
+                false => self
+                    .superseded
+                    .load_full()
+                    .filter(|old| old.old_side.contains(&pin))
+                    .map(|old| old.deployment.clone()),
             };
             if let Some(deployment) = of_the_set {
                 return Picked {
@@ -404,16 +416,19 @@ impl App {
         })
     }
 
-    /// The version of `slot` a request runs on (`pin`: the deploy set of the chain it is part
-    /// of, 0 for none); never one of half a deploy set's flip.
+    /// The version of `slot` a request runs on (`chain`: the caller's, for an in-process
+    /// call), and the deploy set the chain keeps to from there (0: none); never one of half a
+    /// deploy set's flip. The caller's pin is read here, under the same lock as the flip, so
+    /// that a flip between the two cannot part them.
     pub fn pick<'h>(
         &self,
         slot: &ComponentSlot,
-        pin: u64,
+        chain: Option<&ChainPin>,
         sticky: impl FnOnce(&http::HeaderName) -> Option<&'h [u8]>,
-    ) -> Picked {
+    ) -> (Picked, u64) {
         let _not_mid_flip = self.set_flip.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.pick_in_chain(pin, sticky)
+        let pin = chain.map_or(0, ChainPin::resolve);
+        (slot.pick_in_chain(pin, sticky), pin)
     }
 
     /// The running version of the dependency-only component `component`.
@@ -443,16 +458,31 @@ impl App {
         let _flip = self.set_flip.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let before = self.set_tags.fetch_add(2, Ordering::SeqCst) + 1;
         let after = before + 1;
+        let slots: Vec<(Arc<ComponentSlot>, Arc<Deployment>)> = versions
+            .iter()
+            .filter_map(|(spec, deployment)| Some((self.slot(&spec.name)?, deployment.clone())))
+            .collect();
+        // The old side: the replaced versions keep a tag they have (a chain may be pinned to
+        // it), the others get `before`.
+        let mut old_side = Vec::new();
+        for (slot, _) in &slots {
+            let live = slot.live.load();
+            let _ = live
+                .set_tag
+                .compare_exchange(0, before, Ordering::SeqCst, Ordering::SeqCst);
+            if !old_side.contains(&live.tag()) {
+                old_side.push(live.tag());
+            }
+        }
         let mut replaced = Vec::new();
-        for (spec, deployment) in versions {
+        for (slot, deployment) in slots {
             deployment.set_tag.store(after, Ordering::SeqCst);
-            let Some(slot) = self.slot(&spec.name) else {
-                continue;
-            };
-            let previous = slot.live.swap(deployment.clone());
-            previous.set_tag.store(before, Ordering::SeqCst);
+            let previous = slot.live.swap(deployment);
             previous.retire_instances();
-            slot.superseded.store(Some(previous.clone()));
+            slot.superseded.store(Some(Arc::new(Superseded {
+                deployment: previous.clone(),
+                old_side: old_side.clone(),
+            })));
             replaced.push(previous);
         }
         replaced

@@ -294,9 +294,9 @@ impl Pipeline {
                 self.count(&copy, action, &copied);
                 if let Err(err) = copied {
                     tracing::warn!(component = %component, %copy, error = %err, "the copy for a route with middleware kept its version");
-                    report
-                        .warnings
-                        .push(format!("`{copy}` (its copy for a route with middleware) kept its version: {err}"));
+                    report.warnings.push(format!(
+                        "`{copy}` (its copy for a route with middleware) kept its version: {err}"
+                    ));
                 }
             }
         }

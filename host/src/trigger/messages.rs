@@ -185,7 +185,7 @@ async fn deliver_once(
     };
     count(&slot.stats.requests);
     // A delivery has no header: during a canary it goes to the canary for its share, at random.
-    let picked = app.pick(&slot, 0, |_| None);
+    let (picked, _) = app.pick(&slot, None, |_| None);
     let deployment = picked.deployment.clone();
     let version = deployment.short_digest().to_string();
     tracing::Span::current().record("version", version.as_str());

@@ -165,7 +165,7 @@ async fn deliver(trigger: &Dispatcher, component: &str, topic: String, payload: 
         return;
     };
     count(&slot.stats.requests);
-    let picked = app.pick(&slot, 0, |_| None);
+    let (picked, _) = app.pick(&slot, None, |_| None);
     let deployment = picked.deployment.clone();
     let version = deployment.short_digest().to_string();
     tracing::Span::current().record("version", version.as_str());

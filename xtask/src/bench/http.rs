@@ -35,8 +35,9 @@ const WASMTIME_P2_REUSE: &str = "wasmtime serve, WASI 0.2, --max-instance-reuse-
 const MOSAIC_P3: &str = "Mosaic, WASI 0.3 (reuse: 128, 16 at once)";
 const WASMTIME_P3: &str = "wasmtime serve, WASI 0.3 (reuse: 128, 16 at once)";
 const NATIVE: &str = "native hyper (ceiling)";
-const MOSAIC_NO_CANARY: &str = "Mosaic, probe fixture, no canary";
-const MOSAIC_CANARY: &str = "Mosaic, probe fixture, 50% canary of its v2";
+const MOSAIC_PROBE_V1: &str = "Mosaic, probe fixture v1 alone";
+const MOSAIC_PROBE_V2: &str = "Mosaic, probe fixture v2 alone";
+const MOSAIC_CANARY: &str = "Mosaic, probe fixture v1 with a 50% canary of v2";
 
 pub(super) fn run(root: &Path) -> Result<()> {
     build_release_host(root)?;
@@ -189,17 +190,21 @@ pub(super) fn run(root: &Path) -> Result<()> {
     let (cold, warm) = runtime.block_on(swap_latency(&work, mosaic_addr, &probe, &probe_v2))?;
 
     // The cost of a canary split on the request path (after the swaps, which need v2's
-    // artifact out of the cache): the probe fixture alone (v1, live after the last swap), then
-    // with a 50% canary of its v2 (the same code) taking half of the requests.
+    // artifact out of the cache): each version alone (v1 is live after the last swap), then v1
+    // with a 50% canary of v2 taking half of the requests. Without a cost of its own, the split
+    // serves as the even mix of the two versions alone would.
     let probe_target = |name| Target {
         name,
         addr: mosaic_addr,
         path: "/probe/hello",
         pid: host.0.id(),
     };
-    measure(&probe_target(MOSAIC_NO_CANARY), &mut rows)?;
+    measure(&probe_target(MOSAIC_PROBE_V1), &mut rows)?;
     let (admin, token) = admin_endpoint(&work.join(".mosaic"))?;
     let v2 = Bytes::from(std::fs::read(&probe_v2)?);
+    runtime.block_on(admin_call(admin, &token, "/v1/components/probe/deploy", v2.clone()))?;
+    measure(&probe_target(MOSAIC_PROBE_V2), &mut rows)?;
+    runtime.block_on(admin_call(admin, &token, "/v1/components/probe/rollback", Bytes::new()))?;
     runtime.block_on(admin_call(admin, &token, "/v1/components/probe/deploy?canary=50", v2))?;
     measure(&probe_target(MOSAIC_CANARY), &mut rows)?;
     runtime.block_on(admin_call(admin, &token, "/v1/components/probe/rollback", Bytes::new()))?;
@@ -258,12 +263,21 @@ pub(super) fn run(root: &Path) -> Result<()> {
             ratio(MOSAIC_P2, NATIVE, c),
         ));
     }
+    // An even mix of v1 and v2 takes the mean time (and CPU) a request of the two: its
+    // requests/s is their harmonic mean.
+    let mix_throughput = |c: usize| {
+        2.0 / (1.0 / throughput(MOSAIC_PROBE_V1, c).max(1.0) + 1.0 / throughput(MOSAIC_PROBE_V2, c).max(1.0))
+    };
+    let mix_cpu = (server_cpu(MOSAIC_PROBE_V1, 32) + server_cpu(MOSAIC_PROBE_V2, 32)) / 2.0;
     ratios.push_str(&format!(
-        "- a 50% canary on the request path, requests/s with it / without it: {:.2}x at 1 connection, \
-         {:.2}x at 32; server CPU a request at 32 connections {:.2}x\n",
-        ratio(MOSAIC_CANARY, MOSAIC_NO_CANARY, 1),
-        ratio(MOSAIC_CANARY, MOSAIC_NO_CANARY, 32),
-        cpu_ratio(MOSAIC_CANARY, MOSAIC_NO_CANARY),
+        "- a 50% canary on the request path, against the even mix of its two versions alone: requests/s \
+         {:.2}x at 1 connection, {:.2}x at 32; server CPU a request at 32 connections {:.2}x (1.00x: the \
+         split itself costs nothing); v2 alone / v1 alone: requests/s {:.2}x at 32, CPU a request {:.2}x\n",
+        throughput(MOSAIC_CANARY, 1) / mix_throughput(1),
+        throughput(MOSAIC_CANARY, 32) / mix_throughput(32),
+        server_cpu(MOSAIC_CANARY, 32) / mix_cpu.max(1e-9),
+        ratio(MOSAIC_PROBE_V2, MOSAIC_PROBE_V1, 32),
+        cpu_ratio(MOSAIC_PROBE_V2, MOSAIC_PROBE_V1),
     ));
     let swap = format!(
         "| artifact cache | samples | median | min | max |\n|---|---:|---:|---:|---:|\n{}{}",
@@ -272,7 +286,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     );
     let report = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench http` (do not edit by hand). One run, on this machine: {cpu}, {cores} cores shared by the load generator and the server.\n\n\
-         ## HTTP: one hello component\n\nWASI 0.2: the same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, with a fresh instance per request (both servers' default) and with instance reuse (Mosaic: `[instance_reuse.NAME] max_instance_reuse_count = 128`; wasmtime: `--max-instance-reuse-count 128`). WASI 0.3: the spin-sdk 7 fixture (`tests/fixtures/spin7`, `GET /hello`) under both, with their default reuse (128 requests per instance, 16 at once). A native hyper hello is the ceiling. The canary rows: the probe fixture (`GET /probe/hello`) alone, then with a 50% canary of its v2 (`deploy --canary 50`), which takes half of the requests. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row. Server CPU a request: the server process's user and kernel time (/proc) over the measured seconds, divided by the requests it answered; it is what the server spends whatever the load generator leaves it, so it compares servers more steadily than requests/s on 2 shared cores.\n\n{table}\n{ratios}\n\
+         ## HTTP: one hello component\n\nWASI 0.2: the same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, with a fresh instance per request (both servers' default) and with instance reuse (Mosaic: `[instance_reuse.NAME] max_instance_reuse_count = 128`; wasmtime: `--max-instance-reuse-count 128`). WASI 0.3: the spin-sdk 7 fixture (`tests/fixtures/spin7`, `GET /hello`) under both, with their default reuse (128 requests per instance, 16 at once). A native hyper hello is the ceiling. The canary rows: the probe fixture (`GET /probe/hello`), v1 alone, v2 alone (a deploy), then v1 with a 50% canary of v2 (`deploy --canary 50`), which takes half of the requests; the split is compared with the even mix of the two versions alone. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row. Server CPU a request: the server process's user and kernel time (/proc) over the measured seconds, divided by the requests it answered; it is what the server spends whatever the load generator leaves it, so it compares servers more steadily than requests/s on 2 shared cores.\n\n{table}\n{ratios}\n\
          ## Swap latency\n\nOn the probe fixture (`tests/fixtures/probe`, {probe_kb} KB, v1 and v2): from the start of the deploy call (`POST /v1/components/probe/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
         probe_kb = size_kb(&probe),
         cores = cores(),

@@ -43,14 +43,14 @@ pub enum ChainTarget {
 
 /// Serves chained requests without a socket. Implemented by the HTTP trigger.
 pub trait ChainedRequests: Send + Sync {
-    /// `depth`: the hops so far, this one included; `pin`: the deploy set the chain keeps to
-    /// (0: none), see [`ChainPosition`].
+    /// `depth`: the hops so far, this one included; `pin`: the caller's deploy set, see
+    /// [`ChainPosition`].
     fn serve_chained(
         &self,
         target: ChainTarget,
         request: http::Request<WasiBody>,
         depth: u32,
-        pin: u64,
+        pin: ChainPin,
     ) -> BoxFuture<Result<http::Response<WasiBody>, HttpError>>;
 }
 
@@ -81,10 +81,28 @@ impl ChainPosition {
         }
     }
 
-    /// The pin its in-process calls carry: its own version's set, else the one it came with.
-    fn pin_onward(&self) -> u64 {
-        match self.version_tag.load(Ordering::SeqCst) {
-            0 => self.pin,
+    /// What its in-process calls carry to pick the callee's version.
+    fn pin_onward(&self) -> ChainPin {
+        ChainPin {
+            inherited: self.pin,
+            caller_tag: self.version_tag.clone(),
+        }
+    }
+}
+
+/// The deploy set a chained call keeps to: the caller's version's, else the one the caller was
+/// called with. Resolved when the callee's version is picked (a flip may tag the caller's
+/// version in between).
+#[derive(Clone)]
+pub struct ChainPin {
+    inherited: u64,
+    caller_tag: Arc<AtomicU64>,
+}
+
+impl ChainPin {
+    pub fn resolve(&self) -> u64 {
+        match self.caller_tag.load(Ordering::SeqCst) {
+            0 => self.inherited,
             own => own,
         }
     }
@@ -178,7 +196,7 @@ impl WasiHttpHooks for OutboundHttp {
                     }
                     let attempt =
                         move |request, options: RequestOptions| -> BoxFuture<Result<policy::Sent, HttpError>> {
-                            let (chained, target) = (chained.clone(), target.clone());
+                            let (chained, target, pin) = (chained.clone(), target.clone(), pin.clone());
                             Box::pin(async move {
                                 // A task of its own: when the caller gives up at its timeout,
                                 // the callee's request still ends (and is counted) by its own

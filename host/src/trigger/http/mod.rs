@@ -28,7 +28,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
 use crate::app::{count, ComponentSpec, Deployment, Wasi};
-use crate::capability::http_outbound::ChainPosition;
+use crate::capability::http_outbound::{ChainPin, ChainPosition};
 use crate::instance::InstanceState;
 use crate::instance_pool::{InstancePool, PoolError, RequestContext};
 use crate::observe::{TraceContext, TRACEPARENT};
@@ -76,11 +76,11 @@ impl Dispatcher {
         };
         let route = RouteInfo::new(Some(pattern), matched);
         let component = component.to_string();
-        self.serve_live(&component, request, route, client, 0, 0).await
+        self.serve_live(&component, request, route, client, 0, None).await
     }
 
-    /// Serves a request on the live version of `component` (of the deploy set `pin`, for a
-    /// chained request pinned to one), counting it in the slot's stats.
+    /// Serves a request on the live version of `component` (for a chained request, the one of
+    /// the caller's deploy set, `pin`), counting it in the slot's stats.
     async fn serve_live<B>(
         &self,
         component: &str,
@@ -88,7 +88,7 @@ impl Dispatcher {
         route: RouteInfo,
         client: SocketAddr,
         depth: u32,
-        pin: u64,
+        pin: Option<ChainPin>,
     ) -> HttpResponse
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -102,7 +102,7 @@ impl Dispatcher {
             );
         };
         count(&slot.stats.requests);
-        let picked = self.app.pick(&slot, pin, |sticky| {
+        let (picked, pin) = self.app.pick(&slot, pin.as_ref(), |sticky| {
             request.headers().get(sticky).map(HeaderValue::as_bytes)
         });
         let deployment = picked.deployment.clone();

@@ -138,12 +138,21 @@ fn authorized(token: &str, request: &hyper::Request<hyper::body::Incoming>) -> b
 const REFUSED_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads and drops the body of a request that is refused before its body is needed (up to
-/// `limit` bytes and [`REFUSED_BODY_READ_TIMEOUT`]). Answering with the body unread makes hyper
+/// `limit` bytes and [`REFUSED_BODY_READ_TIMEOUT`], each frame dropped as it comes: nothing is
+/// kept for a client that has not authenticated). Answering with the body unread makes hyper
 /// close the connection with unread bytes in the socket, and the kernel then resets it: a client
 /// still sending its upload (a deploy with a wrong token) sees "connection reset" instead of
 /// the 401 that says what to fix.
-async fn discard_body(body: hyper::body::Incoming, limit: u64) {
-    let read = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect();
+async fn discard_body(mut body: hyper::body::Incoming, limit: u64) {
+    let read = async {
+        let mut read: u64 = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |data| data.len() as u64);
+            if read > limit {
+                return;
+            }
+        }
+    };
     let _ = tokio::time::timeout(REFUSED_BODY_READ_TIMEOUT, read).await;
 }
 
@@ -222,7 +231,10 @@ async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::b
         (Method::GET, ["v1", "components", name, "history"]) => match journal::read(&app.state.journal_path()) {
             Ok(entries) => {
                 let history: Vec<_> = journal::history(&entries, name).into_iter().cloned().collect();
-                let current = app.slot(name).map(|slot| slot.live.load().digest.clone());
+                let current = match app.slot(name) {
+                    Some(slot) => Some(slot.live.load().digest.clone()),
+                    None => app.dependency_version(name).map(|dependency| dependency.digest),
+                };
                 json(
                     StatusCode::OK,
                     &ComponentHistory {

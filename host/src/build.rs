@@ -31,7 +31,8 @@ pub fn build_component(manifest: &Manifest, component: &str) -> anyhow::Result<b
 }
 
 pub fn build_all(manifest: &Manifest) -> anyhow::Result<()> {
-    for component in manifest.components.keys() {
+    // A copy for a route with middleware is built as its original.
+    for (component, _) in manifest.components.iter().filter(|(_, decl)| decl.copy_of.is_none()) {
         build_component(manifest, component)?;
     }
     Ok(())

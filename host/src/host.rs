@@ -430,7 +430,13 @@ async fn restore(pipeline: &Pipeline) -> anyhow::Result<()> {
         if app.manifest.is_dependency_only(name) {
             let journaled = last_journaled
                 .filter(|_| manifest_unchanged)
-                .and_then(|last| std::fs::read(app.state.source_of(last.as_str())).ok());
+                .and_then(|last| match std::fs::read(app.state.source_of(last.as_str())) {
+                    Ok(bytes) => Some(bytes),
+                    Err(err) => {
+                        tracing::warn!(component = %name, error = %err, "the journal's last version is gone from the state directory; composing with the manifest's source");
+                        None
+                    }
+                });
             pipeline.restore_dependency(name, manifest_bytes, journaled);
             continue;
         }

@@ -102,11 +102,12 @@ impl InstanceState {
     }
 
     /// A reused instance starts serving another request: its outbound calls carry that
-    /// request's trace and stop at its deadline. (When several requests share an instance at
-    /// once, the last one to start sets both.)
-    pub fn begin_request(&mut self, trace: Option<TraceContext>, deadline: Instant) {
+    /// request's trace, stop at its deadline and keep to its deploy-set generation. (When
+    /// several requests share an instance at once, the last one to start sets them.)
+    pub fn begin_request(&mut self, trace: Option<TraceContext>, deadline: Instant, generation: u64) {
         self.set_trace(trace);
         self.outbound.deadline = deadline;
+        self.outbound.chain.generation = generation;
     }
 
     pub fn table(&self) -> &ResourceTable {

@@ -50,6 +50,8 @@ pub struct InstancePool {
 /// What a request brings to the instance that serves it.
 pub struct RequestContext {
     pub trace: Option<TraceContext>,
+    /// The deploy-set generation the request's chain began in (`ChainPosition`).
+    pub generation: u64,
     /// Set when the instance that served the request ends on an error (a trap, a deadline),
     /// even after the response head went out: a body it was still streaming is then cut
     /// short, and must not look complete.
@@ -131,12 +133,7 @@ impl HandlerState for PoolState {
     async fn instantiate(&self) -> wasmtime::Result<Instance<InstanceState, Expiration, Worker>> {
         let mut store: Store<InstanceState> = self
             .factory
-            .new_reusable_store(
-                &self.spec,
-                self.chained.clone(),
-                self.chain.clone(),
-                self.request_timeout,
-            )
+            .new_reusable_store(&self.spec, self.chained.clone(), self.chain, self.request_timeout)
             .map_err(wasmtime::Error::from_anyhow)?;
         let proxy = match tokio::time::timeout(self.request_timeout, self.pre.instantiate_async(&mut store)).await {
             Ok(proxy) => proxy?,
@@ -203,7 +200,7 @@ impl WorkerState for Worker {
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         store
             .data_mut()
-            .begin_request(context.trace, Instant::now() + self.request_timeout);
+            .begin_request(context.trace, Instant::now() + self.request_timeout, context.generation);
         if let Ok(mut requests) = self.requests.lock() {
             requests.retain(|flag| flag.strong_count() > 0);
             requests.push(Arc::downgrade(&context.instance_failed));

@@ -40,7 +40,14 @@ impl Watcher {
             manifest,
             seen: BTreeMap::new(),
         };
-        let names: Vec<String> = watcher.manifest.components.keys().cloned().collect();
+        // A copy for a route with middleware is rebuilt and deployed with its original.
+        let names: Vec<String> = watcher
+            .manifest
+            .components
+            .iter()
+            .filter(|(_, decl)| decl.copy_of.is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in names {
             let seen = watcher.look(&name);
             watcher.seen.insert(name, seen);

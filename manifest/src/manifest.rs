@@ -351,11 +351,17 @@ fn assign_middleware(
     dir: &Path,
     sources: &BTreeMap<String, Option<PathBuf>>,
 ) -> Result<(), String> {
+    // Counted before any trigger is moved to a copy: a component other triggers reach keeps
+    // serving them unwrapped, and each of its triggers with middleware gets a copy.
     let references = |component: &str, http_triggers: &[HttpTrigger]| {
         http_triggers.iter().filter(|t| t.component == component).count()
             + redis_triggers.iter().filter(|t| t.component == component).count()
             + mqtt_triggers.iter().filter(|t| t.component == component).count()
     };
+    let shared: Vec<bool> = http_triggers
+        .iter()
+        .map(|trigger| references(&trigger.component, http_triggers) > 1)
+        .collect();
     for (index, id, value) in pending {
         let at = format!("trigger.http[{index}]");
         let primary = http_triggers[index].component.clone();
@@ -363,7 +369,7 @@ fn assign_middleware(
         if middleware.is_empty() {
             continue;
         }
-        let target = if references(&primary, http_triggers) == 1 {
+        let target = if !shared[index] {
             primary.clone()
         } else {
             let base = format!("{primary}-for-{}", kebab_id(&id));
@@ -405,7 +411,12 @@ fn kebab_id(id: &str) -> String {
 /// with what it inherits from the component it is composed into, so they would not apply.
 fn check_composed_components(components: &BTreeMap<String, ComponentDecl>) -> Result<(), String> {
     for (depender, decl) in components {
-        for dependency in decl.resolved_dependencies.iter().chain(&decl.middleware) {
+        let roles = decl
+            .resolved_dependencies
+            .iter()
+            .map(|dependency| ("a dependency", dependency))
+            .chain(decl.middleware.iter().map(|dependency| ("middleware", dependency)));
+        for (role, dependency) in roles {
             let crate::dependencies::DependencySource::Component { name, .. } = &dependency.source else {
                 continue;
             };
@@ -429,14 +440,9 @@ fn check_composed_components(components: &BTreeMap<String, ComponentDecl>) -> Re
                 }
             }
             if !own.is_empty() {
-                let role = if decl.middleware.contains(dependency) {
-                    "middleware"
-                } else {
-                    "a dependency"
-                };
                 return Err(format!(
-                    "`component.{name}` is {role} of `{depender}` but has {} of its own, which would not apply: \
-                     composed into `{depender}`, it runs with only what it inherits from it (grant them to \
+                    "`component.{name}` is {role} of `{depender}` but has {} of its own, which would not apply \
+                     there: composed into `{depender}`, it runs with only what it inherits from it (grant them to \
                      `{depender}` and list them in the entry's `inherit_configuration`; the dependencies of a \
                      dependency are not composed: declare them on `{depender}`)",
                     own.join(", ")
@@ -819,6 +825,15 @@ impl Manifest {
             })
             .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// The name `component`'s settings in mosaic.toml (`[probe.NAME]`, `[instance_reuse.NAME]`)
+    /// and its build are under: a copy's are its original's.
+    pub fn settings_name<'a>(&'a self, component: &'a str) -> &'a str {
+        self.components
+            .get(component)
+            .and_then(|decl| decl.copy_of.as_deref())
+            .unwrap_or(component)
     }
 
     /// The copies of `component` made for its triggers with middleware (see `assign_middleware`).

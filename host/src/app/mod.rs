@@ -21,7 +21,6 @@ use wasmtime_wasi_http::handler::ProxyPre;
 
 use crate::capability::bindings::subscriber::SubscriberPre;
 pub use crate::capability::grants::ComponentSpec;
-use crate::capability::http_outbound::ChainPin;
 use crate::digest::Digest;
 use crate::instance::{Capabilities, InstanceFactory, InstanceState};
 use crate::instance_pool::InstancePool;
@@ -84,11 +83,6 @@ pub struct Deployment {
     pooled_instances: Arc<AtomicUsize>,
     in_flight: AtomicU64,
     drained: Notify,
-    /// The deploy set this version belongs to (0: none; set once): the versions a dependency's
-    /// deploy flipped together share one tag, and the untagged versions they replaced get one
-    /// of their own ([`App::install_set`]). An in-process call of a tagged version goes to the
-    /// version of the same side of the flip in the callee, so that a chain never mixes them.
-    pub set_tag: Arc<AtomicU64>,
 }
 
 impl Deployment {
@@ -110,12 +104,7 @@ impl Deployment {
             pooled_instances: Arc::new(AtomicUsize::new(0)),
             in_flight: AtomicU64::new(0),
             drained: Notify::new(),
-            set_tag: Arc::new(AtomicU64::new(0)),
         }
-    }
-
-    pub fn tag(&self) -> u64 {
-        self.set_tag.load(Ordering::SeqCst)
     }
 
     /// This version with the MQTT handler its `[[trigger.mqtt]]` entries call.
@@ -220,7 +209,7 @@ pub struct ComponentSlot {
     pub spec: ComponentSpec,
     pub live: ArcSwap<Deployment>,
     /// The version the last deploy set replaced, still reached by the in-process calls of
-    /// chains that began on the other side of that flip (see [`Deployment::set_tag`]).
+    /// chains that began before that flip (see [`App::pick`]), until they have ended.
     pub superseded: ArcSwapOption<Superseded>,
     pub canary: ArcSwapOption<canary::Canary>,
     /// How the last canary ended (`auto_rollback of VERSION: why`), for `mosaic status`.
@@ -228,11 +217,14 @@ pub struct ComponentSlot {
     pub stats: SlotStats,
 }
 
-/// A version a deploy set replaced, and the tags of the versions replaced with it: a chain
-/// pinned to any of them was on the old side of the flip.
+/// A version a deploy set's flip replaced: what a chain that began before the flip runs on,
+/// while the version the flip installed is still the live one.
 pub struct Superseded {
     pub deployment: Arc<Deployment>,
-    pub old_side: Vec<u64>,
+    /// The deploy-set generation the flip began.
+    pub flipped_at: u64,
+    /// The version the flip installed in its place.
+    pub installed: Arc<Deployment>,
 }
 
 /// The version a request or a delivery runs on; during a canary, which of the two it is, so
@@ -263,22 +255,18 @@ impl ComponentSlot {
         }
     }
 
-    /// The version an in-process call of a chain pinned to the deploy set `pin` runs on: the
-    /// live or the superseded version of that set, when the slot has one, else as [`Self::pick`].
-    pub fn pick_in_chain<'h>(&self, pin: u64, sticky: impl FnOnce(&http::HeaderName) -> Option<&'h [u8]>) -> Picked {
-        if pin != 0 {
-            let live = self.live.load_full();
-            let of_the_set = match live.tag() == pin {
-                true => Some(live),
-                false => self
-                    .superseded
-                    .load_full()
-                    .filter(|old| old.old_side.contains(&pin))
-                    .map(|old| old.deployment.clone()),
-            };
-            if let Some(deployment) = of_the_set {
+    /// The version a request of a chain that began in deploy-set `generation` runs on: the
+    /// version a later set's flip replaced, while the flip's version is still live; else as
+    /// [`Self::pick`].
+    pub fn pick_in_chain<'h>(
+        &self,
+        generation: u64,
+        sticky: impl FnOnce(&http::HeaderName) -> Option<&'h [u8]>,
+    ) -> Picked {
+        if let Some(old) = self.superseded.load_full() {
+            if generation < old.flipped_at && Arc::ptr_eq(&self.live.load(), &old.installed) {
                 return Picked {
-                    deployment,
+                    deployment: old.deployment.clone(),
                     canary: None,
                 };
             }
@@ -324,11 +312,11 @@ pub struct App {
     deploying: Mutex<HashSet<String>>,
     /// The running version of each component that runs only composed into others.
     dependency_versions: RwLock<BTreeMap<String, DependencyVersion>>,
-    /// Written while a deploy set flips, read while a request picks its version: no request
-    /// sees half a set.
+    /// Written while a deploy set flips, read while a request picks its version: no pick sees
+    /// half a set.
     set_flip: RwLock<()>,
-    /// The last deploy-set tag handed out.
-    set_tags: AtomicU64,
+    /// How many deploy sets have flipped (the generation a chain begins in).
+    set_generations: AtomicU64,
 }
 
 /// The running version of a component that runs only as a dependency or middleware of
@@ -376,7 +364,7 @@ impl App {
             deploying: Mutex::new(HashSet::new()),
             dependency_versions: RwLock::new(BTreeMap::new()),
             set_flip: RwLock::new(()),
-            set_tags: AtomicU64::new(0),
+            set_generations: AtomicU64::new(0),
         }
     }
 
@@ -416,19 +404,24 @@ impl App {
         })
     }
 
-    /// The version of `slot` a request runs on (`chain`: the caller's, for an in-process
-    /// call), and the deploy set the chain keeps to from there (0: none); never one of half a
-    /// deploy set's flip. The caller's pin is read here, under the same lock as the flip, so
-    /// that a flip between the two cannot part them.
+    /// The version of `slot` a request runs on, and the deploy-set generation of its chain:
+    /// for an in-process call, the caller's (`chain_generation`), whose versions it keeps to;
+    /// for a request that begins a chain, the current one. Never one of half a set's flip:
+    /// the flip holds the other side of the lock.
     pub fn pick<'h>(
         &self,
         slot: &ComponentSlot,
-        chain: Option<&ChainPin>,
+        chain_generation: Option<u64>,
         sticky: impl FnOnce(&http::HeaderName) -> Option<&'h [u8]>,
     ) -> (Picked, u64) {
         let _not_mid_flip = self.set_flip.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let pin = chain.map_or(0, ChainPin::resolve);
-        (slot.pick_in_chain(pin, sticky), pin)
+        let generation = chain_generation.unwrap_or_else(|| self.set_generation());
+        (slot.pick_in_chain(generation, sticky), generation)
+    }
+
+    /// The deploy-set generation now: how many sets have flipped.
+    pub fn set_generation(&self) -> u64 {
+        self.set_generations.load(Ordering::SeqCst)
     }
 
     /// The running version of the dependency-only component `component`.
@@ -451,41 +444,40 @@ impl App {
     }
 
     /// The flip of a deploy set: every one of `versions` (each with its component's spec)
-    /// becomes live at once, as seen by requests, and the versions they replace stay reachable
-    /// to the chains that began before (both sides get a tag of their own). Returns the
-    /// replaced versions.
+    /// becomes live at once, as requests see it, and begins a new deploy-set generation; the
+    /// chains that began before keep to the versions it replaced ([`ComponentSlot::superseded`]).
+    /// Returns the replaced versions.
     pub fn install_set(&self, versions: &[(ComponentSpec, Arc<Deployment>)]) -> Vec<Arc<Deployment>> {
         let _flip = self.set_flip.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let before = self.set_tags.fetch_add(2, Ordering::SeqCst) + 1;
-        let after = before + 1;
-        let slots: Vec<(Arc<ComponentSlot>, Arc<Deployment>)> = versions
-            .iter()
-            .filter_map(|(spec, deployment)| Some((self.slot(&spec.name)?, deployment.clone())))
-            .collect();
-        // The old side: the replaced versions keep a tag they have (a chain may be pinned to
-        // it), the others get `before`.
-        let mut old_side = Vec::new();
-        for (slot, _) in &slots {
-            let live = slot.live.load();
-            let _ = live
-                .set_tag
-                .compare_exchange(0, before, Ordering::SeqCst, Ordering::SeqCst);
-            if !old_side.contains(&live.tag()) {
-                old_side.push(live.tag());
-            }
-        }
+        let flipped_at = self.set_generations.fetch_add(1, Ordering::SeqCst) + 1;
         let mut replaced = Vec::new();
-        for (slot, deployment) in slots {
-            deployment.set_tag.store(after, Ordering::SeqCst);
-            let previous = slot.live.swap(deployment);
+        for (spec, deployment) in versions {
+            let Some(slot) = self.slot(&spec.name) else {
+                continue;
+            };
+            let previous = slot.live.swap(deployment.clone());
             previous.retire_instances();
             slot.superseded.store(Some(Arc::new(Superseded {
                 deployment: previous.clone(),
-                old_side: old_side.clone(),
+                flipped_at,
+                installed: deployment.clone(),
             })));
             replaced.push(previous);
         }
         replaced
+    }
+
+    /// Once the chains that began before a deploy set's flip have ended, `replaced` (a version
+    /// the flip replaced in `component`) is let go.
+    pub fn forget_superseded(&self, component: &str, replaced: &Arc<Deployment>) {
+        let Some(slot) = self.slot(component) else { return };
+        let current = slot.superseded.load_full();
+        if current
+            .as_ref()
+            .is_some_and(|old| Arc::ptr_eq(&old.deployment, replaced))
+        {
+            slot.superseded.compare_and_swap(&current, None);
+        }
     }
 
     /// The flip: makes `deployment` the live version of the slot (creating the slot and its

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::journal::{self, Action, JournalEntry};
+use super::journal::Action;
 use super::{artifacts, DeployError, DeployReport, DeployRequest, Pipeline, Step, StepClock};
 use crate::app::DependencyVersion;
 use crate::digest::Digest;
@@ -51,10 +51,9 @@ impl Pipeline {
         let bytes = Arc::new(request.bytes);
         clock.done(Step::Receive);
 
-        let mut versions = Vec::new();
-        let (mut cached, mut warnings) = (true, Vec::new());
+        // Every dependent can take part before any is composed.
+        let mut slots = Vec::new();
         for dependent in &dependents {
-            let composing = |err: DeployError| composing_failed(&name, dependent, err);
             let Some(slot) = app.slot(dependent) else {
                 return Err(DeployError::at(
                     &name,
@@ -71,6 +70,13 @@ impl Pipeline {
                     format!("`{dependent}`, which it is composed into, has a canary in progress: promote or roll it back first"),
                 ));
             }
+            slots.push(slot);
+        }
+        let mut versions = Vec::new();
+        let (mut cached, mut warnings) = (true, Vec::new());
+        for slot in slots {
+            let dependent = &slot.spec.name;
+            let composing = |err: DeployError| composing_failed(&name, dependent, err);
             let own_digest = slot.live.load().digest.clone();
             let own_source = std::fs::read(app.state.source_of(own_digest.as_str())).map_err(|err| {
                 DeployError::at(
@@ -87,11 +93,11 @@ impl Pipeline {
                 .await
                 .map_err(composing)?;
             self.probe_step(&mut version, request.probe).await.map_err(composing)?;
+            clock.done(Step::Probe);
             cached &= version.cached;
             warnings.extend(version.warnings.iter().map(|warning| format!("{dependent}: {warning}")));
             versions.push(version);
         }
-        clock.done(Step::Probe);
         if let Err(err) = crate::state::write_once(&app.state.source_of(digest.as_str()), &bytes) {
             return Err(DeployError::at(
                 &name,
@@ -122,7 +128,23 @@ impl Pipeline {
         }
         clock.done(Step::Journal);
         for (version, old) in versions.iter().zip(replaced) {
-            self.drain(&version.spec.name, old);
+            self.drain(&version.spec.name, old.clone());
+            // A chain that began before the flip may call it until the chain's first request
+            // ends, which its deadline bounds (the version may have drained long before: the
+            // chain can begin elsewhere); then no one needs it.
+            let needed_for = app
+                .settings
+                .limits
+                .request_timeout()
+                .max(app.settings.limits.drain_timeout());
+            // Weak: a host that stops meanwhile is not kept alive for it.
+            let (app, component) = (Arc::downgrade(&app), version.spec.name.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(needed_for).await;
+                if let Some(app) = app.upgrade() {
+                    app.forget_superseded(&component, &old);
+                }
+            });
         }
         tracing::info!(component = %name, version = %digest.short(), composed_into = ?dependents, action = ?request.action, "deployed a dependency");
         Ok(DeployReport {
@@ -149,24 +171,7 @@ impl Pipeline {
         previous: Option<Digest>,
         action: &Action,
     ) -> Result<(), DeployError> {
-        let entry = JournalEntry {
-            component: name.to_string(),
-            digest: digest.clone(),
-            previous,
-            action: action.clone(),
-            route: None,
-            at_unix_ms: crate::clock::now_unix_ms(),
-            canary: None,
-            reason: None,
-        };
-        journal::append(&self.app.state.journal_path(), &entry).map_err(|err| {
-            tracing::error!(component = %name, error = %err, "cannot write the deploy journal");
-            DeployError::at(
-                name,
-                Step::Journal,
-                format!("the new version serves, but the journal could not be written: {err}"),
-            )
-        })
+        self.append_journal(name, digest, previous, action, None)
     }
 
     /// At start-up, the version of the dependency-only component `name` its dependents are
@@ -180,14 +185,7 @@ impl Pipeline {
         };
         let digest = Digest::of(&bytes);
         if record {
-            let previous = journal::read(&app.state.journal_path())
-                .ok()
-                .and_then(|entries| {
-                    journal::history(&entries, name)
-                        .last()
-                        .map(|entry| entry.digest.clone())
-                })
-                .filter(|last| *last != digest);
+            let previous = self.last_journaled(name).filter(|last| *last != digest);
             let stored = crate::state::write_once(&app.state.source_of(digest.as_str()), &bytes);
             let journaled = stored.map_err(|err| err.to_string()).and_then(|()| {
                 self.journal_dependency(name, &digest, previous, &Action::Manifest)

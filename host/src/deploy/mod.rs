@@ -576,7 +576,7 @@ impl Pipeline {
         let name = &version.spec.name;
         let configured = match step {
             ProbeStep::StartOnly => None,
-            ProbeStep::Refuse | ProbeStep::Warn => self.app.settings.probe.get(name),
+            ProbeStep::Refuse | ProbeStep::Warn => self.app.settings.probe.get(self.app.manifest.settings_name(name)),
         };
         let deployment = version.deployment.clone();
         let outcome = match configured {
@@ -627,10 +627,7 @@ impl Pipeline {
         let previous_digest = match &previous {
             Some(previous) => Some(previous.digest.clone()),
             // A first load after a restart replaces what the journal last recorded.
-            None => journal::read(&self.app.state.journal_path())
-                .ok()
-                .and_then(|entries| journal::history(&entries, name).last().map(|e| e.live_digest().clone()))
-                .filter(|last| *last != version.digest),
+            None => self.last_journaled(name).filter(|last| *last != version.digest),
         };
         (previous, previous_digest)
     }
@@ -638,27 +635,49 @@ impl Pipeline {
     /// Step 8: the journal entry, so a restart comes back with this version.
     fn journal(&self, version: &Validated, previous: Option<Digest>, action: &Action) -> Result<(), DeployError> {
         let name = &version.spec.name;
+        let route = match (&version.spec.route, self.app.manifest.components.contains_key(name)) {
+            (Some(HttpRoute::Public(pattern)), false) => Some(pattern.to_string()),
+            _ => None,
+        };
+        self.append_journal(name, &version.digest, previous, action, route)
+    }
+
+    /// Appends one entry to the deploy journal; the flip already happened, so a failure says
+    /// that the version serves but a restart would not know it.
+    fn append_journal(
+        &self,
+        name: &str,
+        digest: &Digest,
+        previous: Option<Digest>,
+        action: &Action,
+        route: Option<String>,
+    ) -> Result<(), DeployError> {
         let entry = JournalEntry {
-            component: name.clone(),
-            digest: version.digest.clone(),
+            component: name.to_string(),
+            digest: digest.clone(),
             previous,
             action: action.clone(),
-            route: match (&version.spec.route, self.app.manifest.components.contains_key(name)) {
-                (Some(HttpRoute::Public(pattern)), false) => Some(pattern.to_string()),
-                _ => None,
-            },
+            route,
             at_unix_ms: crate::clock::now_unix_ms(),
             canary: None,
             reason: None,
         };
         journal::append(&self.app.state.journal_path(), &entry).map_err(|err| {
-            // The flip already happened; the version serves but a restart would not know it.
             tracing::error!(component = %name, error = %err, "cannot write the deploy journal");
             DeployError::at(
                 name,
                 Step::Journal,
                 format!("the new version serves, but the journal could not be written: {err}"),
             )
+        })
+    }
+
+    /// The version the journal last recorded as live for `component`.
+    fn last_journaled(&self, component: &str) -> Option<Digest> {
+        journal::read(&self.app.state.journal_path()).ok().and_then(|entries| {
+            journal::history(&entries, component)
+                .last()
+                .map(|e| e.live_digest().clone())
         })
     }
 

@@ -222,7 +222,7 @@ async fn call_handler(
         .new_store(
             spec,
             trigger.chained(),
-            ChainPosition::start(deployment.set_tag.clone()),
+            ChainPosition::start(trigger.app().set_generation()),
             timeout,
         )
         .map_err(|err| format!("component `{name}` could not be instantiated: {err:#}"))?;

@@ -181,7 +181,7 @@ async fn deliver(trigger: &Dispatcher, component: &str, topic: String, payload: 
             .new_store(
                 &slot.spec,
                 trigger.chained(),
-                ChainPosition::start(deployment.set_tag.clone()),
+                ChainPosition::start(app.set_generation()),
                 timeout,
             )
             .map_err(|err| format!("component `{component}` could not be instantiated: {err:#}"))?;

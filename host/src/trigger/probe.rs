@@ -26,7 +26,7 @@ impl Probe for TriggerProbe {
             .new_store(
                 spec,
                 self.0.chained(),
-                ChainPosition::start(deployment.set_tag.clone()),
+                ChainPosition::start(app.set_generation()),
                 timeout,
             )
             .map_err(|err| format!("{err:#}"))?;

@@ -12,7 +12,6 @@ pub mod settings;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,68 +42,35 @@ pub enum ChainTarget {
 
 /// Serves chained requests without a socket. Implemented by the HTTP trigger.
 pub trait ChainedRequests: Send + Sync {
-    /// `depth`: the hops so far, this one included; `pin`: the caller's deploy set, see
-    /// [`ChainPosition`].
+    /// `depth`: the hops so far, this one included; `generation`: the deploy-set generation
+    /// the chain began in, see [`ChainPosition`].
     fn serve_chained(
         &self,
         target: ChainTarget,
         request: http::Request<WasiBody>,
         depth: u32,
-        pin: ChainPin,
+        generation: u64,
     ) -> BoxFuture<Result<http::Response<WasiBody>, HttpError>>;
 }
 
 /// Where an instance's requests stand in a chain of in-process calls.
 ///
 /// A chain keeps to one side of a deploy set's flip (a dependency's deploy swaps all its
-/// dependents at once): once a hop runs a version that belongs to a set, the later hops run
-/// the versions of the same set, so that a request never sees one dependent composed with the
-/// old dependency and another with the new.
-#[derive(Clone, Default)]
+/// dependents at once): every hop is picked for the generation of deploy sets the chain began
+/// in, so that a request never sees one dependent composed with the old dependency and
+/// another with the new (`App::pick`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChainPosition {
     /// How many in-process hops led here (0: a request from a listener, a delivery, a probe).
     pub depth: u32,
-    /// The deploy set an earlier hop pinned the chain to (0: none).
-    pub pin: u64,
-    /// The deploy-set tag of the version the instance runs (0: none); read at each call,
-    /// since a flip tags the version it replaces.
-    pub version_tag: Arc<AtomicU64>,
+    /// The deploy-set generation the chain began in.
+    pub generation: u64,
 }
 
 impl ChainPosition {
-    /// The first hop of a chain, on a version tagged by `version_tag`.
-    pub fn start(version_tag: Arc<AtomicU64>) -> Self {
-        Self {
-            depth: 0,
-            pin: 0,
-            version_tag,
-        }
-    }
-
-    /// What its in-process calls carry to pick the callee's version.
-    fn pin_onward(&self) -> ChainPin {
-        ChainPin {
-            inherited: self.pin,
-            caller_tag: self.version_tag.clone(),
-        }
-    }
-}
-
-/// The deploy set a chained call keeps to: the caller's version's, else the one the caller was
-/// called with. Resolved when the callee's version is picked (a flip may tag the caller's
-/// version in between).
-#[derive(Clone)]
-pub struct ChainPin {
-    inherited: u64,
-    caller_tag: Arc<AtomicU64>,
-}
-
-impl ChainPin {
-    pub fn resolve(&self) -> u64 {
-        match self.caller_tag.load(Ordering::SeqCst) {
-            0 => self.inherited,
-            own => own,
-        }
+    /// The first hop of a chain that begins in `generation`.
+    pub fn start(generation: u64) -> Self {
+        Self { depth: 0, generation }
     }
 }
 
@@ -183,8 +149,7 @@ impl WasiHttpHooks for OutboundHttp {
         }
         let target = self.target_of(request.uri());
         let chained = self.chained.clone();
-        let depth = self.chain.depth;
-        let pin = self.chain.pin_onward();
+        let ChainPosition { depth, generation } = self.chain;
         let policies = self.policies.clone();
         let component = self.component.clone();
         let deadline = self.deadline;
@@ -196,12 +161,12 @@ impl WasiHttpHooks for OutboundHttp {
                     }
                     let attempt =
                         move |request, options: RequestOptions| -> BoxFuture<Result<policy::Sent, HttpError>> {
-                            let (chained, target, pin) = (chained.clone(), target.clone(), pin.clone());
+                            let (chained, target) = (chained.clone(), target.clone());
                             Box::pin(async move {
                                 // A task of its own: when the caller gives up at its timeout,
                                 // the callee's request still ends (and is counted) by its own
                                 // deadline.
-                                let serve = tokio::spawn(chained.serve_chained(target, request, depth + 1, pin));
+                                let serve = tokio::spawn(chained.serve_chained(target, request, depth + 1, generation));
                                 let limit = options.first_byte_timeout.unwrap_or(Duration::MAX);
                                 let response = tokio::time::timeout(limit, serve)
                                     .await

@@ -6,7 +6,7 @@ use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 use super::headers::RouteInfo;
 use super::IN_PROCESS_CLIENT;
-use crate::capability::http_outbound::{BoxFuture, ChainPin, ChainTarget, ChainedRequests};
+use crate::capability::http_outbound::{BoxFuture, ChainTarget, ChainedRequests};
 use crate::trigger::body::json_error;
 use crate::trigger::Dispatcher;
 
@@ -16,7 +16,7 @@ impl ChainedRequests for Dispatcher {
         target: ChainTarget,
         request: http::Request<WasiBody>,
         depth: u32,
-        pin: ChainPin,
+        generation: u64,
     ) -> BoxFuture<Result<http::Response<WasiBody>, HttpError>> {
         let dispatcher = self.clone();
         Box::pin(async move {
@@ -43,7 +43,7 @@ impl ChainedRequests for Dispatcher {
                 }
             };
             Ok(dispatcher
-                .serve_live(&component, request, route, IN_PROCESS_CLIENT, depth, Some(pin))
+                .serve_live(&component, request, route, IN_PROCESS_CLIENT, depth, Some(generation))
                 .await)
         })
     }

@@ -28,7 +28,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
 use crate::app::{count, ComponentSpec, Deployment, Wasi};
-use crate::capability::http_outbound::{ChainPin, ChainPosition};
+use crate::capability::http_outbound::ChainPosition;
 use crate::instance::InstanceState;
 use crate::instance_pool::{InstancePool, PoolError, RequestContext};
 use crate::observe::{TraceContext, TRACEPARENT};
@@ -47,8 +47,8 @@ pub type HttpResponse = hyper::Response<HyperOutgoingBody>;
 pub struct Origin {
     pub client: SocketAddr,
     pub depth: u32,
-    /// The deploy set the chain keeps to (0: none): see `ChainPosition`.
-    pub pin: u64,
+    /// The deploy-set generation the request's chain began in: see `ChainPosition`.
+    pub generation: u64,
     pub trace: Option<TraceContext>,
 }
 
@@ -79,8 +79,8 @@ impl Dispatcher {
         self.serve_live(&component, request, route, client, 0, None).await
     }
 
-    /// Serves a request on the live version of `component` (for a chained request, the one of
-    /// the caller's deploy set, `pin`), counting it in the slot's stats.
+    /// Serves a request on the live version of `component` (for a chained request, the one
+    /// live in the deploy-set `generation` its chain began in), counting it in the slot's stats.
     async fn serve_live<B>(
         &self,
         component: &str,
@@ -88,7 +88,7 @@ impl Dispatcher {
         route: RouteInfo,
         client: SocketAddr,
         depth: u32,
-        pin: Option<ChainPin>,
+        generation: Option<u64>,
     ) -> HttpResponse
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -102,7 +102,7 @@ impl Dispatcher {
             );
         };
         count(&slot.stats.requests);
-        let (picked, pin) = self.app.pick(&slot, pin.as_ref(), |sticky| {
+        let (picked, generation) = self.app.pick(&slot, generation, |sticky| {
             request.headers().get(sticky).map(HeaderValue::as_bytes)
         });
         let deployment = picked.deployment.clone();
@@ -117,7 +117,7 @@ impl Dispatcher {
         let origin = Origin {
             client,
             depth,
-            pin,
+            generation,
             trace: Some(trace),
         };
         let outcome = match self.admission.try_enter(component) {
@@ -184,7 +184,10 @@ impl Dispatcher {
         B::Error: Into<HttpError>,
     {
         let wasi_0_3 = deployment.world.wasi == Wasi::V0_3;
-        let reuse = self.app.settings.reuse_policy(&spec.name, wasi_0_3);
+        let reuse = self
+            .app
+            .settings
+            .reuse_policy(self.app.manifest.settings_name(&spec.name), wasi_0_3);
         match (&deployment.http, reuse) {
             (Some(ProxyPre::P2(_)), None) => {
                 self.serve_fresh(spec, deployment, request, route, origin, timeout, permit)
@@ -228,21 +231,17 @@ impl Dispatcher {
         let Origin {
             client,
             depth,
-            pin,
+            generation,
             trace,
         } = origin;
-        let chain = ChainPosition {
-            depth,
-            pin,
-            version_tag: deployment.set_tag.clone(),
-        };
+        let chain = ChainPosition { depth, generation };
         let make = |policy: ReusePolicy, pre: ProxyPre<InstanceState>| {
             InstancePool::new(
                 pre,
                 self.app.instances.clone(),
                 spec.clone(),
                 self.chained(),
-                chain.clone(),
+                chain,
                 policy,
                 timeout,
                 deployment.pooled_instance_counter(),
@@ -262,6 +261,7 @@ impl Dispatcher {
         let instance_failed = Arc::new(AtomicBool::new(false));
         let context = RequestContext {
             trace,
+            generation,
             instance_failed: instance_failed.clone(),
         };
         let request = with_spin_headers(request, &route, client);
@@ -305,14 +305,10 @@ impl Dispatcher {
         let Origin {
             client,
             depth,
-            pin,
+            generation,
             trace,
         } = origin;
-        let chain = ChainPosition {
-            depth,
-            pin,
-            version_tag: deployment.set_tag.clone(),
-        };
+        let chain = ChainPosition { depth, generation };
         let chained = self.chained();
         let instantiate_error = |detail: String| ServeError::Instantiate {
             component: component.clone(),

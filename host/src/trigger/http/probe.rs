@@ -32,7 +32,7 @@ impl Dispatcher {
         let origin = Origin {
             client: IN_PROCESS_CLIENT,
             depth: 0,
-            pin: 0,
+            generation: self.app.set_generation(),
             trace: None,
         };
         let timeout = probe.timeout(&self.app.settings.limits);

@@ -121,6 +121,17 @@ impl AppDir {
             .expect("the host starts")
     }
 
+    /// Starts the app with the default settings, expecting it to be refused; returns why.
+    pub async fn refusal(&self) -> String {
+        match self.try_start_in(Settings::default(), None, None).await {
+            Ok(host) => {
+                host.shutdown().await;
+                panic!("the host started")
+            }
+            Err(err) => format!("{err:#}"),
+        }
+    }
+
     /// Starts one more host of the same application with a state directory of its own
     /// (`state`, under the app directory), as another machine of a cluster would have.
     pub async fn start_in(&self, settings: Settings, runtime_config: Option<&str>, state: &str) -> Host {

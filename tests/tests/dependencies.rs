@@ -331,22 +331,11 @@ async fn the_composition_is_cached_by_every_part_and_a_new_dependency_build_comp
     host.shutdown().await;
 }
 
-/// Starts the app of `manifest` and returns why it did not start.
-async fn refusal(dir: &AppDir) -> String {
-    match dir.try_start_in(Settings::default(), None, None).await {
-        Ok(host) => {
-            host.shutdown().await;
-            panic!("the host started")
-        }
-        Err(err) => format!("{err:#}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_dependencies_are_refused_naming_the_component_and_the_import() {
     // The dependency's file is missing.
     let missing = AppDir::new(&FROM_A_FILE.replace("INHERIT", ""));
-    let why = refusal(&missing).await;
+    let why = missing.refusal().await;
     assert!(why.contains("greeted") && why.contains("greeter.wasm"), "{why}");
 
     // A key that names no import of the component.
@@ -356,7 +345,7 @@ async fn bad_dependencies_are_refused_naming_the_component_and_the_import() {
             .replace("INHERIT", ""),
     );
     std::fs::copy(fixture("greeter"), unmatched.path.join("greeter.wasm")).expect("copy");
-    let why = refusal(&unmatched).await;
+    let why = unmatched.refusal().await;
     assert!(
         why.contains("mosaic:other/greeting") && why.contains("satisfies no import"),
         "{why}"
@@ -375,7 +364,7 @@ component = "greeted"
 source = "{greeted}"
 "#,
     );
-    let why = refusal(&unsatisfied).await;
+    let why = unsatisfied.refusal().await;
     assert!(why.contains("mosaic:fixtures/greeting@0.1.0"), "{why}");
 
     // A cycle of component dependencies, and a registry source.
@@ -397,10 +386,10 @@ source = "{greeter}"
 "mosaic:fixtures/other" = { component = "a" }
 "#,
     );
-    let why = refusal(&cycle).await;
+    let why = cycle.refusal().await;
     assert!(why.contains("cycle") && why.contains("a → b → a"), "{why}");
     let registry = AppDir::new(&FROM_A_FILE.replace("{ path = \"greeter.wasm\" INHERIT }", "\"0.1.0\""));
-    let why = refusal(&registry).await;
+    let why = registry.refusal().await;
     assert!(why.contains("registry") && why.contains("path ="), "{why}");
 }
 

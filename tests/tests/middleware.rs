@@ -169,17 +169,6 @@ async fn the_composition_with_middleware_is_cached_and_a_restart_composes_nothin
     host.shutdown().await;
 }
 
-/// Starts the app in `dir` and returns why it did not start.
-async fn refusal(dir: &AppDir) -> String {
-    match dir.try_start_in(Settings::default(), None, None).await {
-        Ok(host) => {
-            host.shutdown().await;
-            panic!("the host started")
-        }
-        Err(err) => format!("{err:#}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_middleware_is_refused_naming_the_component_and_what_is_wrong() {
     // A WASI 0.2 component cannot be wrapped: middleware is WASI 0.3.
@@ -198,7 +187,7 @@ source = "{probe}"
 source = "{middleware-auth}"
 "#,
     );
-    let why = refusal(&p2).await;
+    let why = p2.refusal().await;
     assert!(
         why.contains("`old`") && why.contains("wasi:http/handler@0.3.0") && why.contains("spin-sdk 7"),
         "{why}"
@@ -207,7 +196,7 @@ source = "{middleware-auth}"
     // A component that is not a middleware (it does not call a next handler).
     let not_middleware = app(r#"[{ path = "plain.wasm" }]"#);
     std::fs::copy(fixture("spin7-v2"), not_middleware.path.join("plain.wasm")).expect("copy");
-    let why = refusal(&not_middleware).await;
+    let why = not_middleware.refusal().await;
     assert!(
         why.contains("plain.wasm") && why.contains("is not a middleware"),
         "{why}"
@@ -215,12 +204,12 @@ source = "{middleware-auth}"
 
     // A missing middleware file.
     let missing = app(r#"[{ path = "gone.wasm" }]"#);
-    let why = refusal(&missing).await;
+    let why = missing.refusal().await;
     assert!(why.contains("gone.wasm") && why.contains("middleware 1"), "{why}");
 
     // A registry source.
     let registry = app(r#"[{ package = "acme:auth", version = "1.0.0" }]"#);
-    let why = refusal(&registry).await;
+    let why = registry.refusal().await;
     assert!(why.contains("registry") && why.contains("path ="), "{why}");
 }
 

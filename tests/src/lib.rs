@@ -106,6 +106,13 @@ impl AppDir {
         self.path.join("spin.toml")
     }
 
+    /// How many compiled artifacts the state directory holds.
+    pub fn artifact_count(&self) -> usize {
+        std::fs::read_dir(self.state_dir().join("artifacts"))
+            .expect("artifacts")
+            .count()
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.path.join(".mosaic")
     }
@@ -200,6 +207,23 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The status, headers and whole body of `response`.
+    pub async fn read(response: http::Response<hyper::body::Incoming>) -> Result<Reply, String> {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| err.to_string())?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).to_string(),
+        })
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.body))
     }
@@ -218,19 +242,7 @@ pub async fn send(client: &HttpClient, method: &str, url: &str, body: impl Into<
         .body(Full::new(body.into()))
         .map_err(|err| err.to_string())?;
     let response = client.request(request).await.map_err(|err| format!("{err:?}"))?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|err| err.to_string())?
-        .to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).to_string(),
-    })
+    Reply::read(response).await
 }
 
 /// A call to `host`'s admin API with `authorization` (the header's whole value) if given.
@@ -243,14 +255,7 @@ pub async fn admin_request(host: &Host, method: &str, path: &str, authorization:
     }
     let request = request.body(Full::new(Bytes::from(body))).expect("request");
     let response = client().request(request).await.expect("the admin API answers");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).to_string(),
-    }
+    Reply::read(response).await.expect("body")
 }
 
 /// A call to `host`'s admin API with its token.

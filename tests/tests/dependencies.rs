@@ -318,14 +318,9 @@ async fn the_composition_is_cached_by_every_part_and_a_new_dependency_build_comp
     host.shutdown().await;
 
     // A restart finds both compositions cached: nothing is composed or compiled again.
-    let artifacts = || {
-        std::fs::read_dir(dir.state_dir().join("artifacts"))
-            .expect("artifacts")
-            .count()
-    };
-    let before = artifacts();
+    let before = dir.artifact_count();
     let host = dir.start(Settings::default()).await;
-    assert_eq!(artifacts(), before, "no new artifact at the restart");
+    assert_eq!(dir.artifact_count(), before, "no new artifact at the restart");
     let base = format!("http://{}", host.http_addr());
     assert_eq!(get(&http, &format!("{base}/greeted/version")).await.body, "v2");
     host.shutdown().await;

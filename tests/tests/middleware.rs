@@ -6,7 +6,7 @@
 //! `x-` headers it received.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use mosaic::settings::Settings;
 use mosaic_tests::{client, fixture, AppDir, Reply};
 
@@ -44,14 +44,7 @@ async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
         .request(request.body(Full::new(Bytes::new())).expect("request"))
         .await
         .unwrap_or_else(|err| panic!("GET {url}: {err}"));
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).to_string(),
-    }
+    Reply::read(response).await.expect("body")
 }
 
 /// Every value of the request header `name` the component received, in order (from the lines
@@ -155,14 +148,9 @@ async fn the_composition_with_middleware_is_cached_and_a_restart_composes_nothin
         .expect("the same version again");
     assert!(report.cached, "composed and compiled once: {:?}", report.timings_ms);
     host.shutdown().await;
-    let artifacts = || {
-        std::fs::read_dir(dir.state_dir().join("artifacts"))
-            .expect("artifacts")
-            .count()
-    };
-    let before = artifacts();
+    let before = dir.artifact_count();
     let host = dir.start(Settings::default()).await;
-    assert_eq!(artifacts(), before, "no new artifact at the restart");
+    assert_eq!(dir.artifact_count(), before, "no new artifact at the restart");
     let base = format!("http://{}", host.http_addr());
     let reply = get_with(&format!("{base}/guarded/hello"), &[("authorization", "Bearer t")]).await;
     assert_eq!(values(&reply, "x-middleware-response"), ["tagger", "auth"]);

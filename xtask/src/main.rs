@@ -37,6 +37,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench breaker    latency of calls to a dead dependency, outbound breaker off vs open; adds to bench/README.md
   bench cluster    requests/s on 1, 2 and 3 hosts of a cluster (PostgreSQL on 127.0.0.1:5432), and the time a
                    deploy takes to reach every host; adds to bench/README.md
+  bench load ADDR PATH CONNECTIONS SECONDS
+                   load a server already running (e.g. under perf record) with the benchmarks' client;
+                   prints requests/s and latency, writes nothing
   spin-data        prepare the reference application's data for Spin: apply migrations/<service>/ to the
                    SQLite files spin-runtime-config.toml names (mosaic migrate), so that `spin up
                    --runtime-config-file spin-runtime-config.toml` finds its tables (README: Under Spin)
@@ -68,6 +71,8 @@ fn main() -> Result<()> {
                 .args(["run", "-p", "mosaic", "--", "up"])
                 .args(&args[1..]))
         }
+        // The load generator alone builds nothing: it loads a server already running.
+        Some("bench") if args.get(1).is_some_and(|name| name == "load") => bench::run(&root, &args[1..]),
         Some("bench") => {
             build_all(&root)?;
             bench::run(&root, &args[1..])

@@ -93,6 +93,36 @@ pub(super) async fn load_get(
     load_request(addrs, "GET", path.to_string(), Body::Fixed(""), connections, duration).await
 }
 
+/// `cargo xtask bench load ADDR PATH CONNECTIONS SECONDS`: GETs `PATH` of the server at `ADDR`.
+pub(super) fn run_standalone(args: &[String]) -> Result<()> {
+    let usage = "cargo xtask bench load ADDR PATH CONNECTIONS SECONDS (e.g. 127.0.0.1:3000 / 32 10)";
+    let [addr, path, connections, seconds] = args else {
+        bail!("usage: {usage}");
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|err| anyhow::anyhow!("{addr}: {err}; usage: {usage}"))?;
+    let connections: usize = connections
+        .parse()
+        .map_err(|err| anyhow::anyhow!("{connections}: {err}; usage: {usage}"))?;
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|err| anyhow::anyhow!("{seconds}: {err}; usage: {usage}"))?;
+    let runtime = super::runtime()?;
+    let stats = runtime.block_on(load_get(&[addr], path, connections, Duration::from_secs(seconds)))?;
+    println!(
+        "{addr}{path} c={connections}: {}  ({} requests, {} errors{})",
+        super::report::rate_progress(&stats),
+        stats.requests,
+        stats.errors,
+        stats
+            .first_error
+            .map(|first| format!(", first: {first}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// Closed-loop load: `connections` clients each sending `method path` with `body` until
 /// `duration` is over (or a numbered `body` series is used up). The connections go to `addrs`
 /// in turn (connection i to `addrs[i % addrs.len()]`). A request fails unless it answers 2xx.

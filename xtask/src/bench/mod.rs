@@ -13,6 +13,10 @@
 //!
 //! `cargo xtask bench cluster` writes requests/s of one application on 1, 2 and 3 hosts of a
 //! cluster (PostgreSQL as the store), and the time a deploy takes to reach every host.
+//!
+//! `cargo xtask bench load ADDR PATH CONNECTIONS SECONDS` loads one server already running
+//! (for a profile under `perf record`) with the benchmarks' closed-loop client, and prints
+//! requests/s and latency; it writes nothing.
 
 mod breaker;
 mod client;
@@ -49,8 +53,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         Some("breaker") => breaker::run(root),
         Some("cluster") => cluster::run(root),
         Some("native-server") => http::native_server(args.get(1).context("native-server PORT")?.parse()?),
+        Some("load") => load::run_standalone(&args[1..]),
         Some(other) => {
-            bail!("no benchmark named `{other}`; try `cargo xtask bench http`, `kv`, `sql`, `messaging`, `breaker` or `cluster`")
+            bail!("no benchmark named `{other}`; try `cargo xtask bench http`, `kv`, `sql`, `messaging`, `breaker`, `cluster` or `load`")
         }
         None => bail!("name a benchmark: cargo xtask bench http"),
     }

@@ -196,6 +196,61 @@ async fn reuse_follows_the_settings() {
     host.shutdown().await;
 }
 
+/// Opt-in reuse of a WASI 0.2 component's instances (`[instance_reuse.NAME]`): a trap or a deadline ends the instance it happened on, an idle instance ends after
+/// the idle timeout, and a swap retires the old version's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_wasi_0_2_instances_end_on_failure_idleness_and_swap() {
+    let dir = AppDir::new(MIXED);
+    let mut settings = Settings::default();
+    settings.limits.request_timeout_ms = 1_000;
+    settings.instance_reuse.insert(
+        "probe".into(),
+        InstanceReuse {
+            max_instance_reuse_count: Some(100),
+            idle_instance_timeout_ms: Some(1_000),
+            ..InstanceReuse::default()
+        },
+    );
+    let host = dir.start(settings).await;
+    let base = format!("http://{}", host.http_addr());
+    let client = client();
+    let count = || {
+        let client = client.clone();
+        let url = format!("{base}/probe/count");
+        async move { get(&client, &url).await.body }
+    };
+    assert_eq!([count().await, count().await, count().await], ["1", "2", "3"]);
+    let v1 = host.app().slot("probe").unwrap().live.load_full();
+    assert!(v1.pooled_instances() > 0, "reused instances serve it");
+
+    let trap = get(&client, &format!("{base}/probe/trap")).await;
+    assert_eq!(trap.status, 500, "{}", trap.body);
+    assert_eq!(count().await, "1", "the trapped instance is not reused");
+    let looped = get(&client, &format!("{base}/probe/loop")).await;
+    assert!(looped.status >= 500, "{}", looped.body);
+    assert_eq!(count().await, "1", "the instance cut at its deadline is not reused");
+    assert_eq!(count().await, "2");
+
+    assert!(
+        eventually(Duration::from_secs(5), || v1.pooled_instances() == 0).await,
+        "an idle instance ends after the idle timeout; {} left",
+        v1.pooled_instances()
+    );
+    assert_eq!(count().await, "1");
+    assert!(v1.pooled_instances() > 0);
+
+    host.pipeline()
+        .deploy(deploy_request("probe", "probe-v2"))
+        .await
+        .expect("deploy of probe v2");
+    assert!(
+        eventually(Duration::from_secs(3), || v1.pooled_instances() == 0).await,
+        "the old version's idle instance ends at the swap"
+    );
+    assert_eq!(count().await, "1", "v2 starts a fresh instance");
+    host.shutdown().await;
+}
+
 #[test]
 fn hostile_wasi_0_3_guests_fail_alone() {
     LogCapture::run(hostile_wasi_0_3_guests_fail_alone_with_logs);

@@ -196,8 +196,9 @@ async fn reuse_follows_the_settings() {
     host.shutdown().await;
 }
 
-/// Opt-in reuse of a WASI 0.2 component's instances (`[instance_reuse.NAME]`): a trap or a deadline ends the instance it happened on, an idle instance ends after
-/// the idle timeout, and a swap retires the old version's.
+/// Opt-in reuse of a WASI 0.2 component's instances (`[instance_reuse.NAME]`): a trap or a
+/// deadline ends the instance it happened on, an idle instance ends after the idle timeout,
+/// and a swap retires the old version's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_wasi_0_2_instances_end_on_failure_idleness_and_swap() {
     let dir = AppDir::new(MIXED);

@@ -99,15 +99,16 @@ pub(super) fn run_standalone(args: &[String]) -> Result<()> {
     let [addr, path, connections, seconds] = args else {
         bail!("usage: {usage}");
     };
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|err| anyhow::anyhow!("{addr}: {err}; usage: {usage}"))?;
-    let connections: usize = connections
-        .parse()
-        .map_err(|err| anyhow::anyhow!("{connections}: {err}; usage: {usage}"))?;
-    let seconds: u64 = seconds
-        .parse()
-        .map_err(|err| anyhow::anyhow!("{seconds}: {err}; usage: {usage}"))?;
+    fn parse<T: std::str::FromStr>(text: &str, usage: &str) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        text.parse()
+            .map_err(|err| anyhow::anyhow!("{text}: {err}; usage: {usage}"))
+    }
+    let addr: SocketAddr = parse(addr, usage)?;
+    let connections: usize = parse(connections, usage)?;
+    let seconds: u64 = parse(seconds, usage)?;
     let runtime = super::runtime()?;
     let stats = runtime.block_on(load_get(&[addr], path, connections, Duration::from_secs(seconds)))?;
     println!(

@@ -112,6 +112,9 @@ pub struct RunOptions {
     pub tls: Option<crate::listener::TlsFiles>,
 }
 
+/// How long a stopping host waits for the OTLP endpoint to take the last spans.
+const SPAN_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct Host {
     app: Arc<App>,
     pipeline: Pipeline,
@@ -186,7 +189,17 @@ impl Host {
         let engine = build_engine(&settings.limits)?;
         let ticker = EpochTicker::start(&engine);
         let linker = crate::instance::build_linker(&engine)?;
-        let metrics: Arc<crate::observe::Metrics> = Arc::default();
+        let spans = match settings
+            .telemetry
+            .resolve(|name| std::env::var(name).ok(), &manifest.application.name)
+            .map_err(|message| anyhow::anyhow!("telemetry: {message}"))?
+        {
+            Some(export) => {
+                crate::observe::Spans::export(&export).map_err(|message| anyhow::anyhow!("telemetry: {message}"))?
+            }
+            None => crate::observe::Spans::default(),
+        };
+        let metrics = Arc::new(crate::observe::Metrics::with_spans(spans));
         let capabilities = build_capabilities(
             &manifest,
             &options.manifest,
@@ -308,6 +321,7 @@ impl Host {
                 canary.deployment.retire_instances();
             }
         }
+        self.app.metrics.spans().flush(SPAN_FLUSH_TIMEOUT).await;
         self.app.state.clear_endpoint();
         tracing::info!("stopped");
     }

@@ -98,6 +98,9 @@ impl InstanceState {
         let trace = trace.map(Arc::new);
         self.capabilities.redis.trace = trace.clone();
         self.capabilities.otel.trace = trace.clone();
+        self.capabilities.key_value.trace = trace.clone();
+        self.capabilities.sqlite.trace = trace.clone();
+        self.capabilities.postgres.trace = trace.clone();
         self.outbound.trace = trace;
     }
 

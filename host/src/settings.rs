@@ -14,6 +14,7 @@ use serde::Deserialize;
 // Re-exported because the tests crate names these sections as `mosaic::settings::*`.
 pub use crate::capability::http_outbound::settings::OutboundSettings;
 pub use crate::capability::messaging::settings::{BrokerKind, MessagingSettings};
+pub use crate::observe::TelemetrySettings;
 
 /// Everything `mosaic.toml` can set. Every field has a documented default (README "Limits").
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -39,6 +40,8 @@ pub struct Settings {
     /// Without one a new version is instantiated and nothing of it is called, as Spin never
     /// calls a handler without a request.
     pub probe: std::collections::BTreeMap<String, ProbeSettings>,
+    /// OTLP export of the host's spans (over the standard `OTEL_*` environment variables).
+    pub telemetry: TelemetrySettings,
 }
 
 /// `[probe.NAME]`: before a new version of NAME takes traffic, it must answer `GET path` with

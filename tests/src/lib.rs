@@ -1,6 +1,7 @@
 //! Helpers for the integration tests: fixtures, throwaway application directories, a real
 //! host on ephemeral ports, an HTTP client, and the `mosaic` binary.
 
+pub mod otlp;
 pub mod sink;
 
 use std::net::SocketAddr;

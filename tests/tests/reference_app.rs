@@ -7,6 +7,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mosaic_tests::otlp::{
+    OtlpReceiver, ReceivedSpan, Transport, KIND_CLIENT, KIND_CONSUMER, KIND_PRODUCER, KIND_SERVER,
+};
 use mosaic_tests::{client, require_service, unique, workspace_root, HttpClient, MosaicProcess};
 use serde_json::{json, Value};
 
@@ -37,6 +40,17 @@ impl Shop {
         runtime_config: Option<&str>,
         settings: Option<&str>,
     ) -> Shop {
+        Self::start_with_env(manifest, variables, runtime_config, settings, &[])
+    }
+
+    /// As `start_manifest`, with more environment variables for the host (`OTEL_*`, say).
+    fn start_with_env(
+        manifest: &std::path::Path,
+        variables: &[(&str, &str)],
+        runtime_config: Option<&str>,
+        settings: Option<&str>,
+        host_env: &[(&str, &str)],
+    ) -> Shop {
         let state_dir = std::env::temp_dir().join(unique("mosaic-shop-state"));
         let extra_dir = std::env::temp_dir().join(unique("mosaic-shop-config"));
         std::fs::create_dir_all(&extra_dir).expect("config dir");
@@ -62,7 +76,8 @@ impl Shop {
             .iter()
             .map(|(name, value)| (format!("SPIN_VARIABLE_{}", name.to_uppercase()), value.to_string()))
             .collect();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend_from_slice(host_env);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = extra_dir.join("host.log");
         let process = MosaicProcess::start_with_env_logging_to(&workspace_root(), &args, &env, &log);
@@ -650,4 +665,140 @@ async fn health_degrades_and_names_the_service_that_is_down() {
     );
     drop(shop);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One order placed through the gateway is one trace at an OTLP receiver: the gateway's span,
+/// each service it reaches (through the calls that reach them), their SQL statements, the
+/// publishes and the notification deliveries they lead to, every parent link inside the trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_one_trace_from_the_gateway_to_the_notifications() {
+    let receiver = OtlpReceiver::start(Transport::HttpProtobuf).await;
+    let endpoint = receiver.endpoint();
+    let shop = Shop::start_with_env(
+        &workspace_root().join("spin.toml"),
+        &[("payment_success_rate", "1")],
+        None,
+        None,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "shop-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let (alice, token) = shop.customer("alice").await;
+    let lamp = shop.product(&token, "lamp", 2_500, 10).await;
+
+    let trace_id = "5ce0e9a56015fec5aadfa328ae398115";
+    let root = "ab42124a3c573678";
+    let order = shop
+        .raw(
+            http::Request::builder()
+                .method("POST")
+                .uri(format!("{}/orders", shop.process.base))
+                .header("authorization", format!("Bearer {token}"))
+                .header("traceparent", format!("00-{trace_id}-{root}-01")),
+            json!({ "items": [{ "product_id": lamp, "quantity": 1 }] }).to_string(),
+        )
+        .await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    let order_id = order.body["id"].as_i64().expect("order id");
+    shop.wait_for_notifications(&token, alice, &[&format!("order-{order_id}-confirmed")])
+        .await;
+
+    // The three events (created, paid, confirmed) are delivered to notifications in this trace.
+    let delivered = |spans: &[ReceivedSpan]| {
+        spans
+            .iter()
+            .filter(|span| span.trace_id == trace_id && span.kind == KIND_CONSUMER)
+            .count()
+            >= 3
+    };
+    receiver.wait_for(Duration::from_secs(20), delivered).await;
+    // Spans end in any order: give the last ones a moment more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spans = receiver.trace(trace_id);
+    assert!(delivered(&spans), "three deliveries in {spans:#?}");
+
+    let by_id: std::collections::BTreeMap<&str, &ReceivedSpan> =
+        spans.iter().map(|span| (span.span_id.as_str(), span)).collect();
+    assert_eq!(by_id.len(), spans.len(), "no span id twice");
+    for span in &spans {
+        assert_eq!(
+            span.resource.get("service.name").map(String::as_str),
+            Some("shop-under-test")
+        );
+        assert!(span.end_unix_nanos >= span.start_unix_nanos, "{span:?}");
+        assert!(
+            span.parent_span_id == root || by_id.contains_key(span.parent_span_id.as_str()),
+            "the parent of {} ({}) is in the trace",
+            span.name,
+            span.parent_span_id
+        );
+    }
+    let parent_of = |span: &ReceivedSpan| by_id.get(span.parent_span_id.as_str()).copied();
+    let component_of = |span: &ReceivedSpan| span.attribute("mosaic.component").unwrap_or("").to_string();
+
+    let gateway: Vec<&ReceivedSpan> = spans.iter().filter(|span| span.parent_span_id == root).collect();
+    assert_eq!(gateway.len(), 1, "{gateway:#?}");
+    assert_eq!(
+        (gateway[0].kind, component_of(gateway[0])),
+        (KIND_SERVER, "gateway".to_string())
+    );
+    assert_eq!(gateway[0].attribute("http.response.status_code"), Some("201"));
+
+    // Each service's request span is under the call that reached it, made from a request span.
+    for service in ["orders", "users", "products", "inventory", "payments"] {
+        let served: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|span| span.kind == KIND_SERVER && component_of(span) == service)
+            .collect();
+        assert!(!served.is_empty(), "a request span of {service} in {spans:#?}");
+        for span in served {
+            let call = parent_of(span).expect("a parent");
+            assert_eq!(call.kind, KIND_CLIENT, "{service} is reached by a call: {call:?}");
+            assert_eq!(call.attribute("mosaic.peer.component"), Some(service));
+            assert_eq!(parent_of(call).map(|caller| caller.kind), Some(KIND_SERVER));
+        }
+    }
+
+    // SQL statements are spans of the request or delivery that ran them.
+    for service in ["orders", "inventory", "payments", "notifications"] {
+        let statements: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|span| {
+                span.attribute("db.system.name") == Some("sqlite") && span.attribute("db.namespace") == Some(service)
+            })
+            .collect();
+        assert!(!statements.is_empty(), "a SQL span of {service}");
+        for statement in statements {
+            assert!(statement
+                .attribute("db.query.text")
+                .is_some_and(|text| !text.is_empty()));
+            let owner = parent_of(statement).expect("a parent");
+            assert!(
+                matches!(owner.kind, KIND_SERVER | KIND_CONSUMER) && component_of(owner) == service,
+                "{statement:?} under {owner:?}"
+            );
+        }
+    }
+
+    // Each publish is under the request that published, and each delivery under its publish.
+    let deliveries: Vec<&ReceivedSpan> = spans.iter().filter(|span| span.kind == KIND_CONSUMER).collect();
+    for delivery in &deliveries {
+        assert_eq!(component_of(delivery), "notifications");
+        let publish = parent_of(delivery).expect("a parent");
+        assert_eq!(publish.kind, KIND_PRODUCER, "{delivery:?} under {publish:?}");
+        assert_eq!(
+            publish.attribute("messaging.destination.name"),
+            delivery.attribute("messaging.destination.name")
+        );
+        assert_eq!(parent_of(publish).map(|owner| owner.kind), Some(KIND_SERVER));
+    }
+    let channels: std::collections::BTreeSet<&str> = deliveries
+        .iter()
+        .filter_map(|delivery| delivery.attribute("messaging.destination.name"))
+        .collect();
+    for channel in ["order.created", "payment.completed", "order.confirmed"] {
+        assert!(channels.contains(channel), "a delivery of {channel}: {channels:?}");
+    }
 }

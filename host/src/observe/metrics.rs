@@ -223,6 +223,9 @@ pub struct Metrics {
     backend_errors: Mutex<BTreeMap<(&'static str, String), u64>>,
     /// Wasm instances (stores) alive now: requests, deliveries and probes, any version.
     instances_live: AtomicU64,
+    /// Where the spans of the work these counters count go (OTLP, or nowhere): everything
+    /// that records a metric can record a span through the same handle.
+    spans: super::Spans,
 }
 
 impl Default for Metrics {
@@ -250,7 +253,22 @@ impl Default for Metrics {
             deploys: Mutex::new(CappedSeries::new("mosaic_deploys_total", MAX_SERIES_PER_METRIC)),
             backend_errors: Mutex::default(),
             instances_live: AtomicU64::new(0),
+            spans: super::Spans::default(),
         }
+    }
+}
+
+impl Metrics {
+    /// Counters whose work is also exported as spans through `spans`.
+    pub fn with_spans(spans: super::Spans) -> Metrics {
+        Metrics {
+            spans,
+            ..Metrics::default()
+        }
+    }
+
+    pub fn spans(&self) -> &super::Spans {
+        &self.spans
     }
 }
 
@@ -426,6 +444,26 @@ impl Metrics {
                 count,
             );
         }
+        out.metric(
+            "mosaic_telemetry_dropped_total",
+            "counter",
+            "Spans not exported: the queue was full or the OTLP endpoint did not take them.",
+        );
+        out.sample(
+            "mosaic_telemetry_dropped_total",
+            &[("signal", "traces")],
+            self.spans.dropped(),
+        );
+        out.metric(
+            "mosaic_telemetry_exported_total",
+            "counter",
+            "Spans the OTLP endpoint accepted.",
+        );
+        out.sample(
+            "mosaic_telemetry_exported_total",
+            &[("signal", "traces")],
+            self.spans.exported(),
+        );
         out.text
     }
 

@@ -52,20 +52,32 @@ impl TraceContext {
 
     /// This hop's context after a `traceparent` value (of a message, say), or a new trace.
     pub fn continue_or_start_from(traceparent: Option<&str>) -> TraceContext {
-        let incoming = traceparent.and_then(TraceContext::parse);
-        let (trace_id, flags) = match incoming {
-            Some(parent) => (parent.trace_id, parent.flags),
-            None => (random_hex(16), "01".to_string()),
-        };
-        TraceContext {
-            trace_id,
-            span_id: random_hex(8),
-            flags,
+        TraceContext::continue_from(traceparent.and_then(TraceContext::parse).as_ref())
+    }
+
+    /// This hop's context under `parent` (a new span of its trace), or a new trace, sampled.
+    pub fn continue_from(parent: Option<&TraceContext>) -> TraceContext {
+        match parent {
+            Some(parent) => parent.child(),
+            None => TraceContext {
+                trace_id: random_hex(16),
+                span_id: random_hex(8),
+                flags: "01".to_string(),
+            },
         }
     }
 
     pub fn from_headers(headers: &http::HeaderMap) -> Option<TraceContext> {
         TraceContext::parse(headers.get(TRACEPARENT)?.to_str().ok()?)
+    }
+
+    /// A new span of the same trace under this one (for a call this span makes).
+    pub fn child(&self) -> TraceContext {
+        TraceContext {
+            trace_id: self.trace_id.clone(),
+            span_id: random_hex(8),
+            flags: self.flags.clone(),
+        }
     }
 
     /// The `traceparent` value naming this span as the parent.

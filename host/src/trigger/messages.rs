@@ -20,7 +20,7 @@ use crate::capability::http_outbound::ChainPosition;
 use crate::capability::messaging::settings::DeliveryPolicy;
 use crate::capability::messaging::{now_unix_ms, Delivery, SubscriptionSpec};
 use crate::instance::DeadlineExceeded;
-use crate::observe::{MessageEvent, TraceContext};
+use crate::observe::{MessageEvent, OpenSpan, SpanKind, TraceContext};
 use crate::stop::stopped;
 use crate::trigger::Dispatcher;
 
@@ -85,11 +85,30 @@ async fn run_subscription(
                 Ok(delivery) => {
                     let trigger = trigger.clone();
                     let (subscriber, policy, stop) = (subscriber.clone(), policy, stop.clone());
-                    let trace = TraceContext::continue_or_start_from(delivery.traceparent.as_deref());
+                    let publisher_span = delivery.traceparent.as_deref().and_then(TraceContext::parse);
+                    let trace = TraceContext::continue_from(publisher_span.as_ref());
                     let span = tracing::info_span!("delivery", component = %subscriber, topic = %delivery.topic, version = tracing::field::Empty, trace_id = %trace.trace_id);
+                    let consumer_span = app.metrics.spans().begin(
+                        &trace,
+                        publisher_span.as_ref().map(|parent| parent.span_id.as_str()),
+                        SpanKind::Consumer,
+                        "",
+                    );
+                    let broker_kind = broker.kind();
                     tokio::spawn(
                         async move {
-                            handle(&trigger, &subscriber, policy, delivery, trace, stop).await;
+                            let mut consumer_span = consumer_span;
+                            if consumer_span.is_recording() {
+                                consumer_span.rename(format!("process {}", delivery.topic));
+                                consumer_span.set("messaging.system", broker_kind);
+                                consumer_span.set_str("messaging.destination.name", &delivery.topic);
+                                consumer_span.set("messaging.operation.type", "process");
+                                consumer_span.set("messaging.operation.name", "process");
+                                consumer_span.set_str("messaging.consumer.group.name", &subscriber);
+                                consumer_span.set("messaging.message.body.size", delivery.payload.len() as i64);
+                                consumer_span.set_str("mosaic.component", &subscriber);
+                            }
+                            handle(&trigger, &subscriber, policy, delivery, trace, &mut consumer_span, stop).await;
                             drop(permit);
                         }
                         .instrument(span),
@@ -118,6 +137,7 @@ async fn handle(
     policy: DeliveryPolicy,
     delivery: Delivery,
     trace: TraceContext,
+    span: &mut OpenSpan,
     mut stop: watch::Receiver<bool>,
 ) {
     let app = trigger.app();
@@ -138,6 +158,9 @@ async fn handle(
         let outcome = deliver_once(trigger, subscriber, &delivery.payload, &trace).await;
         match outcome {
             Ok(version) => {
+                span.set("mosaic.delivery.attempts", i64::from(attempts));
+                span.set_str("mosaic.component.version", &version);
+                span.clear_failure();
                 tracing::debug!(%version, attempts, elapsed = ?started.elapsed(), "message handled");
                 metrics.record_message(subscriber, &topic, MessageEvent::Acked);
                 if let Err(err) = delivery.ack().await {
@@ -148,7 +171,10 @@ async fn handle(
             }
             Err(reason) => {
                 metrics.record_message(subscriber, &topic, MessageEvent::Nacked);
+                span.set("mosaic.delivery.attempts", i64::from(attempts));
+                span.fail(&reason);
                 if attempts >= policy.max_deliver {
+                    span.set("mosaic.delivery.dead_lettered", true);
                     tracing::error!(attempts, %reason, "message dead-lettered after its last attempt (see `mosaic dlq list`)");
                     metrics.record_message(subscriber, &topic, MessageEvent::DeadLettered);
                     if let Err(err) = delivery.dead_letter(attempts, &reason).await {

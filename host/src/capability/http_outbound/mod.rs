@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::observe::{OpenSpan, SpanKind};
+
 // The `allowed_outbound_hosts` parser lives in the `mosaic-manifest` crate.
 pub use mosaic_manifest::allowed_hosts::{default_port, AllowedHosts};
 pub use policy::{Destination, OutboundPolicies};
@@ -139,7 +141,9 @@ impl WasiHttpHooks for OutboundHttp {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         drop(fut);
         let mut request = request;
-        if let Some(trace) = &self.trace {
+        // The call's client span (when spans are exported) is the parent the callee sees.
+        let (mut client_span, passed_on) = self.policies.spans().child(self.trace.as_deref(), SpanKind::Client, "");
+        if let Some(trace) = &passed_on {
             // A guest that passes on a trace context itself keeps its own.
             if !request.headers().contains_key(crate::observe::TRACEPARENT) {
                 if let Ok(value) = http::HeaderValue::from_str(&trace.header_value()) {
@@ -148,54 +152,121 @@ impl WasiHttpHooks for OutboundHttp {
             }
         }
         let target = self.target_of(request.uri());
+        if client_span.is_recording() {
+            describe_client_span(&mut client_span, &request, target.as_ref().ok(), &self.component);
+        }
         let chained = self.chained.clone();
         let ChainPosition { depth, generation } = self.chain;
         let policies = self.policies.clone();
         let component = self.component.clone();
         let deadline = self.deadline;
         Box::new(async move {
-            match target? {
-                Outbound::Chained(target, destination) => {
-                    if depth >= MAX_CHAIN_DEPTH {
-                        return Err(HttpError::LoopDetected);
+            let outcome = send(
+                target, request, options, chained, depth, generation, policies, component, deadline,
+            )
+            .await;
+            if client_span.is_recording() {
+                match &outcome {
+                    Ok((response, _)) => {
+                        let status = response.status();
+                        client_span.set("http.response.status_code", i64::from(status.as_u16()));
+                        if status.is_client_error() || status.is_server_error() {
+                            client_span.set("error.type", status.as_u16().to_string());
+                            client_span.fail(format!("answered {status}"));
+                        }
                     }
-                    let attempt =
-                        move |request, options: RequestOptions| -> BoxFuture<Result<policy::Sent, HttpError>> {
-                            let (chained, target) = (chained.clone(), target.clone());
-                            Box::pin(async move {
-                                // A task of its own: when the caller gives up at its timeout,
-                                // the callee's request still ends (and is counted) by its own
-                                // deadline.
-                                let serve = tokio::spawn(chained.serve_chained(target, request, depth + 1, generation));
-                                let limit = options.first_byte_timeout.unwrap_or(Duration::MAX);
-                                let response = tokio::time::timeout(limit, serve)
-                                    .await
-                                    .map_err(|_| HttpError::ConnectionReadTimeout)?
-                                    .map_err(|join| {
-                                        HttpError::InternalError(Some(format!("the in-process request failed: {join}")))
-                                    })??;
-                                let done: policy::IoFuture = Box::new(async { Ok(()) });
-                                Ok((response, done))
-                            })
-                        };
-                    policies
-                        .send(&component, &destination, request, options, deadline, attempt)
-                        .await
-                }
-                Outbound::Network(destination) => {
-                    let attempt = |request, options: RequestOptions| -> BoxFuture<Result<policy::Sent, HttpError>> {
-                        Box::pin(async move {
-                            let (response, io) =
-                                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-                            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as policy::IoFuture))
-                        })
-                    };
-                    policies
-                        .send(&component, &destination, request, options, deadline, attempt)
-                        .await
+                    Err(err) => {
+                        let error = format!("{err:?}");
+                        client_span.set("error.type", error.clone());
+                        client_span.fail(error);
+                    }
                 }
             }
+            outcome
         })
+    }
+}
+
+/// Names an outbound call's client span and gives it the semantic-convention attributes of an
+/// HTTP client span (and, for an in-process call, the component it reaches).
+fn describe_client_span(
+    span: &mut OpenSpan,
+    request: &http::Request<WasiBody>,
+    target: Option<&Outbound>,
+    component: &str,
+) {
+    let uri = request.uri();
+    span.rename(request.method().as_str().to_string());
+    span.set_str("http.request.method", request.method().as_str());
+    span.set_str("url.full", &uri.to_string());
+    if let Some(host) = uri.host() {
+        span.set_str("server.address", host);
+    }
+    if let Some(port) = uri.port_u16() {
+        span.set("server.port", i64::from(port));
+    }
+    span.set_str("mosaic.component", component);
+    match target {
+        Some(Outbound::Chained(ChainTarget::Component(name), _)) => {
+            span.set("mosaic.in_process", true);
+            span.set_str("mosaic.peer.component", name);
+        }
+        Some(Outbound::Chained(ChainTarget::App, _)) => span.set("mosaic.in_process", true),
+        _ => span.set("mosaic.in_process", false),
+    }
+}
+
+/// Sends one outbound request (in-process or over the network) under its destination's policy.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    target: Result<Outbound, HttpError>,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    chained: Arc<dyn ChainedRequests>,
+    depth: u32,
+    generation: u64,
+    policies: Arc<OutboundPolicies>,
+    component: Arc<str>,
+    deadline: Instant,
+) -> SendResult {
+    match target? {
+        Outbound::Chained(target, destination) => {
+            if depth >= MAX_CHAIN_DEPTH {
+                return Err(HttpError::LoopDetected);
+            }
+            let attempt = move |request, options: RequestOptions| -> BoxFuture<Result<policy::Sent, HttpError>> {
+                let (chained, target) = (chained.clone(), target.clone());
+                Box::pin(async move {
+                    // A task of its own: when the caller gives up at its timeout,
+                    // the callee's request still ends (and is counted) by its own
+                    // deadline.
+                    let serve = tokio::spawn(chained.serve_chained(target, request, depth + 1, generation));
+                    let limit = options.first_byte_timeout.unwrap_or(Duration::MAX);
+                    let response = tokio::time::timeout(limit, serve)
+                        .await
+                        .map_err(|_| HttpError::ConnectionReadTimeout)?
+                        .map_err(|join| {
+                            HttpError::InternalError(Some(format!("the in-process request failed: {join}")))
+                        })??;
+                    let done: policy::IoFuture = Box::new(async { Ok(()) });
+                    Ok((response, done))
+                })
+            };
+            policies
+                .send(&component, &destination, request, options, deadline, attempt)
+                .await
+        }
+        Outbound::Network(destination) => {
+            let attempt = |request, options: RequestOptions| -> BoxFuture<Result<policy::Sent, HttpError>> {
+                Box::pin(async move {
+                    let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+                    Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as policy::IoFuture))
+                })
+            };
+            policies
+                .send(&component, &destination, request, options, deadline, attempt)
+                .await
+        }
     }
 }
 

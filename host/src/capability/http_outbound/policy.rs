@@ -222,6 +222,11 @@ impl OutboundPolicies {
         }
     }
 
+    /// Where the outbound calls' client spans go.
+    pub fn spans(&self) -> &crate::observe::Spans {
+        self.metrics.spans()
+    }
+
     pub fn policy(&self, destination: &Destination) -> Policy {
         Policy::resolve(&self.settings, destination)
     }

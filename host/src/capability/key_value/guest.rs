@@ -1,10 +1,13 @@
 //! The guest-facing side of key-value: `fermyon:spin/key-value@2.0.0` and
 //! `wasi:keyvalue@0.2.0-draft2` implemented over [`super::KeyValueStore`].
 
+use std::sync::Arc;
+
 use wasmtime::component::Resource;
 
 use super::{check_key, check_value, CasHandle, KeyValueAccess, KeyValueView, KvError, OpenStore};
 use crate::capability::bindings::{spin_key_value as spin, wasi_atomics, wasi_batch, wasi_store};
+use crate::observe::SpanParent;
 
 /// The most keys one `list-keys` page returns.
 const KEYS_PAGE: usize = 1000;
@@ -25,7 +28,19 @@ impl KeyValueAccess {
             tracing::warn!(component = %self.component, store = %label, "key-value store not granted: add it to the component's key_value_stores");
             return Err(OpenError::Denied);
         }
-        let store = self.stores.open(label).await.map_err(OpenError::Backend)?;
+        let mut store = self.stores.open(label).await.map_err(OpenError::Backend)?;
+        if let Some(parent) = SpanParent::of(self.trace.as_ref(), self.stores.metrics.spans()) {
+            store = Arc::new(super::traced::Traced {
+                store,
+                label: label.to_string(),
+                // The embedded stores are SQLite files.
+                backend: match self.stores.backend_name(label) {
+                    "redis" => "redis",
+                    _ => "sqlite",
+                },
+                parent,
+            });
+        }
         Ok(OpenStore {
             label: label.to_string(),
             store,

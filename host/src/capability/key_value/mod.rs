@@ -9,6 +9,7 @@ mod guest;
 pub mod redis;
 mod spin4;
 pub mod sqlite;
+mod traced;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -231,6 +232,9 @@ pub struct KeyValueAccess {
     pub component: Arc<str>,
     pub granted: Arc<[String]>,
     pub stores: Arc<KeyValueStores>,
+    /// The trace of the request the instance serves: each operation on a store opened under
+    /// it is a span of it (when spans are exported).
+    pub trace: Option<Arc<crate::observe::TraceContext>>,
 }
 
 impl KeyValueAccess {
@@ -276,6 +280,7 @@ impl super::GuestCapability for KeyValueStores {
             component: Arc::from(component.name.as_str()),
             granted: component.key_value_stores.clone(),
             stores: self.clone(),
+            trace: None,
         }
     }
 

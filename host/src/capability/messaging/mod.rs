@@ -21,6 +21,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use self::settings::{BrokerKind, MessagingSettings};
+use crate::observe::{SpanKind, TraceContext};
 
 /// What failed in the broker, said so that an operator knows what to do.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -245,8 +246,32 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes for a guest; returns once the broker holds the message durably.
-    pub async fn publish(&self, topic: &str, payload: &[u8], traceparent: Option<&str>) -> Result<(), BrokerError> {
+    /// Publishes for a guest serving `trace`; returns once the broker holds the message
+    /// durably. The message carries the trace on to its deliveries: as the publish's producer
+    /// span when spans are exported, else as the guest's request span.
+    pub async fn publish(&self, topic: &str, payload: &[u8], trace: Option<&TraceContext>) -> Result<(), BrokerError> {
+        let (mut span, passed_on) = self.metrics.spans().child(trace, SpanKind::Producer, "");
+        if span.is_recording() {
+            span.rename(format!("publish {topic}"));
+            span.set("messaging.system", self.broker.kind());
+            span.set_str("messaging.destination.name", topic);
+            span.set("messaging.operation.type", "send");
+            span.set("messaging.operation.name", "publish");
+            span.set("messaging.message.body.size", payload.len() as i64);
+        }
+        let outcome = self.publish_checked(topic, payload, passed_on.as_ref()).await;
+        if let Err(err) = &outcome {
+            span.fail(err);
+        }
+        outcome
+    }
+
+    async fn publish_checked(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        trace: Option<&TraceContext>,
+    ) -> Result<(), BrokerError> {
         check_topic(topic)?;
         if payload.len() as u64 > self.max_message_bytes {
             return Err(BrokerError::Invalid(format!(
@@ -255,7 +280,8 @@ impl Publisher {
                 self.max_message_bytes
             )));
         }
-        let outcome = self.broker.publish(topic, payload, traceparent).await;
+        let traceparent = trace.map(TraceContext::header_value);
+        let outcome = self.broker.publish(topic, payload, traceparent.as_deref()).await;
         self.metrics.record_publish(topic, outcome.is_ok());
         if let Err(BrokerError::Unavailable(_)) = &outcome {
             self.metrics.record_backend_error("messaging", self.broker.kind());

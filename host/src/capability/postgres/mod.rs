@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use crate::observe::{OpenSpan, SpanParent};
+
 pub use values::{PgType, PgValue};
 
 /// Connections per address, shared by every instance.
@@ -200,6 +202,7 @@ impl PgPools {
         })?;
         Ok(PgConnection {
             client: Arc::new(client),
+            spans: None,
         })
     }
 }
@@ -210,9 +213,27 @@ impl PgPools {
 #[derive(Clone)]
 pub struct PgConnection {
     client: Arc<Object>,
+    /// The request span each statement is a span of, and the database's name, when spans are
+    /// exported.
+    spans: Option<(SpanParent, Arc<str>)>,
 }
 
 impl PgConnection {
+    fn statement_span(&self, statement: &str) -> OpenSpan {
+        match &self.spans {
+            Some((parent, database)) => parent.statement("postgresql", database, statement),
+            None => OpenSpan::none(),
+        }
+    }
+
+    /// Ends `span` with the statement's outcome.
+    fn traced<T>(mut span: OpenSpan, outcome: Result<T, PgError>) -> Result<T, PgError> {
+        if let Err(err) = &outcome {
+            span.fail(err.message());
+        }
+        outcome
+    }
+
     fn bind(params: &[PgValue]) -> Result<Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>, PgError> {
         params
             .iter()
@@ -225,6 +246,11 @@ impl PgConnection {
     }
 
     pub async fn query(&self, statement: &str, params: &[PgValue]) -> Result<PgRowSet, PgError> {
+        let span = self.statement_span(statement);
+        Self::traced(span, self.query_untraced(statement, params).await)
+    }
+
+    async fn query_untraced(&self, statement: &str, params: &[PgValue]) -> Result<PgRowSet, PgError> {
         let bound = Self::bind(params)?;
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
         let prepared = self.client.prepare(statement).await.map_err(PgError::from_query)?;
@@ -244,6 +270,16 @@ impl PgConnection {
     /// reader; it stops when the reader goes. `end` says how the query ended. The task holds
     /// the connection (a clone), so it stays out of the pool until the rows are read.
     pub async fn query_rows<R: Send + 'static>(
+        &self,
+        statement: &str,
+        params: &[PgValue],
+        convert: impl Fn(Vec<PgValue>) -> R + Send + 'static,
+    ) -> Result<PgRows<R>, PgError> {
+        let span = self.statement_span(statement);
+        Self::traced(span, self.query_rows_untraced(statement, params, convert).await)
+    }
+
+    async fn query_rows_untraced<R: Send + 'static>(
         &self,
         statement: &str,
         params: &[PgValue],
@@ -298,9 +334,13 @@ impl PgConnection {
     }
 
     pub async fn execute(&self, statement: &str, params: &[PgValue]) -> Result<u64, PgError> {
-        let bound = Self::bind(params)?;
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
-        self.client.execute(statement, &refs).await.map_err(PgError::from_query)
+        let span = self.statement_span(statement);
+        let run = async {
+            let bound = Self::bind(params)?;
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
+            self.client.execute(statement, &refs).await.map_err(PgError::from_query)
+        };
+        Self::traced(span, run.await)
     }
 }
 
@@ -382,6 +422,9 @@ mod tests {
 pub struct PostgresAccess {
     pub pools: Arc<PgPools>,
     pub allowed: Arc<mosaic_manifest::allowed_hosts::AllowedHosts>,
+    /// The trace of the request the instance serves: each statement on a connection opened
+    /// under it is a span of it (when spans are exported).
+    pub trace: Option<Arc<crate::observe::TraceContext>>,
 }
 
 impl PostgresAccess {
@@ -401,7 +444,16 @@ impl PostgresAccess {
                 )));
             }
         }
-        self.pools.connect(address).await
+        let mut connection = self.pools.connect(address).await?;
+        if let Some(parent) = SpanParent::of(self.trace.as_ref(), self.pools.metrics.spans()) {
+            let database = address
+                .parse::<tokio_postgres::Config>()
+                .ok()
+                .and_then(|config| config.get_dbname().map(str::to_string))
+                .unwrap_or_else(|| "postgres".to_string());
+            connection.spans = Some((parent, Arc::from(database)));
+        }
+        Ok(connection)
     }
 }
 
@@ -428,6 +480,7 @@ impl super::GuestCapability for PgPools {
         PostgresAccess {
             pools: self.clone(),
             allowed: component.allowed_hosts.clone(),
+            trace: None,
         }
     }
 

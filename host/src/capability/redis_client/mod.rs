@@ -175,11 +175,7 @@ impl RedisAccess {
     /// A guest's publish: to the host's broker, durably, with the trace the instance serves.
     async fn publish<E: RedisErrors>(&self, channel: &str, payload: &[u8]) -> Result<(), E> {
         self.publisher
-            .publish(
-                channel,
-                payload,
-                self.trace.as_ref().map(|trace| trace.header_value()).as_deref(),
-            )
+            .publish(channel, payload, self.trace.as_deref())
             .await
             .map_err(|err| E::other(format!("publish to `{channel}` failed: {err}")))
     }

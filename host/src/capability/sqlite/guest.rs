@@ -43,7 +43,11 @@ impl SqliteView<'_> {
     }
 
     pub(super) fn statement_target(&self, connection: &Resource<OpenDatabase>) -> Option<StatementTarget> {
-        self.table().get(connection).ok().map(OpenDatabase::statement_target)
+        let span_parent = self.sqlite().span_parent();
+        self.table().get(connection).ok().map(|open| StatementTarget {
+            span_parent,
+            ..open.statement_target()
+        })
     }
 
     /// Keeps the rowid and change count of a statement that succeeded on a handle still open.

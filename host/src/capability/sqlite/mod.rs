@@ -19,6 +19,8 @@ use sqlx::Sqlite;
 use sqlx::{Column, Either, Executor, Row, Statement, TypeInfo, ValueRef};
 use tokio::sync::Mutex;
 
+use crate::observe::{OpenSpan, SpanParent};
+
 /// A value crossing the guest boundary (the same variant in v2 and v3).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlValue {
@@ -194,6 +196,15 @@ pub struct SqliteAccess {
     pub component: Arc<str>,
     pub granted: Arc<[String]>,
     pub databases: Arc<Databases>,
+    /// The trace of the request the instance serves: each statement is a span of it (when
+    /// spans are exported).
+    pub trace: Option<Arc<crate::observe::TraceContext>>,
+}
+
+impl SqliteAccess {
+    fn span_parent(&self) -> Option<SpanParent> {
+        SpanParent::of(self.trace.as_ref(), self.databases.metrics.spans())
+    }
 }
 
 /// A pooled connection held by one guest handle, so that its statements (a `BEGIN` ... `COMMIT`
@@ -246,6 +257,7 @@ impl OpenDatabase {
         StatementTarget {
             database: self.database.clone(),
             held: self.held.clone(),
+            span_parent: None,
         }
     }
 
@@ -260,11 +272,25 @@ impl OpenDatabase {
 pub struct StatementTarget {
     database: Arc<Database>,
     held: Arc<Mutex<Option<HeldConnection>>>,
+    /// The request span each statement is a span of, when spans are exported.
+    span_parent: Option<SpanParent>,
 }
 
 impl StatementTarget {
     /// Runs one statement on the handle's connection (taken from the pool on first use).
     pub async fn run(&self, statement: &str, parameters: Vec<SqlValue>) -> Result<SqlResult, SqlError> {
+        let mut span = match &self.span_parent {
+            Some(parent) => parent.statement("sqlite", &self.database.label, statement),
+            None => OpenSpan::none(),
+        };
+        let outcome = self.run_untraced(statement, parameters).await;
+        if let Err(err) = &outcome {
+            span.fail(err);
+        }
+        outcome
+    }
+
+    async fn run_untraced(&self, statement: &str, parameters: Vec<SqlValue>) -> Result<SqlResult, SqlError> {
         let mut slot = self.held.lock().await;
         // Taken out for the await: if the call is cut short, dropping it rolls back whatever
         // it left open.
@@ -298,6 +324,7 @@ impl super::GuestCapability for Databases {
             component: Arc::from(component.name.as_str()),
             granted: component.sqlite_databases.clone(),
             databases: self.clone(),
+            trace: None,
         }
     }
 

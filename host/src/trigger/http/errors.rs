@@ -38,15 +38,24 @@ pub enum ServeError {
 
 impl ServeError {
     pub fn into_response(self) -> HttpResponse {
-        let (status, error) = match &self {
+        let (status, error) = self.answer();
+        json_error(status, error, self.client_detail())
+    }
+
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        self.answer().0
+    }
+
+    fn answer(&self) -> (StatusCode, &'static str) {
+        match self {
             ServeError::Trap { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component trapped"),
             ServeError::Deadline { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline exceeded"),
             ServeError::Instantiate { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no instance available"),
             ServeError::Guest { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component error"),
             ServeError::NoResponse { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "no response"),
             ServeError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "component busy"),
-        };
-        json_error(status, error, self.client_detail())
+        }
     }
 
     /// What the client is told: the reason without the host's internals (backtraces, paths),

@@ -26,6 +26,11 @@ impl RouteInfo {
         }
     }
 
+    /// The route as written in the manifest, if the component was reached by one.
+    pub fn pattern(&self) -> Option<&str> {
+        self.route.as_ref().map(|(pattern, _)| pattern.as_str())
+    }
+
     pub fn for_component(spec: &ComponentSpec, path: &str) -> Self {
         let pattern = match &spec.route {
             Some(HttpRoute::Public(pattern)) => Some(pattern),

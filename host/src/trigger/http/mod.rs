@@ -31,7 +31,7 @@ use crate::app::{count, ComponentSpec, Deployment, Wasi};
 use crate::capability::http_outbound::ChainPosition;
 use crate::instance::InstanceState;
 use crate::instance_pool::{InstancePool, PoolError, RequestContext};
-use crate::observe::{TraceContext, TRACEPARENT};
+use crate::observe::{OpenSpan, SpanKind, TraceContext, TRACEPARENT};
 use crate::settings::ReusePolicy;
 use crate::trigger::body::{
     full, json_error, payload_too_large, request_too_large, response_too_large, CappedBody, PooledBody,
@@ -50,6 +50,34 @@ pub struct Origin {
     /// The deploy-set generation the request's chain began in: see `ChainPosition`.
     pub generation: u64,
     pub trace: Option<TraceContext>,
+}
+
+/// Names the span of a request after its route (`GET /orders/...`) and gives it the
+/// semantic-convention attributes of an HTTP server span, and the component and version.
+fn describe_server_span<B>(
+    span: &mut OpenSpan,
+    request: &hyper::Request<B>,
+    route: &RouteInfo,
+    component: &str,
+    deployment: &Deployment,
+    depth: u32,
+) {
+    let method = request.method().as_str();
+    let route_or_path = route.pattern().unwrap_or(request.uri().path());
+    span.rename(format!("{method} {route_or_path}"));
+    span.set_str("http.request.method", method);
+    span.set_str("url.path", request.uri().path());
+    if let Some(query) = request.uri().query() {
+        span.set_str("url.query", query);
+    }
+    if let Some(pattern) = route.pattern() {
+        span.set_str("http.route", pattern);
+    }
+    span.set_str("url.scheme", request.uri().scheme_str().unwrap_or("http"));
+    span.set_str("mosaic.component", component);
+    span.set_str("mosaic.component.version", deployment.short_digest());
+    span.set_str("mosaic.component.world", &deployment.world.to_string());
+    span.set("mosaic.chain.depth", i64::from(depth));
 }
 
 /// The largest request head (request line and headers) a client may send: 431 beyond.
@@ -107,9 +135,19 @@ impl Dispatcher {
         });
         let deployment = picked.deployment.clone();
         let mut request = request;
-        let trace = TraceContext::continue_or_start(request.headers());
+        let incoming_trace = TraceContext::from_headers(request.headers());
+        let trace = TraceContext::continue_from(incoming_trace.as_ref());
         if let Ok(value) = HeaderValue::from_str(&trace.header_value()) {
             request.headers_mut().insert(TRACEPARENT, value);
+        }
+        let mut server_span = self.app.metrics.spans().begin(
+            &trace,
+            incoming_trace.as_ref().map(|parent| parent.span_id.as_str()),
+            SpanKind::Server,
+            "",
+        );
+        if server_span.is_recording() {
+            describe_server_span(&mut server_span, &request, &route, component, &deployment, depth);
         }
         let span = tracing::info_span!("request", component = %component, version = %deployment.short_digest(), method = %request.method(), path = %request.uri().path(), trace_id = %trace.trace_id);
         let started = std::time::Instant::now();
@@ -142,6 +180,20 @@ impl Dispatcher {
         let failed = outcome
             .as_ref()
             .map_or(true, |response| response.status().is_server_error());
+        if server_span.is_recording() {
+            let status = match &outcome {
+                Ok(response) => response.status(),
+                Err(err) => err.status(),
+            };
+            server_span.set("http.response.status_code", i64::from(status.as_u16()));
+            if failed {
+                server_span.set("error.type", status.as_u16().to_string());
+                match &outcome {
+                    Err(err) => server_span.fail(err),
+                    Ok(_) => server_span.fail(format!("the component answered {status}")),
+                }
+            }
+        }
         self.app
             .metrics
             .record_request(component, version.short_digest(), started.elapsed(), failed);

@@ -571,7 +571,7 @@ async fn build_capabilities(
         mqtt: Arc::new(Mqtt::new(metrics.clone())),
         mysql: Arc::new(MysqlPools::new(metrics.clone())),
         unsupported: Arc::new(NoBackend),
-        otel: Arc::new(Otel::default()),
+        otel: Arc::new(Otel::new(metrics.spans().clone())),
         outbound: Arc::new(OutboundPolicies::new(&settings.outbound, metrics.clone())),
     })
 }

@@ -174,3 +174,33 @@ async fn an_endpoint_that_is_down_drops_and_counts_and_requests_still_succeed() 
     );
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_span_from_wasi_otel_nests_under_the_request_span() {
+    let receiver = OtlpReceiver::start(Transport::HttpProtobuf).await;
+    let dir = AppDir::new(
+        "spin_manifest_version = 2\n[application]\nname = \"caps\"\n[[trigger.http]]\nroute = \"/caps/...\"\ncomponent = \"caps\"\n[component.caps]\nsource = \"{spin7-caps}\"\n",
+    );
+    let host = dir.start(exporting_to(receiver.endpoint(), "http/protobuf")).await;
+    let trace_id = "7a3c1e0b5d9f4a2c8e6b0d4f2a1c3e5b";
+    let url = format!("http://{}/caps/otel", host.http_addr());
+    assert_eq!(
+        get_traced(&url, &format!("00-{trace_id}-00f067aa0ba902b7-01")).await,
+        200
+    );
+    receiver
+        .wait_for(Duration::from_secs(10), |spans| {
+            spans.iter().filter(|span| span.trace_id == trace_id).count() >= 2
+        })
+        .await;
+    let spans = receiver.trace(trace_id);
+    let request = one(&spans, "request span", |span| span.kind == KIND_SERVER);
+    let guest = one(&spans, "guest span", |span| span.name == "guest-work");
+    assert_eq!(guest.span_id, "00000000000000aa", "the guest's own id");
+    assert_eq!(
+        guest.parent_span_id, request.span_id,
+        "under the host's span of the request"
+    );
+    assert_eq!(guest.attribute("mosaic.component"), Some("caps"));
+    host.shutdown().await;
+}

@@ -8,6 +8,8 @@
 //!   carrying the trace id, span id, parent span id, name, kind, status and duration;
 //! - `outer-span-context` answers the trace of the request or delivery the instance serves
 //!   (the span the guest sees as its parent in `traceparent`), so guest spans join that trace;
+//! - when the host exports spans over OTLP (docs/telemetry.md), each ended span is exported
+//!   too, with the guest's own ids, so it nests under the host's request span;
 //! - metrics are accepted and dropped: the first export logs one `debug` line saying so.
 
 use std::fmt::Write as _;
@@ -17,15 +19,30 @@ use std::sync::Arc;
 use crate::capability::bindings::{
     otel_logs as logs, otel_metrics as metrics, otel_tracing as tracing_wit, otel_types as types,
 };
-use crate::observe::TraceContext;
+use crate::observe::{GuestSpan, SpanKind, Spans, TraceContext};
 
 /// The target of every event a guest's telemetry becomes (the same as its stdout's).
 const TARGET: &str = "mosaic::guest";
 
-/// The otel capability, app-wide: whether a guest's metrics export was logged yet.
+/// The otel capability, app-wide: whether a guest's metrics export was logged yet, and where
+/// guest spans are exported (when the host exports spans over OTLP).
 #[derive(Debug, Default)]
 pub struct Otel {
     metrics_dropped: AtomicBool,
+    spans: Spans,
+}
+
+impl Otel {
+    pub fn new(spans: Spans) -> Otel {
+        Otel {
+            metrics_dropped: AtomicBool::new(false),
+            spans,
+        }
+    }
+}
+
+fn system_time(at: &tracing_wit::Datetime) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::new(at.seconds, at.nanoseconds.min(999_999_999))
 }
 
 /// Nothing to check for readiness: the telemetry goes into the host's own log.
@@ -165,6 +182,35 @@ impl tracing_wit::Host for OtelInstance {
             "guest span {}",
             span.name
         );
+        if self.otel.spans.is_on() {
+            self.otel.spans.record_guest(GuestSpan {
+                sampled: span.span_context.trace_flags.contains(tracing_wit::TraceFlags::SAMPLED),
+                trace_id: span.span_context.trace_id,
+                span_id: span.span_context.span_id,
+                parent_span_id: span.parent_span_id,
+                name: span.name,
+                kind: match span.span_kind {
+                    tracing_wit::SpanKind::Client => SpanKind::Client,
+                    tracing_wit::SpanKind::Server => SpanKind::Server,
+                    tracing_wit::SpanKind::Producer => SpanKind::Producer,
+                    tracing_wit::SpanKind::Consumer => SpanKind::Consumer,
+                    tracing_wit::SpanKind::Internal => SpanKind::Internal,
+                },
+                start: system_time(&span.start_time),
+                end: system_time(&span.end_time),
+                attributes: span
+                    .attributes
+                    .iter()
+                    .map(|attribute| (attribute.key.clone(), value_text(&attribute.value)))
+                    .collect(),
+                error: match &span.status {
+                    tracing_wit::Status::Error(message) => Some(message.clone()),
+                    _ => None,
+                },
+                scope: span.instrumentation_scope.name.clone(),
+                component: self.component.to_string(),
+            });
+        }
     }
 
     async fn outer_span_context(&mut self) -> tracing_wit::SpanContext {

@@ -8,5 +8,7 @@ mod spans;
 mod trace;
 
 pub use metrics::{BreakerGauge, LiveInstance, MessageEvent, Metrics, OutboundOutcome};
-pub use spans::{ExportConfig, OpenSpan, Protocol as OtlpProtocol, SpanKind, SpanParent, Spans, TelemetrySettings};
+pub use spans::{
+    ExportConfig, GuestSpan, OpenSpan, Protocol as OtlpProtocol, SpanKind, SpanParent, Spans, TelemetrySettings,
+};
 pub use trace::{TraceContext, TRACEPARENT};

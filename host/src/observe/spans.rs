@@ -101,9 +101,11 @@ impl TelemetrySettings {
             match exporter.trim() {
                 "none" => return Ok(None),
                 "otlp" => {}
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "OTEL_TRACES_EXPORTER={other:?}: Mosaic exports spans over OTLP only; set it to `otlp` or `none`"
-                )),
+                ))
+                }
             }
         }
         let protocol_text = self
@@ -374,6 +376,71 @@ impl Spans {
                 ?timeout,
                 "the OTLP endpoint did not take the last spans in time; they are dropped"
             );
+        }
+    }
+}
+
+/// A span a guest recorded itself (`wasi:otel` tracing), in plain terms.
+pub struct GuestSpan {
+    /// Hex, as in `traceparent`; a span whose ids are not valid is not exported.
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    pub sampled: bool,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    /// Attribute values as the guest gave them (text).
+    pub attributes: Vec<(String, String)>,
+    /// `Some(message)`: the guest marked the span failed.
+    pub error: Option<String>,
+    /// The guest's instrumentation scope (its library's name).
+    pub scope: String,
+    /// The component that recorded it (`mosaic.component`).
+    pub component: String,
+}
+
+impl Spans {
+    /// Exports a span a guest recorded, as its own (its ids, times and scope). Nothing when
+    /// export is off or the span is unsampled.
+    pub fn record_guest(&self, span: GuestSpan) {
+        let Some(export) = &self.0 else {
+            return;
+        };
+        let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(&span.trace_id), SpanId::from_hex(&span.span_id)) else {
+            return;
+        };
+        if !span.sampled || trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+            return;
+        }
+        let mut attributes: Vec<KeyValue> = span
+            .attributes
+            .into_iter()
+            .map(|(key, value)| KeyValue::new(key, value))
+            .collect();
+        attributes.push(KeyValue::new("mosaic.component", span.component));
+        let data = SpanData {
+            span_context: SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, false, TraceState::default()),
+            parent_span_id: SpanId::from_hex(&span.parent_span_id).unwrap_or(SpanId::INVALID),
+            parent_span_is_remote: false,
+            span_kind: span.kind,
+            name: span.name.into(),
+            start_time: span.start,
+            end_time: span.end.max(span.start),
+            attributes,
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: match span.error {
+                Some(message) => Status::error(message),
+                None => Status::Unset,
+            },
+            instrumentation_scope: InstrumentationScope::builder(span.scope).build(),
+        };
+        if export.queue.try_send(Queued::Span(Box::new(data))).is_err() {
+            export.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -34,6 +34,7 @@ const MOSAIC_P2_REUSE: &str = "Mosaic, WASI 0.2, [instance_reuse] 128";
 const WASMTIME_P2_REUSE: &str = "wasmtime serve, WASI 0.2, --max-instance-reuse-count 128";
 const MOSAIC_P3: &str = "Mosaic, WASI 0.3 (reuse: 128, 16 at once)";
 const WASMTIME_P3: &str = "wasmtime serve, WASI 0.3 (reuse: 128, 16 at once)";
+const MOSAIC_P2_OTLP_DOWN: &str = "Mosaic, WASI 0.2 fresh, OTLP export to an endpoint that is down";
 const NATIVE: &str = "native hyper (ceiling)";
 const MOSAIC_PROBE_V1: &str = "Mosaic, probe fixture v1 alone";
 const MOSAIC_PROBE_V2: &str = "Mosaic, probe fixture v2 alone";
@@ -118,6 +119,30 @@ pub(super) fn run(root: &Path) -> Result<()> {
             .context("cannot start mosaic")?,
     );
     wait_for_port(mosaic_addr, "mosaic")?;
+    // The same app on a second host that exports its spans over OTLP to a port nothing listens
+    // on: every span is dropped and counted, and requests must not pay for it.
+    let otlp_down_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let otlp_down_port = free_port()?;
+    let host_otlp_down = Killed(
+        Command::new(&mosaic)
+            .current_dir(&work)
+            .env("MOSAIC_LOG", "error")
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{otlp_down_port}"),
+            )
+            .args([
+                "--state-dir",
+                ".mosaic-otlp-down",
+                "up",
+                "--listen",
+                &otlp_down_addr.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start mosaic (OTLP export)")?,
+    );
+    wait_for_port(otlp_down_addr, "mosaic (OTLP export)")?;
 
     let targets = [
         Target {
@@ -125,6 +150,12 @@ pub(super) fn run(root: &Path) -> Result<()> {
             addr: mosaic_addr,
             path: "/",
             pid: host.0.id(),
+        },
+        Target {
+            name: MOSAIC_P2_OTLP_DOWN,
+            addr: otlp_down_addr,
+            path: "/",
+            pid: host_otlp_down.0.id(),
         },
         Target {
             name: WASMTIME_P2,
@@ -184,7 +215,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     for target in &targets {
         measure(target, &mut rows)?;
     }
-    drop((serve_p2, serve_p2_reuse, serve_p3));
+    drop((serve_p2, serve_p2_reuse, serve_p3, host_otlp_down));
     drop(native);
 
     let (cold, warm) = runtime.block_on(swap_latency(&work, mosaic_addr, &probe, &probe_v2))?;
@@ -263,6 +294,13 @@ pub(super) fn run(root: &Path) -> Result<()> {
             ratio(MOSAIC_P2, NATIVE, c),
         ));
     }
+    ratios.push_str(&format!(
+        "- OTLP export to an endpoint that is down / no export (WASI 0.2 fresh): requests/s {:.2}x at 1 \
+         connection, {:.2}x at 32; server CPU a request at 32 connections {:.2}x\n",
+        ratio(MOSAIC_P2_OTLP_DOWN, MOSAIC_P2, 1),
+        ratio(MOSAIC_P2_OTLP_DOWN, MOSAIC_P2, 32),
+        cpu_ratio(MOSAIC_P2_OTLP_DOWN, MOSAIC_P2),
+    ));
     // An even mix of v1 and v2 takes the mean time (and CPU) a request of the two: its
     // requests/s is their harmonic mean.
     let mix_throughput = |c: usize| {
@@ -286,7 +324,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     );
     let report = format!(
         "# Benchmarks\n\nWritten by `cargo xtask bench http` (do not edit by hand). One run, on this machine: {cpu}, {cores} cores shared by the load generator and the server.\n\n\
-         ## HTTP: one hello component\n\nWASI 0.2: the same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, with a fresh instance per request (both servers' default) and with instance reuse (Mosaic: `[instance_reuse.NAME] max_instance_reuse_count = 128`; wasmtime: `--max-instance-reuse-count 128`). WASI 0.3: the spin-sdk 7 fixture (`tests/fixtures/spin7`, `GET /hello`) under both, with their default reuse (128 requests per instance, 16 at once). A native hyper hello is the ceiling. The canary rows: the probe fixture (`GET /probe/hello`), v1 alone, v2 alone (a deploy), then v1 with a 50% canary of v2 (`deploy --canary 50`), which takes half of the requests; the split is compared with the even mix of the two versions alone. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row. Server CPU a request: the server process's user and kernel time (/proc) over the measured seconds, divided by the requests it answered; it is what the server spends whatever the load generator leaves it, so it compares servers more steadily than requests/s on 2 shared cores.\n\n{table}\n{ratios}\n\
+         ## HTTP: one hello component\n\nWASI 0.2: the same component (`components/hello`, spin-sdk 5.2, `GET /` answers a short text) under Mosaic (release build) and `wasmtime serve -S cli=y` of wasmtime {version}, with a fresh instance per request (both servers' default) and with instance reuse (Mosaic: `[instance_reuse.NAME] max_instance_reuse_count = 128`; wasmtime: `--max-instance-reuse-count 128`). WASI 0.3: the spin-sdk 7 fixture (`tests/fixtures/spin7`, `GET /hello`) under both, with their default reuse (128 requests per instance, 16 at once). A native hyper hello is the ceiling. The OTLP row: the WASI 0.2 hello on a second Mosaic host whose `OTEL_EXPORTER_OTLP_ENDPOINT` names a port nothing listens on (every span dropped and counted). The canary rows: the probe fixture (`GET /probe/hello`), v1 alone, v2 alone (a deploy), then v1 with a 50% canary of v2 (`deploy --canary 50`), which takes half of the requests; the split is compared with the even mix of the two versions alone. Closed-loop HTTP/1.1 keep-alive load from a Rust client on loopback, {warm}s warm-up then {measure}s measured per row. Server CPU a request: the server process's user and kernel time (/proc) over the measured seconds, divided by the requests it answered; it is what the server spends whatever the load generator leaves it, so it compares servers more steadily than requests/s on 2 shared cores.\n\n{table}\n{ratios}\n\
          ## Swap latency\n\nOn the probe fixture (`tests/fixtures/probe`, {probe_kb} KB, v1 and v2): from the start of the deploy call (`POST /v1/components/probe/deploy` with the file) until a request answers from the new version, {SWAP_SAMPLES} samples each. Cold: the new version's compiled artifact was removed from the cache first; warm: the artifact was cached.\n\n{swap}",
         probe_kb = size_kb(&probe),
         cores = cores(),

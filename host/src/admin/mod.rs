@@ -10,9 +10,15 @@
 //! | GET | `/v1/status` | |
 //! | GET | `/v1/components/NAME/history` | |
 //! | GET | `/v1/cluster` | cluster mode: desired versions, every host's versions |
+//! | GET | `/v1/history[?limit=N]` | every component's deploy history, newest first |
+//! | GET | `/v1/series` | the last minutes of each component's request counters |
+//! | GET | `/ui` | the dashboard page (no token: the page asks for it) |
 //! | GET | `/v1/dlq[?component=NAME]` | the dead-letter store |
 //! | POST | `/v1/dlq/replay[?component=NAME][&ids=ID,ID]` | all (of NAME), or those ids |
 
+pub mod dashboard;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -106,13 +112,21 @@ pub async fn serve(listener: TcpListener, rollout: Rollout, token: String, stop:
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
+    let history = Arc::new(dashboard::RequestHistory::default());
+    tokio::spawn(dashboard::run_sampler(
+        rollout.app().clone(),
+        history.clone(),
+        stop.clone(),
+    ));
     let service_for = |_client| {
         let rollout = rollout.clone();
         let token = token.clone();
+        let history = history.clone();
         hyper::service::service_fn(move |request| {
             let rollout = rollout.clone();
             let token = token.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&rollout, &token, request).await) }
+            let history = history.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&rollout, &token, &history, request).await) }
         })
     };
     crate::listener::serve("admin", listener, builder, service_for, limits, stop).await;
@@ -133,6 +147,10 @@ fn authorized(token: &str, request: &hyper::Request<hyper::body::Incoming>) -> b
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
 }
+
+/// Journal entries `GET /v1/history` answers without a `limit`, and at most.
+const DEFAULT_HISTORY_LIMIT: usize = 50;
+const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// How long a refused request's body is read for before the connection is given up.
 const REFUSED_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,7 +199,12 @@ fn json(status: StatusCode, value: &impl Serialize) -> HttpResponse {
     response
 }
 
-async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::body::Incoming>) -> HttpResponse {
+async fn handle(
+    rollout: &Rollout,
+    token: &str,
+    history: &dashboard::RequestHistory,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> HttpResponse {
     let app = rollout.app();
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -215,6 +238,10 @@ async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::b
             return response;
         }
         (&Method::GET, ["readyz"]) => return readiness(rollout).await,
+        (&Method::GET, ["ui", ..]) => {
+            return dashboard::asset(&segments)
+                .unwrap_or_else(|| json_error(StatusCode::NOT_FOUND, "not found", format!("no dashboard file {path}")))
+        }
         _ => {}
     }
     if !authorized(token, &request) {
@@ -228,6 +255,27 @@ async fn handle(rollout: &Rollout, token: &str, request: hyper::Request<hyper::b
     let query = request.uri().query().unwrap_or("").to_string();
     match (request.method().clone(), segments.as_slice()) {
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &status(app)),
+        (Method::GET, ["v1", "series"]) => json(StatusCode::OK, &history.series()),
+        (Method::GET, ["v1", "history"]) => {
+            let limit = match query_value(&query, "limit").map(|text| text.parse::<usize>()) {
+                None => DEFAULT_HISTORY_LIMIT,
+                Some(Ok(limit)) if limit > 0 => limit.min(MAX_HISTORY_LIMIT),
+                Some(_) => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "bad limit",
+                        format!("`limit` must be a whole number from 1 to {MAX_HISTORY_LIMIT}"),
+                    )
+                }
+            };
+            match journal::read(&app.state.journal_path()) {
+                Ok(entries) => {
+                    let history: Vec<&JournalEntry> = entries.iter().rev().take(limit).collect();
+                    json(StatusCode::OK, &serde_json::json!({ "history": history }))
+                }
+                Err(err) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "journal unreadable", err.to_string()),
+            }
+        }
         (Method::GET, ["v1", "components", name, "history"]) => match journal::read(&app.state.journal_path()) {
             Ok(entries) => {
                 let history: Vec<_> = journal::history(&entries, name).into_iter().cloned().collect();

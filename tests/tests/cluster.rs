@@ -408,7 +408,9 @@ mod needs_postgres {
             .collect();
 
         let v2 = std::fs::read(fixture("probe-v2")).expect("probe-v2 fixture");
-        let path = "/v1/components/probe/deploy?canary=20&steps=60&step_every_ms=2000";
+        // The step comes after 5 s: long enough for B to be seen at 20% first on a loaded
+        // machine (it hears the start within a reconcile), short enough for the test.
+        let path = "/v1/components/probe/deploy?canary=20&steps=60&step_every_ms=5000";
         let started = admin(&a, "POST", path, v2).await;
         assert_eq!(started.status, 200, "{}", started.body);
         assert_eq!(started.json()["action"], "canary");
@@ -422,7 +424,7 @@ mod needs_postgres {
         assert_eq!(cluster["canaries"]["probe"]["digest"], v2_digest.as_str(), "{cluster}");
 
         // The step is taken once, by whichever host is first, and reaches both.
-        let both_at_60 = mosaic_tests::eventually(Duration::from_secs(10), || {
+        let both_at_60 = mosaic_tests::eventually(Duration::from_secs(15), || {
             canary_on(&a, "probe").is_some_and(|(_, share)| share == 60.0)
                 && canary_on(&b, "probe").is_some_and(|(_, share)| share == 60.0)
         })

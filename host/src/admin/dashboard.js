@@ -97,12 +97,21 @@ async function act(name, action) {
   refresh();
 }
 
+// The buttons outlive each redraw (the table is drawn again every poll): the same element
+// moves into the new row, so a click that began on it still lands.
+const buttons = new Map();
+
 function button(label, className, onClick, name) {
-  const b = document.createElement("button");
-  b.textContent = label;
-  b.className = className;
-  b.dataset.component = name;
-  b.addEventListener("click", onClick);
+  const key = `${className} ${name}`;
+  let b = buttons.get(key);
+  if (!b) {
+    b = document.createElement("button");
+    b.textContent = label;
+    b.className = className;
+    b.dataset.component = name;
+    b.addEventListener("click", onClick);
+    buttons.set(key, b);
+  }
   return b;
 }
 

@@ -143,7 +143,7 @@ impl WasiHttpHooks for OutboundHttp {
         let mut request = request;
         // The call's client span (when spans are exported) is the parent the callee sees.
         let (mut client_span, passed_on) = self.policies.spans().child(self.trace.as_deref(), SpanKind::Client, "");
-        if let Some(trace) = &passed_on {
+        if let Some(trace) = passed_on.as_ref().or(self.trace.as_deref()) {
             // A guest that passes on a trace context itself keeps its own.
             if !request.headers().contains_key(crate::observe::TRACEPARENT) {
                 if let Ok(value) = http::HeaderValue::from_str(&trace.header_value()) {

@@ -259,7 +259,7 @@ impl Publisher {
             span.set("messaging.operation.name", "publish");
             span.set("messaging.message.body.size", payload.len() as i64);
         }
-        let outcome = self.publish_checked(topic, payload, passed_on.as_ref()).await;
+        let outcome = self.publish_checked(topic, payload, passed_on.as_ref().or(trace)).await;
         if let Err(err) = &outcome {
             span.fail(err);
         }

@@ -561,17 +561,23 @@ impl OpenSpan {
         self.0.is_some()
     }
 
-    /// Sets an attribute (a semantic-convention name such as `http.request.method`).
+    /// Sets an attribute (a semantic-convention name such as `http.request.method`); set again,
+    /// the new value replaces the old (a key stands once in a span).
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         if let Some(recording) = &mut self.0 {
-            recording.data.attributes.push(KeyValue::new(key, value));
+            let attributes = &mut recording.data.attributes;
+            let value = value.into();
+            match attributes.iter_mut().find(|attribute| attribute.key.as_str() == key) {
+                Some(attribute) => attribute.value = value,
+                None => attributes.push(KeyValue::new(key, value)),
+            }
         }
     }
 
     /// Sets a text attribute, copying the text only when the span is recorded.
     pub fn set_str(&mut self, key: &'static str, value: &str) {
-        if let Some(recording) = &mut self.0 {
-            recording.data.attributes.push(KeyValue::new(key, value.to_string()));
+        if self.0.is_some() {
+            self.set(key, value.to_string());
         }
     }
 
@@ -783,6 +789,53 @@ mod tests {
             ..TelemetrySettings::default()
         };
         assert!(https.resolve(env_of(&[]), "shop").unwrap_err().contains("Collector"));
+    }
+
+    #[test]
+    fn an_attribute_set_again_is_replaced() {
+        let (export, _queue) = test_export();
+        let context = TraceContext::continue_or_start_from(None);
+        let mut span = OpenSpan::recording(&export, &context, None, false, SpanKind::Consumer, "process x");
+        span.set("mosaic.delivery.attempts", 1i64);
+        span.set_str("messaging.destination.name", "x");
+        span.set("mosaic.delivery.attempts", 2i64);
+        let attributes = &span.0.as_ref().unwrap().data.attributes;
+        assert_eq!(attributes.len(), 2, "{attributes:?}");
+        assert_eq!(attributes[0].value, Value::I64(2));
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_never_waits() {
+        let (export, mut queue) = test_export();
+        let context = TraceContext::continue_or_start_from(None);
+        for _ in 0..3 {
+            drop(OpenSpan::recording(
+                &export,
+                &context,
+                None,
+                false,
+                SpanKind::Server,
+                "GET /",
+            ));
+        }
+        assert_eq!(
+            export.dropped.load(Ordering::Relaxed),
+            1,
+            "the queue holds 2; the third is dropped"
+        );
+        assert!(matches!(queue.try_recv(), Ok(Queued::Span(_))));
+    }
+
+    /// An export whose queue holds 2 spans, and the queue's other end.
+    fn test_export() -> (Arc<Export>, mpsc::Receiver<Queued>) {
+        let (queue, receiver) = mpsc::channel(2);
+        let export = Arc::new(Export {
+            queue,
+            dropped: AtomicU64::new(0),
+            exported: AtomicU64::new(0),
+            scope: InstrumentationScope::builder("mosaic").build(),
+        });
+        (export, receiver)
     }
 
     #[test]

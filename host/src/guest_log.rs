@@ -3,6 +3,10 @@
 //! span of the request or delivery that wrote it. So `--log-format json` stays one JSON object
 //! per line whatever the guests print, and a guest's output carries its component, version and
 //! trace id like the host's own lines.
+//!
+//! The line's span is the one [`OutputContext`] holds, set when the instance begins a request:
+//! a WASI 0.3 guest's output is written by a task of its own, outside the request's span, and
+//! a reused instance serves request after request.
 
 use std::io;
 use std::pin::Pin;
@@ -33,21 +37,55 @@ impl GuestStream {
     }
 }
 
+/// The `tracing` span of the request (or delivery) an instance serves now: its output lines
+/// are events in it. Shared by the instance's state and its stdout and stderr.
+#[derive(Clone)]
+pub struct OutputContext(Arc<std::sync::Mutex<tracing::Span>>);
+
+impl Default for OutputContext {
+    fn default() -> OutputContext {
+        OutputContext(Arc::new(std::sync::Mutex::new(tracing::Span::none())))
+    }
+}
+
+impl OutputContext {
+    /// From now on, lines belong to `span` (when several requests share an instance at once,
+    /// the last one to start).
+    pub fn set(&self, span: tracing::Span) {
+        if let Ok(mut current) = self.0.lock() {
+            *current = span;
+        }
+    }
+
+    fn span(&self) -> tracing::Span {
+        self.0
+            .lock()
+            .map(|span| span.clone())
+            .unwrap_or_else(|_| tracing::Span::none())
+    }
+}
+
 /// The stdout or stderr of one component's instances.
 pub struct GuestOutput {
     component: Arc<str>,
     stream: GuestStream,
+    context: OutputContext,
 }
 
 impl GuestOutput {
-    pub fn new(component: Arc<str>, stream: GuestStream) -> GuestOutput {
-        GuestOutput { component, stream }
+    pub fn new(component: Arc<str>, stream: GuestStream, context: OutputContext) -> GuestOutput {
+        GuestOutput {
+            component,
+            stream,
+            context,
+        }
     }
 
     fn writer(&self) -> LineWriter {
         LineWriter {
             component: self.component.clone(),
             stream: self.stream,
+            context: self.context.clone(),
             pending: Vec::new(),
         }
     }
@@ -74,6 +112,7 @@ impl StdoutStream for GuestOutput {
 struct LineWriter {
     component: Arc<str>,
     stream: GuestStream,
+    context: OutputContext,
     pending: Vec<u8>,
 }
 
@@ -100,7 +139,11 @@ impl LineWriter {
             self.pending.clear();
             return;
         }
+        let span = self.context.span();
+        // Nothing is entered when the span is off or none: the event stays in the current one.
+        let _entered = (!span.is_none()).then(|| span.enter());
         tracing::info!(target: "mosaic::guest", component = %self.component, stream = self.stream.name(), "{line}");
+        drop(_entered);
         self.pending.clear();
     }
 }
@@ -154,7 +197,7 @@ mod tests {
 
     #[test]
     fn lines_are_cut_at_newlines_and_at_the_cap() {
-        let mut writer = GuestOutput::new(Arc::from("c"), GuestStream::Stdout).writer();
+        let mut writer = GuestOutput::new(Arc::from("c"), GuestStream::Stdout, OutputContext::default()).writer();
         writer.push(b"no newline yet");
         assert_eq!(writer.pending, b"no newline yet");
         writer.push(b" ... done\nnext");

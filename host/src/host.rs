@@ -113,7 +113,7 @@ pub struct RunOptions {
 }
 
 /// How long a stopping host waits for the OTLP endpoint to take the last spans.
-const SPAN_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const TELEMETRY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Host {
     app: Arc<App>,
@@ -124,7 +124,71 @@ pub struct Host {
     admin_token: String,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    telemetry: Telemetry,
     _ticker: EpochTicker,
+}
+
+/// The OTLP exporters a host runs (each `None` when its signal is not exported).
+struct Telemetry {
+    spans: crate::observe::Spans,
+    metrics: Option<Arc<crate::observe::MetricExport>>,
+    logs: Option<Arc<crate::observe::LogExport>>,
+    counters: Arc<crate::observe::TelemetryCounters>,
+}
+
+/// Starts the exporters `[telemetry]` and the `OTEL_*` variables ask for; the log export is
+/// armed at once, so that the host's own start is in it.
+fn start_telemetry(settings: &Settings, app_name: &str) -> anyhow::Result<Telemetry> {
+    let counters = Arc::new(crate::observe::TelemetryCounters::default());
+    let mut telemetry = Telemetry {
+        spans: crate::observe::Spans::default(),
+        metrics: None,
+        logs: None,
+        counters: counters.clone(),
+    };
+    let Some(config) = settings
+        .telemetry
+        .resolve(|name| std::env::var(name).ok(), app_name)
+        .map_err(|message| anyhow::anyhow!("telemetry: {message}"))?
+    else {
+        return Ok(telemetry);
+    };
+    let failed = |message: String| anyhow::anyhow!("telemetry: {message}");
+    if let Some(target) = &config.traces {
+        telemetry.spans = crate::observe::Spans::export(target, &config, counters.traces.clone()).map_err(failed)?;
+    }
+    if let Some(target) = &config.metrics {
+        telemetry.metrics = Some(Arc::new(
+            crate::observe::MetricExport::new(target, &config, counters.metrics.clone()).map_err(failed)?,
+        ));
+    }
+    if let Some(target) = &config.logs {
+        let logs = crate::observe::LogExport::start(target, &config, counters.logs.clone()).map_err(failed)?;
+        crate::observe::arm_log_export(&logs);
+        telemetry.logs = Some(logs);
+    }
+    Ok(telemetry)
+}
+
+/// Exports the metrics every interval until the host stops (the last export is
+/// [`Host::shutdown`]'s, once the requests have drained).
+async fn export_metrics_until_stopped(
+    export: Arc<crate::observe::MetricExport>,
+    app: Arc<App>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(export.interval());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: skip it, the host has served nothing yet.
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let (in_flight, pending) = app.metric_gauges().await;
+        export.export(&app.metrics, &in_flight, &pending).await;
+    }
 }
 
 impl Host {
@@ -189,17 +253,11 @@ impl Host {
         let engine = build_engine(&settings.limits)?;
         let ticker = EpochTicker::start(&engine);
         let linker = crate::instance::build_linker(&engine)?;
-        let spans = match settings
-            .telemetry
-            .resolve(|name| std::env::var(name).ok(), &manifest.application.name)
-            .map_err(|message| anyhow::anyhow!("telemetry: {message}"))?
-        {
-            Some(export) => {
-                crate::observe::Spans::export(&export).map_err(|message| anyhow::anyhow!("telemetry: {message}"))?
-            }
-            None => crate::observe::Spans::default(),
-        };
-        let metrics = Arc::new(crate::observe::Metrics::with_spans(spans));
+        let telemetry = start_telemetry(&settings, &manifest.application.name)?;
+        let metrics = Arc::new(crate::observe::Metrics::with_telemetry(
+            telemetry.spans.clone(),
+            telemetry.counters.clone(),
+        ));
         let capabilities = build_capabilities(
             &manifest,
             &options.manifest,
@@ -269,6 +327,13 @@ impl Host {
         ];
         tasks.extend(crate::trigger::messages::start(&dispatcher, stopped.clone()));
         tasks.extend(crate::trigger::mqtt::start(&dispatcher, stopped.clone()));
+        if let Some(metric_export) = &telemetry.metrics {
+            tasks.push(tokio::spawn(export_metrics_until_stopped(
+                metric_export.clone(),
+                app.clone(),
+                stopped.clone(),
+            )));
+        }
         if let Some(cluster) = rollout.cluster() {
             tasks.extend(cluster.start(&pipeline, stopped));
         }
@@ -282,6 +347,7 @@ impl Host {
             admin_token,
             stop,
             tasks,
+            telemetry,
             _ticker: ticker,
         })
     }
@@ -321,9 +387,18 @@ impl Host {
                 canary.deployment.retire_instances();
             }
         }
-        self.app.metrics.spans().flush(SPAN_FLUSH_TIMEOUT).await;
+        self.app.metrics.spans().flush(TELEMETRY_FLUSH_TIMEOUT).await;
+        if let Some(export) = &self.telemetry.metrics {
+            let (in_flight, pending) = self.app.metric_gauges().await;
+            let last = export.export(&self.app.metrics, &in_flight, &pending);
+            let _ = tokio::time::timeout(TELEMETRY_FLUSH_TIMEOUT, last).await;
+        }
         self.app.state.clear_endpoint();
         tracing::info!("stopped");
+        if let Some(logs) = &self.telemetry.logs {
+            logs.flush(TELEMETRY_FLUSH_TIMEOUT).await;
+            crate::observe::disarm_log_export(logs);
+        }
     }
 }
 

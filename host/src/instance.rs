@@ -88,13 +88,17 @@ pub struct InstanceState {
     outbound: OutboundHttp,
     limits: StoreLimits,
     capabilities: CapabilityInstances,
+    /// The span the guest's stdout and stderr lines are logged in.
+    output: crate::guest_log::OutputContext,
     _live: LiveInstance,
 }
 
 impl InstanceState {
     /// The trace of the request this instance serves; its outbound calls and publishes carry
     /// it on.
-    pub fn set_trace(&mut self, trace: Option<TraceContext>) {
+    /// `log_span` is the request's `tracing` span, which the guest's output lines go into.
+    pub fn set_trace(&mut self, trace: Option<TraceContext>, log_span: tracing::Span) {
+        self.output.set(log_span);
         let trace = trace.map(Arc::new);
         self.capabilities.redis.trace = trace.clone();
         self.capabilities.otel.trace = trace.clone();
@@ -107,8 +111,14 @@ impl InstanceState {
     /// A reused instance starts serving another request: its outbound calls carry that
     /// request's trace, stop at its deadline and keep to its deploy-set generation. (When
     /// several requests share an instance at once, the last one to start sets them.)
-    pub fn begin_request(&mut self, trace: Option<TraceContext>, deadline: Instant, generation: u64) {
-        self.set_trace(trace);
+    pub fn begin_request(
+        &mut self,
+        trace: Option<TraceContext>,
+        log_span: tracing::Span,
+        deadline: Instant,
+        generation: u64,
+    ) {
+        self.set_trace(trace, log_span);
         self.outbound.deadline = deadline;
         self.outbound.chain.generation = generation;
     }
@@ -214,8 +224,9 @@ impl InstanceFactory {
         };
         let mut wasi = WasiCtx::builder();
         let component: Arc<str> = Arc::from(spec.name.as_str());
-        wasi.stdout(GuestOutput::new(component.clone(), GuestStream::Stdout))
-            .stderr(GuestOutput::new(component.clone(), GuestStream::Stderr));
+        let output = crate::guest_log::OutputContext::default();
+        wasi.stdout(GuestOutput::new(component.clone(), GuestStream::Stdout, output.clone()))
+            .stderr(GuestOutput::new(component.clone(), GuestStream::Stderr, output.clone()));
         crate::capability::sockets::configure(&mut wasi, component.clone(), spec.allowed_hosts.clone());
         wasi.envs(&spec.environment);
         if let Some(dir) = &spec.files_dir {
@@ -242,6 +253,7 @@ impl InstanceFactory {
                 .trap_on_grow_failure(false)
                 .build(),
             capabilities: self.capabilities.instances(spec),
+            output,
             _live: LiveInstance::new(self.metrics.clone()),
         };
         let mut store = Store::new(&self.engine, state);

@@ -50,6 +50,8 @@ pub struct InstancePool {
 /// What a request brings to the instance that serves it.
 pub struct RequestContext {
     pub trace: Option<TraceContext>,
+    /// The request's `tracing` span: the instance's output lines are logged in it.
+    pub log_span: tracing::Span,
     /// The deploy-set generation the request's chain began in (`ChainPosition`).
     pub generation: u64,
     /// Set when the instance that served the request ends on an error (a trap, a deadline),
@@ -198,9 +200,12 @@ impl WorkerState for Worker {
         context: RequestContext,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        store
-            .data_mut()
-            .begin_request(context.trace, Instant::now() + self.request_timeout, context.generation);
+        store.data_mut().begin_request(
+            context.trace,
+            context.log_span,
+            Instant::now() + self.request_timeout,
+            context.generation,
+        );
         if let Ok(mut requests) = self.requests.lock() {
             requests.retain(|flag| flag.strong_count() > 0);
             requests.push(Arc::downgrade(&context.instance_failed));

@@ -297,9 +297,13 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    // The OTLP log layer sees the events the console does (after the filter) and forwards
+    // them only once a host exports logs.
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(mosaic::observe::OtlpLogLayer).init(),
+        LogFormat::Json => builder.json().finish().with(mosaic::observe::OtlpLogLayer).init(),
     }
 }
 

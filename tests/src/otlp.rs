@@ -1,6 +1,7 @@
-//! A test OTLP receiver: takes trace exports over HTTP/protobuf (`POST /v1/traces`) or gRPC
-//! (`opentelemetry.proto.collector.trace.v1.TraceService/Export`), decodes the protobufs with
-//! the OpenTelemetry proto types and keeps every span, for tests to look at.
+//! A test OTLP receiver: takes trace, metric and log exports over HTTP/protobuf (`POST
+//! /v1/traces`, `/v1/metrics`, `/v1/logs`) or gRPC (the collector services' `Export`),
+//! decodes the protobufs with the OpenTelemetry proto types and keeps every span, metric data
+//! point and log record, for tests to look at.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,8 +13,11 @@ use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use prost::Message;
 
 /// How a receiver takes exports.
@@ -55,9 +59,45 @@ impl ReceivedSpan {
     }
 }
 
+/// One data point of a metric as the receiver got it.
+#[derive(Debug, Clone)]
+pub struct ReceivedPoint {
+    /// The metric's name, e.g. `mosaic_requests_total`.
+    pub metric: String,
+    /// `sum` (monotonic, cumulative), `gauge` or `histogram`.
+    pub kind: &'static str,
+    pub attributes: BTreeMap<String, String>,
+    /// A sum's or gauge's value; a histogram's sum.
+    pub value: f64,
+    /// A histogram's count (0 for the others).
+    pub count: u64,
+    /// A histogram's per-bucket counts (empty for the others).
+    pub bucket_counts: Vec<u64>,
+    pub resource: BTreeMap<String, String>,
+}
+
+/// One log record as the receiver got it.
+#[derive(Debug, Clone)]
+pub struct ReceivedLog {
+    pub body: String,
+    pub severity_text: String,
+    /// Lowercase hex; empty when the record belongs to no trace.
+    pub trace_id: String,
+    pub attributes: BTreeMap<String, String>,
+    pub resource: BTreeMap<String, String>,
+}
+
+impl ReceivedLog {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
 #[derive(Default)]
 struct Received {
     spans: Vec<ReceivedSpan>,
+    points: Vec<ReceivedPoint>,
+    logs: Vec<ReceivedLog>,
 }
 
 /// A running receiver on 127.0.0.1.
@@ -131,6 +171,29 @@ impl OtlpReceiver {
         self.received.lock().unwrap().spans.clone()
     }
 
+    /// Every metric data point received, every export's in turn.
+    pub fn points(&self) -> Vec<ReceivedPoint> {
+        self.received.lock().unwrap().points.clone()
+    }
+
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.received.lock().unwrap().logs.clone()
+    }
+
+    /// Waits (at most `timeout`) until `done` holds for what was received.
+    pub async fn wait_until(&self, timeout: Duration, done: impl Fn(&OtlpReceiver) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The spans of one trace.
     pub fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
         self.spans()
@@ -165,9 +228,24 @@ async fn answer(
         Ok(body) => body.to_bytes(),
         Err(_) => return status(400),
     };
-    let message = match (transport, path.as_str()) {
-        (Transport::HttpProtobuf, "/v1/traces") => body,
-        (Transport::Grpc, "/opentelemetry.proto.collector.trace.v1.TraceService/Export") => {
+    let grpc_service = match transport {
+        Transport::HttpProtobuf => None,
+        Transport::Grpc => path
+            .strip_prefix("/opentelemetry.proto.collector.")
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(service, _)| service.to_string()),
+    };
+    let signal = match (transport, path.as_str(), grpc_service.as_deref()) {
+        (Transport::HttpProtobuf, "/v1/traces", _) | (Transport::Grpc, _, Some("trace.v1.TraceService")) => "traces",
+        (Transport::HttpProtobuf, "/v1/metrics", _) | (Transport::Grpc, _, Some("metrics.v1.MetricsService")) => {
+            "metrics"
+        }
+        (Transport::HttpProtobuf, "/v1/logs", _) | (Transport::Grpc, _, Some("logs.v1.LogsService")) => "logs",
+        _ => return status(404),
+    };
+    let message = match transport {
+        Transport::HttpProtobuf => body,
+        Transport::Grpc => {
             // A gRPC message: a compressed flag, a 4-byte length, the protobuf.
             let mut framed = body;
             if framed.len() < 5 || framed[0] != 0 {
@@ -180,14 +258,31 @@ async fn answer(
             }
             framed.slice(..length)
         }
-        _ => return status(404),
     };
-    let Ok(export) = ExportTraceServiceRequest::decode(message) else {
-        return status(400);
+    let reply = match signal {
+        "traces" => {
+            let Ok(export) = ExportTraceServiceRequest::decode(message) else {
+                return status(400);
+            };
+            keep(export, received);
+            ExportTraceServiceResponse::default().encode_to_vec()
+        }
+        "metrics" => {
+            let Ok(export) = ExportMetricsServiceRequest::decode(message) else {
+                return status(400);
+            };
+            keep_metrics(export, received);
+            ExportMetricsServiceResponse::default().encode_to_vec()
+        }
+        _ => {
+            let Ok(export) = ExportLogsServiceRequest::decode(message) else {
+                return status(400);
+            };
+            keep_logs(export, received);
+            ExportLogsServiceResponse::default().encode_to_vec()
+        }
     };
-    keep(export, received);
     exports.fetch_add(1, Ordering::SeqCst);
-    let reply = ExportTraceServiceResponse::default().encode_to_vec();
     match transport {
         Transport::HttpProtobuf => hyper::Response::builder()
             .header("content-type", "application/x-protobuf")
@@ -269,6 +364,85 @@ fn keep(export: ExportTraceServiceRequest, received: &Mutex<Received>) {
                     attributes: attributes_of(&span.attributes),
                     status_code: status.code,
                     status_message: status.message,
+                    resource: resource.clone(),
+                });
+            }
+        }
+    }
+}
+
+fn keep_metrics(export: ExportMetricsServiceRequest, received: &Mutex<Received>) {
+    let mut received = received.lock().unwrap();
+    for resource_metrics in export.resource_metrics {
+        let resource = resource_metrics
+            .resource
+            .as_ref()
+            .map(|resource| attributes_of(&resource.attributes))
+            .unwrap_or_default();
+        for scope_metrics in resource_metrics.scope_metrics {
+            for metric in scope_metrics.metrics {
+                let number = |value: Option<number_data_point::Value>| match value {
+                    Some(number_data_point::Value::AsInt(value)) => value as f64,
+                    Some(number_data_point::Value::AsDouble(value)) => value,
+                    None => f64::NAN,
+                };
+                let point = |kind, attributes: &[_], value, count, bucket_counts| ReceivedPoint {
+                    metric: metric.name.clone(),
+                    kind,
+                    attributes: attributes_of(attributes),
+                    value,
+                    count,
+                    bucket_counts,
+                    resource: resource.clone(),
+                };
+                match &metric.data {
+                    Some(metric::Data::Sum(sum)) => {
+                        for p in &sum.data_points {
+                            received
+                                .points
+                                .push(point("sum", &p.attributes, number(p.value), 0, Vec::new()));
+                        }
+                    }
+                    Some(metric::Data::Gauge(gauge)) => {
+                        for p in &gauge.data_points {
+                            received
+                                .points
+                                .push(point("gauge", &p.attributes, number(p.value), 0, Vec::new()));
+                        }
+                    }
+                    Some(metric::Data::Histogram(histogram)) => {
+                        for p in &histogram.data_points {
+                            received.points.push(point(
+                                "histogram",
+                                &p.attributes,
+                                p.sum.unwrap_or(0.0),
+                                p.count,
+                                p.bucket_counts.clone(),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn keep_logs(export: ExportLogsServiceRequest, received: &Mutex<Received>) {
+    let mut received = received.lock().unwrap();
+    for resource_logs in export.resource_logs {
+        let resource = resource_logs
+            .resource
+            .as_ref()
+            .map(|resource| attributes_of(&resource.attributes))
+            .unwrap_or_default();
+        for scope_logs in resource_logs.scope_logs {
+            for record in scope_logs.log_records {
+                received.logs.push(ReceivedLog {
+                    body: text_of(record.body.as_ref()),
+                    severity_text: record.severity_text.clone(),
+                    trace_id: hex(&record.trace_id),
+                    attributes: attributes_of(&record.attributes),
                     resource: resource.clone(),
                 });
             }

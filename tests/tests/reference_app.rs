@@ -683,6 +683,8 @@ async fn an_order_is_one_trace_from_the_gateway_to_the_notifications() {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_SERVICE_NAME", "shop-under-test"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
     );
     let (alice, token) = shop.customer("alice").await;
@@ -801,4 +803,46 @@ async fn an_order_is_one_trace_from_the_gateway_to_the_notifications() {
     for channel in ["order.created", "payment.completed", "order.confirmed"] {
         assert!(channels.contains(channel), "a delivery of {channel}: {channels:?}");
     }
+
+    // The gateway's request log line (its stdout) is a log record of the same trace.
+    let gateway_line = |receiver: &OtlpReceiver| {
+        receiver.logs().iter().any(|log| {
+            log.trace_id == trace_id
+                && log.attribute("component") == Some("gateway")
+                && log.attribute("stream") == Some("stdout")
+                && log.body.contains("\"path\":\"/orders\"")
+        })
+    };
+    assert!(
+        receiver.wait_until(Duration::from_secs(10), gateway_line).await,
+        "the gateway's log line of the order in {:#?}",
+        receiver.logs()
+    );
+    // And the /metrics series arrive over OTLP: the order's requests and deliveries counted.
+    let counted = |receiver: &OtlpReceiver| {
+        let points = receiver.points();
+        let at_least = |metric: &str, labels: &[(&str, &str)], value: f64| {
+            points.iter().any(|point| {
+                point.metric == metric
+                    && labels
+                        .iter()
+                        .all(|(key, want)| point.attributes.get(*key).map(String::as_str) == Some(*want))
+                    && point.value >= value
+            })
+        };
+        at_least("mosaic_requests_total", &[("component", "gateway")], 1.0)
+            && ["order.created", "payment.completed", "order.confirmed"]
+                .iter()
+                .all(|topic| {
+                    at_least(
+                        "mosaic_messages_acked_total",
+                        &[("subscriber", "notifications"), ("topic", topic)],
+                        1.0,
+                    )
+                })
+    };
+    assert!(
+        receiver.wait_until(Duration::from_secs(10), counted).await,
+        "the gateway's requests and the notifications' acks are exported"
+    );
 }

@@ -1,13 +1,14 @@
 //! OTLP export of the host's spans to a test receiver (tests/src/otlp.rs) over HTTP/protobuf
 //! and gRPC: a request's server span continues the caller's `traceparent`, an in-process call
 //! is a client span with the callee's server span under it; an endpoint that is down costs
-//! requests nothing and its spans are dropped and counted.
+//! requests nothing and its spans are dropped and counted. The `/metrics` series and the log
+//! (the host's events, the guests' output) are exported too.
 
 use std::time::Duration;
 
 use mosaic::settings::{Settings, TelemetrySettings};
 use mosaic_tests::otlp::{OtlpReceiver, ReceivedSpan, Transport, KIND_CLIENT, KIND_SERVER};
-use mosaic_tests::{client, get, AppDir, TWO_COMPONENTS};
+use mosaic_tests::{client, get, AppDir, MosaicProcess, TWO_COMPONENTS};
 
 fn exporting_to(endpoint: String, protocol: &str) -> Settings {
     Settings {
@@ -203,4 +204,138 @@ async fn a_guest_span_from_wasi_otel_nests_under_the_request_span() {
     );
     assert_eq!(guest.attribute("mosaic.component"), Some("caps"));
     host.shutdown().await;
+}
+
+async fn the_metrics_series_are_exported(transport: Transport) {
+    let receiver = OtlpReceiver::start(transport).await;
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let mut settings = exporting_to(receiver.endpoint(), receiver.protocol());
+    settings.telemetry.metric_export_interval_ms = Some(200);
+    let host = dir.start(settings).await;
+    let http = client();
+    for _ in 0..3 {
+        assert_eq!(
+            get(&http, &format!("http://{}/probe/hello", host.http_addr()))
+                .await
+                .status,
+            200
+        );
+    }
+    let served = |receiver: &OtlpReceiver| {
+        receiver.points().iter().any(|point| {
+            point.metric == "mosaic_requests_total"
+                && point.kind == "sum"
+                && point.attributes.get("component").map(String::as_str) == Some("probe")
+                && point.value >= 3.0
+        })
+    };
+    assert!(
+        receiver.wait_until(Duration::from_secs(10), served).await,
+        "mosaic_requests_total of probe reaches 3 in {:#?}",
+        receiver.points()
+    );
+    let points = receiver.points();
+    let latency = points
+        .iter()
+        .rfind(|point| {
+            point.metric == "mosaic_request_duration_seconds"
+                && point.attributes.get("component").map(String::as_str) == Some("probe")
+        })
+        .expect("the latency histogram of probe");
+    assert_eq!(latency.kind, "histogram");
+    assert!(latency.count >= 3, "{latency:?}");
+    assert_eq!(latency.bucket_counts.iter().sum::<u64>(), latency.count, "{latency:?}");
+    assert!(
+        points
+            .iter()
+            .any(|point| point.metric == "mosaic_instances_live" && point.kind == "gauge"),
+        "gauges are exported"
+    );
+    assert!(points
+        .iter()
+        .all(|point| point.resource.get("service.name").map(String::as_str) == Some("two")));
+    // Every series of /metrics is in the export.
+    let text = get(&http, &format!("http://{}/metrics", host.admin_addr())).await.body;
+    for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).unwrap();
+        assert!(
+            points.iter().any(|point| point.metric == name) || !text.lines().any(|l| l.starts_with(name)),
+            "{name} has samples in /metrics, so it is exported"
+        );
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_series_are_exported_over_http_protobuf() {
+    the_metrics_series_are_exported(Transport::HttpProtobuf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_series_are_exported_over_grpc() {
+    the_metrics_series_are_exported(Transport::Grpc).await;
+}
+
+/// Logs need the process's own subscriber (main installs the OTLP layer), so this runs the
+/// `mosaic` binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_log_and_a_guest_stderr_line_are_exported_with_the_trace_id() {
+    let receiver = OtlpReceiver::start(Transport::Grpc).await;
+    let dir = AppDir::new(TWO_COMPONENTS);
+    let endpoint = receiver.endpoint();
+    let mut host = MosaicProcess::start_with_env(
+        &dir.path,
+        &["up"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "50"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    let trace_id = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let status = get_traced(
+        &format!("{}/probe/trap", host.base),
+        &format!("00-{trace_id}-00f067aa0ba902b7-01"),
+    )
+    .await;
+    assert_eq!(status, 500, "a trap answers 500");
+    let panic_line = |receiver: &OtlpReceiver| {
+        receiver.logs().iter().any(|log| {
+            log.trace_id == trace_id
+                && log.attribute("stream") == Some("stderr")
+                && log.body.contains("the probe traps on purpose")
+        })
+    };
+    assert!(
+        receiver.wait_until(Duration::from_secs(10), panic_line).await,
+        "the guest's panic message on stderr is a log record of the request's trace: {:#?}",
+        receiver.logs()
+    );
+    let logs = receiver.logs();
+    let line = logs
+        .iter()
+        .find(|log| log.trace_id == trace_id && log.attribute("stream") == Some("stderr"))
+        .unwrap();
+    assert_eq!(line.attribute("component"), Some("probe"), "{line:?}");
+    assert_eq!(line.attribute("mosaic.log.target"), Some("mosaic::guest"));
+    assert_eq!(line.resource.get("service.name").map(String::as_str), Some("two"));
+    let serving = logs
+        .iter()
+        .find(|log| log.body == "serving")
+        .expect("the host's own start is logged");
+    assert_eq!(serving.severity_text, "INFO");
+    assert!(serving.trace_id.is_empty(), "the start belongs to no trace");
+    assert!(
+        logs.iter()
+            .any(|log| log.trace_id == trace_id && log.attribute("mosaic.log.target") != Some("mosaic::guest")),
+        "the host's own report of the trap is in the trace too: {logs:#?}"
+    );
+
+    host.terminate();
+    host.wait(Duration::from_secs(20));
+    assert!(
+        receiver.logs().iter().any(|log| log.body == "stopped"),
+        "the last record, at shutdown, is flushed before the host exits"
+    );
 }

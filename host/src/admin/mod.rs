@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use crate::app::manifest::HttpRoute;
 use crate::app::App;
 use crate::capability::messaging::{BrokerError, DeadLetter};
-use crate::capability::{bounded_check, Check, Scrape};
+use crate::capability::{bounded_check, Check};
 use crate::deploy::journal::{self, JournalEntry};
 use crate::deploy::{self, DeployError, DeployRequest};
 use crate::listener::ConnectionLimits;
@@ -211,26 +211,8 @@ async fn handle(
     match (request.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => return json(StatusCode::OK, &serde_json::json!({ "status": "alive" })),
         (&Method::GET, ["metrics"]) => {
-            let in_flight: Vec<(String, String, u64)> = app
-                .slots()
-                .iter()
-                .flat_map(|slot| {
-                    let canary = slot.canary.load_full().map(|canary| canary.deployment.clone());
-                    std::iter::once(slot.live.load_full()).chain(canary).map(|version| {
-                        (
-                            slot.spec.name.clone(),
-                            version.short_digest().to_string(),
-                            version.in_flight(),
-                        )
-                    })
-                })
-                .collect();
-            let mut scrape = Scrape::default();
-            for capability in app.capabilities().all() {
-                capability.scrape(&mut scrape).await;
-            }
-            let mut response =
-                crate::trigger::http::text(StatusCode::OK, app.metrics.render(&in_flight, &scrape.pending));
+            let (in_flight, pending) = app.metric_gauges().await;
+            let mut response = crate::trigger::http::text(StatusCode::OK, app.metrics.render(&in_flight, &pending));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -392,6 +392,31 @@ impl App {
         self.router.load_full()
     }
 
+    /// What the metrics read at the moment they are written rather than count as it happens:
+    /// (component, version, requests running) for the live and canary version of each
+    /// component, and (subscriber, messages waiting) from the messaging backends.
+    pub async fn metric_gauges(&self) -> (Vec<(String, String, u64)>, Vec<(String, u64)>) {
+        let in_flight: Vec<(String, String, u64)> = self
+            .slots()
+            .iter()
+            .flat_map(|slot| {
+                let canary = slot.canary.load_full().map(|canary| canary.deployment.clone());
+                std::iter::once(slot.live.load_full()).chain(canary).map(|version| {
+                    (
+                        slot.spec.name.clone(),
+                        version.short_digest().to_string(),
+                        version.in_flight(),
+                    )
+                })
+            })
+            .collect();
+        let mut scrape = crate::capability::Scrape::default();
+        for capability in self.capabilities().all() {
+            capability.scrape(&mut scrape).await;
+        }
+        (in_flight, scrape.pending)
+    }
+
     /// Takes the per-component deploy lock, or `None` if a deploy of it is running.
     pub fn try_lock_deploy(&self, component: &str) -> Option<DeployLock<'_>> {
         let mut deploying = self.deploying.lock().ok()?;

@@ -226,6 +226,8 @@ pub struct Metrics {
     /// Where the spans of the work these counters count go (OTLP, or nowhere): everything
     /// that records a metric can record a span through the same handle.
     spans: super::Spans,
+    /// What the OTLP exporters exported and dropped, per signal.
+    telemetry: Arc<super::TelemetryCounters>,
 }
 
 impl Default for Metrics {
@@ -254,15 +256,18 @@ impl Default for Metrics {
             backend_errors: Mutex::default(),
             instances_live: AtomicU64::new(0),
             spans: super::Spans::default(),
+            telemetry: Arc::default(),
         }
     }
 }
 
 impl Metrics {
-    /// Counters whose work is also exported as spans through `spans`.
-    pub fn with_spans(spans: super::Spans) -> Metrics {
+    /// Counters whose work is also exported as spans through `spans`; `telemetry` counts what
+    /// each OTLP exporter exported and dropped.
+    pub fn with_telemetry(spans: super::Spans, telemetry: Arc<super::TelemetryCounters>) -> Metrics {
         Metrics {
             spans,
+            telemetry,
             ..Metrics::default()
         }
     }
@@ -401,73 +406,80 @@ impl Metrics {
     /// and `pending` (subscriber, messages waiting in its queue).
     pub fn render(&self, in_flight: &[(String, String, u64)], pending: &[(String, u64)]) -> String {
         let mut out = Exposition::default();
-        self.render_messaging(&mut out, pending);
-        self.render_outbound(&mut out);
-        self.render_requests(&mut out, in_flight);
+        self.write(&mut out, in_flight, pending);
+        out.text
+    }
+
+    /// Writes every series to `out`: the one walk over the counters that both `/metrics` and
+    /// the OTLP metric export read, so that they show the same series.
+    pub(crate) fn write(
+        &self,
+        out: &mut impl MetricSink,
+        in_flight: &[(String, String, u64)],
+        pending: &[(String, u64)],
+    ) {
+        self.write_messaging(out, pending);
+        self.write_outbound(out);
+        self.write_requests(out, in_flight);
         let deploys = lock(&self.deploys).series.clone();
         out.metric(
             "mosaic_deploys_total",
-            "counter",
+            MetricKind::Counter,
             "Deploy attempts by component, action and outcome (ok or the failed step).",
         );
         for ((component, action, outcome), count) in &deploys {
             out.sample(
-                "mosaic_deploys_total",
                 &[
                     ("component", component.as_str()),
                     ("action", action.as_str()),
                     ("outcome", outcome.as_str()),
                 ],
-                count,
+                Sample::Int(*count),
             );
         }
         out.metric(
             "mosaic_instances_live",
-            "gauge",
+            MetricKind::Gauge,
             "Wasm instances alive now (requests, deliveries, probes; every version).",
         );
-        out.sample(
-            "mosaic_instances_live",
-            &[],
-            self.instances_live.load(Ordering::Relaxed),
-        );
+        out.sample(&[], Sample::Int(self.instances_live.load(Ordering::Relaxed)));
         let backend_errors = lock(&self.backend_errors).clone();
         out.metric(
             "mosaic_backend_errors_total",
-            "counter",
+            MetricKind::Counter,
             "Backend failures (unreachable, timed out, failing), by capability and backend.",
         );
         for ((capability, backend), count) in &backend_errors {
             out.sample(
-                "mosaic_backend_errors_total",
                 &[("capability", *capability), ("backend", backend.as_str())],
-                count,
+                Sample::Int(*count),
             );
         }
         out.metric(
             "mosaic_telemetry_dropped_total",
-            "counter",
-            "Spans not exported: the queue was full or the OTLP endpoint did not take them.",
+            MetricKind::Counter,
+            "Spans, metric points and log records not exported: the queue was full or the OTLP endpoint did not take them.",
         );
-        out.sample(
-            "mosaic_telemetry_dropped_total",
-            &[("signal", "traces")],
-            self.spans.dropped(),
-        );
+        for signal in super::Signal::ALL {
+            out.sample(
+                &[("signal", signal.name())],
+                Sample::Int(self.telemetry.of(signal).dropped()),
+            );
+        }
         out.metric(
             "mosaic_telemetry_exported_total",
-            "counter",
-            "Spans the OTLP endpoint accepted.",
+            MetricKind::Counter,
+            "Spans, metric points and log records the OTLP endpoint accepted.",
         );
-        out.sample(
-            "mosaic_telemetry_exported_total",
-            &[("signal", "traces")],
-            self.spans.exported(),
-        );
-        out.text
+        for signal in super::Signal::ALL {
+            out.sample(
+                &[("signal", signal.name())],
+                Sample::Int(self.telemetry.of(signal).exported()),
+            );
+        }
     }
 
-    fn render_requests(&self, out: &mut Exposition, in_flight: &[(String, String, u64)]) {
+    fn write_requests(&self, out: &mut impl MetricSink, in_flight: &[(String, String, u64)]) {
         let requests: Vec<((String, String), Arc<RequestSeries>)> = lock(&self.requests)
             .by_component
             .iter()
@@ -479,193 +491,225 @@ impl Metrics {
             .collect();
         out.metric(
             "mosaic_requests_total",
-            "counter",
+            MetricKind::Counter,
             "HTTP requests served, by component and version.",
         );
         for ((component, version), series) in &requests {
             out.sample(
-                "mosaic_requests_total",
                 &[("component", component.as_str()), ("version", version.as_str())],
-                series.requests.load(Ordering::Relaxed),
+                Sample::Int(series.requests.load(Ordering::Relaxed)),
             );
         }
         out.metric(
             "mosaic_request_errors_total",
-            "counter",
+            MetricKind::Counter,
             "Requests that failed or answered 5xx.",
         );
         for ((component, version), series) in &requests {
             out.sample(
-                "mosaic_request_errors_total",
                 &[("component", component.as_str()), ("version", version.as_str())],
-                series.errors.load(Ordering::Relaxed),
+                Sample::Int(series.errors.load(Ordering::Relaxed)),
             );
         }
         out.metric(
             "mosaic_request_duration_seconds",
-            "histogram",
+            MetricKind::Histogram,
             "Request latency, from routing to the response head.",
         );
-        let bounds = LATENCY_BUCKETS.map(|bound| bound.to_string());
         for ((component, version), series) in &requests {
-            let labels = [("component", component.as_str()), ("version", version.as_str())];
-            for (bound, bucket) in bounds.iter().zip(&series.buckets) {
-                out.sample(
-                    "mosaic_request_duration_seconds_bucket",
-                    &[labels[0], labels[1], ("le", bound.as_str())],
-                    bucket.load(Ordering::Relaxed),
-                );
-            }
-            let count = series.requests.load(Ordering::Relaxed);
-            let sum = series.latency_micros_sum.load(Ordering::Relaxed) as f64 / 1e6;
-            out.sample(
-                "mosaic_request_duration_seconds_bucket",
-                &[labels[0], labels[1], ("le", "+Inf")],
-                count,
+            let cumulative = series.buckets.each_ref().map(|bucket| bucket.load(Ordering::Relaxed));
+            out.histogram(
+                &[("component", component.as_str()), ("version", version.as_str())],
+                &LATENCY_BUCKETS,
+                &cumulative,
+                series.requests.load(Ordering::Relaxed),
+                series.latency_micros_sum.load(Ordering::Relaxed) as f64 / 1e6,
             );
-            out.sample("mosaic_request_duration_seconds_sum", &labels, sum);
-            out.sample("mosaic_request_duration_seconds_count", &labels, count);
         }
         out.metric(
             "mosaic_requests_in_flight",
-            "gauge",
+            MetricKind::Gauge,
             "Requests running on the live version of each component.",
         );
         for (component, version, running) in in_flight {
             out.sample(
-                "mosaic_requests_in_flight",
                 &[("component", component.as_str()), ("version", version.as_str())],
-                running,
+                Sample::Int(*running),
             );
         }
     }
 
-    fn render_outbound(&self, out: &mut Exposition) {
+    fn write_outbound(&self, out: &mut impl MetricSink) {
         let outbound = lock(&self.outbound).series.clone();
         out.metric(
             "mosaic_outbound_requests_total",
-            "counter",
+            MetricKind::Counter,
             "Outbound HTTP requests by calling component, destination and outcome \
              (ok; error after retries; retried: one per retry; rejected_open: refused at once by an open circuit).",
         );
         for ((component, destination, outcome), count) in &outbound {
             out.sample(
-                "mosaic_outbound_requests_total",
                 &[
                     ("component", component.as_str()),
                     ("destination", destination.as_str()),
                     ("outcome", outcome.label()),
                 ],
-                count,
+                Sample::Int(*count),
             );
         }
         let breakers = lock(&self.breakers).clone();
         out.metric(
             "mosaic_outbound_breaker_state",
-            "gauge",
+            MetricKind::Gauge,
             "Circuit breaker per outbound destination: 0 closed, 1 half-open, 2 open.",
         );
         let now = std::time::Instant::now();
         for (destination, state) in &breakers {
             out.sample(
-                "mosaic_outbound_breaker_state",
                 &[("destination", destination.as_str())],
-                state.value(now),
+                Sample::Int(u64::from(state.value(now))),
             );
         }
     }
 
-    fn render_messaging(&self, out: &mut Exposition, pending: &[(String, u64)]) {
+    fn write_messaging(&self, out: &mut impl MetricSink, pending: &[(String, u64)]) {
         let published = lock(&self.published).series.clone();
         out.metric(
             "mosaic_messages_published_total",
-            "counter",
+            MetricKind::Counter,
             "Messages the broker accepted from guests, by topic.",
         );
         for (topic, (accepted, _)) in &published {
-            out.sample(
-                "mosaic_messages_published_total",
-                &[("topic", topic.as_str())],
-                accepted,
-            );
+            out.sample(&[("topic", topic.as_str())], Sample::Int(*accepted));
         }
         out.metric(
             "mosaic_message_publish_errors_total",
-            "counter",
+            MetricKind::Counter,
             "Publishes the broker did not accept, by topic.",
         );
         for (topic, (_, refused)) in &published {
-            out.sample(
-                "mosaic_message_publish_errors_total",
-                &[("topic", topic.as_str())],
-                refused,
-            );
+            out.sample(&[("topic", topic.as_str())], Sample::Int(*refused));
         }
         let messages = lock(&self.messages).series.clone();
         for event in MessageEvent::ALL {
             let (name, help) = event.metric();
-            out.metric(name, "counter", format_args!("{help} By subscriber and topic."));
+            out.metric(name, MetricKind::Counter, &format!("{help} By subscriber and topic."));
             // A (subscriber, topic) shows in the counters of the events it had, not in the others.
             for ((subscriber, topic), counts) in &messages {
                 let count = counts[event.index()];
                 if count > 0 {
                     out.sample(
-                        name,
                         &[("subscriber", subscriber.as_str()), ("topic", topic.as_str())],
-                        count,
+                        Sample::Int(count),
                     );
                 }
             }
         }
         out.metric(
             "mosaic_messages_pending",
-            "gauge",
+            MetricKind::Gauge,
             "Messages waiting in a subscriber's queue (not yet acked).",
         );
         for (subscriber, waiting) in pending {
-            out.sample(
-                "mosaic_messages_pending",
-                &[("subscriber", subscriber.as_str())],
-                waiting,
-            );
+            out.sample(&[("subscriber", subscriber.as_str())], Sample::Int(*waiting));
         }
         let lags = lock(&self.delivery_lag_ms).series.clone();
         out.metric(
             "mosaic_message_delivery_lag_seconds",
-            "gauge",
+            MetricKind::Gauge,
             "Time from publish to the latest delivery, by subscriber and topic.",
         );
         for ((subscriber, topic), lag_ms) in &lags {
             out.sample(
-                "mosaic_message_delivery_lag_seconds",
                 &[("subscriber", subscriber.as_str()), ("topic", topic.as_str())],
-                *lag_ms as f64 / 1000.0,
+                Sample::Float(*lag_ms as f64 / 1000.0),
             );
         }
     }
+}
+
+/// What a metric is: a count that only grows, a value now, or a distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One sample's value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Sample {
+    Int(u64),
+    Float(f64),
+}
+
+impl Display for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sample::Int(value) => write!(f, "{value}"),
+            Sample::Float(value) => write!(f, "{value}"),
+        }
+    }
+}
+
+/// Where [`Metrics::write`] writes: each metric once, then its samples (or, for a histogram,
+/// its distributions) by label set.
+pub(crate) trait MetricSink {
+    /// Starts a metric; `help` is the host's own text (no backslash or line feed).
+    fn metric(&mut self, name: &'static str, kind: MetricKind, help: &str);
+    /// A sample of the metric started last.
+    fn sample(&mut self, labels: &[(&str, &str)], value: Sample);
+    /// A distribution of the histogram started last: `cumulative[i]` observations at most
+    /// `bounds[i]`, `count` in all (the `+Inf` bucket), summing to `sum`.
+    fn histogram(&mut self, labels: &[(&str, &str)], bounds: &[f64], cumulative: &[u64], count: u64, sum: f64);
 }
 
 /// The text exposition being written: per metric its HELP and TYPE lines, then its samples.
 #[derive(Default)]
 struct Exposition {
     text: String,
+    current: &'static str,
 }
 
-impl Exposition {
-    /// The HELP and TYPE lines of a metric; `help` is the host's own text (no backslash or line
-    /// feed, which HELP would need escaped).
-    fn metric(&mut self, name: &str, kind: &str, help: impl Display) {
+impl MetricSink for Exposition {
+    fn metric(&mut self, name: &'static str, kind: MetricKind, help: &str) {
+        let kind = match kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        };
         // Writing to a String cannot fail.
         let _ = writeln!(self.text, "# HELP {name} {help}");
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        self.current = name;
     }
 
-    /// One sample: `name{label="value",...} value`, each label value escaped.
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
+    fn sample(&mut self, labels: &[(&str, &str)], value: Sample) {
+        self.line("", labels, None, value);
+    }
+
+    fn histogram(&mut self, labels: &[(&str, &str)], bounds: &[f64], cumulative: &[u64], count: u64, sum: f64) {
+        for (bound, bucket) in bounds.iter().zip(cumulative) {
+            let bound = bound.to_string();
+            self.line("_bucket", labels, Some(&bound), Sample::Int(*bucket));
+        }
+        self.line("_bucket", labels, Some("+Inf"), Sample::Int(count));
+        self.line("_sum", labels, None, Sample::Float(sum));
+        self.line("_count", labels, None, Sample::Int(count));
+    }
+}
+
+impl Exposition {
+    /// One sample: `name{label="value",...} value`, each label value escaped; `le` is a
+    /// histogram bucket's bound.
+    fn line(&mut self, suffix: &str, labels: &[(&str, &str)], le: Option<&str>, value: Sample) {
+        self.text.push_str(self.current);
+        self.text.push_str(suffix);
+        let le = le.map(|bound| ("le", bound));
+        let mut all = labels.iter().copied().chain(le).peekable();
+        if all.peek().is_some() {
             self.text.push('{');
-            for (i, (label, label_value)) in labels.iter().enumerate() {
+            for (i, (label, label_value)) in all.enumerate() {
                 if i > 0 {
                     self.text.push(',');
                 }

@@ -14,8 +14,6 @@
 //! a guest's own spans and the services it calls nest under the host's spans.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,207 +21,14 @@ use opentelemetry::trace::{SpanContext, SpanId, Status, TraceFlags, TraceId, Tra
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
-use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
 
 pub use opentelemetry::trace::SpanKind;
 
+use super::otlp::{header_map, spawn_batcher, Counters, ExportConfig, Protocol, Queue, Signal, Target};
 use super::TraceContext;
 
-/// `[telemetry]` in mosaic.toml. Each field left out falls back to its standard
-/// OpenTelemetry environment variable; with no endpoint anywhere, nothing is exported.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetrySettings {
-    /// The collector's base address, e.g. `http://127.0.0.1:4318` (HTTP; spans go to
-    /// `/v1/traces` under it) or `http://127.0.0.1:4317` (gRPC). Over
-    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as it is) and `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    pub endpoint: Option<String>,
-    /// `http/protobuf` (the default) or `grpc`. Over `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` and
-    /// `OTEL_EXPORTER_OTLP_PROTOCOL`.
-    pub protocol: Option<String>,
-    /// The resource's `service.name`. Over `OTEL_SERVICE_NAME`, then `service.name` of
-    /// `OTEL_RESOURCE_ATTRIBUTES`; default: the application's name.
-    pub service_name: Option<String>,
-    /// More resource attributes, over (and merged with) `OTEL_RESOURCE_ATTRIBUTES`.
-    pub resource_attributes: BTreeMap<String, String>,
-    /// Headers sent with each export (an API key, say), merged over
-    /// `OTEL_EXPORTER_OTLP_HEADERS`.
-    pub headers: BTreeMap<String, String>,
-    /// Spans waiting for export at most; beyond, new spans are dropped and counted. Over
-    /// `OTEL_BSP_MAX_QUEUE_SIZE`; default 2048.
-    pub max_queue_size: Option<usize>,
-    /// The most spans in one export. Over `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`; default 512.
-    pub max_export_batch_size: Option<usize>,
-    /// How long a span may wait for others to share its export. Over
-    /// `OTEL_BSP_SCHEDULE_DELAY`; default 1000 ms.
-    pub schedule_delay_ms: Option<u64>,
-    /// How long one export may take before its spans are dropped. Over
-    /// `OTEL_EXPORTER_OTLP_TIMEOUT`; default 10000 ms.
-    pub export_timeout_ms: Option<u64>,
-}
-
-/// How spans reach the collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    HttpProtobuf,
-    Grpc,
-}
-
-/// Export settings after mosaic.toml and the environment were merged.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExportConfig {
-    /// The whole URL spans are sent to (HTTP: with `/v1/traces`).
-    pub url: String,
-    pub protocol: Protocol,
-    pub resource: Vec<(String, String)>,
-    pub headers: Vec<(String, String)>,
-    pub max_queue_size: usize,
-    pub max_export_batch_size: usize,
-    pub schedule_delay: Duration,
-    pub export_timeout: Duration,
-}
-
-impl TelemetrySettings {
-    /// Where and how to export, or `None` when no endpoint is set (or `OTEL_SDK_DISABLED=true`,
-    /// or `OTEL_TRACES_EXPORTER=none`). `env` reads an environment variable; `app_name` is the
-    /// default `service.name`. An error names the setting and what it accepts.
-    pub fn resolve(
-        &self,
-        env: impl Fn(&str) -> Option<String>,
-        app_name: &str,
-    ) -> Result<Option<ExportConfig>, String> {
-        let env = |name: &str| env(name).filter(|value| !value.trim().is_empty());
-        if env("OTEL_SDK_DISABLED").is_some_and(|value| value.trim().eq_ignore_ascii_case("true")) {
-            return Ok(None);
-        }
-        if let Some(exporter) = env("OTEL_TRACES_EXPORTER") {
-            match exporter.trim() {
-                "none" => return Ok(None),
-                "otlp" => {}
-                other => {
-                    return Err(format!(
-                    "OTEL_TRACES_EXPORTER={other:?}: Mosaic exports spans over OTLP only; set it to `otlp` or `none`"
-                ))
-                }
-            }
-        }
-        let protocol_text = self
-            .protocol
-            .clone()
-            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
-            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
-        let protocol = match protocol_text.as_deref().map(str::trim) {
-            None | Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some("grpc") => Protocol::Grpc,
-            Some(other) => {
-                return Err(format!(
-                    "the OTLP protocol {other:?} (telemetry.protocol or OTEL_EXPORTER_OTLP_PROTOCOL) is not supported: use `http/protobuf` or `grpc`"
-                ))
-            }
-        };
-        // A signal's own endpoint is the whole URL; a base endpoint gets the signal's path.
-        let url = match (&self.endpoint, env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) {
-            (Some(base), _) => with_signal_path(base, protocol),
-            (None, Some(whole)) => whole.trim().to_string(),
-            (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
-                Some(base) => with_signal_path(&base, protocol),
-                None => return Ok(None),
-            },
-        };
-        let parsed: http::Uri = url.parse().map_err(|err| {
-            format!("the OTLP endpoint {url:?} is not a URL ({err}); give e.g. http://127.0.0.1:4318")
-        })?;
-        match parsed.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "the OTLP endpoint {url:?} uses https, which this build does not export over; \
-                     run an OpenTelemetry Collector beside the host (http://127.0.0.1:4318) and let it forward over TLS"
-                ))
-            }
-            _ => return Err(format!("the OTLP endpoint {url:?} must start with http://")),
-        }
-        if parsed.host().is_none() {
-            return Err(format!("the OTLP endpoint {url:?} names no host"));
-        }
-
-        let mut resource: BTreeMap<String, String> = BTreeMap::new();
-        if let Some(text) = env("OTEL_RESOURCE_ATTRIBUTES") {
-            for pair in text.split(',').filter(|pair| !pair.trim().is_empty()) {
-                let Some((key, value)) = pair.split_once('=') else {
-                    return Err(format!(
-                        "OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not key=value (give e.g. deployment.environment=prod,team=shop)"
-                    ));
-                };
-                let value = percent_encoding::percent_decode_str(value.trim()).decode_utf8_lossy();
-                resource.insert(key.trim().to_string(), value.into_owned());
-            }
-        }
-        resource.extend(self.resource_attributes.clone());
-        let service_name = self
-            .service_name
-            .clone()
-            .or_else(|| env("OTEL_SERVICE_NAME"))
-            .or_else(|| resource.get("service.name").cloned())
-            .unwrap_or_else(|| app_name.to_string());
-        resource.insert("service.name".to_string(), service_name);
-
-        let number = |field: Option<u64>, name: &str, default: u64| -> Result<u64, String> {
-            let value = match field {
-                Some(value) => value,
-                None => match env(name) {
-                    Some(text) => text
-                        .trim()
-                        .parse()
-                        .map_err(|_| format!("{name}={text:?} is not a whole number"))?,
-                    None => default,
-                },
-            };
-            if value == 0 {
-                return Err(format!("{name} (or its [telemetry] setting) must be greater than 0"));
-            }
-            Ok(value)
-        };
-        Ok(Some(ExportConfig {
-            url,
-            protocol,
-            resource: resource.into_iter().collect(),
-            headers: self.headers.clone().into_iter().collect(),
-            max_queue_size: number(self.max_queue_size.map(|v| v as u64), "OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize,
-            max_export_batch_size: number(
-                self.max_export_batch_size.map(|v| v as u64),
-                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-                512,
-            )? as usize,
-            schedule_delay: Duration::from_millis(number(self.schedule_delay_ms, "OTEL_BSP_SCHEDULE_DELAY", 1000)?),
-            export_timeout: Duration::from_millis(number(
-                self.export_timeout_ms,
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-                10_000,
-            )?),
-        }))
-    }
-}
-
-fn with_signal_path(base: &str, protocol: Protocol) -> String {
-    let base = base.trim().trim_end_matches('/');
-    match protocol {
-        Protocol::HttpProtobuf => format!("{base}/v1/traces"),
-        Protocol::Grpc => base.to_string(),
-    }
-}
-
-enum Queued {
-    Span(Box<SpanData>),
-    /// Export what is queued now, then answer.
-    Flush(oneshot::Sender<()>),
-}
-
 struct Export {
-    queue: mpsc::Sender<Queued>,
-    dropped: AtomicU64,
-    exported: AtomicU64,
+    queue: Queue<Box<SpanData>>,
     scope: InstrumentationScope,
 }
 
@@ -243,17 +48,18 @@ impl std::fmt::Debug for Spans {
 }
 
 impl Spans {
-    /// Starts exporting per `config`: builds the OTLP exporter and spawns the task that
-    /// batches spans into it (on the current tokio runtime).
-    pub fn export(config: &ExportConfig) -> Result<Spans, String> {
+    /// Starts exporting spans to `target`: builds the OTLP exporter and spawns the task that
+    /// batches spans into it (on the current tokio runtime); `counters` count what it exports
+    /// and drops.
+    pub fn export(target: &Target, config: &ExportConfig, counters: Arc<Counters>) -> Result<Spans, String> {
         let timeout = config.export_timeout;
-        let mut exporter = match config.protocol {
+        let mut exporter = match target.protocol {
             Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(config.url.clone())
+                .with_endpoint(target.url.clone())
                 .with_timeout(timeout)
-                .with_headers(config.headers.iter().cloned().collect::<HashMap<_, _>>())
+                .with_headers(header_map(&config.headers))
                 .build(),
             Protocol::Grpc => {
                 use opentelemetry_otlp::WithTonicConfig;
@@ -269,13 +75,13 @@ impl Spans {
                 let metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
-                    .with_endpoint(config.url.clone())
+                    .with_endpoint(target.url.clone())
                     .with_timeout(timeout)
                     .with_metadata(metadata)
                     .build()
             }
         }
-        .map_err(|err| format!("cannot build the OTLP span exporter for {}: {err}", config.url))?;
+        .map_err(|err| format!("cannot build the OTLP span exporter for {}: {err}", target.url))?;
         let resource = opentelemetry_sdk::Resource::builder_empty()
             .with_attributes(
                 config
@@ -285,45 +91,34 @@ impl Spans {
             )
             .build();
         exporter.set_resource(&resource);
-
-        let (queue, receiver) = mpsc::channel(config.max_queue_size);
-        let export = Arc::new(Export {
+        let exporter = Arc::new(exporter);
+        let queue = spawn_batcher(
+            Signal::Traces,
+            &target.url,
+            config.span_batching,
+            timeout,
+            counters,
+            move |spans: Vec<Box<SpanData>>| {
+                let exporter = exporter.clone();
+                async move {
+                    exporter
+                        .export(spans.into_iter().map(|span| *span).collect())
+                        .await
+                        .map_err(|err| err.to_string())
+                }
+            },
+        );
+        tracing::info!(endpoint = %target.url, protocol = ?target.protocol, "exporting spans over OTLP");
+        Ok(Spans(Some(Arc::new(Export {
             queue,
-            dropped: AtomicU64::new(0),
-            exported: AtomicU64::new(0),
             scope: InstrumentationScope::builder("mosaic")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
-        });
-        tokio::spawn(run_export(
-            exporter,
-            receiver,
-            Arc::downgrade(&export),
-            config.max_export_batch_size,
-            config.schedule_delay,
-            timeout,
-            config.url.clone(),
-        ));
-        tracing::info!(endpoint = %config.url, protocol = ?config.protocol, "exporting spans over OTLP");
-        Ok(Spans(Some(export)))
+        }))))
     }
 
     pub fn is_on(&self) -> bool {
         self.0.is_some()
-    }
-
-    /// Spans dropped so far: the queue was full, or the endpoint did not take their export.
-    pub fn dropped(&self) -> u64 {
-        self.0
-            .as_ref()
-            .map_or(0, |export| export.dropped.load(Ordering::Relaxed))
-    }
-
-    /// Spans the endpoint accepted so far.
-    pub fn exported(&self) -> u64 {
-        self.0
-            .as_ref()
-            .map_or(0, |export| export.exported.load(Ordering::Relaxed))
     }
 
     /// The span of this host's work on a request or a delivery: its id is `context.span_id`
@@ -363,20 +158,8 @@ impl Spans {
     /// Exports what is queued now; waits at most `timeout` (at shutdown, so that the last
     /// requests' spans are not lost).
     pub async fn flush(&self, timeout: Duration) {
-        let Some(export) = &self.0 else {
-            return;
-        };
-        let (done, answered) = oneshot::channel();
-        let flushed = async {
-            if export.queue.send(Queued::Flush(done)).await.is_ok() {
-                let _ = answered.await;
-            }
-        };
-        if tokio::time::timeout(timeout, flushed).await.is_err() {
-            tracing::warn!(
-                ?timeout,
-                "the OTLP endpoint did not take the last spans in time; they are dropped"
-            );
+        if let Some(export) = &self.0 {
+            export.queue.flush(timeout, Signal::Traces).await;
         }
     }
 }
@@ -440,9 +223,7 @@ impl Spans {
             },
             instrumentation_scope: InstrumentationScope::builder(span.scope).build(),
         };
-        if export.queue.try_send(Queued::Span(Box::new(data))).is_err() {
-            export.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        export.queue.offer(Box::new(data));
     }
 }
 
@@ -595,6 +376,17 @@ impl OpenSpan {
         }
     }
 
+    /// Ends the span with the outcome of the work it covers: failed, with `describe`'s text
+    /// of the error, on `Err`. Returns the outcome.
+    pub fn end_with<T, E>(mut self, outcome: Result<T, E>, describe: impl FnOnce(&E) -> String) -> Result<T, E> {
+        if let Err(err) = &outcome {
+            if self.is_recording() {
+                self.fail(describe(err));
+            }
+        }
+        outcome
+    }
+
     /// Takes back a failure marked earlier (a retry that succeeded).
     pub fn clear_failure(&mut self) {
         if let Some(recording) = &mut self.0 {
@@ -609,233 +401,51 @@ impl Drop for OpenSpan {
             return;
         };
         recording.data.end_time = SystemTime::now();
-        let export = recording.export.clone();
-        let data = Box::new(recording.data);
-        if export.queue.try_send(Queued::Span(data)).is_err() {
-            export.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        let Recording { export, data } = *recording;
+        export.queue.offer(Box::new(data));
     }
-}
-
-/// How often a failing endpoint is reported in the log at most.
-const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
-
-async fn run_export(
-    exporter: opentelemetry_otlp::SpanExporter,
-    mut queue: mpsc::Receiver<Queued>,
-    export: std::sync::Weak<Export>,
-    batch_size: usize,
-    delay: Duration,
-    timeout: Duration,
-    url: String,
-) {
-    let mut last_failure_logged: Option<std::time::Instant> = None;
-    let mut batch: Vec<SpanData> = Vec::with_capacity(batch_size);
-    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-    'run: loop {
-        // Wait for the first span (or a flush), then gather more for up to `delay`.
-        match queue.recv().await {
-            None => break 'run,
-            Some(Queued::Span(span)) => batch.push(*span),
-            Some(Queued::Flush(done)) => flushes.push(done),
-        }
-        let gather_until = tokio::time::Instant::now() + delay;
-        while flushes.is_empty() && batch.len() < batch_size {
-            tokio::select! {
-                item = queue.recv() => match item {
-                    Some(Queued::Span(span)) => batch.push(*span),
-                    Some(Queued::Flush(done)) => flushes.push(done),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(gather_until) => break,
-            }
-        }
-        if !batch.is_empty() {
-            let count = batch.len() as u64;
-            let outcome = tokio::time::timeout(timeout, exporter.export(std::mem::take(&mut batch))).await;
-            let Some(export) = export.upgrade() else {
-                break 'run;
-            };
-            match outcome {
-                Ok(Ok(())) => {
-                    export.exported.fetch_add(count, Ordering::Relaxed);
-                }
-                failed => {
-                    export.dropped.fetch_add(count, Ordering::Relaxed);
-                    let reason = match failed {
-                        Ok(Err(err)) => err.to_string(),
-                        _ => format!("no answer within {timeout:?}"),
-                    };
-                    if last_failure_logged.is_none_or(|at| at.elapsed() >= FAILURE_LOG_INTERVAL) {
-                        last_failure_logged = Some(std::time::Instant::now());
-                        tracing::warn!(endpoint = %url, spans = count, error = %reason, "the OTLP endpoint did not take an export; its spans are dropped (mosaic_telemetry_dropped_total)");
-                    }
-                }
-            }
-            batch = Vec::with_capacity(batch_size);
-        }
-        for done in flushes.drain(..) {
-            let _ = done.send(());
-        }
-    }
-    let _ = exporter.shutdown();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        move |name| {
-            pairs
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.clone())
-        }
-    }
-
-    #[test]
-    fn export_is_off_without_an_endpoint_and_follows_the_standard_variables() {
-        let settings = TelemetrySettings::default();
-        assert_eq!(settings.resolve(env_of(&[]), "shop"), Ok(None));
-        assert_eq!(
-            settings.resolve(env_of(&[("OTEL_SERVICE_NAME", "x")]), "shop"),
-            Ok(None),
-            "a service name alone turns nothing on"
-        );
-
-        let config = settings
-            .resolve(
-                env_of(&[
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/"),
-                    ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,team=a%20b"),
-                ]),
-                "shop",
-            )
-            .unwrap()
-            .unwrap();
-        assert_eq!(config.url, "http://127.0.0.1:4318/v1/traces");
-        assert_eq!(config.protocol, Protocol::HttpProtobuf);
-        assert!(config.resource.contains(&("service.name".into(), "shop".into())));
-        assert!(config.resource.contains(&("team".into(), "a b".into())));
-        assert_eq!(config.max_queue_size, 2048);
-
-        let grpc = settings
-            .resolve(
-                env_of(&[
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
-                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-                    ("OTEL_SERVICE_NAME", "checkout"),
-                ]),
-                "shop",
-            )
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (grpc.url.as_str(), grpc.protocol),
-            ("http://collector:4317", Protocol::Grpc)
-        );
-        assert!(grpc.resource.contains(&("service.name".into(), "checkout".into())));
-
-        let whole = settings
-            .resolve(
-                env_of(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:9/custom")]),
-                "shop",
-            )
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            whole.url, "http://c:9/custom",
-            "a signal's own endpoint is used as it is"
-        );
-
-        for off in [("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")] {
-            assert_eq!(
-                settings.resolve(env_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), off]), "shop"),
-                Ok(None)
-            );
-        }
-    }
-
-    #[test]
-    fn mosaic_toml_wins_over_the_environment_and_bad_values_are_named() {
-        let settings = TelemetrySettings {
-            endpoint: Some("http://127.0.0.1:4318".into()),
-            service_name: Some("mosaic-shop".into()),
-            schedule_delay_ms: Some(50),
-            ..TelemetrySettings::default()
+    #[tokio::test]
+    async fn an_attribute_set_again_is_replaced_and_an_ended_span_is_exported() {
+        let counters = Arc::new(Counters::default());
+        let (exported, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let batching = super::super::otlp::Batching {
+            max_queue_size: 8,
+            max_export_batch_size: 8,
+            schedule_delay: Duration::from_millis(1),
         };
-        let config = settings
-            .resolve(
-                env_of(&[
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://elsewhere:4318"),
-                    ("OTEL_SERVICE_NAME", "other"),
-                ]),
-                "shop",
-            )
-            .unwrap()
-            .unwrap();
-        assert_eq!(config.url, "http://127.0.0.1:4318/v1/traces");
-        assert!(config.resource.contains(&("service.name".into(), "mosaic-shop".into())));
-        assert_eq!(config.schedule_delay, Duration::from_millis(50));
-
-        let err = |pairs: &[(&str, &str)]| settings.resolve(env_of(pairs), "shop").unwrap_err();
-        assert!(err(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).contains("use `http/protobuf` or `grpc`"));
-        assert!(err(&[("OTEL_BSP_MAX_QUEUE_SIZE", "many")]).contains("OTEL_BSP_MAX_QUEUE_SIZE"));
-        assert!(err(&[("OTEL_TRACES_EXPORTER", "zipkin")]).contains("OTLP only"));
-        let https = TelemetrySettings {
-            endpoint: Some("https://api.example.com".into()),
-            ..TelemetrySettings::default()
-        };
-        assert!(https.resolve(env_of(&[]), "shop").unwrap_err().contains("Collector"));
-    }
-
-    #[test]
-    fn an_attribute_set_again_is_replaced() {
-        let (export, _queue) = test_export();
+        let queue = spawn_batcher(
+            Signal::Traces,
+            "http://127.0.0.1:9",
+            batching,
+            Duration::from_secs(5),
+            counters.clone(),
+            move |spans: Vec<Box<SpanData>>| {
+                let _ = exported.send(spans);
+                async { Ok(()) }
+            },
+        );
+        let export = Arc::new(Export {
+            queue,
+            scope: InstrumentationScope::builder("mosaic").build(),
+        });
         let context = TraceContext::continue_or_start_from(None);
         let mut span = OpenSpan::recording(&export, &context, None, false, SpanKind::Consumer, "process x");
         span.set("mosaic.delivery.attempts", 1i64);
         span.set_str("messaging.destination.name", "x");
         span.set("mosaic.delivery.attempts", 2i64);
-        let attributes = &span.0.as_ref().unwrap().data.attributes;
+        drop(span);
+        let spans = received.recv().await.expect("the ended span is exported");
+        let attributes = &spans[0].attributes;
         assert_eq!(attributes.len(), 2, "{attributes:?}");
         assert_eq!(attributes[0].value, Value::I64(2));
-    }
-
-    #[test]
-    fn a_full_queue_drops_and_counts_never_waits() {
-        let (export, mut queue) = test_export();
-        let context = TraceContext::continue_or_start_from(None);
-        for _ in 0..3 {
-            drop(OpenSpan::recording(
-                &export,
-                &context,
-                None,
-                false,
-                SpanKind::Server,
-                "GET /",
-            ));
-        }
-        assert_eq!(
-            export.dropped.load(Ordering::Relaxed),
-            1,
-            "the queue holds 2; the third is dropped"
-        );
-        assert!(matches!(queue.try_recv(), Ok(Queued::Span(_))));
-    }
-
-    /// An export whose queue holds 2 spans, and the queue's other end.
-    fn test_export() -> (Arc<Export>, mpsc::Receiver<Queued>) {
-        let (queue, receiver) = mpsc::channel(2);
-        let export = Arc::new(Export {
-            queue,
-            dropped: AtomicU64::new(0),
-            exported: AtomicU64::new(0),
-            scope: InstrumentationScope::builder("mosaic").build(),
-        });
-        (export, receiver)
+        export.queue.flush(Duration::from_secs(5), Signal::Traces).await;
+        assert_eq!((counters.exported(), counters.dropped()), (1, 0));
     }
 
     #[test]

@@ -253,7 +253,9 @@ async fn call_handler(
         )
         .map_err(|err| format!("component `{name}` could not be instantiated: {err:#}"))?;
     // The handler's outbound calls and publishes carry on the publisher's trace.
-    store.data_mut().set_trace(Some(trace.clone()));
+    store
+        .data_mut()
+        .set_trace(Some(trace.clone()), tracing::Span::current());
     let run = pre.deliver(&mut store, payload.to_vec());
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok(Ok(()))) => Ok(()),

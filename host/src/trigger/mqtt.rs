@@ -185,7 +185,9 @@ async fn deliver(trigger: &Dispatcher, component: &str, topic: String, payload: 
                 timeout,
             )
             .map_err(|err| format!("component `{component}` could not be instantiated: {err:#}"))?;
-        store.data_mut().set_trace(Some(trace.clone()));
+        store
+            .data_mut()
+            .set_trace(Some(trace.clone()), tracing::Span::current());
         let run = async {
             let instance = pre.instantiate_async(&mut store).await?;
             store

@@ -29,12 +29,8 @@ impl Traced {
         operation: &'static str,
         run: impl Future<Output = Result<T, KvError>>,
     ) -> Result<T, KvError> {
-        let mut span = self.span(operation);
-        let outcome = run.await;
-        if let Err(err) = &outcome {
-            span.fail(err);
-        }
-        outcome
+        let span = self.span(operation);
+        span.end_with(run.await, ToString::to_string)
     }
 }
 

@@ -260,10 +260,7 @@ impl Publisher {
             span.set("messaging.message.body.size", payload.len() as i64);
         }
         let outcome = self.publish_checked(topic, payload, passed_on.as_ref().or(trace)).await;
-        if let Err(err) = &outcome {
-            span.fail(err);
-        }
-        outcome
+        span.end_with(outcome, ToString::to_string)
     }
 
     async fn publish_checked(

@@ -227,11 +227,8 @@ impl PgConnection {
     }
 
     /// Ends `span` with the statement's outcome.
-    fn traced<T>(mut span: OpenSpan, outcome: Result<T, PgError>) -> Result<T, PgError> {
-        if let Err(err) = &outcome {
-            span.fail(err.message());
-        }
-        outcome
+    fn traced<T>(span: OpenSpan, outcome: Result<T, PgError>) -> Result<T, PgError> {
+        span.end_with(outcome, PgError::message)
     }
 
     fn bind(params: &[PgValue]) -> Result<Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>, PgError> {

@@ -279,15 +279,11 @@ pub struct StatementTarget {
 impl StatementTarget {
     /// Runs one statement on the handle's connection (taken from the pool on first use).
     pub async fn run(&self, statement: &str, parameters: Vec<SqlValue>) -> Result<SqlResult, SqlError> {
-        let mut span = match &self.span_parent {
+        let span = match &self.span_parent {
             Some(parent) => parent.statement("sqlite", &self.database.label, statement),
             None => OpenSpan::none(),
         };
-        let outcome = self.run_untraced(statement, parameters).await;
-        if let Err(err) = &outcome {
-            span.fail(err);
-        }
-        outcome
+        span.end_with(self.run_untraced(statement, parameters).await, ToString::to_string)
     }
 
     async fn run_untraced(&self, statement: &str, parameters: Vec<SqlValue>) -> Result<SqlResult, SqlError> {

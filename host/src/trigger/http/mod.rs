@@ -313,6 +313,7 @@ impl Dispatcher {
         let instance_failed = Arc::new(AtomicBool::new(false));
         let context = RequestContext {
             trace,
+            log_span: tracing::Span::current(),
             generation,
             instance_failed: instance_failed.clone(),
         };
@@ -371,7 +372,7 @@ impl Dispatcher {
             .instances
             .new_store(spec, chained, chain, timeout)
             .map_err(|err| instantiate_error(format!("{err:#}")))?;
-        store.data_mut().set_trace(trace);
+        store.data_mut().set_trace(trace, tracing::Span::current());
 
         let request = with_spin_headers(request, &route, client);
         let (request, request_cap) = cap_request(request, limits.max_request_body_bytes);

@@ -105,6 +105,7 @@ impl InstanceState {
         self.capabilities.key_value.trace = trace.clone();
         self.capabilities.sqlite.trace = trace.clone();
         self.capabilities.postgres.trace = trace.clone();
+        self.capabilities.mysql.trace = trace.clone();
         self.outbound.trace = trace;
     }
 

@@ -182,7 +182,11 @@ allowed_outbound_hosts = ["mqtt://127.0.0.1:1883"]
 "#
         ));
         let (_subscriber, mut echoes) = subscribe(&format!("echo/{prefix}/#")).await;
-        let host = dir.start(Settings::default()).await;
+        let receiver = otlp::OtlpReceiver::start(otlp::Transport::HttpProtobuf).await;
+        let mut settings = Settings::default();
+        settings.telemetry.endpoint = Some(receiver.endpoint());
+        settings.telemetry.schedule_delay_ms = Some(50);
+        let host = dir.start(settings).await;
         let publisher = {
             let mut options = MqttOptions::new(unique("test-pub"), "127.0.0.1", 1883);
             options.set_keep_alive(Duration::from_secs(10));
@@ -240,6 +244,35 @@ allowed_outbound_hosts = ["mqtt://127.0.0.1:1883"]
                 .await
                 .is_err(),
             "only the matching topics are delivered"
+        );
+        // Each delivery is a consumer span of its own trace; the trap's is an error.
+        let deliveries = |spans: &[otlp::ReceivedSpan], topic: &str| -> Vec<otlp::ReceivedSpan> {
+            spans
+                .iter()
+                .filter(|span| {
+                    span.kind == otlp::KIND_CONSUMER
+                        && span.attribute("messaging.system") == Some("mqtt")
+                        && span.attribute("messaging.destination.name") == Some(topic)
+                })
+                .cloned()
+                .collect()
+        };
+        let hall = format!("{prefix}/sensors/hall/temp");
+        let events = format!("{prefix}/events/a/b");
+        let spans = receiver
+            .wait_for(Duration::from_secs(10), |spans| {
+                !deliveries(spans, &hall).is_empty() && deliveries(spans, &events).len() >= 2
+            })
+            .await;
+        let handled = &deliveries(&spans, &hall)[0];
+        assert_eq!(handled.name, format!("process {hall}"));
+        assert_eq!(handled.attribute("mosaic.component"), Some("echo"));
+        assert_eq!(handled.status_code, 0, "{handled:?}");
+        assert!(handled.parent_span_id.is_empty(), "an MQTT message starts its trace");
+        let failed = deliveries(&spans, &events);
+        assert!(
+            failed.iter().all(|span| span.status_code == 2),
+            "the trap's and the error's deliveries are errors: {failed:#?}"
         );
         host.shutdown().await;
     }

@@ -380,6 +380,66 @@ mod needs_mysql {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "needs MySQL on 127.0.0.1:3306"]
+    async fn each_statement_is_a_span_of_the_request_with_its_database() {
+        use mosaic_tests::otlp::{OtlpReceiver, Transport, KIND_CLIENT, KIND_SERVER};
+        require_service("MySQL", MYSQL);
+        let receiver = OtlpReceiver::start(Transport::HttpProtobuf).await;
+        let dir = AppDir::new(MANIFEST);
+        let mut settings = Settings::default();
+        settings.telemetry.endpoint = Some(receiver.endpoint());
+        settings.telemetry.schedule_delay_ms = Some(50);
+        let host = dir.start(settings).await;
+        let base = format!("http://{}", host.http_addr());
+        let http = client();
+        let answer = my(&http, &base, "", "SELECT 1 AS one").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let answer = my(&http, &base, "", "SELEC nonsense").await;
+        assert_ne!(answer.status, 200, "{}", answer.body);
+        let spans = receiver
+            .wait_for(std::time::Duration::from_secs(10), |spans| {
+                spans
+                    .iter()
+                    .filter(|span| span.attribute("db.system.name") == Some("mysql"))
+                    .count()
+                    >= 2
+            })
+            .await;
+        let statements: Vec<_> = spans
+            .iter()
+            .filter(|span| span.attribute("db.system.name") == Some("mysql"))
+            .collect();
+        assert_eq!(statements.len(), 2, "{spans:#?}");
+        for statement in &statements {
+            assert_eq!(statement.kind, KIND_CLIENT);
+            assert_eq!(statement.attribute("db.namespace"), Some("test"));
+            let request = spans
+                .iter()
+                .find(|span| span.span_id == statement.parent_span_id)
+                .expect("the statement's parent is exported");
+            assert_eq!(
+                (request.kind, request.attribute("mosaic.component")),
+                (KIND_SERVER, Some("granted"))
+            );
+        }
+        let select = statements
+            .iter()
+            .find(|span| span.name == "SELECT test")
+            .expect("SELECT test");
+        assert_eq!(select.attribute("db.query.text"), Some("SELECT 1 AS one"));
+        assert_eq!(select.status_code, 0, "{select:?}");
+        let failed = statements
+            .iter()
+            .find(|span| span.name == "SELEC test")
+            .expect("SELEC test");
+        assert_eq!(
+            failed.status_code, 2,
+            "the failed statement's span is an error: {failed:?}"
+        );
+        host.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs MySQL on 127.0.0.1:3306"]
     async fn grants_and_a_dead_server() {
         require_service("MySQL", MYSQL);
         let dir = AppDir::new(MANIFEST);

@@ -603,7 +603,7 @@ impl Push {
                 .export(self.grpc_request(export))
                 .await
                 .map(drop)
-                .map_err(|status| format!("gRPC {:?}: {}", status.code(), status.message())),
+                .map_err(grpc_failure),
         }
     }
 
@@ -614,10 +614,11 @@ impl Push {
                 .export(self.grpc_request(export))
                 .await
                 .map(drop)
-                .map_err(|status| format!("gRPC {:?}: {}", status.code(), status.message())),
+                .map_err(grpc_failure),
         }
     }
 
+    /// A gRPC export request carrying the configured headers as metadata.
     fn grpc_request<M>(&self, message: M) -> tonic::Request<M> {
         let mut request = tonic::Request::new(message);
         *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers((*self.headers).clone());
@@ -642,6 +643,10 @@ impl Push {
             Err(format!("HTTP {status}"))
         }
     }
+}
+
+fn grpc_failure(status: tonic::Status) -> String {
+    format!("gRPC {:?}: {}", status.code(), status.message())
 }
 
 /// Headers as a map, for the span exporter's HTTP client.

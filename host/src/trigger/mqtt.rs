@@ -23,7 +23,7 @@ use crate::capability::bindings::mqtt_handler::spin::mqtt_trigger::spin_mqtt_typ
 use crate::capability::http_outbound::ChainPosition;
 use crate::capability::mqtt::client;
 use crate::instance::DeadlineExceeded;
-use crate::observe::TraceContext;
+use crate::observe::{SpanKind, TraceContext};
 use crate::stop::stopped;
 use crate::trigger::Dispatcher;
 
@@ -169,6 +169,18 @@ async fn deliver(trigger: &Dispatcher, component: &str, topic: String, payload: 
     let deployment = picked.deployment.clone();
     let version = deployment.short_digest().to_string();
     tracing::Span::current().record("version", version.as_str());
+    // An MQTT message carries no trace context: each delivery is the root of its own trace.
+    let mut consumer_span = app.metrics.spans().begin(&trace, None, SpanKind::Consumer, "");
+    if consumer_span.is_recording() {
+        consumer_span.rename(format!("process {topic}"));
+        consumer_span.set("messaging.system", "mqtt");
+        consumer_span.set_str("messaging.destination.name", &topic);
+        consumer_span.set("messaging.operation.type", "process");
+        consumer_span.set("messaging.operation.name", "process");
+        consumer_span.set("messaging.message.body.size", payload.len() as i64);
+        consumer_span.set_str("mosaic.component", component);
+        consumer_span.set_str("mosaic.component.version", &version);
+    }
     let timeout = app.settings.limits.request_timeout();
     let started = Instant::now();
     let outcome = async {
@@ -212,7 +224,7 @@ async fn deliver(trigger: &Dispatcher, component: &str, topic: String, payload: 
     app.metrics
         .record_request(component, &version, started.elapsed(), outcome.is_err());
     picked.record(outcome.is_err());
-    match outcome {
+    match consumer_span.end_with(outcome, Clone::clone) {
         Ok(()) => tracing::debug!(%version, elapsed = ?started.elapsed(), "MQTT message handled"),
         Err(reason) => {
             count(&slot.stats.errors);

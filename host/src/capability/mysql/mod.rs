@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::backends::redact_mysql as redact;
 use crate::capability::bindings::spin_rdbms_types as rdbms;
+use crate::observe::{OpenSpan, SpanParent};
 use values::{DbValue, ParameterValue};
 
 /// Connections per address, shared by every instance.
@@ -142,6 +143,7 @@ impl MysqlPools {
         Ok(MysqlConnection {
             connection: Arc::new(Mutex::new(connection)),
             address: Arc::from(redact(address)),
+            spans: None,
         })
     }
 }
@@ -154,9 +156,19 @@ pub struct MysqlConnection {
     connection: Arc<Mutex<PoolConnection<MySql>>>,
     /// The address without password, for messages.
     address: Arc<str>,
+    /// The request span each statement is a span of, and the database's name, when spans are
+    /// exported.
+    spans: Option<(SpanParent, Arc<str>)>,
 }
 
 impl MysqlConnection {
+    fn statement_span(&self, statement: &str) -> OpenSpan {
+        match &self.spans {
+            Some((parent, database)) => parent.statement("mysql", database, statement),
+            None => OpenSpan::none(),
+        }
+    }
+
     fn fail(&self) -> impl Fn(sqlx::Error) -> MysqlError + '_ {
         |err| MysqlError::from_query(err, &self.address)
     }
@@ -172,6 +184,11 @@ impl MysqlConnection {
     }
 
     pub async fn query(&self, statement: &str, params: &[ParameterValue]) -> Result<MysqlRowSet, MysqlError> {
+        let span = self.statement_span(statement);
+        span.end_with(self.query_untraced(statement, params).await, MysqlError::message)
+    }
+
+    async fn query_untraced(&self, statement: &str, params: &[ParameterValue]) -> Result<MysqlRowSet, MysqlError> {
         let mut connection = self.connection.lock().await;
         let mut columns = None;
         let mut rows = Vec::new();
@@ -195,6 +212,20 @@ impl MysqlConnection {
     /// result without rows, from the server's description of the statement); `end` says how
     /// the query ended.
     pub async fn query_rows<R: Send + 'static>(
+        &self,
+        statement: &str,
+        params: &[ParameterValue],
+        convert: impl Fn(Vec<DbValue>) -> R + Send + Sync + 'static,
+    ) -> Result<MysqlRows<R>, MysqlError> {
+        // The span covers the statement up to its first row (or its failure), as PostgreSQL's.
+        let span = self.statement_span(statement);
+        span.end_with(
+            self.query_rows_untraced(statement, params, convert).await,
+            MysqlError::message,
+        )
+    }
+
+    async fn query_rows_untraced<R: Send + 'static>(
         &self,
         statement: &str,
         params: &[ParameterValue],
@@ -250,12 +281,14 @@ impl MysqlConnection {
     }
 
     pub async fn execute(&self, statement: &str, params: &[ParameterValue]) -> Result<(), MysqlError> {
+        let span = self.statement_span(statement);
         let mut connection = self.connection.lock().await;
-        values::bind(statement, params)
+        let outcome = values::bind(statement, params)
             .execute(&mut **connection)
             .await
             .map(drop)
-            .map_err(self.fail())
+            .map_err(self.fail());
+        span.end_with(outcome, MysqlError::message)
     }
 
     /// Applies the migrations not applied yet ([`crate::migrations::apply_pending`]); each runs
@@ -338,6 +371,9 @@ impl crate::migrations::MigrationStore for MysqlMigrations<'_> {
 pub struct MysqlAccess {
     pub pools: Arc<MysqlPools>,
     pub allowed: Arc<mosaic_manifest::allowed_hosts::AllowedHosts>,
+    /// The trace of the request the instance serves: each statement on a connection opened
+    /// under it is a span of it (when spans are exported).
+    pub trace: Option<Arc<crate::observe::TraceContext>>,
 }
 
 impl MysqlAccess {
@@ -356,8 +392,22 @@ impl MysqlAccess {
                 "address {shown} is not permitted"
             )));
         }
-        self.pools.connect(address).await
+        let mut connection = self.pools.connect(address).await?;
+        if let Some(parent) = SpanParent::of(self.trace.as_ref(), self.pools.metrics.spans()) {
+            connection.spans = Some((parent, Arc::from(database_of(address))));
+        }
+        Ok(connection)
     }
+}
+
+/// The database a `mysql://user:password@host:port/DATABASE?options` address names.
+fn database_of(address: &str) -> &str {
+    address
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| path.split(['?', '/']).next().unwrap_or(""))
+        .filter(|database| !database.is_empty())
+        .unwrap_or("mysql")
 }
 
 #[async_trait::async_trait]
@@ -383,6 +433,7 @@ impl super::GuestCapability for MysqlPools {
         MysqlAccess {
             pools: self.clone(),
             allowed: component.allowed_hosts.clone(),
+            trace: None,
         }
     }
 

@@ -279,20 +279,19 @@ pub enum PoolError {
 }
 
 impl PoolError {
-    /// `overdue`: the request has run for its whole deadline (an instance stopped for
-    /// computing past it fails its request without saying why).
+    /// `overdue`: the request has run for its whole deadline. An instance stopped for
+    /// computing past it fails its request without saying why (an expired worker, a trap of
+    /// the task, or — WASI 0.2 — "guest never invoked `response-outparam::set`"), so any
+    /// failure of an overdue request but its instantiation is the deadline's.
     pub fn of(err: &wasmtime::Error, overdue: bool) -> PoolError {
         use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
         if let Some(instantiation) = err.downcast_ref::<InstantiationError<RequestContext>>() {
             return PoolError::Instantiate(format!("{:#}", instantiation.error));
         }
-        if err.downcast_ref::<ExpirationError>().is_some() {
+        if overdue || err.downcast_ref::<ExpirationError>().is_some() {
             return PoolError::Deadline;
         }
         if err.downcast_ref::<TrapOrPanicError>().is_some() {
-            if overdue {
-                return PoolError::Deadline;
-            }
             return PoolError::Trap(
                 "the instance ended while serving this request (it trapped, or another request on it passed its deadline)"
                     .into(),

@@ -107,7 +107,8 @@ where
     S: Subscriber + for<'lookup> LookupSpan<'lookup>,
 {
     fn on_new_span(&self, attributes: &Attributes<'_>, id: &Id, context: Context<'_, S>) {
-        if LOG_EXPORT.load().is_none() {
+        // Paused, the events of this span are likely dropped unbuilt too: keep nothing.
+        if LOG_EXPORT.load().as_ref().is_none_or(|export| export.queue.is_paused()) {
             return;
         }
         let mut fields = Fields::default();
@@ -152,6 +153,10 @@ where
                 .strip_prefix(unexported)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
         }) {
+            return;
+        }
+        if export.queue.is_paused() {
+            export.queue.drop_unbuilt();
             return;
         }
         // The spans' fields first (outermost first), then the event's own: an inner value wins.

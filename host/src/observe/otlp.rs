@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -394,17 +394,31 @@ enum Queued<T> {
 }
 
 /// The bounded queue between the request path and one signal's export task. Offering never
-/// waits: a record that does not fit is dropped and counted.
+/// waits: a record that does not fit is dropped and counted, and so is every record while the
+/// export is paused (the endpoint failed the last export).
 pub(super) struct Queue<T> {
     sender: mpsc::Sender<Queued<T>>,
     counters: Arc<Counters>,
+    paused: Arc<AtomicBool>,
 }
 
 impl<T> Queue<T> {
     pub(super) fn offer(&self, record: T) {
-        if self.sender.try_send(Queued::Record(record)).is_err() {
+        if self.is_paused() || self.sender.try_send(Queued::Record(record)).is_err() {
             self.counters.count_dropped(1);
         }
+    }
+
+    /// Whether records are dropped at once, the endpoint having failed: the request path
+    /// then builds none ([`Queue::drop_unbuilt`]), so that a collector that is down costs the
+    /// requests nothing but this check.
+    pub(super) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a record the request path did not build because the export is paused.
+    pub(super) fn drop_unbuilt(&self) {
+        self.counters.count_dropped(1);
     }
 
     /// Exports what is queued now; waits at most `timeout` (at shutdown, so that the last
@@ -465,9 +479,15 @@ impl FailureLog {
     }
 }
 
+/// After a failed export, records are dropped unbuilt for this long, doubling with each
+/// further failure up to [`MAX_EXPORT_PAUSE`]; a successful export ends it.
+const FIRST_EXPORT_PAUSE: Duration = Duration::from_secs(1);
+const MAX_EXPORT_PAUSE: Duration = Duration::from_secs(30);
+
 /// Starts the task that batches `signal`'s queue into exports: it waits for a record, gathers
 /// more for up to the schedule delay or a full batch, and hands the batch to `export` (which
-/// answers the endpoint's error), within `timeout`. Returns the queue's sending end.
+/// answers the endpoint's error), within `timeout`. A failed export pauses the queue (see
+/// [`FIRST_EXPORT_PAUSE`]). Returns the queue's sending end.
 pub(super) fn spawn_batcher<T, F, Fut>(
     signal: Signal,
     url: &str,
@@ -484,7 +504,10 @@ where
     let (sender, mut receiver) = mpsc::channel::<Queued<T>>(batching.max_queue_size);
     let mut failures = FailureLog::new(signal, url);
     let task_counters = counters.clone();
+    let paused = Arc::new(AtomicBool::new(false));
+    let task_paused = paused.clone();
     tokio::spawn(async move {
+        let mut pause = FIRST_EXPORT_PAUSE;
         let mut batch: Vec<T> = Vec::with_capacity(batching.max_export_batch_size);
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
@@ -507,15 +530,40 @@ where
             if !batch.is_empty() {
                 let count = batch.len() as u64;
                 let records = std::mem::replace(&mut batch, Vec::with_capacity(batching.max_export_batch_size));
-                match tokio::time::timeout(timeout, export(records)).await {
-                    Ok(Ok(())) => task_counters.count_exported(count),
-                    Ok(Err(reason)) => {
+                let failure = match tokio::time::timeout(timeout, export(records)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(reason)) => Some(reason),
+                    Err(_) => Some(format!("no answer within {timeout:?}")),
+                };
+                match failure {
+                    None => {
+                        task_counters.count_exported(count);
+                        pause = FIRST_EXPORT_PAUSE;
+                    }
+                    Some(reason) => {
                         task_counters.count_dropped(count);
                         failures.failed(count, &reason);
-                    }
-                    Err(_) => {
-                        task_counters.count_dropped(count);
-                        failures.failed(count, &format!("no answer within {timeout:?}"));
+                        // Answer the flushes first: a stopping host does not wait out the pause.
+                        for done in flushes.drain(..) {
+                            let _ = done.send(());
+                        }
+                        task_paused.store(true, Ordering::Relaxed);
+                        let resume = tokio::time::Instant::now() + pause;
+                        loop {
+                            tokio::select! {
+                                _ = tokio::time::sleep_until(resume) => break,
+                                item = receiver.recv() => match item {
+                                    // Offered just before the pause began.
+                                    Some(Queued::Record(_)) => task_counters.count_dropped(1),
+                                    Some(Queued::Flush(done)) => {
+                                        let _ = done.send(());
+                                    }
+                                    None => return,
+                                },
+                            }
+                        }
+                        task_paused.store(false, Ordering::Relaxed);
+                        pause = (pause * 2).min(MAX_EXPORT_PAUSE);
                     }
                 }
             }
@@ -524,7 +572,11 @@ where
             }
         }
     });
-    Queue { sender, counters }
+    Queue {
+        sender,
+        counters,
+        paused,
+    }
 }
 
 /// The OTLP resource of every export: `service.name` and the other attributes.
@@ -833,5 +885,8 @@ mod tests {
         queue.flush(Duration::from_secs(5), Signal::Logs).await;
         assert_eq!(counters.dropped(), 5, "and every record of a refused export");
         assert_eq!(counters.exported(), 0);
+        assert!(queue.is_paused(), "a refused export pauses the queue");
+        queue.offer(6);
+        assert_eq!(counters.dropped(), 6, "paused, a record is dropped at once");
     }
 }

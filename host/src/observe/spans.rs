@@ -134,6 +134,10 @@ impl Spans {
         let Some(export) = &self.0 else {
             return OpenSpan(None);
         };
+        if export.queue.is_paused() {
+            export.queue.drop_unbuilt();
+            return OpenSpan(None);
+        }
         OpenSpan::recording(export, context, parent_span_id, true, kind, name)
     }
 
@@ -150,6 +154,10 @@ impl Spans {
         let (Some(export), Some(parent)) = (&self.0, parent) else {
             return (OpenSpan(None), None);
         };
+        if export.queue.is_paused() {
+            export.queue.drop_unbuilt();
+            return (OpenSpan(None), None);
+        }
         let context = parent.child();
         let span = OpenSpan::recording(export, &context, Some(&parent.span_id), false, kind, name);
         (span, Some(context))

@@ -190,9 +190,22 @@ async fn reuse_follows_the_settings() {
     for _ in 0..6 {
         new.push(get(&client, &format!("{base}/new/count")).await.body);
         old.push(get(&client, &format!("{base}/probe/count")).await.body);
+        // An instance takes the next request once it has wound up the last one, a moment
+        // after the client has the whole answer; on a loaded machine a request that comes
+        // sooner gets an instance of its own, which is right but not what this test counts.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(new, ["1", "2", "1", "2", "1", "2"]);
-    assert_eq!(old, ["1", "2", "3", "1", "2", "3"]);
+    // Each count is how many requests that instance has served: never past its limit, and
+    // reaching it (the instances are reused).
+    let counts = |bodies: &[String]| -> Vec<u32> { bodies.iter().map(|body| body.parse().unwrap()).collect() };
+    let (new, old) = (counts(&new), counts(&old));
+    assert!(new.iter().all(|count| (1..=2).contains(count)), "{new:?}");
+    assert!(new.contains(&2), "a WASI 0.3 instance serves twice: {new:?}");
+    assert!(old.iter().all(|count| (1..=3).contains(count)), "{old:?}");
+    assert!(
+        old.contains(&3),
+        "an opted-in WASI 0.2 instance serves three times: {old:?}"
+    );
     host.shutdown().await;
 }
 

@@ -146,14 +146,14 @@ fn start_telemetry(settings: &Settings, app_name: &str) -> anyhow::Result<Teleme
         logs: None,
         counters: counters.clone(),
     };
+    let failed = |message: String| anyhow::anyhow!("telemetry: {message}");
     let Some(config) = settings
         .telemetry
         .resolve(|name| std::env::var(name).ok(), app_name)
-        .map_err(|message| anyhow::anyhow!("telemetry: {message}"))?
+        .map_err(failed)?
     else {
         return Ok(telemetry);
     };
-    let failed = |message: String| anyhow::anyhow!("telemetry: {message}");
     if let Some(target) = &config.traces {
         telemetry.spans = crate::observe::Spans::export(target, &config, counters.traces.clone()).map_err(failed)?;
     }

@@ -72,10 +72,6 @@ impl LogExport {
     pub async fn flush(&self, timeout: std::time::Duration) {
         self.queue.flush(timeout, Signal::Logs).await;
     }
-
-    pub fn counters(&self) -> &Arc<Counters> {
-        self.queue.counters()
-    }
 }
 
 /// Sends this process's log events to `export` from now on.
@@ -155,8 +151,7 @@ where
         }) {
             return;
         }
-        if export.queue.is_paused() {
-            export.queue.drop_unbuilt();
+        if !export.queue.admits_one() {
             return;
         }
         // The spans' fields first (outermost first), then the event's own: an inner value wins.

@@ -409,16 +409,20 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Whether records are dropped at once, the endpoint having failed: the request path
-    /// then builds none ([`Queue::drop_unbuilt`]), so that a collector that is down costs the
-    /// requests nothing but this check.
+    /// Whether records are dropped at once, the endpoint having failed.
     pub(super) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Relaxed)
     }
 
-    /// Counts a record the request path did not build because the export is paused.
-    pub(super) fn drop_unbuilt(&self) {
-        self.counters.count_dropped(1);
+    /// Whether the request path should build a record now: not while the export is paused,
+    /// and then the record it does not build is counted as dropped. So a collector that is
+    /// down costs the requests nothing but this check.
+    pub(super) fn admits_one(&self) -> bool {
+        if self.is_paused() {
+            self.counters.count_dropped(1);
+            return false;
+        }
+        true
     }
 
     /// Exports what is queued now; waits at most `timeout` (at shutdown, so that the last
@@ -437,10 +441,6 @@ impl<T> Queue<T> {
                 "the OTLP endpoint did not take the last records in time; they are dropped"
             );
         }
-    }
-
-    pub(super) fn counters(&self) -> &Arc<Counters> {
-        &self.counters
     }
 }
 
@@ -618,14 +618,7 @@ pub(super) struct Push {
 
 impl Push {
     pub(super) fn new(target: &Target, headers: &[(String, String)]) -> Result<Push, String> {
-        let mut header_map = http::HeaderMap::new();
-        for (key, value) in headers {
-            let name = http::HeaderName::from_bytes(key.as_bytes())
-                .map_err(|_| format!("the telemetry header name {key:?} is not a valid header name"))?;
-            let value = http::HeaderValue::from_str(value)
-                .map_err(|_| format!("the telemetry header {key:?} has a value that is not a valid header value"))?;
-            header_map.insert(name, value);
-        }
+        let header_map = http_headers(headers)?;
         let transport = match target.protocol {
             Protocol::HttpProtobuf => Transport::Http {
                 client: Box::new(
@@ -699,6 +692,20 @@ impl Push {
 
 fn grpc_failure(status: tonic::Status) -> String {
     format!("gRPC {:?}: {}", status.code(), status.message())
+}
+
+/// The configured export headers as HTTP headers (sent as gRPC metadata over gRPC); an error
+/// names the header that is not valid.
+pub(super) fn http_headers(headers: &[(String, String)]) -> Result<http::HeaderMap, String> {
+    let mut header_map = http::HeaderMap::new();
+    for (key, value) in headers {
+        let name = http::HeaderName::from_bytes(key.as_bytes())
+            .map_err(|_| format!("the telemetry header name {key:?} is not a valid header name"))?;
+        let value = http::HeaderValue::from_str(value)
+            .map_err(|_| format!("the telemetry header {key:?} has a value that is not a valid header value"))?;
+        header_map.insert(name, value);
+    }
+    Ok(header_map)
 }
 
 /// Headers as a map, for the span exporter's HTTP client.

@@ -24,7 +24,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 
 pub use opentelemetry::trace::SpanKind;
 
-use super::otlp::{header_map, spawn_batcher, Counters, ExportConfig, Protocol, Queue, Signal, Target};
+use super::otlp::{header_map, http_headers, spawn_batcher, Counters, ExportConfig, Protocol, Queue, Signal, Target};
 use super::TraceContext;
 
 struct Export {
@@ -63,16 +63,9 @@ impl Spans {
                 .build(),
             Protocol::Grpc => {
                 use opentelemetry_otlp::WithTonicConfig;
-                let mut headers = http::HeaderMap::new();
-                for (key, value) in &config.headers {
-                    let name = http::HeaderName::from_bytes(key.as_bytes())
-                        .map_err(|_| format!("the telemetry header name {key:?} is not valid gRPC metadata"))?;
-                    let value = http::HeaderValue::from_str(value).map_err(|_| {
-                        format!("the telemetry header {key:?} has a value that is not valid gRPC metadata")
-                    })?;
-                    headers.insert(name, value);
-                }
-                let metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
+                let metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(http_headers(
+                    &config.headers,
+                )?);
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
                     .with_endpoint(target.url.clone())
@@ -121,6 +114,12 @@ impl Spans {
         self.0.is_some()
     }
 
+    /// The export, when a span is to be built now: not when export is off, nor while it is
+    /// paused (the span not built is then counted as dropped).
+    fn admitting(&self) -> Option<&Arc<Export>> {
+        self.0.as_ref().filter(|export| export.queue.admits_one())
+    }
+
     /// The span of this host's work on a request or a delivery: its id is `context.span_id`
     /// (the parent the guest and everything after it see), its parent the span that
     /// `parent_span_id` names (from the incoming `traceparent`), if any.
@@ -131,13 +130,9 @@ impl Spans {
         kind: SpanKind,
         name: impl Into<Cow<'static, str>>,
     ) -> OpenSpan {
-        let Some(export) = &self.0 else {
+        let Some(export) = self.admitting() else {
             return OpenSpan(None);
         };
-        if export.queue.is_paused() {
-            export.queue.drop_unbuilt();
-            return OpenSpan(None);
-        }
         OpenSpan::recording(export, context, parent_span_id, true, kind, name)
     }
 
@@ -151,13 +146,12 @@ impl Spans {
         kind: SpanKind,
         name: impl Into<Cow<'static, str>>,
     ) -> (OpenSpan, Option<TraceContext>) {
-        let (Some(export), Some(parent)) = (&self.0, parent) else {
+        let Some(parent) = parent else {
             return (OpenSpan(None), None);
         };
-        if export.queue.is_paused() {
-            export.queue.drop_unbuilt();
+        let Some(export) = self.admitting() else {
             return (OpenSpan(None), None);
-        }
+        };
         let context = parent.child();
         let span = OpenSpan::recording(export, &context, Some(&parent.span_id), false, kind, name);
         (span, Some(context))
@@ -393,6 +387,22 @@ impl OpenSpan {
             }
         }
         outcome
+    }
+
+    /// Describes the consumer span of a delivery of a `body_size`-byte message on `topic` by
+    /// `system` (the broker's kind, or `mqtt`) to `component`: its name and the messaging
+    /// semantic-convention attributes.
+    pub fn describe_delivery(&mut self, system: &'static str, topic: &str, body_size: usize, component: &str) {
+        if !self.is_recording() {
+            return;
+        }
+        self.rename(format!("process {topic}"));
+        self.set("messaging.system", system);
+        self.set_str("messaging.destination.name", topic);
+        self.set("messaging.operation.type", "process");
+        self.set("messaging.operation.name", "process");
+        self.set("messaging.message.body.size", body_size as i64);
+        self.set_str("mosaic.component", component);
     }
 
     /// Takes back a failure marked earlier (a retry that succeeded).

@@ -98,16 +98,13 @@ async fn run_subscription(
                     tokio::spawn(
                         async move {
                             let mut consumer_span = consumer_span;
-                            if consumer_span.is_recording() {
-                                consumer_span.rename(format!("process {}", delivery.topic));
-                                consumer_span.set("messaging.system", broker_kind);
-                                consumer_span.set_str("messaging.destination.name", &delivery.topic);
-                                consumer_span.set("messaging.operation.type", "process");
-                                consumer_span.set("messaging.operation.name", "process");
-                                consumer_span.set_str("messaging.consumer.group.name", &subscriber);
-                                consumer_span.set("messaging.message.body.size", delivery.payload.len() as i64);
-                                consumer_span.set_str("mosaic.component", &subscriber);
-                            }
+                            consumer_span.describe_delivery(
+                                broker_kind,
+                                &delivery.topic,
+                                delivery.payload.len(),
+                                &subscriber,
+                            );
+                            consumer_span.set_str("messaging.consumer.group.name", &subscriber);
                             handle(&trigger, &subscriber, policy, delivery, trace, &mut consumer_span, stop).await;
                             drop(permit);
                         }

@@ -171,16 +171,8 @@ async fn deliver(trigger: &Dispatcher, component: &str, topic: String, payload: 
     tracing::Span::current().record("version", version.as_str());
     // An MQTT message carries no trace context: each delivery is the root of its own trace.
     let mut consumer_span = app.metrics.spans().begin(&trace, None, SpanKind::Consumer, "");
-    if consumer_span.is_recording() {
-        consumer_span.rename(format!("process {topic}"));
-        consumer_span.set("messaging.system", "mqtt");
-        consumer_span.set_str("messaging.destination.name", &topic);
-        consumer_span.set("messaging.operation.type", "process");
-        consumer_span.set("messaging.operation.name", "process");
-        consumer_span.set("messaging.message.body.size", payload.len() as i64);
-        consumer_span.set_str("mosaic.component", component);
-        consumer_span.set_str("mosaic.component.version", &version);
-    }
+    consumer_span.describe_delivery("mqtt", &topic, payload.len(), component);
+    consumer_span.set_str("mosaic.component.version", &version);
     let timeout = app.settings.limits.request_timeout();
     let started = Instant::now();
     let outcome = async {

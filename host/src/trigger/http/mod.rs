@@ -327,8 +327,10 @@ impl Dispatcher {
         }
         match outcome {
             Ok(response) => {
-                let response = response
-                    .map(|body| PooledBody::new(body, (in_flight, permit, pool), instance_failed).boxed_unsync());
+                let (head, body) = response.into_parts();
+                let mut body = PooledBody::new(body, (in_flight, permit, pool), instance_failed);
+                body.read_ahead().await;
+                let response = hyper::Response::from_parts(head, body.boxed_unsync());
                 Ok(cap_response(response, limits.max_response_body_bytes))
             }
             Err(err) => Err(pool_error(&component, &err, timeout, started.elapsed() >= timeout)),

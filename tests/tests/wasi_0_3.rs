@@ -228,10 +228,16 @@ async fn reused_wasi_0_2_instances_end_on_failure_idleness_and_swap() {
     let host = dir.start(settings).await;
     let base = format!("http://{}", host.http_addr());
     let client = client();
+    // A moment between requests: the client has the whole answer (its body ends with its
+    // head) a little before the instance has returned from the call, and a request that comes
+    // in between rightly gets another instance.
     let count = || {
         let client = client.clone();
         let url = format!("{base}/probe/count");
-        async move { get(&client, &url).await.body }
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            get(&client, &url).await.body
+        }
     };
     assert_eq!([count().await, count().await, count().await], ["1", "2", "3"]);
     let v1 = host.app().slot("probe").unwrap().live.load_full();
